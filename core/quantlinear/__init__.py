@@ -25,6 +25,7 @@ from .quantize import quantize, quantize_weight, save_quantized
 from .registry import Registry, registry
 from .scheme import PRESETS, Scheme, get_scheme
 from .select import Selection, explain, select_kernel
+from .skeleton import skeleton
 from .spec import LayerSpec
 from .verdict import Verdict
 
@@ -60,4 +61,5 @@ __all__ = [
     "registry",
     "save_quantized",
     "select_kernel",
+    "skeleton",
 ]

@@ -35,3 +35,14 @@ def quantlinear_kernels():
 @hookspec(firstresult=True)
 def quantlinear_plugin_api():
     """Return the plugin API versions the plugin supports (an int or a collection of ints)."""
+
+
+@hookspec(firstresult=True)
+def quantlinear_benchmark(family):
+    """Return a benchmark runner for device ``family`` ("cuda", "cpu", ...), or None.
+
+    The runner is ``run(options: quantlinear.benchutil.BenchOptions) -> list[BenchRow]``:
+    it times this plugin's kernels and the peers it knows (dense matmul, vendor ops) on the
+    shapes in ``options`` and returns one row per (kernel, shape, M).  ``quantlinear bench``
+    prints the rows as a table, writes JSON and, with ``--plot``, draws them.
+    """

@@ -295,5 +295,5 @@ def _finish(model: nn.Module, loaded: set[str], qlayers: set[str], dev: torch.de
         raise CheckpointError(
             f"buffers {meta_buffers[:10]} are still on the meta device and not in the checkpoint "
             "(non-persistent buffers such as rotary tables must be built on a real device: "
-            "create the skeleton on 'cpu', or re-initialize them before loading)"
+            "build the skeleton inside `with quantlinear.skeleton():`, which keeps buffers real and parameters on meta)"
         )

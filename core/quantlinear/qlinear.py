@@ -162,6 +162,22 @@ class QuantLinear(nn.Module):
         self.register_buffer("input_perm", None)
         self._prepared = False
 
+    @classmethod
+    def from_weights(cls, spec: LayerSpec, weights: IntWeights, bias: torch.Tensor | None = None) -> "QuantLinear":
+        """Build a ready layer from canonical weights (packed through ``spec.format``, then loaded).
+
+        Goes through the same checkpoint path as a real load, so tests and benchmarks exercise it.
+        """
+        layer = cls(spec)
+        tensors = get_format(spec.format).pack(weights, spec)
+        if spec.bias:
+            if bias is None:
+                raise QuantLinearError(f"layer {spec.name!r}: spec has bias=True but no bias was given")
+            tensors["bias"] = bias
+        layer.load_checkpoint(tensors)
+        layer.post_load()
+        return layer
+
     def load_checkpoint(self, tensors: Mapping[str, torch.Tensor]) -> None:
         """Validate this layer's checkpoint tensors and take them (moved to the layer's device)."""
         if self._prepared:

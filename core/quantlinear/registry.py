@@ -143,10 +143,10 @@ class Registry:
             if self._pm.is_registered(plugin):
                 self._pm.unregister(plugin)
 
-    def _call(self, plugin: Any, hook: str) -> Any:
+    def _call(self, plugin: Any, hook: str, **kwargs: Any) -> Any:
         for impl in getattr(self._pm.hook, hook).get_hookimpls():
             if impl.plugin is plugin:
-                return impl.function()
+                return impl.function(**{a: kwargs[a] for a in impl.argnames})
         return None
 
     def _validate_kernels(self, rec: PluginRecord, kernels: Any) -> list[type[QuantLinear]]:
@@ -209,6 +209,16 @@ class Registry:
     def kernels(self) -> list[type[QuantLinear]]:
         """Kernels of the plugins loaded so far."""
         return [k for r in self._records.values() if r.state == "loaded" for k in r.kernels]
+
+    def benchmark_runner(self, family: str):
+        """The first loaded plugin's benchmark runner for ``family`` (hook ``quantlinear_benchmark``)."""
+        for rec in self._records.values():
+            if rec.state != "loaded":
+                continue
+            runner = self._call(rec.obj, "quantlinear_benchmark", family=family)
+            if runner is not None:
+                return runner
+        return None
 
     def find_kernel(self, name: str) -> type[QuantLinear] | None:
         plugin = name.split(".", 1)[0]

@@ -28,6 +28,10 @@ class AWQFormat(PackingFormat):
             return f"out_features={spec.out_features} is not a multiple of {blk}, required by AWQ packing along N"
         return None
 
+    def infer_features(self, shapes: Mapping[str, tuple[int, ...]], bits: int) -> tuple[int, int]:
+        k, cols = shapes["qweight"]
+        return k, cols * 32 // bits
+
     def tensor_specs(self, spec: LayerSpec) -> dict[str, TensorSpec]:
         K, N, G, b = spec.in_features, spec.out_features, spec.num_groups, spec.scheme.bits
         specs = {

@@ -69,6 +69,10 @@ class PackingFormat:
     def tensor_specs(self, spec: LayerSpec) -> dict[str, TensorSpec]:
         raise NotImplementedError
 
+    def infer_features(self, shapes: Mapping[str, tuple[int, ...]], bits: int) -> tuple[int, int]:
+        """(in_features, out_features) of a layer from its checkpoint tensor shapes (for ``inspect``)."""
+        raise NotImplementedError
+
     def check_shape(self, spec: LayerSpec) -> str | None:
         """Why this layer's dimensions cannot be stored in this format, or None."""
         return None

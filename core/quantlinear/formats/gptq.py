@@ -40,6 +40,10 @@ class GPTQFormat(PackingFormat):
             return f"out_features={spec.out_features} is not a multiple of {blk}, required to pack {b}-bit zeros along N"
         return None
 
+    def infer_features(self, shapes: Mapping[str, tuple[int, ...]], bits: int) -> tuple[int, int]:
+        rows, n = shapes["qweight"]
+        return (shapes["g_idx"][0] if "g_idx" in shapes else rows * 32 // bits), n
+
     def tensor_specs(self, spec: LayerSpec) -> dict[str, TensorSpec]:
         K, N, G, b = spec.in_features, spec.out_features, spec.num_groups, spec.scheme.bits
         specs = {

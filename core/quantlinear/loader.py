@@ -179,7 +179,7 @@ def _assign(model: nn.Module, full: str, t: torch.Tensor, device: torch.device, 
         old = mod._buffers[attr]
         if tuple(old.shape) != tuple(t.shape):
             raise CheckpointError(f"checkpoint tensor {full!r} has shape {tuple(t.shape)}, the model expects {tuple(old.shape)}")
-        mod._buffers[attr] = t.to(device=device, dtype=old.dtype if old.dtype.is_floating_point and t.dtype.is_floating_point else t.dtype)
+        mod._buffers[attr] = t.to(device=device, dtype=dtype if t.dtype.is_floating_point else t.dtype)
     else:
         raise CheckpointError(f"checkpoint tensor {full!r} maps to no parameter or buffer of the model")
 
@@ -286,8 +286,8 @@ def _finish(model: nn.Module, loaded: set[str], qlayers: set[str], dev: torch.de
                 continue
             if b.is_meta:
                 meta_buffers.append(f"{mname}.{bname}" if mname else bname)
-            elif b.device != dev:
-                mod._buffers[bname] = b.to(dev)
+            elif b.device != dev or (b.dtype.is_floating_point and b.dtype != dt):
+                mod._buffers[bname] = b.to(dev, dt if b.dtype.is_floating_point else b.dtype)
         for pname, p in list(mod._parameters.items()):
             if p is not None and not p.is_meta and (p.device != dev or (p.dtype.is_floating_point and p.dtype != dt)):
                 mod._parameters[pname] = nn.Parameter(p.detach().to(dev, dt if p.dtype.is_floating_point else p.dtype), requires_grad=False)

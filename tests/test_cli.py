@@ -1,0 +1,59 @@
+"""The command line, as a person and as a script use it."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from quantlinear.cli import main
+
+
+def run(*args):
+    r = subprocess.run([sys.executable, "-m", "quantlinear", *args], capture_output=True, text=True)
+    return r.returncode, r.stdout, r.stderr
+
+
+def test_doctor_lists_plugins_and_kernels():
+    rc, out, err = run("doctor")
+    assert rc == 0, err
+    assert "plugins:" in out and "cpu" in out and "cpu.int4pack" in out
+    rc, out, _ = run("doctor", "--json")
+    d = json.loads(out)
+    assert d["versions"]["torch"]
+    cpu = next(p for p in d["plugins"] if p["name"] == "cpu")
+    assert cpu["state"] == "loaded" and "cpu.dequant" in cpu["kernels"]
+    prios = [k["priority"] for k in d["kernels"]]
+    assert prios == sorted(prios, reverse=True)
+
+
+def test_inspect_shows_layers_kernels_and_reasons(tiny_ckpt, capsys):
+    assert main(["inspect", str(tiny_ckpt), "--device", "cpu", "--dtype", "fp32", "--explain", "--layers"]) == 0
+    out = capsys.readouterr().out
+    assert "int4_g32_sym" in out and "layers.0.up" in out and "cpu.int4pack" in out
+    assert "bits=4 not supported (supports 8)" in out
+    assert main(["inspect", str(tiny_ckpt), "--device", "cpu", "--json"]) == 0
+    d = json.loads(capsys.readouterr().out)
+    assert d["quantized_layers"] == 4 and {layer["kernel"] for layer in d["layers"]} == {"cpu.int4pack"}
+    assert d["layers"][0]["in_features"] in (64, 128)
+
+
+def test_inspect_exit_code_when_no_kernel_fits(tiny_ckpt, capsys):
+    assert main(["inspect", str(tiny_ckpt), "--device", "meta"]) == 1
+    assert "runs on cpu, not meta" in capsys.readouterr().out
+
+
+def test_errors_are_one_line_with_exit_code_2(tmp_path, capsys):
+    assert main(["inspect", str(tmp_path / "missing")]) == 2
+    assert "does not exist" in capsys.readouterr().err
+
+
+def test_explain_command(capsys):
+    assert main(["explain", "--scheme", "W3A16", "--in-features", "256", "--out-features", "64", "--dtype", "fp32"]) == 0
+    out = capsys.readouterr().out
+    assert "int3_g128_sym" in out and "->" in out
+
+
+def test_python_dash_m_and_version():
+    rc, out, _ = run("--version")
+    assert rc == 0 and out.startswith("quantlinear ")

@@ -165,3 +165,14 @@ def test_kernel_round_trip_through_the_contract(reg):
     fresh = FastA(s)
     with pytest.raises(ql.QuantLinearError, match="not prepared"):
         fresh(x)
+
+
+def test_user_priorities_override_declared_ones(reg, monkeypatch):
+    sel = select_kernel(spec(), registry=reg, priorities={"fake.slow": 99})
+    assert sel.kernel is Slow
+    assert any("fake.slow 0->99" in n for n in sel.notes)
+    monkeypatch.setenv("QUANTLINEAR_PRIORITY", "fake.fast_b=20")
+    assert select_kernel(spec(), registry=reg).kernel is FastB
+    monkeypatch.setenv("QUANTLINEAR_PRIORITY", "fake.fast_b")
+    with pytest.raises(ql.QuantLinearError, match="pattern=integer"):
+        select_kernel(spec(), registry=reg)

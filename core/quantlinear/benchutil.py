@@ -160,7 +160,8 @@ def random_int_weights(K: int, N: int, scheme, *, seed: int = 0):
     if scheme.sym:
         z = torch.full((N, G), 2 ** (scheme.bits - 1), dtype=torch.int16)
     else:
-        z = torch.randint(0, 2**scheme.bits, (N, G), generator=g, dtype=torch.int32).to(torch.int16)
+        # zero 0 is avoided: GPTQ-v1 checkpoints store z - 1 and cannot represent it
+        z = torch.randint(1, 2**scheme.bits, (N, G), generator=g, dtype=torch.int32).to(torch.int16)
     s = (torch.rand(N, G, generator=g) * 0.02 + 0.001).to(torch.float16)
     return IntWeights(q, z, s, None)
 

@@ -89,8 +89,12 @@ def cmd_doctor(args: argparse.Namespace) -> int:
     except Exception:
         versions["triton"] = None
     plugins = [p.to_dict() for p in reg.plugins()]
-    kernels = sorted(reg.kernels(), key=lambda k: (-k.priority, k.name))
-    report = {"versions": versions, "devices": _devices(), "plugins": plugins, "kernels": [_kernel_info(k) for k in kernels]}
+    from .select import effective_priority, priority_overrides
+
+    overrides = priority_overrides()
+    kernels = sorted(reg.kernels(), key=lambda k: (-effective_priority(k, overrides), k.name))
+    infos = [dict(_kernel_info(k), priority=effective_priority(k, overrides), declared_priority=k.priority) for k in kernels]
+    report = {"versions": versions, "devices": _devices(), "plugins": plugins, "kernels": infos}
     if args.json:
         _print_json(report)
         return 0
@@ -112,10 +116,12 @@ def cmd_doctor(args: argparse.Namespace) -> int:
     for k in report["kernels"]:
         gs = k["group_sizes"] if k["group_sizes"] == "any" else ",".join(map(str, k["group_sizes"]))
         print(
-            f"  {k['name']:<24} prio {k['priority']:>3}  on {','.join(k['device_families'])}: "
+            f"  {k['name']:<24} prio {k['priority']:>3}{'*' if k['priority'] != k['declared_priority'] else ' '} on {','.join(k['device_families'])}: "
             f"{'/'.join(k['data_types'])} bits {','.join(map(str, k['bits']))}, groups {gs}, "
             f"{'sym+asym' if len(k['sym']) == 2 else ('sym' if k['sym'] == [True] else 'asym')}, formats {','.join(k['formats'])}, {','.join(k['dtypes'])}"
         )
+    if any(k["priority"] != k["declared_priority"] for k in infos):
+        print("  (* priority overridden by QUANTLINEAR_PRIORITY)")
     return 0
 
 

@@ -194,6 +194,7 @@ def load_quantized(
     registry: Registry | None = None,
     strict: bool = True,
     progress: bool | None = None,
+    priorities: dict[str, int] | None = None,
 ) -> nn.Module:
     """Replace the quantized linears of ``model`` by kernels and load ``path`` into it.
 
@@ -202,7 +203,8 @@ def load_quantized(
     defaults to the model's device (the current accelerator for a meta skeleton); ``dtype``
     to the model's float dtype.  With ``strict`` (default), checkpoint tensors that map to
     nothing and model tensors the checkpoint does not provide are errors.  Returns ``model``
-    with ``model.quantlinear_report`` (a :class:`LoadReport`).
+    with ``model.quantlinear_report`` (a :class:`LoadReport`).  ``priorities`` overrides kernel
+    priorities for ``auto`` (``{"cpu.dequant": 100}``; also env ``QUANTLINEAR_PRIORITY``).
     """
     if not isinstance(model, nn.Module):
         raise QuantLinearError(f"model must be a torch.nn.Module, got {type(model).__name__}")
@@ -219,7 +221,7 @@ def load_quantized(
     specs = plan_layers(model, ckpt, qcfg, device=dev, dtype=dt, report=report)
     layers = {}
     for name, spec in specs.items():
-        sel = select_kernel(spec, backend, registry=registry)
+        sel = select_kernel(spec, backend, registry=registry, priorities=priorities)
         report.layers[name] = sel
         layers[name] = sel.kernel(spec)
         _set_module(model, name, layers[name])

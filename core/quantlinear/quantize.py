@@ -7,6 +7,10 @@ The rounding follows AutoRound's RTN exactly (``auto_round/data_type/int.py``):
   scales can be negative), codes ``clamp(round(w/scale), -2**(b-1), 2**(b-1)-1) + 2**(b-1)``;
 * asymmetric: ``scale = (wmax - wmin) / (2**b - 1)`` in fp16 (``wmin <= 0 <= wmax``),
   ``zero = round(-wmin/scale)``, codes ``clamp(round(w/scale) + zero, 0, 2**b-1)``.
+  AutoRound's ``quant_tensor_asym`` evaluates ``(wmax - wmin) / maxq`` in the *weight's*
+  dtype before casting to fp16, so for a bf16/fp16 weight that subtraction rounds; we do
+  the same (see :func:`quantize_weight`), which makes our checkpoints bit-identical to
+  AutoRound's RTN export of the same weights (checked by ``tests/interop``).
 
 ``format="auto_round"`` picks the packing the way AutoRound's exporter does: sym ->
 ``auto_round:auto_gptq``; 4-bit asym -> ``auto_round:auto_awq``; other asym ->
@@ -43,14 +47,21 @@ def quantize_weight(w: torch.Tensor, scheme: Scheme) -> IntWeights:
     N, K = w.shape
     g = scheme.group_size_for(K)
     G = -(-K // g)
-    wf = w.detach().to(torch.float32)
+    # Group extremes are taken in the weight's own float dtype (exact: min/max only select
+    # values); only the asymmetric scale arithmetic below depends on that dtype.
+    wn = w.detach()
+    if not wn.dtype.is_floating_point:
+        wn = wn.to(torch.float32)
     pad = G * g - K
     if pad:
-        wf = torch.nn.functional.pad(wf, (0, pad))
-    grp = wf.reshape(N, G, g)
+        wn = torch.nn.functional.pad(wn, (0, pad))
+    grp_n = wn.reshape(N, G, g)
+    wmin_n = grp_n.amin(-1).clamp(max=0)
+    wmax_n = grp_n.amax(-1).clamp(min=0)
+    grp = grp_n.to(torch.float32)
     b = scheme.bits
-    wmin = grp.amin(-1).clamp(max=0)
-    wmax = grp.amax(-1).clamp(min=0)
+    wmin = wmin_n.to(torch.float32)
+    wmax = wmax_n.to(torch.float32)
     if scheme.sym:
         maxq = 2 ** (b - 1)
         wmin_abs, wmax_abs = -wmin, wmax
@@ -61,7 +72,14 @@ def quantize_weight(w: torch.Tensor, scheme: Scheme) -> IntWeights:
         zeros = torch.full((N, G), maxq, dtype=torch.int16)
     else:
         maxq = 2**b - 1
-        scale = ((wmax - wmin) / maxq).to(torch.float16).to(torch.float32).clamp(min=1e-5)
+        # Why the native dtype: AutoRound (``auto_round/data_type/int.py``,
+        # ``quant_tensor_asym``) computes ``((wmax - wmin) / maxq).to(fp16)`` on the weight
+        # tensor as is; for bf16 weights (its CPU RTN flow quantizes the bf16 cast of a
+        # model, as its bf16 exports and bit-identical codes show) the
+        # bf16 subtraction/division rounds, and computing it in fp32 instead gives scales
+        # that differ by one fp16 ulp and codes that differ by up to 2.  The symmetric path
+        # needs no such care: negation, max and division by 2**(b-1) are exact in any dtype.
+        scale = ((wmax_n - wmin_n) / maxq).to(torch.float16).to(torch.float32).clamp(min=1e-5)
         zp = torch.round(-wmin / scale)
         q = torch.clamp(torch.round(grp / scale.unsqueeze(-1)) + zp.unsqueeze(-1), 0, maxq)
         zeros = zp.to(torch.int16)

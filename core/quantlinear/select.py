@@ -18,6 +18,34 @@ from .devices import FAMILIES, device_family
 from .errors import NoKernelError, UnknownBackendError
 from .qlinear import QuantLinear
 from .registry import ENV_ALLOW, ENV_DISABLE, Registry, env_patterns, matches, registry as default_registry
+
+ENV_PRIORITY = "QUANTLINEAR_PRIORITY"
+
+
+def priority_overrides(priorities: "dict[str, int] | None" = None) -> tuple[tuple[str, int], ...]:
+    """User priority overrides: ``priorities=`` first, then ``QUANTLINEAR_PRIORITY="glob=int,..."``.
+
+    Patterns match kernel names or plugin names (``"cpu.dequant=100"``, ``"myplug=5"``,
+    ``"cuda.*=-1"``); the first matching pattern wins.
+    """
+    out = list((priorities or {}).items())
+    for item in env_patterns(ENV_PRIORITY):
+        pat, sep, val = item.partition("=")
+        try:
+            out.append((pat.strip(), int(val)))
+        except ValueError:
+            raise UnknownBackendError(f"{ENV_PRIORITY}: {item!r} is not 'pattern=integer'") from None
+        if not sep:
+            raise UnknownBackendError(f"{ENV_PRIORITY}: {item!r} is not 'pattern=integer'")
+    return tuple(out)
+
+
+def effective_priority(kernel: type[QuantLinear], overrides: tuple[tuple[str, int], ...]) -> int:
+    plugin = kernel.name.split(".", 1)[0]
+    for pat, value in overrides:
+        if matches((pat,), kernel.name, plugin):
+            return value
+    return kernel.priority
 from .spec import LayerSpec
 from .verdict import Verdict
 
@@ -111,15 +139,27 @@ def _resolve(spec: LayerSpec, backend: str, reg: Registry) -> tuple[list[type[Qu
     )
 
 
-def select_kernel(spec: LayerSpec, backend: str = "auto", *, registry: Registry | None = None, raise_on_none: bool = True) -> Selection:
-    """Choose the kernel for ``spec``; raise NoKernelError (with every reason) when none fits."""
+def select_kernel(
+    spec: LayerSpec,
+    backend: str = "auto",
+    *,
+    registry: Registry | None = None,
+    raise_on_none: bool = True,
+    priorities: dict[str, int] | None = None,
+) -> Selection:
+    """Choose the kernel for ``spec``; raise NoKernelError (with every reason) when none fits.
+
+    ``priorities`` overrides kernels' declared priorities (see :func:`priority_overrides`).
+    """
     reg = registry or default_registry()
     disable, allow = env_patterns(ENV_DISABLE), env_patterns(ENV_ALLOW)
-    key = (spec.key(), backend, id(reg), reg.generation, disable, allow)
+    overrides = priority_overrides(priorities)
+    key = (spec.key(), backend, id(reg), reg.generation, disable, allow, overrides)
     sel = _cache.get(key)
     if sel is None:
         kernels, notes = _resolve(spec, backend, reg)
-        ordered = sorted(kernels, key=lambda k: (-k.priority, k.name))
+        prio = {k: effective_priority(k, overrides) for k in kernels}
+        ordered = sorted(kernels, key=lambda k: (-prio[k], k.name))
         verdicts = []
         for k in ordered:
             plugin = k.name.split(".", 1)[0]
@@ -134,7 +174,10 @@ def select_kernel(spec: LayerSpec, backend: str = "auto", *, registry: Registry 
                     v = Verdict.no(f"can_implement raised {type(e).__name__}: {e}")
             verdicts.append((k, v))
         chosen = next((k for k, v in verdicts if v), None)
-        cands = tuple(Candidate(k.name, k.name.split(".", 1)[0], k.priority, v, k is chosen) for k, v in verdicts)
+        cands = tuple(Candidate(k.name, k.name.split(".", 1)[0], prio[k], v, k is chosen) for k, v in verdicts)
+        changed = [f"{k.name} {k.priority}->{prio[k]}" for k in ordered if prio[k] != k.priority]
+        if changed:
+            notes = tuple(notes) + (f"priorities overridden by the user: {', '.join(changed)}",)
         sel = Selection(spec.key(), backend, chosen, cands, notes)
         _cache[key] = sel
     sel = Selection(spec, sel.backend, sel.kernel, sel.candidates, sel.notes)
@@ -147,7 +190,7 @@ def clear_cache() -> None:
     _cache.clear()
 
 
-def explain(spec: LayerSpec, backend: str = "auto", *, registry: Registry | None = None, as_json: bool = False) -> str:
+def explain(spec: LayerSpec, backend: str = "auto", *, registry: Registry | None = None, as_json: bool = False, priorities: dict[str, int] | None = None) -> str:
     """Every candidate for ``spec`` with its verdict and reason, as text or JSON."""
-    sel = select_kernel(spec, backend, registry=registry, raise_on_none=False)
+    sel = select_kernel(spec, backend, registry=registry, raise_on_none=False, priorities=priorities)
     return json.dumps(sel.to_dict(), indent=2) if as_json else sel.report()

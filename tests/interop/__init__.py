@@ -1,0 +1,1 @@
+"""Interop tests: quantlinear against the real AutoRound package (``pytest -m interop``)."""

@@ -217,3 +217,28 @@ def test_bad_arguments(tiny_ckpt, cpu_registry):
 def test_no_kernel_for_the_device_lists_reasons(tiny_ckpt, cpu_registry):
     with pytest.raises(ql.NoKernelError, match="runs on cpu, not meta"):
         ql.load_quantized(TinyNet(), tiny_ckpt, registry=cpu_registry, device="meta")
+
+
+def test_key_mapping_loads_a_checkpoint_named_for_another_module_tree(tiny_ckpt, cpu_registry):
+    class Renamed(TinyNet):
+        """Same network, blocks under another name (as vLLM-Omni remaps Diffusers names)."""
+
+        def __init__(self):
+            super().__init__()
+            self.blocks = self.layers
+            del self.layers
+
+        def forward(self, ids):
+            x = self.embed(ids) * self.position_scale
+            for blk in self.blocks:
+                x = blk(x)
+            return self.head(self.norm(x))
+
+    with pytest.raises(ql.CheckpointError, match="no module named 'layers.0.down'"):
+        ql.load_quantized(Renamed(), tiny_ckpt, registry=cpu_registry)
+    model = ql.load_quantized(Renamed(), tiny_ckpt, registry=cpu_registry, dtype=torch.float32, key_mapping={r"^layers\.": "blocks."})
+    assert "blocks.0.up" in model.quantlinear_report.layers
+    with torch.no_grad():
+        assert (model(IDS) - reference_logits(tiny_ckpt, IDS)).abs().max() < 1e-4
+    with pytest.raises(ql.CheckpointError, match="sends both"):
+        ql.load_quantized(Renamed(), tiny_ckpt, registry=cpu_registry, key_mapping={r"^layers\.\d+\.": "blocks.0."})

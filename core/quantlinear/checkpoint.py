@@ -145,3 +145,59 @@ class Checkpoint:
     @property
     def total_bytes(self) -> int:
         return sum(f.stat().st_size for f in self.files)
+
+
+class RenamedCheckpoint:
+    """A checkpoint seen through a key mapping, for models whose module tree is named differently.
+
+    ``mapping`` is a callable ``old -> new`` or an ordered mapping of regex patterns to
+    replacements applied with ``re.sub`` in order (as Transformers' ``key_mapping``).  Two
+    checkpoint tensors that map to one name are an error.  :meth:`original` gives a renamed
+    key's checkpoint name (per-layer config entries are written in the checkpoint's names).
+    """
+
+    def __init__(self, base: Checkpoint, mapping) -> None:
+        import re
+
+        self.base = base
+        if callable(mapping):
+            fn = mapping
+        else:
+            rules = [(re.compile(p), r) for p, r in dict(mapping).items()]
+
+            def fn(name: str) -> str:
+                for pat, rep in rules:
+                    name = pat.sub(rep, name)
+                return name
+
+        self._to_new: dict[str, str] = {}
+        self._to_old: dict[str, str] = {}
+        for old in base.keys():
+            new = fn(old)
+            if new in self._to_old:
+                raise CheckpointError(f"key mapping sends both {self._to_old[new]!r} and {old!r} to {new!r}")
+            self._to_new[old], self._to_old[new] = new, old
+        self.path, self.directory, self.files = base.path, base.directory, base.files
+
+    def original(self, name: str) -> str:
+        return self._to_old.get(name, name)
+
+    def keys(self) -> list[str]:
+        return list(self._to_old)
+
+    def __contains__(self, name: str) -> bool:
+        return name in self._to_old
+
+    def get(self, name: str) -> torch.Tensor:
+        return self.base.get(self.original(name))
+
+    def shape(self, name: str) -> tuple[int, ...]:
+        return self.base.shape(self.original(name))
+
+    def items_by_file(self) -> Iterator[tuple[Path, list[str]]]:
+        for f, names in self.base.items_by_file():
+            yield f, [self._to_new[n] for n in names]
+
+    @property
+    def total_bytes(self) -> int:
+        return self.base.total_bytes

@@ -16,7 +16,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from .checkpoint import Checkpoint
+from .checkpoint import Checkpoint, RenamedCheckpoint
 from .config import QuantConfig, read_quant_config
 from .devices import default_device
 from .errors import CheckpointError, ConfigError, QuantLinearError, UnsupportedSchemeError
@@ -106,7 +106,7 @@ def plan_layers(model: nn.Module, ckpt: Checkpoint, qcfg: QuantConfig, *, device
         dims = _linear_dims(mod)
         if dims is None:
             raise CheckpointError(f"layer {name!r}: checkpoint holds quantized tensors but the module is a {type(mod).__name__}, not a Linear")
-        scheme = qcfg.layer_scheme(name)
+        scheme = qcfg.layer_scheme(_ckpt_name(ckpt, name))
         if scheme is None:
             raise ConfigError(f"layer {name!r}: the checkpoint holds packed tensors but its config keeps the layer in float (bits 16)")
         if scheme.data_type != "int" or qcfg.format is None:
@@ -134,11 +134,20 @@ def plan_layers(model: nn.Module, ckpt: Checkpoint, qcfg: QuantConfig, *, device
         if name in specs or _linear_dims(mod) is None:
             continue
         report.float_layers.append(name)
-        scheme = qcfg.layer_scheme(name)
+        scheme = qcfg.layer_scheme(_ckpt_name(ckpt, name))
         in_blocks = not qcfg.block_names or qcfg._in_blocks(name)
         if scheme is not None and in_blocks and f"{name}.weight" in ckpt and qcfg.block_names:
             report.warnings.append(f"layer {name!r}: config says {scheme.id} but the checkpoint stores it in float; loaded as float")
     return specs
+
+
+def _ckpt_name(ckpt, module_name: str) -> str:
+    """The checkpoint's name for a module (differs when a key mapping renames the checkpoint)."""
+    if isinstance(ckpt, RenamedCheckpoint):
+        for suffix in (".qweight", ".weight"):
+            if module_name + suffix in ckpt:
+                return ckpt.original(module_name + suffix)[: -len(suffix)]
+    return module_name
 
 
 def _set_module(model: nn.Module, name: str, new: nn.Module) -> None:
@@ -195,6 +204,7 @@ def load_quantized(
     strict: bool = True,
     progress: bool | None = None,
     priorities: dict[str, int] | None = None,
+    key_mapping=None,
 ) -> nn.Module:
     """Replace the quantized linears of ``model`` by kernels and load ``path`` into it.
 
@@ -205,6 +215,8 @@ def load_quantized(
     nothing and model tensors the checkpoint does not provide are errors.  Returns ``model``
     with ``model.quantlinear_report`` (a :class:`LoadReport`).  ``priorities`` overrides kernel
     priorities for ``auto`` (``{"cpu.dequant": 100}``; also env ``QUANTLINEAR_PRIORITY``).
+    ``key_mapping`` renames checkpoint tensors onto the model's module tree (regex -> replacement,
+    applied in order, or a callable), for checkpoints quantized under another naming.
     """
     if not isinstance(model, nn.Module):
         raise QuantLinearError(f"model must be a torch.nn.Module, got {type(model).__name__}")
@@ -214,6 +226,8 @@ def load_quantized(
         raise QuantLinearError(f"dtype must be a floating torch.dtype, got {dtype!r}")
     ckpt = Checkpoint(path)
     qcfg, _model_cfg = read_quant_config(ckpt.directory)
+    if key_mapping:
+        ckpt = RenamedCheckpoint(ckpt, key_mapping)
     dev = torch.device(device) if device is not None else (_model_device(model) or default_device())
     dt = dtype or _float_dtype(model)
     report = LoadReport(str(path), qcfg, dev, dt)

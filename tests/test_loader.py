@@ -242,3 +242,14 @@ def test_key_mapping_loads_a_checkpoint_named_for_another_module_tree(tiny_ckpt,
         assert (model(IDS) - reference_logits(tiny_ckpt, IDS)).abs().max() < 1e-4
     with pytest.raises(ql.CheckpointError, match="sends both"):
         ql.load_quantized(Renamed(), tiny_ckpt, registry=cpu_registry, key_mapping={r"^layers\.\d+\.": "blocks.0."})
+
+
+def test_config_claiming_sym_for_an_asymmetric_checkpoint_is_refused(tiny_net, tmp_path, cpu_registry):
+    out = ql.save_quantized(tiny_net, tmp_path / "asym", ql.Scheme(bits=4, group_size=32, sym=False), skip=("head",))
+    cfg = json.loads((out / "config.json").read_text())
+    assert cfg["quantization_config"]["packing_format"] == "auto_round:auto_awq"
+    ql.load_quantized(TinyNet(), out, registry=cpu_registry)  # fine as written
+    cfg["quantization_config"]["sym"] = True
+    (out / "config.json").write_text(json.dumps(cfg))
+    with pytest.raises(ql.CheckpointError, match=r"config says sym=True but tensor layers\.0\.up\.qzeros holds zero point"):
+        ql.load_quantized(TinyNet(), out, registry=cpu_registry)

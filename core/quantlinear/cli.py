@@ -73,6 +73,7 @@ def _kernel_info(k) -> dict[str, Any]:
         "formats": norm(k.formats),
         "dtypes": norm(k.dtypes),
         "doc": (k.__doc__ or "").strip().splitlines()[0] if k.__doc__ else "",
+        "verified": getattr(k, "verified", None),
     }
 
 
@@ -120,6 +121,8 @@ def cmd_doctor(args: argparse.Namespace) -> int:
             f"{'/'.join(k['data_types'])} bits {','.join(map(str, k['bits']))}, groups {gs}, "
             f"{'sym+asym' if len(k['sym']) == 2 else ('sym' if k['sym'] == [True] else 'asym')}, formats {','.join(k['formats'])}, {','.join(k['dtypes'])}"
         )
+        if k["verified"]:
+            print(f"  {'':<24} verified: {k['verified']}")
     if any(k["priority"] != k["declared_priority"] for k in infos):
         print("  (* priority overridden by QUANTLINEAR_PRIORITY)")
     return 0

@@ -1,0 +1,1 @@
+"""NPU kernels, one per file."""

@@ -10,7 +10,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 import quantlinear as ql
-from conftest import TinyNet
+from ql_testmodels import TinyNet
 
 
 def reference_logits(ckpt_dir, ids):

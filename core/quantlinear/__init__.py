@@ -17,9 +17,10 @@ from .errors import (
     UnknownBackendError,
     UnsupportedSchemeError,
 )
-from .formats import IntWeights
+from .formats import FloatWeights, IntWeights
 from .hookspecs import PLUGIN_API_VERSION, hookimpl
 from .loader import LoadReport, load_quantized
+from .pretrained import from_pretrained, load_pipeline
 from .qlinear import QuantLinear
 from .quantize import quantize, quantize_weight, save_quantized
 from .registry import Registry, registry
@@ -34,6 +35,7 @@ __version__ = "0.1.0"
 __all__ = [
     "CheckpointError",
     "ConfigError",
+    "FloatWeights",
     "IntWeights",
     "LayerSpec",
     "LoadReport",
@@ -51,6 +53,8 @@ __all__ = [
     "UnsupportedSchemeError",
     "Verdict",
     "explain",
+    "from_pretrained",
+    "load_pipeline",
     "get_scheme",
     "hookimpl",
     "load_quantized",

@@ -19,6 +19,7 @@ from safetensors import safe_open
 from .errors import CheckpointError
 
 _PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl")
+_DTYPE_BYTES = {"F64": 8, "I64": 8, "U64": 8, "F32": 4, "I32": 4, "U32": 4, "F16": 2, "BF16": 2, "I16": 2, "U16": 2}
 
 
 def _check_safetensors_file(f: Path) -> None:
@@ -135,6 +136,14 @@ class Checkpoint:
     def shape(self, name: str) -> tuple[int, ...]:
         return tuple(self._open(self._index[name]).get_slice(name).get_shape())
 
+    def nbytes(self, name: str) -> int:
+        """Size of one stored tensor, read from the header (no data is loaded)."""
+        sl = self._open(self._index[name]).get_slice(name)
+        n = 1
+        for d in sl.get_shape():
+            n *= d
+        return n * _DTYPE_BYTES.get(sl.get_dtype(), 1)
+
     def items_by_file(self) -> Iterator[tuple[Path, list[str]]]:
         by: dict[Path, list[str]] = {}
         for n, f in self._index.items():
@@ -193,6 +202,9 @@ class RenamedCheckpoint:
 
     def shape(self, name: str) -> tuple[int, ...]:
         return self.base.shape(self.original(name))
+
+    def nbytes(self, name: str) -> int:
+        return self.base.nbytes(self.original(name))
 
     def items_by_file(self) -> Iterator[tuple[Path, list[str]]]:
         for f, names in self.base.items_by_file():

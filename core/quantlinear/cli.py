@@ -144,23 +144,30 @@ def _inspect(path: str, device: str | None, dtype: torch.dtype | None, backend: 
     if dtype is None:
         dtype = _DTYPES.get(str(model_cfg.get("torch_dtype") or model_cfg.get("dtype") or "float16"), torch.float16)
     layers = []
-    prefixes = sorted({k.rsplit(".", 1)[0] for k in ckpt.keys() if k.endswith(".qweight")})
+    from .formats import float_format_for
+    from .loader import quantized_prefixes
+
+    prefixes = quantized_prefixes(ckpt)
     for name in prefixes:
         scheme = qcfg.layer_scheme(name)
         entry: dict[str, Any] = {"layer": name}
-        if scheme is None or qcfg.format is None:
-            entry["error"] = "packed tensors, but the config gives no int scheme for this layer"
+        fmt_name = qcfg.format
+        if scheme is not None and scheme.data_type != "int" and scheme != qcfg.scheme:
+            fmt_name = float_format_for(scheme.data_type, scheme.bits, qcfg.packing_format)
+        if scheme is None or fmt_name is None:
+            entry["error"] = "packed tensors, but the config gives no scheme/layout quantlinear reads for this layer"
             layers.append(entry)
             continue
-        fmt = get_format(qcfg.format)
-        shapes = {t: ckpt.shape(f"{name}.{t}") for t in ("qweight", "qzeros", "scales", "g_idx") if f"{name}.{t}" in ckpt}
+        fmt = get_format(fmt_name)
+        shapes = {t: ckpt.shape(f"{name}.{t}") for t in fmt.tensor_names_for_inspect if f"{name}.{t}" in ckpt}
         K, N = fmt.infer_features(shapes, scheme.bits)
         act_order = f"{name}.g_idx" in ckpt and not g_idx_is_trivial(ckpt.get(f"{name}.g_idx"), K, scheme.group_size_for(K))
-        spec = LayerSpec(scheme, qcfg.format, K, N, f"{name}.bias" in ckpt, dtype, dev, act_order, name)
+        spec = LayerSpec(scheme, fmt_name, K, N, f"{name}.bias" in ckpt, dtype, dev, act_order, name)
         sel = select_kernel(spec, backend, raise_on_none=False)
         entry.update({"scheme": scheme.id, "in_features": K, "out_features": N, "bias": spec.bias, "act_order": act_order, "kernel": sel.kernel.name if sel.kernel else None, "selection": sel.to_dict()})
         layers.append(entry)
-    packed = sum(ckpt.shape(k)[0] * (ckpt.shape(k)[1] if len(ckpt.shape(k)) > 1 else 1) * 4 for k in ckpt.keys() if k.endswith(".qweight"))
+    qnames = set(prefixes)
+    packed = sum(_nbytes(ckpt, k) for k in ckpt.keys() if k.rsplit(".", 1)[0] in qnames and not k.endswith(".bias"))
     return {
         "path": str(path),
         "files": [str(f.name) for f in ckpt.files],
@@ -173,6 +180,10 @@ def _inspect(path: str, device: str | None, dtype: torch.dtype | None, backend: 
         "packed_weight_bytes": packed,
         "layers": layers,
     }
+
+
+def _nbytes(ckpt, name: str) -> int:
+    return ckpt.nbytes(name)
 
 
 def cmd_inspect(args: argparse.Namespace) -> int:

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from .errors import ConfigError, QuantLinearError
-from .formats import AUTOROUND_PACKING
+from .formats import AUTOROUND_PACKING, float_format_for
 from .scheme import Scheme
 
 _SCHEME_KEYS = ("bits", "group_size", "sym", "data_type", "act_bits", "act_data_type", "act_group_size", "act_sym", "act_dynamic")
@@ -38,7 +38,7 @@ class QuantConfig:
     """A checkpoint's quantization config, dialect-free."""
 
     quant_method: str
-    format: str | None  # canonical packing format of the int layers (None: not an int layout)
+    format: str | None  # canonical packing format of the scheme's layers (None: no known layout)
     scheme: Scheme
     packing_format: str | None = None
     block_names: tuple[str, ...] = ()
@@ -106,7 +106,7 @@ def _scheme_from(d: Mapping[str, Any], where: str) -> Scheme:
 
 def _parse_autoround(d: Mapping[str, Any]) -> QuantConfig:
     scheme = _scheme_from(d, "quantization_config")
-    packing = d.get("packing_format") or "auto_round:auto_gptq"
+    packing = d.get("packing_format") or ("auto_round:auto_gptq" if scheme.data_type == "int" else None)
     fmt = None
     if scheme.data_type == "int":
         fmt = AUTOROUND_PACKING.get(packing)
@@ -115,6 +115,8 @@ def _parse_autoround(d: Mapping[str, Any]) -> QuantConfig:
                 f"quantization_config: packing_format={packing!r} is not known for int schemes; "
                 f"known: {sorted(AUTOROUND_PACKING)}"
             )
+    elif str(d.get("fmt") or "e4m3").lower() == "e4m3":  # FP8 exports say fmt e4m3/e5m2; only E4M3 is read
+        fmt = float_format_for(scheme.data_type, scheme.bits, packing)
     overrides = []
     extra = d.get("extra_config") or {}
     if not isinstance(extra, Mapping):

@@ -20,7 +20,7 @@ from .checkpoint import Checkpoint, RenamedCheckpoint
 from .config import QuantConfig, read_quant_config
 from .devices import default_device
 from .errors import CheckpointError, ConfigError, QuantLinearError, UnsupportedSchemeError
-from .formats import get_format
+from .formats import FLOAT_FORMATS, float_format_for, get_format
 from .formats.gptq import g_idx_is_trivial
 from .progress import Progress
 from .registry import Registry
@@ -32,7 +32,12 @@ log = logging.getLogger("quantlinear")
 #: Checkpoints larger than this show a progress bar by default.
 PROGRESS_BYTES = 256 * 1024 * 1024
 
-_QUANT_MARKERS = ("qweight",)
+_QUANT_MARKERS = ("qweight", "weight_packed", "weight_scale")  # int; MXFP4/MXINT4/NVFP4; MXFP8/FP8 (float8 weight)
+
+
+def quantized_prefixes(ckpt) -> list[str]:
+    """Module names whose tensors in ``ckpt`` are packed (the tensors, not the config, are the truth)."""
+    return sorted({k.rsplit(".", 1)[0] for k in ckpt.keys() if k.rsplit(".", 1)[-1] in _QUANT_MARKERS})
 
 
 @dataclass
@@ -46,6 +51,7 @@ class LoadReport:
     layers: dict[str, Selection] = field(default_factory=dict)
     float_layers: list[str] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
+    skeleton_dtype: torch.dtype | None = None
 
     def kernel_counts(self) -> dict[str, int]:
         out: dict[str, int] = {}
@@ -97,7 +103,7 @@ def _model_device(model: nn.Module) -> torch.device | None:
 def plan_layers(model: nn.Module, ckpt: Checkpoint, qcfg: QuantConfig, *, device: torch.device, dtype: torch.dtype, report: LoadReport) -> dict[str, LayerSpec]:
     """Find the checkpoint's quantized layers and build a spec for each; validate against the model."""
     modules = dict(model.named_modules())
-    prefixes = sorted({k.rsplit(".", 1)[0] for k in ckpt.keys() if k.rsplit(".", 1)[-1] in _QUANT_MARKERS})
+    prefixes = quantized_prefixes(ckpt)
     specs: dict[str, LayerSpec] = {}
     for name in prefixes:
         mod = modules.get(name)
@@ -109,7 +115,10 @@ def plan_layers(model: nn.Module, ckpt: Checkpoint, qcfg: QuantConfig, *, device
         scheme = qcfg.layer_scheme(_ckpt_name(ckpt, name))
         if scheme is None:
             raise ConfigError(f"layer {name!r}: the checkpoint holds packed tensors but its config keeps the layer in float (bits 16)")
-        if scheme.data_type != "int" or qcfg.format is None:
+        fmt = qcfg.format
+        if scheme.data_type != "int" and scheme != qcfg.scheme:  # a per-layer float override
+            fmt = float_format_for(scheme.data_type, scheme.bits, qcfg.packing_format)
+        if fmt is None or (scheme.data_type != "int") != (fmt in FLOAT_FORMATS):
             raise UnsupportedSchemeError(f"layer {name!r}: scheme {scheme.id} with packing {qcfg.packing_format!r} has no loader yet")
         has_bias = f"{name}.bias" in ckpt
         module_bias = getattr(mod, "bias", None) is not None
@@ -125,7 +134,7 @@ def plan_layers(model: nn.Module, ckpt: Checkpoint, qcfg: QuantConfig, *, device
             if g.shape != (dims[0],):
                 raise CheckpointError(f"layer {name!r}: tensor {name}.g_idx has shape {tuple(g.shape)}, expected ({dims[0]},)")
             act_order = not g_idx_is_trivial(g, dims[0], gs)
-        spec = LayerSpec(scheme, qcfg.format, dims[0], dims[1], has_bias, dtype, device, act_order, name)
+        spec = LayerSpec(scheme, fmt, dims[0], dims[1], has_bias, dtype, device, act_order, name)
         reason = get_format(spec.format).check_shape(spec)
         if reason:
             raise CheckpointError(f"layer {name!r}: {reason}")
@@ -144,7 +153,7 @@ def plan_layers(model: nn.Module, ckpt: Checkpoint, qcfg: QuantConfig, *, device
 def _ckpt_name(ckpt, module_name: str) -> str:
     """The checkpoint's name for a module (differs when a key mapping renames the checkpoint)."""
     if isinstance(ckpt, RenamedCheckpoint):
-        for suffix in (".qweight", ".weight"):
+        for suffix in (".qweight", ".weight", ".weight_packed"):
             if module_name + suffix in ckpt:
                 return ckpt.original(module_name + suffix)[: -len(suffix)]
     return module_name
@@ -231,6 +240,7 @@ def load_quantized(
     dev = torch.device(device) if device is not None else (_model_device(model) or default_device())
     dt = dtype or _float_dtype(model)
     report = LoadReport(str(path), qcfg, dev, dt)
+    report.skeleton_dtype = _float_dtype(model)
 
     specs = plan_layers(model, ckpt, qcfg, device=dev, dtype=dt, report=report)
     layers = {}
@@ -251,6 +261,7 @@ def load_quantized(
                 prefix, _, suffix = full.rpartition(".")
                 t = ckpt.get(full)
                 if prefix in layers and suffix in expected_q[prefix]:
+                    t = get_format(specs[prefix].format).adapt_tensor(suffix, t, specs[prefix])
                     pending.setdefault(prefix, {})[suffix] = t
                     required = {n for n, ts in get_format(specs[prefix].format).tensor_specs(specs[prefix]).items() if not ts.optional}
                     present = set(pending[prefix])
@@ -294,6 +305,7 @@ def _finish(model: nn.Module, loaded: set[str], qlayers: set[str], dev: torch.de
     for n in missing:
         report.warnings.append(f"parameter {n!r} not in the checkpoint; left as initialized")
     meta_buffers = []
+    model_dt = report.skeleton_dtype
     for mname, mod in model.named_modules():
         if mname in qlayers:
             continue
@@ -302,8 +314,10 @@ def _finish(model: nn.Module, loaded: set[str], qlayers: set[str], dev: torch.de
                 continue
             if b.is_meta:
                 meta_buffers.append(f"{mname}.{bname}" if mname else bname)
-            elif b.device != dev or (b.dtype.is_floating_point and b.dtype != dt):
-                mod._buffers[bname] = b.to(dev, dt if b.dtype.is_floating_point else b.dtype)
+            elif b.device != dev or (b.dtype == model_dt and model_dt != dt):
+                # Buffers in the skeleton's dtype follow the model to ``dtype``; buffers that
+                # deliberately differ (fp32 rotary tables in a bf16 model) keep their dtype.
+                mod._buffers[bname] = b.to(dev, dt if b.dtype == model_dt else b.dtype)
         for pname, p in list(mod._parameters.items()):
             if p is not None and not p.is_meta and (p.device != dev or (p.dtype.is_floating_point and p.dtype != dt)):
                 mod._parameters[pname] = nn.Parameter(p.detach().to(dev, dt if p.dtype.is_floating_point else p.dtype), requires_grad=False)

@@ -28,6 +28,13 @@ class AWQFormat(PackingFormat):
             return f"out_features={spec.out_features} is not a multiple of {blk}, required by AWQ packing along N"
         return None
 
+    def adapt_tensor(self, tname: str, t: torch.Tensor, spec: LayerSpec) -> torch.Tensor:
+        """Drop padded input rows (AutoRound's model-free export pads K to whole groups; see GPTQFormat)."""
+        Kp = spec.num_groups * spec.group_size
+        if tname == "qweight" and Kp != spec.in_features and tuple(t.shape) == (Kp, spec.out_features * spec.scheme.bits // 32):
+            return t[: spec.in_features]
+        return t
+
     def infer_features(self, shapes: Mapping[str, tuple[int, ...]], bits: int) -> tuple[int, int]:
         k, cols = shapes["qweight"]
         return k, cols * 32 // bits

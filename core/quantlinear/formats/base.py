@@ -57,6 +57,49 @@ class IntWeights:
         return ((q - z) * s).to(dtype)
 
 
+@dataclass
+class FloatWeights:
+    """Floating-point / microscaling weights (MXFP4/8, MXINT4, NVFP4, FP8) in nn.Linear orientation.
+
+    ``codes``:  uint8 ``[N, K]`` element codes (4-bit sign-magnitude codes, or FP8 raw bytes);
+                see :mod:`quantlinear.fpcodes` for ``element`` (``e2m1``, ``e0m4``, ``e4m3``, ``e5m2``).
+    ``scales``: fp32 ``[N, G]`` decoded block scales, block ``g`` covering input channels
+                ``[g * block_size, (g + 1) * block_size)`` (one block per row: ``block_size = K``).
+    ``scale_kind`` / ``raw_scales``: how the checkpoint stores the scales (``e8m0`` uint8,
+                ``e4m3`` float8, ``float`` [N] or [1]) and the stored tensor, for kernels that use it.
+    ``global_scale``: fp32 ``[1]`` NVFP4 ``weight_global_scale``, or None.
+    ``input_scale`` (FP8 static, as stored) / ``input_global_scale`` (NVFP4, fp32): activation parameters.
+    Dequantized weight: ``W[n, k] = value(codes[n, k]) * (1 / global_scale) * scales[n, k // block_size]``
+    (the ``1 / global_scale`` factor only when there is one, applied first as AutoRound does).
+    """
+
+    codes: torch.Tensor
+    element: str
+    scales: torch.Tensor
+    block_size: int
+    scale_kind: str = "float"
+    raw_scales: torch.Tensor | None = None
+    global_scale: torch.Tensor | None = None
+    input_scale: torch.Tensor | None = None
+    input_global_scale: torch.Tensor | None = None
+    g_idx: None = None  # no act-order for these schemes; QuantLinear.post_load reads it
+
+    def values(self, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+        from ..fpcodes import decode_elements
+
+        return decode_elements(self.codes, self.element, dtype)
+
+    def dequantize(self, group_size: int | None = None, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+        """Reference dequantization in fp32 (then cast); ``group_size`` is ignored (``block_size`` rules)."""
+        v = self.values(torch.float32)
+        if self.global_scale is not None:
+            gs = self.global_scale.to(torch.float32).reshape(())
+            v = v * torch.where(gs == 0, torch.zeros_like(gs), 1.0 / gs)
+        K = v.shape[1]
+        s = self.scales.to(torch.float32).repeat_interleave(self.block_size, dim=1)[:, :K]
+        return (v * s).to(dtype)
+
+
 class PackingFormat:
     """Base class of checkpoint layouts. Subclasses are stateless singletons."""
 
@@ -65,9 +108,15 @@ class PackingFormat:
     data_types: ClassVar[frozenset[str]] = frozenset({"int"})
     #: tensor whose presence marks a layer as stored in this family of layouts
     marker: ClassVar[str] = "qweight"
+    #: tensors whose shapes ``infer_features`` reads (``quantlinear inspect``)
+    tensor_names_for_inspect: ClassVar[tuple[str, ...]] = ("qweight", "qzeros", "scales", "g_idx", "weight", "weight_packed", "weight_scale")
 
     def tensor_specs(self, spec: LayerSpec) -> dict[str, TensorSpec]:
         raise NotImplementedError
+
+    def adapt_tensor(self, tname: str, t: torch.Tensor, spec: LayerSpec) -> torch.Tensor:
+        """Normalize one checkpoint tensor before validation (e.g. drop writer padding); default: as is."""
+        return t
 
     def infer_features(self, shapes: Mapping[str, tuple[int, ...]], bits: int) -> tuple[int, int]:
         """(in_features, out_features) of a layer from its checkpoint tensor shapes (for ``inspect``)."""

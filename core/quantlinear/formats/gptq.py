@@ -40,6 +40,20 @@ class GPTQFormat(PackingFormat):
             return f"out_features={spec.out_features} is not a multiple of {blk}, required to pack {b}-bit zeros along N"
         return None
 
+    def adapt_tensor(self, tname: str, t: torch.Tensor, spec: LayerSpec) -> torch.Tensor:
+        """Drop the rows AutoRound's model-free export adds when it pads K up to whole groups.
+
+        ``utils/model_free_utils.py`` ``quantize_weight_rtn`` pads ``in_features`` to
+        ``num_groups * group_size`` before packing, so a layer with a partial last group (or
+        fewer inputs than one group) stores codes for inputs that do not exist, after the real
+        ones.  Any other shape is left for :meth:`validate` to report.
+        """
+        K, N, b = spec.in_features, spec.out_features, spec.scheme.bits
+        Kp = spec.num_groups * spec.group_size
+        if tname == "qweight" and not spec.act_order and Kp != K and (Kp * b) % 32 == 0 and tuple(t.shape) == (Kp * b // 32, N):
+            return t[: K * b // 32]
+        return t
+
     def infer_features(self, shapes: Mapping[str, tuple[int, ...]], bits: int) -> tuple[int, int]:
         rows, n = shapes["qweight"]
         return (shapes["g_idx"][0] if "g_idx" in shapes else rows * 32 // bits), n

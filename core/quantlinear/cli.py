@@ -251,7 +251,9 @@ def cmd_bench(args: argparse.Namespace) -> int:
     if args.m:
         opts.ms = tuple(int(m) for m in args.m.split(","))
     rows = runner(opts)
-    dense = next((r.kernel for r in rows if r.kind == "peer" and r.kernel.startswith("peer.dense")), None) or next((r.kernel for r in rows if r.kind == "peer"), "")
+    peers = [r.kernel for r in rows if r.kind == "peer"]
+    # the dense baseline: cuBLAS on GPUs, dense F.linear on CPUs, else the first peer
+    dense = next((p for p in peers if p == "peer.cublas"), None) or next((p for p in peers if p.startswith("peer.dense")), None) or (peers[0] if peers else "")
     dicts = benchutil.add_ratios(rows, dense)
     for d, r in zip(dicts, rows):
         d["best_us"] = r.best_us

@@ -229,6 +229,9 @@ class QuantLinear(nn.Module):
         self.input_perm = perm
         with torch.no_grad():
             self.prepare(weights)
+        self._compute_dtype = self.spec.dtype
+        self._permutes = self._buffers.get("input_perm") is not None
+        self._adds_bias = self._buffers.get("bias") is not None and not self.fuses_bias
         self._prepared = True
 
     @property
@@ -246,22 +249,27 @@ class QuantLinear(nn.Module):
 
     # ---- forward -------------------------------------------------------------------------------
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        # Eager overhead matters at decode time (one call per layer per token): the common case
+        # (2-D, contiguous, compute dtype, no act-order) touches only plain attributes.
         if not self._prepared:
             raise QuantLinearError(f"layer {self.spec.name!r} ({self.name}) was not prepared: call post_load() after loading")
         if x.shape[-1] != self.in_features:
             raise QuantLinearError(
                 f"layer {self.spec.name!r}: input has {x.shape[-1]} features (shape {tuple(x.shape)}), expected {self.in_features}"
             )
+        if x.dim() == 2 and x.dtype == self._compute_dtype and not self._permutes and x.is_contiguous():
+            y = self.compute(x)
+            return y + self._buffers["bias"] if self._adds_bias else y
         out_dtype = x.dtype
         x2 = x.reshape(-1, self.in_features)
-        if x2.dtype != self.spec.dtype:
-            x2 = x2.to(self.spec.dtype)
-        if self.input_perm is not None:
-            x2 = x2.index_select(1, self.input_perm)
+        if x2.dtype != self._compute_dtype:
+            x2 = x2.to(self._compute_dtype)
+        if self._permutes:
+            x2 = x2.index_select(1, self._buffers["input_perm"])
         x2 = x2.contiguous()
         y = self.compute(x2)
-        if self.bias is not None and not self.fuses_bias:
-            y = y + self.bias
+        if self._adds_bias:
+            y = y + self._buffers["bias"]
         return y.reshape(*x.shape[:-1], self.out_features).to(out_dtype)
 
     def extra_repr(self) -> str:

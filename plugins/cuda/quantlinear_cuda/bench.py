@@ -1,0 +1,309 @@
+"""The CUDA benchmark runner behind ``quantlinear bench`` (hook ``quantlinear_benchmark("cuda")``).
+
+In one run on one GPU it times, per (K, N, M):
+
+* every installed kernel of the ``cuda`` family that can implement the scheme;
+* peers: cuBLAS dense (``F.linear`` with an fp16/bf16 weight of the same shape,
+  ``peer.cublas``), ``aten._weight_int4pack_mm`` (``peer.int4pack_mm``, only where no kernel
+  already wraps it), gemlite (``peer.gemlite``) and AutoRound's Triton layer
+  (``peer.autoround_triton``) when they can be imported.
+
+Numbers per row:
+
+* ``device_us``: device time per call, from CUDA-graph replays of a graph that calls the
+  layer once on each of several weight copies whose total size exceeds the L2 cache
+  (3x L2), so every call streams its weights from HBM;
+* ``eager_us``: wall time per call of plain eager calls (launch overhead included);
+* ``floor_us``: the packed weight bytes of the scheme (codes + scales (+ zeros)) divided by
+  the copy bandwidth measured in the same run (a large device-to-device ``copy_``, bytes
+  read plus written over time); ``weight_bytes`` is what that implementation reads;
+* ``max_rel_err``: ``max |y - ref| / max |ref|`` against the fp32 product with the fp32
+  dequantized weight (``IntWeights.dequantize``).
+
+``options.extra`` keys: ``format`` (checkpoint format, default ``gptq_v2``), ``copies`` (force
+the number of weight copies), ``seed``, ``log`` (callable for progress lines),
+``op_path`` (also time the custom-op entry point eagerly, default True).
+"""
+
+from __future__ import annotations
+
+import copy
+import fnmatch
+import gc
+import math
+import time
+from typing import Any, Callable
+
+import torch
+import torch.nn.functional as F
+
+from quantlinear import LayerSpec, get_scheme
+from quantlinear.benchutil import BenchOptions, BenchRow, random_int_weights
+
+from . import device as _device
+
+DENSE = "peer.cublas"
+
+
+def copy_bandwidth(device: torch.device, nbytes: int = 1 << 30, reps: int = 20) -> float:
+    """Device-to-device copy bandwidth in bytes/s, counting bytes read plus bytes written."""
+    n = nbytes // 4
+    a = torch.empty(n, dtype=torch.float32, device=device).uniform_()
+    b = torch.empty_like(a)
+    for _ in range(3):
+        b.copy_(a)
+    torch.cuda.synchronize(device)
+    times = []
+    for _ in range(reps):
+        s, e = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        s.record()
+        b.copy_(a)
+        e.record()
+        e.synchronize()
+        times.append(s.elapsed_time(e) * 1e-3)
+    del a, b
+    times.sort()
+    return 2 * n * 4 / times[len(times) // 2]
+
+
+def packed_bytes(K: int, N: int, scheme) -> int:
+    """Ideal packed size of a layer: codes + fp16 scales (+ packed zeros when asymmetric)."""
+    G = scheme.num_groups(K)
+    b = K * N * scheme.bits // 8 + G * N * 2
+    if not scheme.sym:
+        b += G * N * scheme.bits // 8
+    return b
+
+
+def time_graph(fns: list[Callable[[], Any]], target_ms: float = 40.0, batches: int = 5) -> float:
+    """Median device time per call (us) of CUDA-graph replays calling every ``fn`` once."""
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):
+        for f in fns:
+            f()
+    torch.cuda.current_stream().wait_stream(side)
+    torch.cuda.synchronize()
+    g = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(g):
+        for f in fns:
+            f()
+    g.replay()
+    torch.cuda.synchronize()
+    s, e = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    s.record()
+    g.replay()
+    e.record()
+    e.synchronize()
+    one = max(s.elapsed_time(e), 1e-3)
+    reps = int(min(200, max(2, target_ms / batches / one)))
+    res = []
+    for _ in range(batches):
+        s.record()
+        for _ in range(reps):
+            g.replay()
+        e.record()
+        e.synchronize()
+        res.append(s.elapsed_time(e) * 1e3 / (reps * len(fns)))
+    del g
+    res.sort()
+    return res[len(res) // 2]
+
+
+def time_eager(fn: Callable[[], Any], iters: int) -> float:
+    for _ in range(3):
+        fn()
+    torch.cuda.synchronize()
+    t0 = time.perf_counter()
+    for _ in range(iters):
+        fn()
+    torch.cuda.synchronize()
+    return (time.perf_counter() - t0) / iters * 1e6
+
+
+def _module_bytes(m: torch.nn.Module) -> int:
+    seen, total = set(), 0
+    for t in list(m.buffers()) + list(m.parameters()):
+        if t is None or t.data_ptr() in seen:
+            continue
+        seen.add(t.data_ptr())
+        total += t.numel() * t.element_size()
+    return total
+
+
+class _Impl:
+    """One implementation under test: a way to build weight copies and call one."""
+
+    def __init__(self, name: str, kind: str, build: Callable[[], Callable], nbytes: int, note: str = "", op_call: Callable | None = None):
+        self.name, self.kind, self.build, self.nbytes, self.note, self.op_call = name, kind, build, nbytes, note, op_call
+
+
+def _cuda_kernels(options: BenchOptions):
+    from quantlinear import registry
+
+    reg = registry()
+    reg.load_for_family("cuda")
+    return [k for k in reg.kernels() if "cuda" in k.device_families]
+
+
+def _wanted(name: str, options: BenchOptions) -> bool:
+    return not options.kernels or any(fnmatch.fnmatchcase(name, p) for p in options.kernels)
+
+
+def _impls(K: int, N: int, scheme, dtype, dev, w, W, options: BenchOptions, log) -> list[_Impl]:
+    fmt = options.extra.get("format", "gptq_v2")
+    spec = LayerSpec(scheme, fmt, K, N, bias=False, dtype=dtype, device=dev, name=f"bench.{K}x{N}")
+    out: list[_Impl] = []
+    kernels = _cuda_kernels(options)
+    names = {k.name for k in kernels}
+    for k in sorted(kernels, key=lambda k: (-k.priority, k.name)):
+        if not _wanted(k.name, options):
+            continue
+        v = k.can_implement(spec)
+        if not v:
+            log(f"  {k.name}: skipped ({v.reason})")
+            continue
+        layer = k.from_weights(spec, w)
+        op_call = None
+        if hasattr(layer, "problem"):
+            m = layer.meta
+
+            def op_call(x, layer=layer, m=m):
+                return torch.ops.quantlinear_cuda.wna16_gemm(x, layer.w_slab, layer.w_scales, layer.w_zeros, layer.bias, m.bits,
+                                                             m.group_size, m.in_features, m.slab, layer.zero_point)
+
+        out.append(_Impl(k.name, "kernel", lambda layer=layer: copy.deepcopy(layer), _module_bytes(layer), op_call=op_call))
+        out[-1].first = layer
+
+    if _wanted(DENSE, options):
+        Wd = W.to(dtype)
+        out.append(_Impl(DENSE, "peer", lambda Wd=Wd: (lambda x, Wc=Wd.clone(): F.linear(x, Wc)), Wd.numel() * Wd.element_size(),
+                         note=f"F.linear, dense {str(dtype).replace('torch.', '')} weight"))
+        out[-1].first = lambda x, Wd=Wd: F.linear(x, Wd)
+
+    if "cuda.tinygemm" not in names and _wanted("peer.int4pack_mm", options) and dtype == torch.bfloat16 and scheme.bits <= 4:
+        try:
+            from .packing import tinygemm_group, tinygemm_inner_k_tiles, tinygemm_nibbles, tinygemm_scales_and_zeros
+
+            og, ikt = tinygemm_group(spec.group_size), tinygemm_inner_k_tiles(K)
+            packed = torch.ops.aten._convert_weight_to_int4pack(tinygemm_nibbles(w.qweight), ikt)
+            sz = tinygemm_scales_and_zeros(w, spec.group_size, og)
+
+            def mk(packed=packed, sz=sz, og=og):
+                p, z = packed.clone(), sz.clone()
+                return lambda x: torch.ops.aten._weight_int4pack_mm(x, p, og, z)
+
+            out.append(_Impl("peer.int4pack_mm", "peer", mk, packed.numel() * 4 + sz.numel() * 2))
+            out[-1].first = mk()
+        except Exception as e:
+            log(f"  peer.int4pack_mm: skipped ({type(e).__name__}: {e})")
+
+    if _wanted("peer.gemlite", options):
+        try:
+            from gemlite.core import DType, GemLiteLinearTriton
+
+            gdt = {torch.float16: DType.FP16, torch.bfloat16: DType.BF16}[dtype]
+
+            def mk_gl():
+                gl = GemLiteLinearTriton(W_nbits=scheme.bits, group_size=spec.group_size, in_features=K, out_features=N,
+                                         input_dtype=gdt, output_dtype=gdt)
+                gl.pack(w.qweight, w.scales.to(dtype), w.zeros.to(dtype), bias=None)
+                return gl
+
+            gl = mk_gl()
+            out.append(_Impl("peer.gemlite", "peer", mk_gl, _module_bytes(gl), note="gemlite GemLiteLinearTriton"))
+            out[-1].first = gl
+        except Exception as e:
+            log(f"  peer.gemlite: skipped ({type(e).__name__}: {str(e)[:200]})")
+
+    if _wanted("peer.autoround_triton", options):
+        try:
+            if dtype != torch.float16:
+                raise RuntimeError("AutoRound's Triton layer computes in fp16 only")
+            from auto_round_extension.triton.qlinear_tritonv2_zp import QuantLinear as ARQuantLinear
+
+            from quantlinear.formats import get_format
+
+            tensors = get_format("gptq").pack(w, LayerSpec(scheme, "gptq", K, N, dtype=dtype, device=dev))  # the _zp layer adds 1 to zeros (v1)
+
+            def mk_ar():
+                m = ARQuantLinear(scheme.bits, spec.group_size, K, N, bias=False).to(dev)
+                m.qweight = tensors["qweight"].clone()
+                m.qzeros = tensors["qzeros"].clone()
+                m.scales = tensors["scales"].to(torch.float16).clone()
+                m.g_idx = (torch.arange(K, device=dev, dtype=torch.int32) // spec.group_size)
+                return m
+
+            ar = mk_ar()
+            out.append(_Impl("peer.autoround_triton", "peer", mk_ar, _module_bytes(ar), note="auto_round_extension tritonv2_zp"))
+            out[-1].first = ar
+        except Exception as e:
+            log(f"  peer.autoround_triton: skipped ({type(e).__name__}: {str(e)[:200]})")
+    return out
+
+
+def run(options: BenchOptions) -> list[BenchRow]:
+    """Time kernels and peers on one CUDA device; one row per (implementation, K, N, M)."""
+    log = options.extra.get("log") or ((lambda s: print(s, flush=True)) if options.progress else (lambda s: None))
+    dev = torch.device(options.device if str(options.device).startswith("cuda") else "cuda")
+    if dev.index is None:
+        dev = torch.device("cuda", torch.cuda.current_device())
+    torch.cuda.set_device(dev)
+    torch.backends.cuda.matmul.allow_tf32 = False
+    scheme = get_scheme(options.scheme)
+    dtype = options.dtype
+    props = _device.device_props(dev)
+    bw = copy_bandwidth(dev)
+    log(f"{props.name} ({props.arch}, {props.sm_count} SMs, L2 {props.l2_bytes / 2**20:.0f} MiB): copy bandwidth {bw / 1e9:.0f} GB/s")
+    seed = int(options.extra.get("seed", 0))
+    rows: list[BenchRow] = []
+    for K, N in options.shapes:
+        log(f"shape K={K} N={N} {scheme} {str(dtype).replace('torch.', '')}")
+        w = random_int_weights(K, N, scheme, seed=seed)
+        w.qweight, w.zeros, w.scales = w.qweight.to(dev), w.zeros.to(dev), w.scales.to(dev)
+        W = w.dequantize(scheme.group_size_for(K)).to(dev)  # fp32 [N, K]
+        floor_bytes = packed_bytes(K, N, scheme)
+        floor_us = floor_bytes / bw * 1e6
+        gen = torch.Generator(device=dev).manual_seed(seed + K + N)
+        xs = {M: torch.randn(M, K, device=dev, dtype=torch.float32, generator=gen).to(dtype) for M in options.ms}
+        refs = {M: xs[M].float() @ W.t() for M in options.ms}
+        impls = _impls(K, N, scheme, dtype, dev, w, W, options, log)
+        del W
+        for im in impls:
+            copies_n = int(options.extra.get("copies") or min(64, max(1, math.ceil(3 * props.l2_bytes / max(1, im.nbytes)))))
+            try:
+                fns = [im.first] + [im.build() for _ in range(copies_n - 1)]
+            except Exception as e:
+                log(f"  {im.name}: copies failed ({type(e).__name__}: {e})")
+                fns = [im.first]
+            for M in options.ms:
+                x = xs[M]
+                row = BenchRow(im.name, im.kind, K, N, M, None, None, floor_us=floor_us, weight_bytes=im.nbytes, note=im.note)
+                try:
+                    y = im.first(x)  # warm: compiles, and tunes this M bucket if tuning is on
+                    torch.cuda.synchronize()
+                    ref = refs[M]
+                    row.max_rel_err = float((y.float() - ref).abs().max() / ref.abs().max().clamp_min(1e-30))
+                    if not torch.isfinite(y).all():
+                        row.note = (row.note + " non-finite output").strip()
+                    row.device_us = time_graph([lambda f=f: f(x) for f in fns])
+                    row.eager_us = time_eager(lambda: im.first(x), options.iters)
+                    if im.op_call is not None and options.extra.get("op_path", True):
+                        op_us = time_eager(lambda: im.op_call(x), options.iters)
+                        row.note = (row.note + f" op-path eager {op_us:.1f}us").strip()
+                    if len(fns) > 1:
+                        row.note = (row.note + f" x{len(fns)} copies").strip()
+                except Exception as e:
+                    row.note = (row.note + f" FAILED {type(e).__name__}: {str(e)[:160]}").strip()
+                rows.append(row)
+                log(f"  {im.name:<24} M={M:<5} dev {row.device_us if row.device_us is not None else float('nan'):9.1f} us  eager "
+                    f"{row.eager_us if row.eager_us is not None else float('nan'):8.1f} us  floor {floor_us:7.1f}  err "
+                    f"{row.max_rel_err if row.max_rel_err is not None else float('nan'):.1e}")
+            del fns
+            im.first = None
+            gc.collect()
+            torch.cuda.empty_cache()
+        del impls, xs, refs, w
+        gc.collect()
+        torch.cuda.empty_cache()
+    return rows

@@ -1,0 +1,184 @@
+"""Repacking canonical :class:`IntWeights` into the layouts the CUDA kernels read.
+
+Triton layout ("slab-interleaved", one int32 tensor ``[N, KW]``)
+-----------------------------------------------------------------
+Each output row ``n`` is cut along K into tiles of ``T = SLAB * VPW`` codes, where
+``VPW = 32 // bits`` codes share one int32 word (2-bit: 16, 3-bit: 10, 4-bit: 8, 8-bit: 4)
+and ``SLAB`` (16 or 32) is a number of words.  Word ``p`` of tile ``t`` holds, at bit offset
+``j * bits``, the code of input channel ``k = t*T + j*SLAB + p``.  So one shift-and-mask of a
+row's ``SLAB`` consecutive words yields ``SLAB`` *consecutive* input channels: the kernels
+never reshape or gather, a tile is a plain 2-D load, and the activation slab it pairs with is
+a contiguous load too.  3-bit codes use 10 per word (30 of 32 bits).  K is padded to a whole
+number of tiles with code 0; the kernels mask those channels out.
+
+Every slab lies inside one quantization group (``SLAB`` divides the group size, or there is
+one group per row), so scales/zeros are one value per (row, slab).  Scales keep the
+checkpoint's exact values (fp16 scales stay fp16, even for bf16 activations: the kernels
+compute in fp32), stored ``[G, N]`` so a block of rows reads them contiguously.  Zero points
+are dropped entirely when every group of the layer has the same zero (every symmetric
+checkpoint): the kernels then subtract one constant.  Otherwise they are stored as uint8
+``[G, N]`` (int16 when a zero does not fit).
+
+tinygemm layout
+---------------
+``aten._convert_weight_to_int4pack`` of uint8 ``[N, K/2]`` (even k in the high nibble) and
+``qScaleAndZeros [K/g, N, 2]`` with ``zero = (8 - z) * s``, as PyTorch's int4 kernel wants.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from quantlinear import IntWeights
+
+#: bits -> codes per int32 word
+VPW = {2: 16, 3: 10, 4: 8, 5: 6, 6: 5, 7: 4, 8: 4}
+
+#: 2**23: OR-ing a code into the mantissa of this float gives 2**23 + code exactly
+MAGIC = 8388608.0
+
+
+def values_per_word(bits: int) -> int:
+    return VPW[bits]
+
+
+def choose_slab(group_size: int, in_features: int) -> int | None:
+    """Words per slab for a layer: 32 where the groups allow it, else 16, else None."""
+    if group_size >= in_features:
+        return 32
+    for slab in (32, 16):
+        if group_size % slab == 0:
+            return slab
+    return None
+
+
+@dataclass(frozen=True)
+class SlabMeta:
+    bits: int
+    slab: int
+    group_size: int  # effective (per-channel: in_features)
+    in_features: int
+    out_features: int
+
+    @property
+    def vpw(self) -> int:
+        return VPW[self.bits]
+
+    @property
+    def tile_k(self) -> int:
+        return self.slab * self.vpw
+
+    @property
+    def k_tiles(self) -> int:
+        return -(-self.in_features // self.tile_k)
+
+    @property
+    def words_per_row(self) -> int:
+        return self.k_tiles * self.slab
+
+
+def slabs_per_group(bits: int, slab: int, group_size: int, in_features: int) -> int:
+    """How many consecutive slabs of a tile share one scale, from the group layout."""
+    vpw = 32 // bits
+    T = slab * vpw
+    if group_size >= in_features:
+        return vpw
+    if T % group_size == 0:
+        return group_size // slab
+    if group_size % T == 0:
+        return vpw
+    return 1
+
+
+def pack_codes(q: torch.Tensor, bits: int, slab: int, *, chunk_rows: int = 2048) -> torch.Tensor:
+    """uint8 codes ``[N, K]`` -> int32 ``[N, KW]`` in the slab-interleaved layout."""
+    N, K = q.shape
+    vpw = VPW[bits]
+    T = slab * vpw
+    kt = -(-K // T)
+    out = torch.empty(N, kt * slab, dtype=torch.int32, device=q.device)
+    shifts = (torch.arange(vpw, device=q.device, dtype=torch.int64) * bits).view(1, 1, vpw, 1)
+    for r0 in range(0, N, chunk_rows):
+        r1 = min(N, r0 + chunk_rows)
+        qp = torch.zeros(r1 - r0, kt * T, dtype=torch.int64, device=q.device)
+        qp[:, :K] = q[r0:r1].to(torch.int64)
+        words = (qp.view(r1 - r0, kt, vpw, slab) << shifts).sum(dim=2)  # disjoint bits: sum == or
+        words = torch.where(words >= 2**31, words - 2**32, words)
+        out[r0:r1] = words.view(r1 - r0, kt * slab).to(torch.int32)
+    return out
+
+
+def unpack_codes(words: torch.Tensor, bits: int, slab: int, in_features: int) -> torch.Tensor:
+    """Inverse of :func:`pack_codes` (tests, debugging)."""
+    N, KW = words.shape
+    vpw = VPW[bits]
+    kt = KW // slab
+    w = words.to(torch.int64).view(N, kt, 1, slab) & 0xFFFFFFFF
+    shifts = (torch.arange(vpw, device=words.device, dtype=torch.int64) * bits).view(1, 1, vpw, 1)
+    q = (w >> shifts) & ((1 << bits) - 1)
+    return q.view(N, kt * vpw * slab)[:, :in_features].to(torch.uint8)
+
+
+def constant_zero(zeros: torch.Tensor) -> int | None:
+    """The zero point shared by every group, or None when they differ."""
+    if zeros.numel() == 0:
+        return 0
+    first = zeros.reshape(-1)[:1]
+    if bool((zeros == first).all()):
+        return int(first.item())
+    return None
+
+
+def pack_zeros(zeros: torch.Tensor) -> torch.Tensor:
+    """int16 ``[N, G]`` true zeros -> ``[G, N]`` uint8 (int16 if out of range)."""
+    zt = zeros.t().contiguous()
+    if int(zt.min()) >= 0 and int(zt.max()) <= 255:
+        return zt.to(torch.uint8)
+    return zt.to(torch.int16)
+
+
+def pack_scales(scales: torch.Tensor) -> torch.Tensor:
+    """``[N, G]`` -> ``[G, N]``, values unchanged (fp16 stays fp16; others become fp32)."""
+    s = scales.t().contiguous()
+    return s if s.dtype in (torch.float16, torch.float32) else s.to(torch.float32)
+
+
+def dequantize_slabs(words: torch.Tensor, scales: torch.Tensor, zeros: torch.Tensor | None, zero_point: int, meta: SlabMeta) -> torch.Tensor:
+    """fp32 ``[N, K]`` weight from the packed tensors (reference for tests)."""
+    q = unpack_codes(words, meta.bits, meta.slab, meta.in_features).to(torch.float32)
+    gi = torch.arange(meta.in_features, device=q.device) // meta.group_size
+    s = scales.t().to(torch.float32).index_select(1, gi)
+    z = torch.full_like(s, float(zero_point)) if zeros is None else zeros.t().to(torch.float32).index_select(1, gi)
+    return (q - z) * s
+
+
+# ---- tinygemm -----------------------------------------------------------------------------
+TINYGEMM_GROUPS = (256, 128, 64, 32)
+
+
+def tinygemm_group(group_size: int) -> int | None:
+    """The largest group size tinygemm accepts that tiles ``group_size`` exactly."""
+    return next((g for g in TINYGEMM_GROUPS if group_size % g == 0), None)
+
+
+def tinygemm_inner_k_tiles(in_features: int) -> int | None:
+    return next((t for t in (8, 4, 2) if in_features % (t * 16) == 0), None)
+
+
+def tinygemm_nibbles(q: torch.Tensor) -> torch.Tensor:
+    """uint8 codes ``[N, K]`` (< 16) -> uint8 ``[N, K/2]``, even k in the high nibble."""
+    q = q.to(torch.uint8)
+    return ((q[:, 0::2] << 4) | q[:, 1::2]).contiguous()
+
+
+def tinygemm_scales_and_zeros(w: IntWeights, group_size: int, op_group: int, dtype: torch.dtype = torch.bfloat16) -> torch.Tensor:
+    """``[K/op_group, N, 2]``: (s, (8 - z) * s) so that ``(q - 8) * s + zero == (q - z) * s``."""
+    s = w.scales.to(torch.float32)
+    zero = (8 - w.zeros.to(torch.float32)) * s
+    sz = torch.stack([s, zero], dim=-1)  # [N, G, 2]
+    rep = group_size // op_group
+    if rep > 1:
+        sz = sz.repeat_interleave(rep, dim=1)
+    return sz.transpose(0, 1).contiguous().to(dtype)

@@ -1,0 +1,25 @@
+"""The CUDA plugin's hooks. Adding a kernel: its file under ``kernels/``, one line here, its tests."""
+
+from quantlinear import PLUGIN_API_VERSION, hookimpl
+
+
+@hookimpl
+def quantlinear_plugin_api():
+    return [PLUGIN_API_VERSION]
+
+
+@hookimpl
+def quantlinear_kernels():
+    from .kernels.tinygemm import TinyGemmLinear
+    from .kernels.triton_wna16 import TritonWNA16Linear
+
+    return [TritonWNA16Linear, TinyGemmLinear]
+
+
+@hookimpl
+def quantlinear_benchmark(family):
+    if family != "cuda":
+        return None
+    from .bench import run
+
+    return run

@@ -1,0 +1,103 @@
+"""Real-hardware tests: skipped without a CUDA GPU."""
+
+import pytest
+import torch
+
+from quantlinear import LayerSpec, Scheme
+from quantlinear.benchutil import BenchOptions, random_int_weights
+
+from cuda_testutil import GPU, TOL, rel_err
+
+pytestmark = pytest.mark.skipif(not GPU, reason="needs a CUDA GPU")
+
+
+def build(kernel, bits=4, group=128, sym=True, K=512, N=256, dtype=torch.float16, bias=False, seed=0):
+    sc = Scheme(bits=bits, group_size=group, sym=sym)
+    w = random_int_weights(K, N, sc, seed=seed)
+    spec = LayerSpec(sc, "gptq", K, N, bias=bias, dtype=dtype, device=torch.device("cuda"))
+    b = (torch.randn(N) * 0.1).to(dtype) if bias else None
+    layer = kernel.from_weights(spec, w, b)
+    W = w.dequantize(spec.group_size).cuda()
+    return layer, W, (b.float().cuda() if bias else None)
+
+
+def ref(x, W, b):
+    y = x.float() @ W.t()
+    return y if b is None else y + b
+
+
+@pytest.mark.parametrize("bits,group,sym", [(4, 128, True), (4, 32, False), (3, 128, True), (2, -1, False)])
+def test_tinygemm(bits, group, sym):
+    from quantlinear_cuda.kernels.tinygemm import TinyGemmLinear
+
+    layer, W, b = build(TinyGemmLinear, bits, group, sym, dtype=torch.bfloat16, bias=True)
+    for M in (1, 7, 64):
+        x = torch.randn(M, 512, device="cuda", dtype=torch.bfloat16)
+        assert rel_err(layer(x), ref(x, W, b)) < TOL[torch.bfloat16]
+
+
+def test_cuda_graph_capture():
+    from quantlinear_cuda.kernels.triton_wna16 import TritonWNA16Linear
+
+    layer, W, b = build(TritonWNA16Linear, 4, 128, False, K=1024, N=512, bias=True)
+    outs = {}
+    for M in (1, 4, 16, 300):  # gemv, split-K and tensor-core configs
+        x = torch.randn(M, 1024, device="cuda", dtype=torch.float16)
+        layer(x)  # warm (compile) outside the capture
+        s = torch.cuda.Stream()
+        s.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(s):
+            layer(x)
+        torch.cuda.current_stream().wait_stream(s)
+        g = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(g):
+            y = layer(x)
+        x.copy_(torch.randn_like(x))
+        y.fill_(float("nan"))
+        g.replay()
+        g.replay()
+        torch.cuda.synchronize()
+        outs[M] = rel_err(y, ref(x, W, b))
+    assert all(e < TOL[torch.float16] for e in outs.values()), outs
+
+
+def test_compile_reduce_overhead():
+    from quantlinear_cuda.kernels.triton_wna16 import TritonWNA16Linear
+
+    layer, W, b = build(TritonWNA16Linear, 4, 64, True, K=512, N=256, bias=True, dtype=torch.bfloat16)
+    f = torch.compile(lambda x: layer(x) * 0.5, fullgraph=True, mode="reduce-overhead")
+    for M in (1, 1, 1, 24, 24, 24):
+        x = torch.randn(M, 512, device="cuda", dtype=torch.bfloat16)
+        y = f(x).clone()
+        assert rel_err(y, ref(x, W, b) * 0.5) < TOL[torch.bfloat16]
+
+
+def test_tuning_writes_cache(monkeypatch, tmp_path):
+    from quantlinear_cuda import tune
+    from quantlinear_cuda.kernels.triton_wna16 import TritonWNA16Linear
+
+    cache = tmp_path / "tune.json"
+    monkeypatch.setenv(tune.ENV_TUNE, "1")
+    monkeypatch.setenv(tune.ENV_CACHE, str(cache))
+    monkeypatch.setattr(tune, "TUNER", tune.Tuner())
+    layer, W, _ = build(TritonWNA16Linear, 4, 128, True, K=1024, N=1024)
+    x = torch.randn(2, 1024, device="cuda", dtype=torch.float16)
+    assert rel_err(layer(x), ref(x, W, None)) < TOL[torch.float16]
+    assert cache.is_file() and layer.problem.key(2) in cache.read_text()
+    # a new process (fresh tuner) reuses it without tuning
+    t = tune.Tuner()
+    cfg, src = t.lookup(__import__("quantlinear_cuda.device", fromlist=["x"]).device_props(x.device), layer.problem, 2)
+    assert src == "cache" and cfg is not None
+
+
+def test_benchmark_runner_small():
+    from quantlinear_cuda.bench import run
+
+    opts = BenchOptions(device="cuda", scheme="W4A16", dtype=torch.float16, shapes=((1024, 512),), ms=(1, 32), iters=5,
+                        progress=False, kernels=("cuda.*", "peer.cublas"))
+    rows = run(opts)
+    names = {r.kernel for r in rows}
+    assert {"cuda.triton", "peer.cublas"} <= names
+    for r in rows:
+        assert r.device_us and r.device_us > 0 and r.eager_us > 0 and r.floor_us > 0, r
+        assert r.max_rel_err is not None and r.max_rel_err < 1e-2, r

@@ -1,0 +1,158 @@
+"""Every Triton kernel path against the reference dequantization.
+
+Without a GPU this runs under TRITON_INTERPRET=1 on CPU tensors (see conftest.py), with
+small shapes; on a CUDA machine the same cases run compiled on the GPU (bf16 too).
+"""
+
+import pytest
+import torch
+
+from quantlinear import LayerSpec, Scheme
+from quantlinear.benchutil import random_int_weights
+from quantlinear_cuda.kernels.triton_wna16 import TritonWNA16Linear
+
+from cuda_testutil import DEV, GPU, TOL, rel_err
+
+DTYPES = [torch.float16, torch.float32] + ([torch.bfloat16] if GPU else [])
+
+GEMV = {"kernel": "gemv", "BM": 4, "BN": 32, "split_k": 1, "warps": 4, "stages": 2}
+GEMV_SPLIT = {"kernel": "gemv", "BM": 1, "BN": 16, "split_k": 4, "warps": 4, "stages": 2}
+DOT_SWAP = {"kernel": "dot", "BM": 16, "BN": 32, "split_k": 1, "swap": True, "scale_w": False, "warps": 4, "stages": 2}
+DOT_SPLIT = {"kernel": "dot", "BM": 32, "BN": 16, "split_k": 2, "swap": False, "scale_w": False, "warps": 4, "stages": 2}
+DOT_SCALE_W = {"kernel": "dot", "BM": 16, "BN": 32, "split_k": 1, "swap": False, "scale_w": True, "warps": 4, "stages": 2}
+DQMM = {"kernel": "dqmm", "BN": 32, "tpp": 2}
+GEMV1 = {"kernel": "gemv", "BM": 1, "BN": 32, "split_k": 1, "warps": 4, "stages": 2}
+DOT_SWAP_SCALE_W_SPLIT = {"kernel": "dot", "BM": 16, "BN": 64, "split_k": 2, "swap": True, "scale_w": True, "warps": 4, "stages": 2}
+
+
+def make_layer(bits, group, sym, K, N, dtype, bias=False, seed=0, fmt="gptq_v2"):
+    sc = Scheme(bits=bits, group_size=group, sym=sym)
+    w = random_int_weights(K, N, sc, seed=seed)
+    spec = LayerSpec(sc, fmt, K, N, bias=bias, dtype=dtype, device=DEV)
+    b = (torch.randn(N, generator=torch.Generator().manual_seed(seed)) * 0.1).to(dtype) if bias else None
+    layer = TritonWNA16Linear.from_weights(spec, w, b)
+    W = w.dequantize(spec.group_size).to(DEV)
+    return layer, W, (b.float().to(DEV) if bias else None)
+
+
+def run_cfg(layer, x, cfg, poison=True):
+    from quantlinear_cuda.triton_kernels import launch
+
+    m = layer.meta
+    out = None
+    if poison:
+        out = torch.full((x.shape[0], layer.out_features), float("nan"), dtype=x.dtype, device=x.device)
+    return launch(x, layer.w_slab, layer.w_scales, layer.w_zeros, layer.bias, m.bits, m.slab, m.group_size, m.in_features,
+                  layer.zero_point, cfg, out=out)
+
+
+def reference(x, W, b):
+    y = x.float() @ W.t()
+    return y + b if b is not None else y
+
+
+def rand_x(M, K, dtype, seed=1):
+    return torch.randn(M, K, generator=torch.Generator().manual_seed(seed)).to(dtype).to(DEV)
+
+
+# (bits, group, sym, K, N): K not a multiple of the tile in some cases (padding), N not a
+# multiple of the block in others (masking).
+CASES = [
+    (4, 128, True, 256, 64),
+    (4, 32, False, 256, 96),
+    (4, -1, False, 224, 64),
+    (4, 64, True, 192, 64),
+    (8, 128, False, 256, 64),
+    (8, -1, True, 128, 96),
+    (3, 64, True, 320, 64),
+    (3, 128, False, 256, 96),
+    (2, 32, False, 224, 64),
+    (2, -1, True, 256, 64),
+]
+
+
+@pytest.mark.parametrize("bits,group,sym,K,N", CASES)
+def test_all_paths_fp16(bits, group, sym, K, N):
+    layer, W, b = make_layer(bits, group, sym, K, N, torch.float16, bias=(bits == 4 and sym) or bits == 3, seed=bits + K)
+    for M, cfg in [(1, GEMV_SPLIT), (2, GEMV1), (3, GEMV), (3, DOT_SWAP), (33, DOT_SPLIT), (33, DOT_SCALE_W),
+                   (3, DOT_SWAP_SCALE_W_SPLIT), (5, DQMM)]:
+        x = rand_x(M, K, torch.float16, seed=M)
+        err = rel_err(run_cfg(layer, x, cfg), reference(x, W, b))
+        assert err < TOL[torch.float16], (cfg, M, err)
+
+
+@pytest.mark.parametrize("dtype", [d for d in DTYPES if d != torch.float16])
+@pytest.mark.parametrize("bits,group,sym", [(4, 128, False), (8, -1, True), (3, 32, True)])
+def test_other_dtypes(dtype, bits, group, sym):
+    K, N = 256, 64
+    layer, W, b = make_layer(bits, group, sym, K, N, dtype, bias=True, seed=7)
+    for M, cfg in [(1, GEMV), (1, GEMV_SPLIT), (5, DOT_SWAP), (17, DOT_SPLIT), (17, DOT_SCALE_W), (4, DQMM)]:
+        x = rand_x(M, K, dtype, seed=M)
+        err = rel_err(run_cfg(layer, x, cfg), reference(x, W, b))
+        assert err < TOL[dtype], (cfg, M, err)
+
+
+def test_layer_forward_default_dispatch():
+    """The layer picks a config per M itself (deterministic defaults with tuning off)."""
+    layer, W, b = make_layer(4, 64, False, 256, 64, torch.float16, bias=True, seed=11)
+    for M in (1, 3, 33):
+        x = rand_x(M, 256, torch.float16, seed=M)
+        y = layer(x)
+        assert y.shape == (M, 64) and y.dtype == torch.float16
+        assert rel_err(y, reference(x, W, b)) < TOL[torch.float16]
+    # leading dims and a dtype cast go through the base class
+    x3 = rand_x(6, 256, torch.float32, seed=3).view(2, 3, 256)
+    y3 = layer(x3)
+    assert y3.shape == (2, 3, 64) and y3.dtype == torch.float32
+    assert rel_err(y3.view(6, 64), reference(x3.view(6, 256).half(), W, b)) < TOL[torch.float16]
+
+
+def test_split_k_counters_survive_changing_splits():
+    """Split-K tile counters go back to zero after every launch, whatever the split: any
+    sequence of splits (including ones that do not divide the K tiles) must stay correct."""
+    from quantlinear_cuda.triton_kernels import counters
+
+    K = 7 * 256  # 7 K tiles of 4-bit codes: split 8 becomes 7 splits of one tile, split 4 becomes 4
+    layer, W, _ = make_layer(4, 32, True, K, 64, torch.float16, seed=13)
+    x = rand_x(2, K, torch.float16)
+    ref = reference(x, W, None)
+    for split in (8, 4, 2, 1, 8, 3, 4):
+        cfg = dict(GEMV_SPLIT, split_k=split, BM=2)
+        assert rel_err(run_cfg(layer, x, cfg), ref) < TOL[torch.float16], split
+        cfg = dict(DOT_SPLIT, split_k=split)
+        assert rel_err(run_cfg(layer, x, cfg), ref) < TOL[torch.float16], split
+        assert int(counters(x.device)[:64].abs().sum()) == 0, split
+
+
+def test_act_order_layer():
+    """Act-order (g_idx) layers: the base class permutes inputs; groups become contiguous."""
+    K, N, g = 256, 64, 64
+    sc = Scheme(bits=4, group_size=g, sym=False)
+    w = random_int_weights(K, N, sc, seed=17)
+    perm = torch.randperm(K, generator=torch.Generator().manual_seed(1))
+    w.g_idx = (perm // g).to(torch.int32)
+    spec = LayerSpec(sc, "gptq", K, N, dtype=torch.float16, device=DEV, act_order=True)
+    layer = TritonWNA16Linear.from_weights(spec, w)
+    W = w.dequantize(g).to(DEV)
+    x = rand_x(3, K, torch.float16)
+    assert rel_err(layer(x), reference(x, W, None)) < TOL[torch.float16]
+
+
+def test_prepare_keeps_no_float_weight():
+    layer, _, _ = make_layer(4, 128, True, 256, 64, torch.float16)
+    floats = [n for n, t in layer.named_buffers() if t is not None and t.is_floating_point() and t.numel() >= 256 * 64 // 8]
+    assert floats == []
+    assert layer.w_zeros is None and layer.zero_point == 8.0
+    assert layer.w_slab.dtype == torch.int32 and layer.w_slab.numel() * 4 == 256 * 64 // 2
+    assert layer.packed_bytes() == 256 * 64 // 2 + 2 * 64 * 2
+
+
+@pytest.mark.parametrize("bits,group,sym,K", [(4, 128, False, 256), (3, 32, True, 224), (8, -1, False, 128)])
+def test_dequantize_kernel(bits, group, sym, K):
+    from quantlinear_cuda.triton_kernels import dequantize
+
+    layer, W, _ = make_layer(bits, group, sym, K, 64, torch.float16, seed=bits)
+    m = layer.meta
+    got = dequantize(layer.w_slab, layer.w_scales, layer.w_zeros, m.bits, m.slab, m.group_size, m.in_features, layer.zero_point,
+                     torch.float32, BN=16, tpp=1)
+    assert torch.equal(got, W)

@@ -1,0 +1,105 @@
+"""Launch-configuration table: buckets, defaults, candidates and the on-disk cache (no timing)."""
+
+import json
+
+import pytest
+import torch
+
+from quantlinear_cuda import tune
+from quantlinear_cuda.device import DeviceProps
+
+H100 = DeviceProps("NVIDIA H100 80GB HBM3", (9, 0), sm_count=132)
+P = tune.Problem(bits=4, slab=32, group_size=128, has_zeros=False, dtype="float16", N=4096, K=14336)
+
+
+def test_buckets():
+    assert [tune.bucket(m) for m in (1, 2, 3, 5, 16, 17, 4096, 10000)] == [1, 2, 4, 8, 16, 32, 4096, 4096]
+
+
+@pytest.mark.parametrize("M", [1, 2, 3, 8, 16, 33, 64, 100, 256, 4096, 8192])
+def test_default_and_candidates_are_valid(M):
+    cfgs = [tune.default_config(P, M, H100)] + tune.candidates(P, M, H100)
+    assert tune.default_config(P, M, H100) == tune.default_config(P, M, H100)  # deterministic
+    for c in cfgs:
+        assert c["kernel"] in ("gemv", "dot", "dqmm")
+        if c["kernel"] == "dqmm":
+            assert tune.bucket(M) >= 64
+            continue
+        assert c["split_k"] >= 1 and c["split_k"] & (c["split_k"] - 1) == 0 and c["split_k"] <= 64
+        if c["kernel"] == "dot":
+            assert c["BM"] >= 16 and c["BN"] >= 16
+        else:
+            assert c["BM"] >= tune.bucket(M) and c["BM"] <= 8
+    kinds = {c["kernel"] for c in tune.candidates(P, M, H100)}
+    # the GEMV/GEMM threshold is measured: small buckets offer both kernels to the tuner
+    if 2 <= tune.bucket(M) <= 8:
+        assert kinds == {"gemv", "dot"}
+    if M >= 128:
+        assert kinds == {"dot", "dqmm"}
+
+
+def test_problem_key():
+    assert P.key(16) == "w4|s32|g128|sym|float16|N4096|K14336|M16"
+    per_channel = tune.Problem(8, 32, 4096, True, "bfloat16", 4096, 4096)
+    assert per_channel.key(1) == "w8|s32|gch|asym|bfloat16|N4096|K4096|M1"
+
+
+def test_env_switches(monkeypatch, tmp_path):
+    monkeypatch.setenv(tune.ENV_TUNE, "0")
+    assert not tune.tuning_enabled()
+    monkeypatch.setenv(tune.ENV_TUNE, "1")
+    assert tune.tuning_enabled()
+    monkeypatch.setenv(tune.ENV_CACHE, "off")
+    assert tune.cache_path("sm90") is None
+    monkeypatch.setenv(tune.ENV_CACHE, str(tmp_path / "t.json"))
+    assert tune.cache_path("sm90") == tmp_path / "t.json"
+    monkeypatch.delenv(tune.ENV_CACHE)
+    assert tune.cache_path("sm90").name == "cuda-tune-sm90.json"
+
+
+def test_cache_roundtrip_and_precedence(monkeypatch, tmp_path):
+    cache = tmp_path / "cuda-tune-sm90.json"
+    shipped = tmp_path / "shipped-sm90.json"
+    monkeypatch.setenv(tune.ENV_CACHE, str(cache))
+    monkeypatch.setattr(tune, "shipped_path", lambda arch: shipped)
+    monkeypatch.setattr(tune._device, "device_props", lambda d: H100)
+    monkeypatch.setenv(tune.ENV_TUNE, "0")
+    t = tune.Tuner()
+    dev = torch.device("cuda", 0)
+    # nothing anywhere: the heuristic
+    assert t.get(dev, P, 16) == tune.default_config(P, 16, H100)
+    # a shipped table entry wins over the heuristic
+    mine = {"kernel": "dot", "BM": 16, "BN": 128, "split_k": 2, "warps": 4, "stages": 4, "swap": True, "scale_w": False, "group_m": 8}
+    shipped.write_text(json.dumps({"version": tune.CACHE_VERSION, "configs": {P.key(16): {"config": mine}}}))
+    t = tune.Tuner()
+    assert t.get(dev, P, 9) == mine and t.lookup(H100, P, 16)[1] == "shipped"
+    # the user cache wins over the shipped table, and a written cache reads back
+    user_cfg = dict(mine, BN=64)
+    t._table("sm90")[0][P.key(16)] = user_cfg
+    t._write(H100)
+    data = json.loads(cache.read_text())
+    assert data["version"] == tune.CACHE_VERSION and data["arch"] == "sm90"
+    t2 = tune.Tuner()
+    assert t2.get(dev, P, 16) == user_cfg and t2.lookup(H100, P, 16)[1] == "cache"
+    # a corrupt cache is ignored, not fatal
+    cache.write_text("{not json")
+    assert tune.Tuner().get(dev, P, 16) == mine
+
+
+def test_simulated_device_uses_defaults(monkeypatch, tmp_path):
+    from quantlinear_cuda.device import INTERPRETER_PROPS
+
+    monkeypatch.setattr(tune._device, "device_props", lambda d: INTERPRETER_PROPS)
+    monkeypatch.setenv(tune.ENV_TUNE, "1")
+    called = []
+    cfg = tune.Tuner().get(torch.device("cpu"), P, 3, run=lambda c: called.append(c))
+    assert cfg == tune.default_config(P, 3, INTERPRETER_PROPS) and called == []
+
+
+def test_dqmm_can_be_forbidden(monkeypatch):
+    monkeypatch.setenv(tune.ENV_DQMM, "0")
+    assert all(c["kernel"] != "dqmm" for c in tune.candidates(P, 4096, H100))
+    assert tune.default_config(P, 4096, H100, allow_dqmm=False)["kernel"] == "dot"
+    monkeypatch.setenv(tune.ENV_DQMM, "1")
+    assert tune.default_config(P, 4096, H100)["kernel"] == "dqmm"
+    assert any(c["kernel"] == "dqmm" for c in tune.candidates(P, 4096, H100))

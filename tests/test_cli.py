@@ -28,13 +28,15 @@ def test_doctor_lists_plugins_and_kernels():
 
 
 def test_inspect_shows_layers_kernels_and_reasons(tiny_ckpt, capsys):
-    assert main(["inspect", str(tiny_ckpt), "--device", "cpu", "--dtype", "fp32", "--explain", "--layers"]) == 0
+    assert main(["inspect", str(tiny_ckpt), "--device", "cpu", "--dtype", "bf16", "--explain", "--layers", "--backend", "cpu.int4pack"]) == 0
     out = capsys.readouterr().out
-    assert "int4_g32_sym" in out and "layers.0.up" in out and "cpu.int4pack" in out
-    assert "bits=4 not supported (supports 8)" in out
+    assert "int4_g32_sym" in out and "layers.0.up" in out and "-> cpu.int4pack" in out
+    assert main(["inspect", str(tiny_ckpt), "--device", "cpu", "--dtype", "bf16", "--explain"]) == 0
+    out = capsys.readouterr().out
+    assert "bits=4 not supported (supports 8)" in out  # cpu.int8pack's reason
     assert main(["inspect", str(tiny_ckpt), "--device", "cpu", "--json"]) == 0
     d = json.loads(capsys.readouterr().out)
-    assert d["quantized_layers"] == 4 and {layer["kernel"] for layer in d["layers"]} == {"cpu.int4pack"}
+    assert d["quantized_layers"] == 4 and all(layer["kernel"].startswith("cpu.") for layer in d["layers"])
     assert d["layers"][0]["in_features"] in (64, 128)
 
 

@@ -57,7 +57,7 @@ def test_load_matches_fp32_dequantized_reference(tiny_ckpt, cpu_registry, how):
     model = ql.load_quantized(model, tiny_ckpt, registry=cpu_registry, dtype=torch.float32)
     rep = model.quantlinear_report
     assert set(rep.layers) == {f"layers.{i}.{p}" for i in range(2) for p in ("up", "down")}
-    assert {s.kernel.name for s in rep.layers.values()} == {"cpu.int4pack"}
+    assert all(s.kernel.name.startswith("cpu.") and s.spec.scheme.bits == 4 for s in rep.layers.values())
     assert model.head.weight is model.embed.weight  # tie preserved
     with torch.no_grad():
         out = model(IDS)
@@ -88,7 +88,7 @@ def test_sharded_checkpoint_with_index(tiny_net, tmp_path, cpu_registry):
     out = ql.save_quantized(tiny_net, tmp_path / "sh", "W8A16", skip=("head",), max_shard_size="20KB")
     assert (out / "model.safetensors.index.json").exists() and len(list(out.glob("*.safetensors"))) > 2
     model = ql.load_quantized(TinyNet(), out, registry=cpu_registry, dtype=torch.float32)
-    assert {s.kernel.name for s in model.quantlinear_report.layers.values()} <= {"cpu.int8pack", "cpu.dequant"}
+    assert all(s.spec.scheme.bits == 8 for s in model.quantlinear_report.layers.values())
     with torch.no_grad():
         assert (model(IDS) - reference_logits(out, IDS)).abs().max() < 1e-4
 
@@ -101,8 +101,8 @@ def test_per_layer_overrides(tiny_net, tmp_path, cpu_registry):
     cfg = json.loads((out / "config.json").read_text())["quantization_config"]
     assert cfg["extra_config"]["layers.1.up"]["bits"] == 16
     model = ql.load_quantized(TinyNet(), out, registry=cpu_registry, dtype=torch.float32)
-    kernels = {n: s.kernel.name for n, s in model.quantlinear_report.layers.items()}
-    assert kernels == {"layers.0.up": "cpu.int4pack", "layers.0.down": "cpu.int8pack", "layers.1.down": "cpu.int8pack"}
+    schemes = {n: (s.spec.scheme.bits, s.spec.scheme.group_size) for n, s in model.quantlinear_report.layers.items()}
+    assert schemes == {"layers.0.up": (4, 32), "layers.0.down": (8, -1), "layers.1.down": (8, -1)}
     assert isinstance(model.layers[1].up, torch.nn.Linear)
     with torch.no_grad():
         assert (model(IDS) - reference_logits(out, IDS)).abs().max() < 1e-4

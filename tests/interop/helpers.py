@@ -558,17 +558,17 @@ class ExportCache:
 
 # ---- expectations independent of quantlinear's selection code -----------------------------------
 def expected_auto_kernel(bits: int, group_size: int, K: int, N: int) -> str:
-    """The CPU kernel backend="auto" should pick, from the kernels' documented limits.
+    """The CPU kernel backend="auto" should pick for these fp32 loads, from the kernels' documented limits.
 
-    cpu.int4pack (prio 30): 2/3/4 bits, N % 16 == 0, groups of a multiple of 32 tiling K;
-    cpu.int8pack (prio 25): 8 bits with a single group per row; else cpu.dequant.
+    cpu.native_f32 (prio 40, the C kernel built on first use) takes every 2-8-bit layer with an even
+    group size; torch's packed int4/int8 ops are scalar in fp32, so cpu.int4pack / cpu.int8pack /
+    cpu.int4x2 refuse fp32 and, where the C kernel cannot be built, cpu.dequant takes the layer.
     """
-    g = K if group_size == -1 else group_size
-    if bits in (2, 3, 4) and N % 16 == 0 and K % g == 0 and g % 32 == 0:
-        return "cpu.int4pack"
-    if bits == 8 and math.ceil(K / g) == 1:
-        return "cpu.int8pack"
-    return "cpu.dequant"
+    import quantlinear as ql
+    from quantlinear_cpu.kernels.native import NativeF32Linear
+
+    spec = ql.LayerSpec(ql.Scheme(bits=bits, group_size=group_size), "gptq_v2", K, N, False, torch.float32, "cpu", False, "probe")
+    return "cpu.native_f32" if NativeF32Linear.can_implement(spec) else "cpu.dequant"
 
 
 def write_report(path: str | os.PathLike) -> None:

@@ -167,7 +167,7 @@ def test_logits_match_autoround_and_exact(exports, vid, backend):
 
 @pytest.mark.parametrize("vid", VIDS)
 def test_kernel_choice_per_layer(exports, vid):
-    """auto picks cpu.int4pack / cpu.int8pack where they apply; cpu.dequant takes everything."""
+    """auto picks the fastest CPU kernel that applies (cpu.native_f32 in fp32); cpu.dequant takes everything."""
     exp = exports.get(vid)
     auto = exp.quantlinear_model("auto")
     deq = exp.quantlinear_model("cpu.dequant")

@@ -253,3 +253,14 @@ def test_config_claiming_sym_for_an_asymmetric_checkpoint_is_refused(tiny_net, t
     (out / "config.json").write_text(json.dumps(cfg))
     with pytest.raises(ql.CheckpointError, match=r"config says sym=True but tensor layers\.\d\.(up|down)\.qzeros holds zero point \d+ \(output channel"):
         ql.load_quantized(TinyNet(), out, registry=cpu_registry)
+
+
+def test_key_mapping_can_drop_tensors_of_other_stages(tiny_ckpt, tmp_path, cpu_registry):
+    d = _copy(tiny_ckpt, tmp_path / "stages")
+    _rewrite(d, lambda sd: sd.__setitem__("talker.layers.0.up.weight", torch.zeros(4, 4)))
+    with pytest.raises(ql.CheckpointError, match="talker.layers.0.up.weight"):
+        ql.load_quantized(TinyNet(), d, registry=cpu_registry)
+    model = ql.load_quantized(TinyNet(), d, registry=cpu_registry, dtype=torch.float32, key_mapping={r"^talker\.": None})
+    assert any("dropped 1 checkpoint tensors" in w for w in model.quantlinear_report.warnings)
+    with torch.no_grad():
+        assert (model(IDS) - reference_logits(tiny_ckpt, IDS)).abs().max() < 1e-4

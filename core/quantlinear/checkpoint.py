@@ -160,8 +160,10 @@ class RenamedCheckpoint:
     """A checkpoint seen through a key mapping, for models whose module tree is named differently.
 
     ``mapping`` is a callable ``old -> new`` or an ordered mapping of regex patterns to
-    replacements applied with ``re.sub`` in order (as Transformers' ``key_mapping``).  Two
-    checkpoint tensors that map to one name are an error.  :meth:`original` gives a renamed
+    replacements applied with ``re.sub`` in order (as Transformers' ``key_mapping``).  A
+    replacement of ``None`` (or a callable returning None) drops the matching tensors: the
+    stages of a multi-stage checkpoint that the model does not hold (an omni model's talker
+    when loading its thinker).  Two checkpoint tensors that map to one name are an error.  :meth:`original` gives a renamed
     key's checkpoint name (per-layer config entries are written in the checkpoint's names).
     """
 
@@ -174,15 +176,23 @@ class RenamedCheckpoint:
         else:
             rules = [(re.compile(p), r) for p, r in dict(mapping).items()]
 
-            def fn(name: str) -> str:
+            def fn(name: str) -> str | None:
                 for pat, rep in rules:
+                    if rep is None:
+                        if pat.search(name):
+                            return None
+                        continue
                     name = pat.sub(rep, name)
                 return name
 
         self._to_new: dict[str, str] = {}
         self._to_old: dict[str, str] = {}
+        self.dropped: list[str] = []
         for old in base.keys():
             new = fn(old)
+            if new is None:
+                self.dropped.append(old)
+                continue
             if new in self._to_old:
                 raise CheckpointError(f"key mapping sends both {self._to_old[new]!r} and {old!r} to {new!r}")
             self._to_new[old], self._to_old[new] = new, old
@@ -208,8 +218,8 @@ class RenamedCheckpoint:
 
     def items_by_file(self) -> Iterator[tuple[Path, list[str]]]:
         for f, names in self.base.items_by_file():
-            yield f, [self._to_new[n] for n in names]
+            yield f, [self._to_new[n] for n in names if n in self._to_new]
 
     @property
     def total_bytes(self) -> int:
-        return self.base.total_bytes
+        return self.base.total_bytes - sum(self.base.nbytes(n) for n in self.dropped)

@@ -237,9 +237,13 @@ def load_quantized(
     qcfg, _model_cfg = read_quant_config(ckpt.directory)
     if key_mapping:
         ckpt = RenamedCheckpoint(ckpt, key_mapping)
+        if ckpt.dropped:
+            log.info("quantlinear: key mapping dropped %d checkpoint tensors (e.g. %s)", len(ckpt.dropped), ckpt.dropped[0])
     dev = torch.device(device) if device is not None else (_model_device(model) or default_device())
     dt = dtype or _float_dtype(model)
     report = LoadReport(str(path), qcfg, dev, dt)
+    if isinstance(ckpt, RenamedCheckpoint) and ckpt.dropped:
+        report.warnings.append(f"key mapping dropped {len(ckpt.dropped)} checkpoint tensors the model does not hold (e.g. {ckpt.dropped[0]!r})")
     report.skeleton_dtype = _float_dtype(model)
 
     specs = plan_layers(model, ckpt, qcfg, device=dev, dtype=dt, report=report)

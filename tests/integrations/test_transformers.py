@@ -179,3 +179,32 @@ def test_wrong_user_mapping_is_a_clear_error(thinker_hub_export):
            r"^thinker\.visual\.": "model.visual.", r"^thinker\.audio_tower\.": "model.audio_tower.", r"^thinker\.": ""}
     with pytest.raises(quantlinear.CheckpointError, match=r"layers\.7\.\S+\.qweight maps to no module.*user key_mapping"):
         quantlinear.from_pretrained(thinker_hub_export, device="cpu", dtype=torch.float32, key_mapping=bad)
+
+
+def test_thinker_out_of_a_full_omni_checkpoint(thinker_hub_export, tmp_path):
+    """A full Qwen2.5-Omni checkpoint also holds talker.* and token2wav.* tensors and a config whose
+    thinker is a sub-config: asking for the thinker class builds it from thinker_config and the
+    family mapping drops the other stages' tensors (reported, not silent)."""
+    import shutil
+
+    from safetensors.torch import load_file, save_file
+    from transformers import Qwen2_5OmniConfig, Qwen2_5OmniThinkerForConditionalGeneration
+
+    d = tmp_path / "full_omni"
+    shutil.copytree(thinker_hub_export, d)
+    sd = load_file(str(d / "model.safetensors"))
+    sd["talker.model.layers.0.mlp.up_proj.weight"] = torch.randn(8, 8)
+    sd["token2wav.code2wav_dit_model.proj.weight"] = torch.randn(4, 4)
+    save_file(sd, str(d / "model.safetensors"), metadata={"format": "pt"})
+    cfg = json.loads((d / "config.json").read_text())
+    thinker = helpers.thinker_config().to_dict()
+    full = Qwen2_5OmniConfig(thinker_config=thinker).to_dict()
+    full["architectures"] = ["Qwen2_5OmniForConditionalGeneration"]
+    full["quantization_config"] = cfg["quantization_config"]
+    (d / "config.json").write_text(json.dumps(full, default=str))
+
+    model = quantlinear.from_pretrained(d, device="cpu", dtype=torch.float32, model_class="Qwen2_5OmniThinkerForConditionalGeneration")
+    assert type(model) is Qwen2_5OmniThinkerForConditionalGeneration
+    assert any("dropped 2 checkpoint tensors" in w for w in model.quantlinear_report.warnings)
+    ref = quantlinear.from_pretrained(thinker_hub_export, device="cpu", dtype=torch.float32)
+    assert torch.equal(helpers.llm_logits(model), helpers.llm_logits(ref))

@@ -34,7 +34,8 @@ class KeyMapping:
     """Rules that rename one family's checkpoint keys onto another module tree."""
 
     name: str
-    rules: tuple[tuple[str, str], ...]
+    #: (regex, replacement) in order; a replacement of None drops matching tensors
+    rules: tuple[tuple[str, str | None], ...]
     #: a checkpoint is in the foreign naming when one of its keys matches this (re.search)
     detect: str
     description: str = ""
@@ -46,19 +47,23 @@ class KeyMapping:
             except re.error as e:
                 raise ConfigError(f"key mapping {self.name!r}: invalid regex {pattern!r}: {e}") from None
         for p, r in self.rules:
-            if not isinstance(r, str):
-                raise ConfigError(f"key mapping {self.name!r}: replacement for {p!r} must be a string, got {r!r}")
+            if r is not None and not isinstance(r, str):
+                raise ConfigError(f"key mapping {self.name!r}: replacement for {p!r} must be a string or None, got {r!r}")
 
     def applies_to(self, keys: Iterable[str]) -> bool:
         pat = re.compile(self.detect)
         return any(pat.search(k) for k in keys)
 
-    def as_dict(self) -> dict[str, str]:
+    def as_dict(self) -> dict[str, str | None]:
         """The rules in the form ``load_quantized(key_mapping=...)`` takes."""
         return dict(self.rules)
 
-    def apply(self, key: str) -> str:
+    def apply(self, key: str) -> str | None:
         for p, r in self.rules:
+            if r is None:
+                if re.search(p, key):
+                    return None
+                continue
             key = re.sub(p, r, key)
         return key
 
@@ -121,6 +126,7 @@ def select_key_mapping(model_class, checkpoint_keys: Iterable[str]) -> KeyMappin
 _OMNI_THINKER = KeyMapping(
     "qwen2_5_omni_thinker",
     (
+        (r"^(?:talker|token2wav)\.", None),  # the other stages of a full Omni checkpoint
         (r"^thinker\.", ""),
         (r"^audio_tower\.", "model.audio_tower."),
         (r"^visual\.", "model.visual."),

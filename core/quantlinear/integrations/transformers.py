@@ -61,6 +61,11 @@ def load_model(path: Path, info: dict[str, Any], *, dtype, model_class=None, bac
     if hasattr(config, "quantization_config"):
         delattr(config, "quantization_config")
     cls = model_class_for(config, model_class)
+    # A stage of a multi-stage model (the thinker of a full Qwen2.5-Omni checkpoint) is built
+    # from that stage's sub-config; the family key mapping drops the other stages' tensors.
+    stage = cls.__name__.endswith("ThinkerForConditionalGeneration") and getattr(config, "thinker_config", None)
+    if stage is not None and stage is not False:
+        config = stage
     if dtype is None or dtype == "auto":  # Transformers 5 default: the dtype the config names
         dtype = _dtype_from_config(info.get("config") or {})
     builder = getattr(cls, "_from_config", None)

@@ -12,7 +12,6 @@ from __future__ import annotations
 import contextlib
 from typing import Iterator
 
-import torch
 from torch import nn
 
 _INIT_FUNCS = (

@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import itertools
 from dataclasses import dataclass
-from typing import Any, Iterable, Sequence
+from typing import Any, Sequence
 
 import torch
 
@@ -162,8 +162,8 @@ def check_state_dict_round_trip(case: Case) -> None:
     torch.testing.assert_close(layer(x), ref(x))
 
 
-def check_post_load_idempotent(case: Case) -> None:
-    layer, _, _ = build_layer(case)
+def check_post_load_idempotent(case: Case, build=None) -> None:
+    layer, _, _ = (build or build_layer)(case)
     x = torch.randn(2, case.spec.in_features).to(case.spec.dtype).to(case.spec.device)
     before = layer(x)
     state = {k: v.clone() for k, v in layer.state_dict().items()}
@@ -173,15 +173,15 @@ def check_post_load_idempotent(case: Case) -> None:
     assert state.keys() == after.keys() and all(torch.equal(state[k], after[k]) for k in state)
 
 
-def check_no_float_weight_copy(case: Case) -> None:
-    layer, _, _ = build_layer(case)
+def check_no_float_weight_copy(case: Case, build=None) -> None:
+    layer, _, _ = (build or build_layer)(case)
     n = case.spec.in_features * case.spec.out_features
     big = [name for name, t in itertools.chain(layer.named_buffers(), layer.named_parameters()) if t.dtype.is_floating_point and t.numel() >= n // 2]
     assert not big, f"{case.id}: floating tensors as large as the weight are kept: {big}"
 
 
-def check_compiles_fullgraph(case: Case) -> None:
-    layer, _, _ = build_layer(case)
+def check_compiles_fullgraph(case: Case, build=None) -> None:
+    layer, _, _ = (build or build_layer)(case)
     x = torch.randn(4, case.spec.in_features).to(case.spec.dtype).to(case.spec.device)
     torch._dynamo.reset()
     compiled = torch.compile(layer, backend="aot_eager", fullgraph=True)
@@ -226,35 +226,44 @@ class _OneKernelRegistry:
 
 
 class KernelConformance:
-    """Subclass in a test module, set ``kernels`` (and ``device``); pytest does the rest."""
+    """Subclass in a test module, set ``kernels`` (and ``device``); pytest does the rest.
+
+    The hooks below (how cases are made, how a layer is built, the numerics and state-dict
+    checks) are what a conformance suite for another family of schemes overrides
+    (``quantlinear.testing_fp.FloatKernelConformance``).
+    """
 
     kernels: Sequence[type[QuantLinear]] = ()
     device: str = "cpu"
+    cases_for = staticmethod(claimed_cases)
+    build = staticmethod(build_layer)
+    numerics = staticmethod(check_numerics)
+    state_dict_round_trip = staticmethod(check_state_dict_round_trip)
 
     def pytest_generate_tests(self, metafunc: Any) -> None:
         if "case" in metafunc.fixturenames:
-            cases = [c for k in self.kernels for c in claimed_cases(k, self.device)]
+            cases = [c for k in self.kernels for c in self.cases_for(k, self.device)]
             metafunc.parametrize("case", cases, ids=[c.id for c in cases])
         if "kernel" in metafunc.fixturenames:
             metafunc.parametrize("kernel", list(self.kernels), ids=[k.name for k in self.kernels])
 
     def test_claims_cover_something(self, kernel: type[QuantLinear]) -> None:
-        assert claimed_cases(kernel, self.device), f"{kernel.name} implements none of the standard cases on {self.device}"
+        assert self.cases_for(kernel, self.device), f"{kernel.name} implements none of the standard cases on {self.device}"
 
     def test_numerics(self, case: Case) -> None:
-        check_numerics(case)
+        self.numerics(case)
 
     def test_state_dict_round_trip(self, case: Case) -> None:
-        check_state_dict_round_trip(case)
+        self.state_dict_round_trip(case)
 
     def test_post_load_idempotent(self, case: Case) -> None:
-        check_post_load_idempotent(case)
+        check_post_load_idempotent(case, self.build)
 
     def test_no_float_weight_copy(self, case: Case) -> None:
-        check_no_float_weight_copy(case)
+        check_no_float_weight_copy(case, self.build)
 
     def test_compiles_fullgraph(self, case: Case) -> None:
-        check_compiles_fullgraph(case)
+        check_compiles_fullgraph(case, self.build)
 
     def test_rejections_have_reasons(self, kernel: type[QuantLinear]) -> None:
         check_rejections_have_reasons(kernel, self.device)

@@ -19,9 +19,8 @@ activations dequantized exactly in fp32) with the fp32 dequantized weight.
 
 from __future__ import annotations
 
-import itertools
 from dataclasses import replace
-from typing import Any, Sequence
+
 
 import torch
 
@@ -30,7 +29,15 @@ from .formats import FLOAT_FORMATS, FloatWeights, get_format
 from .qlinear import QuantLinear
 from .scheme import PRESETS, Scheme
 from .spec import LayerSpec
-from .testing import TOLERANCE, Case, check_explain, check_rejections_have_reasons, rel_err
+from .testing import (
+    TOLERANCE,
+    Case,
+    KernelConformance,
+    check_compiles_fullgraph,
+    check_no_float_weight_copy,
+    check_post_load_idempotent,
+    rel_err,
+)
 
 FLOAT_PRESETS = ("MXFP4", "MXFP4_RCEIL", "MXFP8", "MXFP8_RCEIL", "MXINT4", "NVFP4", "FPW8A16", "FP8_STATIC")
 
@@ -150,70 +157,24 @@ def check_float_state_dict_round_trip(case: Case) -> None:
 
 
 def check_float_post_load_idempotent(case: Case) -> None:
-    layer, _, _ = build_float_layer(case)
-    x = torch.randn(2, case.spec.in_features).to(case.spec.dtype).to(case.spec.device)
-    before = layer(x)
-    state = {k: v.clone() for k, v in layer.state_dict().items()}
-    layer.post_load()
-    torch.testing.assert_close(layer(x), before)
-    after = layer.state_dict()
-    assert state.keys() == after.keys() and all(torch.equal(state[k], after[k]) for k in state)
+    check_post_load_idempotent(case, build_float_layer)
 
 
 def check_float_no_weight_copy(case: Case) -> None:
-    layer, _, _ = build_float_layer(case)
-    n = case.spec.in_features * case.spec.out_features
-    big = [name for name, t in itertools.chain(layer.named_buffers(), layer.named_parameters()) if t.dtype.is_floating_point and t.numel() >= n // 2]
-    assert not big, f"{case.id}: floating tensors as large as the weight are kept: {big}"
+    check_no_float_weight_copy(case, build_float_layer)
 
 
 def check_float_compiles_fullgraph(case: Case) -> None:
-    layer, _, _ = build_float_layer(case)
-    x = torch.randn(4, case.spec.in_features).to(case.spec.dtype).to(case.spec.device)
-    torch._dynamo.reset()
-    compiled = torch.compile(layer, backend="aot_eager", fullgraph=True)
-    y = compiled(x)
-    ref = layer(x)
-    assert y.shape == ref.shape and y.dtype == ref.dtype
-    torch.testing.assert_close(y, ref, atol=1e-3 if case.spec.dtype != torch.float32 else 1e-5, rtol=1e-3)
+    check_compiles_fullgraph(case, build_float_layer)
 
 
-class FloatKernelConformance:
+class FloatKernelConformance(KernelConformance):
     """Subclass in a test module, set ``kernels`` (and ``device``); pytest does the rest."""
 
-    kernels: Sequence[type[QuantLinear]] = ()
-    device: str = "cpu"
-
-    def pytest_generate_tests(self, metafunc: Any) -> None:
-        if "case" in metafunc.fixturenames:
-            cases = [c for k in self.kernels for c in claimed_float_cases(k, self.device)]
-            metafunc.parametrize("case", cases, ids=[c.id for c in cases])
-        if "kernel" in metafunc.fixturenames:
-            metafunc.parametrize("kernel", list(self.kernels), ids=[k.name for k in self.kernels])
-
-    def test_claims_cover_something(self, kernel: type[QuantLinear]) -> None:
-        assert claimed_float_cases(kernel, self.device), f"{kernel.name} implements none of the float presets on {self.device}"
-
-    def test_numerics(self, case: Case) -> None:
-        check_float_numerics(case)
-
-    def test_state_dict_round_trip(self, case: Case) -> None:
-        check_float_state_dict_round_trip(case)
-
-    def test_post_load_idempotent(self, case: Case) -> None:
-        check_float_post_load_idempotent(case)
-
-    def test_no_float_weight_copy(self, case: Case) -> None:
-        check_float_no_weight_copy(case)
-
-    def test_compiles_fullgraph(self, case: Case) -> None:
-        check_float_compiles_fullgraph(case)
-
-    def test_rejections_have_reasons(self, kernel: type[QuantLinear]) -> None:
-        check_rejections_have_reasons(kernel, self.device)
-
-    def test_explain(self, case: Case) -> None:
-        check_explain(case)
+    cases_for = staticmethod(claimed_float_cases)
+    build = staticmethod(build_float_layer)
+    numerics = staticmethod(check_float_numerics)
+    state_dict_round_trip = staticmethod(check_float_state_dict_round_trip)
 
 
 __all__ = [

@@ -47,6 +47,15 @@ def scales_and_zeros(scales: torch.Tensor, zero: torch.Tensor, group_size: int, 
     return og, sz.to(dtype)
 
 
+def check_int4_op(spec: LayerSpec) -> Verdict:
+    """What every kernel built on ``_weight_int4pack_mm_for_cpu`` needs: the op, and groups it can tile."""
+    if not hasattr(torch.ops.aten, "_weight_int4pack_mm_for_cpu"):
+        return Verdict.no(f"torch {torch.__version__} has no aten._weight_int4pack_mm_for_cpu")
+    if op_group_size(spec.group_size) is None:
+        return Verdict.no(f"group_size={spec.group_size} is not a multiple of 32 (the op takes groups of {'/'.join(map(str, _OP_GROUPS))})")
+    return Verdict.yes()
+
+
 class Int4PackLinear(QuantLinear):
     name = "cpu.int4pack"
     priority = 30
@@ -59,11 +68,7 @@ class Int4PackLinear(QuantLinear):
 
     @classmethod
     def check(cls, spec: LayerSpec) -> Verdict:
-        if not hasattr(torch.ops.aten, "_weight_int4pack_mm_for_cpu"):
-            return Verdict.no(f"torch {torch.__version__} has no aten._weight_int4pack_mm_for_cpu")
-        if op_group_size(spec.group_size) is None:
-            return Verdict.no(f"group_size={spec.group_size} is not a multiple of 32 (the op takes groups of {'/'.join(map(str, _OP_GROUPS))})")
-        return Verdict.yes()
+        return check_int4_op(spec)
 
     def prepare(self, w: IntWeights) -> None:
         shift = 8 - (1 << (self.spec.scheme.bits - 1))

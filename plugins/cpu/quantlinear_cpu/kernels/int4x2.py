@@ -24,7 +24,7 @@ import torch
 
 from quantlinear import IntWeights, LayerSpec, QuantLinear, Verdict
 
-from .int4pack import _OP_GROUPS, op_group_size, pack_int4, scales_and_zeros
+from .int4pack import check_int4_op, op_group_size, pack_int4, scales_and_zeros
 
 
 class Int4x2Linear(QuantLinear):
@@ -38,11 +38,7 @@ class Int4x2Linear(QuantLinear):
 
     @classmethod
     def check(cls, spec: LayerSpec) -> Verdict:
-        if not hasattr(torch.ops.aten, "_weight_int4pack_mm_for_cpu"):
-            return Verdict.no(f"torch {torch.__version__} has no aten._weight_int4pack_mm_for_cpu")
-        if op_group_size(spec.group_size) is None:
-            return Verdict.no(f"group_size={spec.group_size} is not a multiple of 32 (the op takes groups of {'/'.join(map(str, _OP_GROUPS))})")
-        return Verdict.yes()
+        return check_int4_op(spec)
 
     def prepare(self, w: IntWeights) -> None:
         gs = self.spec.group_size

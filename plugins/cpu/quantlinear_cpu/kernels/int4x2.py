@@ -24,7 +24,7 @@ import torch
 
 from quantlinear import IntWeights, LayerSpec, QuantLinear, Verdict
 
-from .int4pack import check_int4_op, op_group_size, pack_int4, scales_and_zeros
+from .int4pack import check_int4_op, pack_int4, scales_and_zeros
 
 
 class Int4x2Linear(QuantLinear):

@@ -27,7 +27,7 @@ quiet python -m pip install -q "$TORCH_SPEC"
 # Core + in-tree plugins (editable), then test and interop extras. Plugins are installed from
 # their folders: the quantlinear[cpu] style extras name distributions that live on an index.
 plugins=()
-for p in plugins/cpu plugins/cuda plugins/rocm plugins/xpu plugins/npu examples/plugin-template; do
+for p in plugins/cpu plugins/triton plugins/cuda plugins/rocm plugins/xpu plugins/npu examples/plugin-template; do
   [ -f "$p/pyproject.toml" ] && plugins+=(-e "$p")
 done
 quiet python -m pip install -q --no-build-isolation -e ".[test,interop]" "$TORCH_SPEC"

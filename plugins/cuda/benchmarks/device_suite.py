@@ -46,7 +46,7 @@ def profile_eager(out: Path) -> None:
     from quantlinear import LayerSpec, get_scheme
     from quantlinear.benchutil import random_int_weights
     from quantlinear_cuda import ops, tune
-    from quantlinear_cuda import triton_kernels as tk
+    from quantlinear_triton import kernels as tk
     from quantlinear_cuda.kernels.triton_wna16 import TritonWNA16Linear
 
     K = N = 512

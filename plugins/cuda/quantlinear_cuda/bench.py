@@ -183,7 +183,7 @@ def _impls(K: int, N: int, scheme, dtype, dev, w, W, options: BenchOptions, log)
 
     if "cuda.tinygemm" not in names and _wanted("peer.int4pack_mm", options) and dtype == torch.bfloat16 and scheme.bits <= 4:
         try:
-            from .packing import tinygemm_group, tinygemm_inner_k_tiles, tinygemm_nibbles, tinygemm_scales_and_zeros
+            from quantlinear_triton.packing import tinygemm_group, tinygemm_inner_k_tiles, tinygemm_nibbles, tinygemm_scales_and_zeros
 
             og, ikt = tinygemm_group(spec.group_size), tinygemm_inner_k_tiles(K)
             packed = torch.ops.aten._convert_weight_to_int4pack(tinygemm_nibbles(w.qweight), ikt)

@@ -15,11 +15,12 @@ magnitude slower than anything else.
 from __future__ import annotations
 
 import functools
-import importlib.util
 import os
 from dataclasses import dataclass
 
 import torch
+
+from quantlinear_triton.runtime import interpreting, triton_available  # noqa: F401  (patched by tests here)
 
 #: Test-only override of the CPU-interpreter switch (None: read QUANTLINEAR_CUDA_CPU_INTERPRET).
 CPU_INTERPRET: bool | None = None
@@ -47,10 +48,6 @@ class DeviceProps:
 INTERPRETER_PROPS = DeviceProps("triton-interpreter", (9, 0), sm_count=4, l2_bytes=1 << 20, simulated=True)
 
 
-def interpreting() -> bool:
-    return os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
-
-
 def cpu_interpret_enabled() -> bool:
     """True when Triton kernels may run CPU layers through the interpreter (tests only)."""
     if not interpreting():
@@ -58,14 +55,6 @@ def cpu_interpret_enabled() -> bool:
     if CPU_INTERPRET is not None:
         return bool(CPU_INTERPRET)
     return os.environ.get("QUANTLINEAR_CUDA_CPU_INTERPRET", "0") not in ("", "0")
-
-
-def triton_available() -> bool:
-    """Whether Triton can be imported, without importing it."""
-    try:
-        return importlib.util.find_spec("triton") is not None
-    except (ImportError, ValueError):
-        return False
 
 
 @functools.lru_cache(maxsize=None)

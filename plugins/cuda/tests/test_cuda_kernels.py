@@ -36,7 +36,7 @@ def make_layer(bits, group, sym, K, N, dtype, bias=False, seed=0, fmt="gptq_v2")
 
 
 def run_cfg(layer, x, cfg, poison=True):
-    from quantlinear_cuda.triton_kernels import launch
+    from quantlinear_triton.kernels import launch
 
     m = layer.meta
     out = None
@@ -110,7 +110,7 @@ def test_layer_forward_default_dispatch():
 def test_split_k_counters_survive_changing_splits():
     """Split-K tile counters go back to zero after every launch, whatever the split: any
     sequence of splits (including ones that do not divide the K tiles) must stay correct."""
-    from quantlinear_cuda.triton_kernels import counters
+    from quantlinear_triton.kernels import counters
 
     K = 7 * 256  # 7 K tiles of 4-bit codes: split 8 becomes 7 splits of one tile, split 4 becomes 4
     layer, W, _ = make_layer(4, 32, True, K, 64, torch.float16, seed=13)
@@ -149,7 +149,7 @@ def test_prepare_keeps_no_float_weight():
 
 @pytest.mark.parametrize("bits,group,sym,K", [(4, 128, False, 256), (3, 32, True, 224), (8, -1, False, 128)])
 def test_dequantize_kernel(bits, group, sym, K):
-    from quantlinear_cuda.triton_kernels import dequantize
+    from quantlinear_triton.kernels import dequantize
 
     layer, W, _ = make_layer(bits, group, sym, K, 64, torch.float16, seed=bits)
     m = layer.meta

@@ -5,7 +5,7 @@ import torch
 
 from quantlinear import Scheme
 from quantlinear.benchutil import random_int_weights
-from quantlinear_cuda import packing
+from quantlinear_triton import packing
 
 
 @pytest.mark.parametrize("bits", [2, 3, 4, 5, 8])

@@ -1,7 +1,7 @@
 """Triton kernels for weight-only int matmuls ``y = x @ W^T (+ b)`` with W in the slab layout.
 
 Imported lazily (first launch); importing it imports Triton.  Two kernels share one weight
-layout (see :mod:`quantlinear_cuda.packing`):
+layout (see :mod:`quantlinear_triton.packing`):
 
 * ``_gemv_kernel`` (decode, small M): CUDA cores only.  A program owns ``BN`` output rows and
   a range of K tiles; per slab it shifts/masks ``SLAB`` words per row, turns the codes into
@@ -19,6 +19,12 @@ the last program to arrive at an output tile (a counter per tile, in a persisten
 zero-initialised buffer) sums them in a fixed order, writes the output and sets the counter
 back to zero: one launch, deterministic, no memset.  (Launches on one stream are ordered,
 so a counter is always zero when a launch starts.)
+
+The code is device-neutral: the CUDA plugin and the ROCm plugin launch these same kernels
+with their own configurations.  A configuration may carry backend compile options
+(:data:`BACKEND_OPTIONS`: AMD's ``waves_per_eu``, ``matrix_instr_nonkdim``, ``kpack``); they
+are passed to the launch only when present, so configurations without them launch exactly
+as before.
 """
 
 from __future__ import annotations
@@ -31,6 +37,8 @@ from .packing import slabs_per_group
 
 #: Upper bound of split_k.
 MAXS = 64
+#: Backend compile options a launch configuration may carry (Triton's AMD backend, ``HIPOptions``).
+BACKEND_OPTIONS = ("waves_per_eu", "matrix_instr_nonkdim", "kpack")
 #: Persistent per-device tile counters for split-K.
 COUNTER_SLOTS = 1 << 16
 _counters: dict[torch.device, torch.Tensor] = {}
@@ -311,6 +319,7 @@ def _static_args(cfg: dict, bits: int, slab: int, group_size: int, K: int, has_z
     common = dict(BITS=bits, VPW=vpw, SLAB=slab, SPG=slabs_per_group(bits, slab, group_size, K), BM=BM, BN=BN,
                   HAS_ZEROS=has_zeros, HAS_BIAS=has_bias, EVEN_K=(K % (slab * vpw) == 0), MAX_SPLIT=MAXS,
                   num_warps=int(cfg.get("warps", 4)), num_stages=int(cfg.get("stages", 2)))
+    common.update({k: int(cfg[k]) for k in BACKEND_OPTIONS if k in cfg})
     if kind == "dot":
         common.update(GROUP_M=int(cfg.get("group_m", 8)), SWAP=bool(cfg.get("swap", True)), SCALE_W=bool(cfg.get("scale_w", False)),
                       IEEE=is_fp32)
@@ -324,7 +333,7 @@ def _static_args(cfg: dict, bits: int, slab: int, group_size: int, K: int, has_z
 def launch(x: torch.Tensor, qweight: torch.Tensor, scales: torch.Tensor, zeros: torch.Tensor | None,
            bias: torch.Tensor | None, bits: int, slab: int, group_size: int, in_features: int,
            zero_point: float, cfg: dict, out: torch.Tensor | None = None) -> torch.Tensor:
-    """Run one kernel with launch configuration ``cfg`` (see :mod:`quantlinear_cuda.tune`)."""
+    """Run one kernel with launch configuration ``cfg`` (see :mod:`quantlinear_triton.tune`)."""
     M, K = x.shape
     N, KW = qweight.shape
     _, kind, BM, BN, split, common = _static_args(cfg, bits, slab, group_size, K, zeros is not None, bias is not None,

@@ -1,4 +1,4 @@
-"""Repacking canonical :class:`IntWeights` into the layouts the CUDA kernels read.
+"""Repacking canonical :class:`IntWeights` into the layouts the GPU kernels read (CUDA and ROCm plugins).
 
 Triton layout ("slab-interleaved", one int32 tensor ``[N, KW]``)
 -----------------------------------------------------------------

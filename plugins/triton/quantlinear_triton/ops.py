@@ -1,0 +1,72 @@
+"""The per-call dispatch of the Triton kernels and a factory for a plugin's custom op.
+
+Each GPU plugin registers its own op (``torch.ops.quantlinear_cuda.wna16_gemm``,
+``torch.ops.quantlinear_rocm.wna16_gemm``) through :func:`define_wna16_gemm`, bound to its own
+tuner, so the two never share a launch-configuration table.  The op is opaque to
+``torch.compile`` (no graph break: its fake implementation gives the output's shape and
+dtype) and captures in CUDA/HIP graphs (one Triton launch; split-K needs no memset).  The
+launch configuration, and with it the GEMV/matrix-unit dispatch on M, is chosen inside the op
+at run time from the plugin's tuner.  Registering an op imports no Triton.
+"""
+
+from __future__ import annotations
+
+from typing import Callable, Optional
+
+import torch
+from torch import Tensor
+
+from . import tune
+
+_kernels = None
+
+
+def triton_kernels():
+    """:mod:`quantlinear_triton.kernels`, imported (with Triton) on first use."""
+    global _kernels
+    if _kernels is None:
+        from . import kernels
+
+        _kernels = kernels
+    return _kernels
+
+
+def dtype_name(dtype: torch.dtype) -> str:
+    return str(dtype).replace("torch.", "")
+
+
+def run_gemm(tuner: "tune.Tuner", x: Tensor, qweight: Tensor, scales: Tensor, zeros: Optional[Tensor], bias: Optional[Tensor],
+             bits: int, group_size: int, in_features: int, slab: int, zero_point: float,
+             problem: "tune.Problem | None" = None) -> Tensor:
+    """Choose the launch configuration for this M from ``tuner`` (tuning on first use if enabled) and launch."""
+    k = triton_kernels()
+    if problem is None:
+        problem = tune.Problem(bits, slab, group_size, zeros is not None, dtype_name(x.dtype), qweight.shape[0], in_features)
+
+    def run(cfg: dict) -> Tensor:
+        return k.launch(x, qweight, scales, zeros, bias, bits, slab, group_size, in_features, zero_point, cfg)
+
+    cfg = tuner.get(x.device, problem, x.shape[0], run)
+    if cfg["kernel"] == "dqmm" and not tuner.dqmm_enabled():
+        cfg = tuner.default_config(problem, x.shape[0], tuner.device_props(x.device), allow_dqmm=False)
+    return run(cfg)
+
+
+def define_wna16_gemm(qualname: str, run: Callable[..., Tensor]):
+    """Register ``qualname`` (``"<namespace>::wna16_gemm"``) as a custom op running ``run`` (with a fake)."""
+
+    def wna16_gemm(x: Tensor, qweight: Tensor, scales: Tensor, zeros: Optional[Tensor], bias: Optional[Tensor],
+                   bits: int, group_size: int, in_features: int, slab: int, zero_point: float) -> Tensor:
+        return run(x, qweight, scales, zeros, bias, bits, group_size, in_features, slab, zero_point)
+
+    wna16_gemm.__doc__ = "``x @ W^T (+ bias)`` for W in the slab layout (see :mod:`quantlinear_triton.packing`)."
+    op = torch.library.custom_op(qualname, mutates_args=())(wna16_gemm)
+
+    @op.register_fake
+    def _wna16_gemm_fake(x, qweight, scales, zeros, bias, bits, group_size, in_features, slab, zero_point):
+        torch._check(x.dim() == 2, lambda: f"x must be 2-D, got {x.dim()}-D")
+        torch._check(x.shape[1] == in_features, lambda: f"x has {x.shape[1]} features, expected {in_features}")
+        torch._check(qweight.dim() == 2 and qweight.dtype == torch.int32, lambda: "qweight must be a 2-D int32 tensor")
+        return x.new_empty((x.shape[0], qweight.shape[0]))
+
+    return op

@@ -1,0 +1,321 @@
+"""Launch configurations: the tuner and its cache, shared by the GPU plugins.
+
+A configuration picks the kernel (``gemv``, ``dot`` or ``dqmm``: this is the M dispatch) and its
+tile sizes, split-K, warps and pipeline stages (plus backend options such as AMD's
+``waves_per_eu``; see :data:`quantlinear_triton.kernels.BACKEND_OPTIONS`).  What is shared here
+is the machinery; what a plugin brings is its *space* (:class:`Space`): device properties
+whose ``arch`` names the table (``sm90``, ``gfx942``), the deterministic heuristic and the
+candidates tuning measures, and where its switches and tables live.  Lookup order for
+(arch, problem, M bucket):
+
+1. this process's memory;
+2. the user cache file ``~/.cache/quantlinear/<family>-tune-<arch>.json`` (override the path with
+   ``QUANTLINEAR_<FAMILY>_TUNE_CACHE=/path.json``, or disable the file with ``=off``);
+3. the table shipped with the plugin for that architecture (``tuned/<arch>.json``, measured
+   with :meth:`Tuner.tune` on that GPU);
+4. tuning now, on the first call of that shape and bucket (``QUANTLINEAR_<FAMILY>_TUNE``, on by
+   default on a real GPU; ``0``/``off`` disables it; it never runs while a CUDA/HIP graph is
+   being captured), written back to the user cache so later processes reuse it;
+5. the space's ``default_config``, a deterministic heuristic (what tests and tuning-off runs get).
+
+Kernels a configuration can name: ``gemv`` (no matrix units, decode), ``dot`` (matrix units,
+dequantize in registers) and ``dqmm`` (large M only: dequantize the layer into a temporary
+float weight, then the vendor BLAS; ``QUANTLINEAR_<FAMILY>_DQMM=0`` forbids it).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Protocol
+
+import torch
+
+from .runtime import interpreting
+
+CACHE_VERSION = 1
+
+M_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096)
+
+
+def bucket(M: int) -> int:
+    for b in M_BUCKETS:
+        if M <= b:
+            return b
+    return M_BUCKETS[-1]
+
+
+@dataclass(frozen=True)
+class Problem:
+    """What a launch configuration depends on, besides M and the device."""
+
+    bits: int
+    slab: int
+    group_size: int
+    has_zeros: bool
+    dtype: str  # "float16" | "bfloat16" | "float32"
+    N: int
+    K: int
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "_hash", hash((self.bits, self.slab, self.group_size, self.has_zeros, self.dtype, self.N, self.K)))
+
+    def __hash__(self) -> int:  # looked up on every call: hash once
+        return self._hash
+
+    @property
+    def vpw(self) -> int:
+        return 32 // self.bits
+
+    @property
+    def k_tiles(self) -> int:
+        return -(-self.K // (self.slab * self.vpw))
+
+    def key(self, b: int) -> str:
+        gs = "ch" if self.group_size >= self.K else str(self.group_size)
+        return f"w{self.bits}|s{self.slab}|g{gs}|{'asym' if self.has_zeros else 'sym'}|{self.dtype}|N{self.N}|K{self.K}|M{b}"
+
+
+def split_for(programs: int, target: int, k_tiles: int, cap: int = 16) -> int:
+    """Smallest power-of-two split reaching ``target`` programs, keeping >= 2 K tiles per split."""
+    split = 1
+    while programs * split < target and split < cap and k_tiles // (split * 2) >= 2:
+        split *= 2
+    return split
+
+
+def unique(configs: list[dict]) -> list[dict]:
+    """Configurations without repeats, first occurrence kept."""
+    out, seen = [], set()
+    for c in configs:
+        k = json.dumps(c, sort_keys=True)
+        if k not in seen:
+            seen.add(k)
+            out.append(c)
+    return out
+
+
+class Props(Protocol):
+    """What the tuner reads of a device's properties (a plugin's own dataclass)."""
+
+    name: str
+    simulated: bool
+
+    @property
+    def arch(self) -> str: ...
+
+
+class Space(Protocol):
+    """A plugin's side of tuning (a module or an object with these attributes)."""
+
+    def device_props(self, device: torch.device) -> Props: ...
+    def default_config(self, p: Problem, M: int, props: Any, allow_dqmm: bool = True) -> dict: ...
+    def candidates(self, p: Problem, M: int, props: Any) -> list[dict]: ...
+    def tuning_enabled(self) -> bool: ...
+    def dqmm_enabled(self) -> bool: ...
+    def cache_path(self, arch: str) -> Path | None: ...
+    def shipped_path(self, arch: str) -> Path: ...
+
+
+class Settings:
+    """The switches and table locations of one plugin's tuning (``QUANTLINEAR_<FAMILY>_*``)."""
+
+    def __init__(self, family: str, tuned_dir: Path) -> None:
+        self.family = family
+        self.tuned_dir = Path(tuned_dir)
+        prefix = f"QUANTLINEAR_{family.upper()}"
+        self.env_tune = f"{prefix}_TUNE"
+        self.env_cache = f"{prefix}_TUNE_CACHE"
+        #: "0" forbids the dequantize-then-BLAS path (it allocates a temporary float weight per call)
+        self.env_dqmm = f"{prefix}_DQMM"
+
+    def tuning_enabled(self) -> bool:
+        return os.environ.get(self.env_tune, "1").strip().lower() not in ("0", "off", "false", "no", "")
+
+    def dqmm_enabled(self) -> bool:
+        return os.environ.get(self.env_dqmm, "1").strip().lower() not in ("0", "off", "false", "no")
+
+    def cache_path(self, arch: str) -> Path | None:
+        v = os.environ.get(self.env_cache)
+        if v is not None:
+            if v.strip().lower() in ("", "0", "off", "none", "false"):
+                return None
+            return Path(v).expanduser()
+        return Path.home() / ".cache" / "quantlinear" / f"{self.family}-tune-{arch}.json"
+
+    def shipped_path(self, arch: str) -> Path:
+        return self.tuned_dir / f"{arch}.json"
+
+
+def _short(cfg: dict) -> str:
+    order = ("kernel", "BM", "BN", "split_k", "warps", "stages", "swap", "scale_w", "tpp", "waves_per_eu", "matrix_instr_nonkdim", "kpack")
+    return " ".join(f"{k}={cfg[k]}" for k in order if k in cfg)
+
+
+def _read(path: Path | None) -> dict[str, dict]:
+    if path is None or not path.is_file():
+        return {}
+    try:
+        data = json.loads(path.read_text())
+        if data.get("version") != CACHE_VERSION:
+            return {}
+        return {k: v["config"] if "config" in v else v for k, v in data.get("configs", {}).items()}
+    except (OSError, ValueError, AttributeError, TypeError):
+        return {}
+
+
+class Tuner:
+    """Launch configurations of one plugin, per (device, problem, M): see the module docstring."""
+
+    def __init__(self, space: Space) -> None:
+        self.space = space
+        self._lock = threading.RLock()
+        self._fast: dict[tuple, dict] = {}
+        self._by_m: dict[tuple, dict] = {}  # (problem, exact M, device index) -> settled config
+        self._tables: dict[str, tuple[dict, dict]] = {}  # arch -> (user, shipped)
+        self._timings: dict[str, dict] = {}
+
+    def clear(self) -> None:
+        with self._lock:
+            self._fast.clear()
+            self._by_m.clear()
+            self._tables.clear()
+
+    # the space's answers, for callers that hold only the tuner
+    def device_props(self, device: torch.device):
+        return self.space.device_props(device)
+
+    def default_config(self, p: Problem, M: int, props, allow_dqmm: bool = True) -> dict:
+        return self.space.default_config(p, M, props, allow_dqmm=allow_dqmm)
+
+    def dqmm_enabled(self) -> bool:
+        return self.space.dqmm_enabled()
+
+    def _table(self, arch: str) -> tuple[dict, dict]:
+        t = self._tables.get(arch)
+        if t is None:
+            t = (_read(self.space.cache_path(arch)), _read(self.space.shipped_path(arch)))
+            self._tables[arch] = t
+        return t
+
+    def lookup(self, props: Props, p: Problem, M: int) -> tuple[dict | None, str]:
+        key = p.key(bucket(M))
+        user, shipped = self._table(props.arch)
+        if key in user:
+            return user[key], "cache"
+        if key in shipped:
+            return shipped[key], "shipped"
+        return None, "none"
+
+    def get(self, device: torch.device, p: Problem, M: int, run: Callable[[dict], object] | None = None) -> dict:
+        cfg = self._by_m.get((p, M, device.index))
+        if cfg is not None:
+            return cfg
+        cfg = self._get(device, p, M, run)
+        if (device, p, bucket(M)) in self._fast and len(self._by_m) < 65536:
+            self._by_m[(p, M, device.index)] = cfg
+        return cfg
+
+    def _get(self, device: torch.device, p: Problem, M: int, run: Callable[[dict], object] | None) -> dict:
+        b = bucket(M)
+        fk = (device, p, b)
+        cfg = self._fast.get(fk)
+        if cfg is not None:
+            return cfg
+        with self._lock:
+            cfg = self._fast.get(fk)
+            if cfg is not None:
+                return cfg
+            props = self.space.device_props(device)
+            if props.simulated:  # interpreter / simulated device: the deterministic default only
+                cfg = self._fast[fk] = self.space.default_config(p, M, props)
+                return cfg
+            cfg, _ = self.lookup(props, p, M)
+            settled = True
+            if cfg is None:
+                if run is not None and self._may_tune(device):
+                    cfg = self.tune(props, p, M, run)
+                else:
+                    cfg = self.space.default_config(p, M, props)
+                    # tuning is on but blocked right now (graph capture): decide again later
+                    settled = not (self.space.tuning_enabled() and device.type == "cuda" and not interpreting())
+            if settled:
+                self._fast[fk] = cfg
+            return cfg
+
+    def _may_tune(self, device: torch.device) -> bool:
+        if not self.space.tuning_enabled() or device.type != "cuda" or interpreting():
+            return False
+        try:
+            if torch.cuda.is_current_stream_capturing():
+                return False
+        except Exception:
+            return False
+        return not torch.compiler.is_compiling()
+
+    def tune(self, props: Props, p: Problem, M: int, run: Callable[[dict], object],
+             cands: list[dict] | None = None, persist: bool = True) -> dict:
+        """Time every candidate with ``run(cfg)`` (L2 flushed between calls); keep the fastest."""
+        from triton.testing import do_bench
+
+        b = bucket(M)
+        best, best_t, results = None, float("inf"), []
+        for cfg in cands if cands is not None else self.space.candidates(p, M, props):
+            try:
+                run(cfg)  # compile + warm
+                torch.cuda.synchronize()
+                t = do_bench(lambda: run(cfg), warmup=5, rep=25, return_mode="median")
+            except Exception as e:  # out of resources, unsupported shape...
+                results.append({"config": cfg, "error": f"{type(e).__name__}: {str(e)[:160]}"})
+                continue
+            results.append({"config": cfg, "ms": t})
+            if t < best_t:
+                best, best_t = cfg, t
+        if best is None:
+            best = self.space.default_config(p, M, props)
+        key = p.key(b)
+        with self._lock:
+            user, _ = self._table(props.arch)
+            user[key] = best
+            self._timings[key] = {"best_us": best_t * 1e3, "results": results}
+            if persist:
+                self._write(props)
+        return best
+
+    def _write(self, props: Props) -> None:
+        path = self.space.cache_path(props.arch)
+        if path is None:
+            return
+        user, _ = self._table(props.arch)
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            old = {}
+            if path.is_file():
+                try:
+                    old = json.loads(path.read_text()).get("configs", {})
+                except ValueError:
+                    old = {}
+            configs = dict(old)
+            for k, v in user.items():
+                entry = {"config": v}
+                if k in self._timings:
+                    entry["best_us"] = round(self._timings[k]["best_us"], 2)
+                    entry["measured"] = [[_short(r["config"]), round(r["ms"] * 1e3, 2) if "ms" in r else r.get("error")]
+                                         for r in self._timings[k]["results"]]
+                elif k in old and "measured" in old[k]:
+                    entry.update({kk: old[k][kk] for kk in ("best_us", "measured") if kk in old[k]})
+                configs[k] = entry
+            data = {"version": CACHE_VERSION, "arch": props.arch, "device": props.name, "written": time.strftime("%Y-%m-%d %H:%M:%S"),
+                    "configs": configs}
+            tmp = path.with_suffix(f".tmp{os.getpid()}")
+            tmp.write_text(json.dumps(data, indent=1, sort_keys=True))
+            os.replace(tmp, path)
+        except OSError:
+            pass
+
+    def timings(self) -> dict[str, dict]:
+        return dict(self._timings)

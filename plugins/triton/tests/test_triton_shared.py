@@ -1,0 +1,122 @@
+"""The shared library on its own: the tuner over a plugin-defined space, the op factory, launch options."""
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+import torch
+
+from quantlinear_triton import ops, tune
+from quantlinear_triton.runtime import interpreting
+
+P = tune.Problem(bits=4, slab=32, group_size=128, has_zeros=False, dtype="float16", N=256, K=512)
+
+
+@dataclass(frozen=True)
+class ToyProps:
+    name: str
+    arch: str
+    simulated: bool = False
+
+
+class ToySpace(tune.Settings):
+    """A made-up plugin: table key = arch, one GEMV config whose BN says which arch chose it."""
+
+    def __init__(self, tuned_dir, props):
+        super().__init__("toy", tuned_dir)
+        self.props = props
+        self.candidates_asked = []
+
+    def device_props(self, device):
+        return self.props
+
+    def default_config(self, p, M, props, allow_dqmm=True):
+        return {"kernel": "gemv", "BM": 1, "BN": 16 if props.arch == "a1" else 32, "split_k": 1}
+
+    def candidates(self, p, M, props):
+        self.candidates_asked.append((p, M, props.arch))
+        return [self.default_config(p, M, props)]
+
+
+def test_settings_names_follow_the_family(monkeypatch, tmp_path):
+    s = tune.Settings("toy", tmp_path)
+    assert (s.env_tune, s.env_cache, s.env_dqmm) == ("QUANTLINEAR_TOY_TUNE", "QUANTLINEAR_TOY_TUNE_CACHE", "QUANTLINEAR_TOY_DQMM")
+    monkeypatch.delenv("QUANTLINEAR_TOY_TUNE_CACHE", raising=False)
+    assert s.cache_path("a1").name == "toy-tune-a1.json" and s.shipped_path("a1") == tmp_path / "a1.json"
+    monkeypatch.setenv("QUANTLINEAR_TOY_TUNE", "off")
+    monkeypatch.setenv("QUANTLINEAR_TOY_DQMM", "0")
+    assert not s.tuning_enabled() and not s.dqmm_enabled()
+
+
+def test_tuner_tables_per_arch_key(monkeypatch, tmp_path):
+    monkeypatch.setenv("QUANTLINEAR_TOY_TUNE", "0")
+    monkeypatch.setenv("QUANTLINEAR_TOY_TUNE_CACHE", "off")
+    shipped = {"version": tune.CACHE_VERSION, "configs": {P.key(16): {"config": {"kernel": "dot", "BM": 16, "BN": 64, "split_k": 1}}}}
+    (tmp_path / "a1.json").write_text(json.dumps(shipped))
+    dev = torch.device("cuda", 0)
+    a1 = tune.Tuner(ToySpace(tmp_path, ToyProps("toy gpu 1", "a1")))
+    assert a1.get(dev, P, 9)["kernel"] == "dot" and a1.lookup(a1.device_props(dev), P, 16)[1] == "shipped"
+    assert a1.get(dev, P, 1) == {"kernel": "gemv", "BM": 1, "BN": 16, "split_k": 1}  # not in the table: the space's heuristic
+    a2 = tune.Tuner(ToySpace(tmp_path, ToyProps("toy gpu 2", "a2")))
+    assert a2.get(dev, P, 9)["BN"] == 32  # another arch key, another (absent) table
+    sim = tune.Tuner(ToySpace(tmp_path, ToyProps("sim", "a1", simulated=True)))
+    assert sim.get(dev, P, 9)["kernel"] == "gemv"  # simulated devices never read tables
+
+
+def test_tune_writes_the_arch_cache_with_measurements(monkeypatch, tmp_path):
+    pytest.importorskip("triton")
+    import triton.testing
+
+    monkeypatch.setenv("QUANTLINEAR_TOY_TUNE_CACHE", str(tmp_path / "cache.json"))
+    monkeypatch.setattr(triton.testing, "do_bench", lambda fn, **kw: 0.5)
+    monkeypatch.setattr(torch.cuda, "synchronize", lambda: None)
+    space = ToySpace(tmp_path, ToyProps("toy gpu 1", "a1"))
+    t = tune.Tuner(space)
+    best = t.tune(space.props, P, 3, run=lambda cfg: None)
+    assert best == space.default_config(P, 3, space.props) and space.candidates_asked == [(P, 3, "a1")]
+    data = json.loads((tmp_path / "cache.json").read_text())
+    assert data["arch"] == "a1" and data["configs"][P.key(4)]["best_us"] == 500.0
+
+
+def test_op_factory_registers_a_namespaced_op():
+    calls = []
+
+    def run(x, qweight, scales, zeros, bias, bits, group_size, in_features, slab, zero_point):
+        calls.append((bits, group_size, in_features, slab, zero_point))
+        return x.new_zeros((x.shape[0], qweight.shape[0]))
+
+    ops.define_wna16_gemm("quantlinear_toytest::wna16_gemm", run)
+    op = torch.ops.quantlinear_toytest.wna16_gemm
+    assert str(op.default._schema).startswith("quantlinear_toytest::wna16_gemm(Tensor x, Tensor qweight, Tensor scales, Tensor? zeros")
+    x, q, s = torch.randn(3, 64), torch.zeros(8, 8, dtype=torch.int32), torch.ones(1, 8)
+    assert op(x, q, s, None, None, 4, 64, 64, 32, 8.0).shape == (3, 8) and calls == [(4, 64, 64, 32, 8.0)]
+    y = op(x.to("meta"), q.to("meta"), s.to("meta"), None, None, 4, 64, 64, 32, 8.0)  # the fake
+    assert y.is_meta and y.shape == (3, 8) and len(calls) == 1
+
+
+@pytest.mark.skipif(not interpreting(), reason="imports the kernels module under the interpreter")
+def test_backend_options_reach_the_launch_only_when_present():
+    from quantlinear_triton import kernels
+
+    base = {"kernel": "dot", "BM": 16, "BN": 32, "split_k": 1, "warps": 4, "stages": 3, "swap": True, "scale_w": False, "group_m": 8}
+    common = kernels._static_args(base, 4, 32, 128, 512, False, False, False)[-1]
+    assert not set(common) & set(kernels.BACKEND_OPTIONS)  # a CUDA configuration launches exactly as before
+    amd = dict(base, waves_per_eu=2, matrix_instr_nonkdim=16)
+    common = kernels._static_args(amd, 4, 32, 128, 512, False, False, False)[-1]
+    assert (common["waves_per_eu"], common["matrix_instr_nonkdim"]) == (2, 16) and "kpack" not in common
+
+
+def test_no_entry_point_and_no_triton_import():
+    import subprocess
+    import sys
+
+    code = ("import sys; sys.modules['triton'] = None\n"
+            "import quantlinear_triton, quantlinear_triton.ops, quantlinear_triton.tune, quantlinear_triton.layers, quantlinear_triton.packing\n"
+            "print('OK')\n")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0 and "OK" in r.stdout, r.stderr[-2000:]
+    import tomllib
+
+    project = tomllib.loads((Path(__file__).parents[1] / "pyproject.toml").read_text())["project"]
+    assert project["name"] == "quantlinear-triton" and "entry-points" not in project

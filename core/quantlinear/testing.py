@@ -147,9 +147,10 @@ def check_numerics(case: Case) -> float:
     return err
 
 
-def check_state_dict_round_trip(case: Case) -> None:
+def check_state_dict_round_trip(case: Case, weights=None) -> None:
+    """Checkpoint tensors loaded through ``load_state_dict`` give the same layer as ``from_weights``."""
     spec = case.spec
-    w = random_int_weights(spec.in_features, spec.out_features, spec.scheme, seed=3)
+    w = weights if weights is not None else random_int_weights(spec.in_features, spec.out_features, spec.scheme, seed=3)
     sd = get_format(spec.format).pack(w, spec)
     if spec.bias:
         sd["bias"] = torch.zeros(spec.out_features, dtype=torch.float16)

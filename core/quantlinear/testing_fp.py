@@ -36,6 +36,7 @@ from .testing import (
     check_compiles_fullgraph,
     check_no_float_weight_copy,
     check_post_load_idempotent,
+    check_state_dict_round_trip,
     rel_err,
 )
 
@@ -142,18 +143,7 @@ def check_float_numerics(case: Case) -> float:
 
 
 def check_float_state_dict_round_trip(case: Case) -> None:
-    spec = case.spec
-    w = random_float_weights(spec, seed=3)
-    sd = get_format(spec.format).pack(w, spec)
-    if spec.bias:
-        sd["bias"] = torch.zeros(spec.out_features, dtype=torch.float16)
-    layer = case.kernel(spec)
-    result = layer.load_state_dict(sd, strict=True)
-    assert not result.missing_keys and not result.unexpected_keys, result
-    layer.post_load()
-    ref = case.kernel.from_weights(spec, w, sd.get("bias"))
-    x = torch.randn(3, spec.in_features).to(spec.dtype).to(spec.device)
-    torch.testing.assert_close(layer(x), ref(x))
+    check_state_dict_round_trip(case, random_float_weights(case.spec, seed=3))
 
 
 def check_float_post_load_idempotent(case: Case) -> None:

@@ -59,3 +59,25 @@ def test_explain_command(capsys):
 def test_python_dash_m_and_version():
     rc, out, _ = run("--version")
     assert rc == 0 and out.startswith("quantlinear ")
+
+
+@pytest.mark.parametrize("preset, fmt, packing", [("MXFP4", "mxfp4", "auto_round:llm_compressor"), ("MXFP8", "mxfp8", "auto_round:llm_compressor"), ("FP8_STATIC", "fp8", "auto_round:fp8_static")])
+def test_inspect_reads_float_checkpoints(tmp_path, capsys, preset, fmt, packing):
+    """in/out features come from each float layout's own tensors (weight_packed [N, K/2] or weight [N, K])."""
+    import torch
+    from safetensors.torch import save_file
+
+    import quantlinear as ql
+    from quantlinear.formats import get_format
+    from quantlinear.fpquant import quantize_float
+
+    scheme = ql.get_scheme(preset)
+    spec = ql.LayerSpec(scheme, fmt, 128, 64, False, torch.float32, "cpu", False, "blocks.0.proj")
+    tensors = get_format(fmt).pack(quantize_float(torch.randn(64, 128), scheme), spec)
+    save_file({f"blocks.0.proj.{k}": v.contiguous() for k, v in tensors.items()}, str(tmp_path / "model.safetensors"))
+    qc = {k: v for k, v in scheme.to_dict().items() if v is not None}
+    (tmp_path / "config.json").write_text(json.dumps({"quantization_config": {"quant_method": "auto-round", "packing_format": packing, **qc}}))
+    assert main(["inspect", str(tmp_path), "--device", "cpu", "--json"]) == 0
+    d = json.loads(capsys.readouterr().out)
+    assert d["config"]["format"] == fmt
+    assert [(layer["in_features"], layer["out_features"]) for layer in d["layers"]] == [(128, 64)]

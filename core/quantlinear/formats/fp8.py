@@ -54,10 +54,6 @@ class FP8Format(FloatFormat):
             specs["bias"] = TensorSpec((N,), None)
         return specs
 
-    def infer_features(self, shapes: Mapping[str, tuple[int, ...]], bits: int) -> tuple[int, int]:
-        n, k = shapes["weight"]
-        return k, n
-
     def unpack(self, tensors: Mapping[str, torch.Tensor], spec: LayerSpec) -> FloatWeights:
         w, raw = require(tensors, spec, self.name, "weight", "weight_scale")
         self.check_fp8_codes(w, spec, "weight")

@@ -35,6 +35,14 @@ class FloatFormat(PackingFormat):
                 return f"in_features={spec.in_features} is not a multiple of the scale block {self.block} (format {self.name})"
         return None
 
+    def infer_features(self, shapes: Mapping[str, tuple[int, ...]], bits: int) -> tuple[int, int]:
+        """4-bit layouts store two codes per byte in ``weight_packed [N, K/2]``; 8-bit ones ``weight [N, K]``."""
+        if "weight_packed" in shapes:
+            n, half_k = shapes["weight_packed"]
+            return half_k * 2, n
+        n, k = shapes["weight"]
+        return k, n
+
     # -- helpers for unpack/pack ---------------------------------------------------------------------
     @staticmethod
     def where(spec: LayerSpec, tname: str) -> str:

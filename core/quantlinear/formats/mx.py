@@ -44,10 +44,6 @@ class MXFP4Format(FloatFormat):
             specs["bias"] = TensorSpec((N,), None)
         return specs
 
-    def infer_features(self, shapes: Mapping[str, tuple[int, ...]], bits: int) -> tuple[int, int]:
-        n, half_k = shapes["weight_packed"]
-        return half_k * 2, n
-
     def unpack(self, tensors: Mapping[str, torch.Tensor], spec: LayerSpec) -> FloatWeights:
         packed, raw = require(tensors, spec, self.name, "weight_packed", "weight_scale")
         scales = self.decode_e8m0_checked(raw, spec, "weight_scale")
@@ -85,10 +81,6 @@ class MXFP8Format(FloatFormat):
         if spec.bias:
             specs["bias"] = TensorSpec((N,), None)
         return specs
-
-    def infer_features(self, shapes: Mapping[str, tuple[int, ...]], bits: int) -> tuple[int, int]:
-        n, k = shapes["weight"]
-        return k, n
 
     def unpack(self, tensors: Mapping[str, torch.Tensor], spec: LayerSpec) -> FloatWeights:
         w, raw = require(tensors, spec, self.name, "weight", "weight_scale")

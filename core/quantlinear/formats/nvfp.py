@@ -50,10 +50,6 @@ class NVFP4Format(FloatFormat):
             specs["bias"] = TensorSpec((N,), None)
         return specs
 
-    def infer_features(self, shapes: Mapping[str, tuple[int, ...]], bits: int) -> tuple[int, int]:
-        n, half_k = shapes["weight_packed"]
-        return half_k * 2, n
-
     def unpack(self, tensors: Mapping[str, torch.Tensor], spec: LayerSpec) -> FloatWeights:
         packed, raw, gs = require(tensors, spec, self.name, "weight_packed", "weight_scale", "weight_global_scale")
         self.check_fp8_codes(raw, spec, "weight_scale")

@@ -17,7 +17,7 @@ from .errors import (
     UnknownBackendError,
     UnsupportedSchemeError,
 )
-from .formats import FloatWeights, IntWeights
+from .formats import FloatWeights, GGUFWeights, IntWeights
 from .hookspecs import PLUGIN_API_VERSION, hookimpl
 from .loader import LoadReport, load_quantized
 from .pretrained import from_pretrained, load_pipeline
@@ -36,6 +36,7 @@ __all__ = [
     "CheckpointError",
     "ConfigError",
     "FloatWeights",
+    "GGUFWeights",
     "IntWeights",
     "LayerSpec",
     "LoadReport",

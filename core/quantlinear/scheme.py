@@ -25,6 +25,7 @@ WEIGHT_DATA_TYPES: dict[str, tuple[int, ...]] = {
     "mx_int": (4,),
     "nv_fp": (4,),  # NVFP4: E2M1 + E4M3 scale per 16 + global scale
     "nvfp4_v2": (4,),  # NVFP4 with E5M3 scales, no global scale
+    "gguf": (2, 3, 4, 5, 6, 8),  # llama.cpp block types; the packing format names the type (quantlinear.gguf_types)
 }
 
 #: Activation data types that may appear in a config (None/16 bits = not quantized).

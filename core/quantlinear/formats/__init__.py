@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from ..errors import UnsupportedSchemeError
 from .awq import AWQFormat
-from .base import FloatWeights, IntWeights, PackingFormat, TensorSpec
+from .base import FloatWeights, GGUFWeights, IntWeights, PackingFormat, TensorSpec
 from .fp8 import FP8Format
 from .gptq import GPTQFormat, GPTQv2Format
 from .mx import MXFP4Format, MXFP8Format, MXINT4Format
@@ -58,6 +58,6 @@ def get_format(name: str) -> PackingFormat:
 
 
 __all__ = [
-    "FORMATS", "AUTOROUND_PACKING", "AUTOROUND_FLOAT_PACKING", "FLOAT_FORMATS", "FloatWeights", "IntWeights",
+    "FORMATS", "AUTOROUND_PACKING", "AUTOROUND_FLOAT_PACKING", "FLOAT_FORMATS", "FloatWeights", "GGUFWeights", "IntWeights",
     "PackingFormat", "TensorSpec", "float_format_for", "get_format",
 ]

@@ -100,6 +100,34 @@ class FloatWeights:
         return (v * s).to(dtype)
 
 
+@dataclass
+class GGUFWeights:
+    """llama.cpp-quantized weights kept as the file's raw blocks (see :mod:`quantlinear.gguf_types`).
+
+    ``qtype``: the GGUF type name (``"Q4_K"``, ...).
+    ``data``:  uint8 ``[N, K // block * type_size]``: row ``n`` of the weight is the
+               concatenation of its blocks, exactly as in the file (rows already in
+               nn.Linear order: a loader undoes any row permutation of the converter).
+    Dequantized weight: llama.cpp's ``dequantize_row_<type>`` of each row.
+    """
+
+    qtype: str
+    data: torch.Tensor
+    g_idx: None = None  # no act-order; QuantLinear.post_load reads it
+
+    @property
+    def gguf_type(self):
+        from ..gguf_types import GGUF_TYPES
+
+        return GGUF_TYPES[self.qtype]
+
+    def dequantize(self, group_size: int | None = None, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+        """Reference dequantization in fp32 (then cast), bit-identical to llama.cpp's."""
+        from ..gguf_quants import dequantize_rows
+
+        return dequantize_rows(self.qtype, self.data).to(dtype)
+
+
 class PackingFormat:
     """Base class of checkpoint layouts. Subclasses are stateless singletons."""
 

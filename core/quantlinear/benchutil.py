@@ -166,6 +166,58 @@ def random_int_weights(K: int, N: int, scheme, *, seed: int = 0):
     return IntWeights(q, z, s, None)
 
 
+def float_format_for(scheme) -> str | None:
+    """The canonical float layout that holds ``scheme`` (``mxfp4``, ``nvfp4``, ``fp8``...), or None."""
+    from .formats import FLOAT_FORMATS
+
+    for name in sorted(FLOAT_FORMATS):
+        fmt = FLOAT_FORMATS[name]
+        if scheme.data_type in fmt.data_types and getattr(fmt, "layout_bits", None) == scheme.bits:
+            return name
+    return None
+
+
+def random_float_weights(scheme, K: int, N: int, seed: int = 0):
+    """Random canonical :class:`FloatWeights` of a float / microscaling scheme (benchmarks, kernel tests).
+
+    Valid everywhere, cheap at benchmark sizes (no quantizer runs): uniform 4-bit codes; FP8
+    codes from a normal distribution (no NaN bytes); E8M0 scales ``2**-9 .. 2**-4``; NVFP4 E4M3
+    block scales 0.5 .. 4 with a global scale of ``448 * 6 / 2``; FP8 per-row (FP8_STATIC) or
+    per-tensor (FPW8A16) bf16 scales.  Activation parameters (NVFP4 ``input_global_scale``, FP8
+    ``input_scale``) are set when the scheme quantizes activations.  Stored scales are kept in
+    their checkpoint encoding (``raw_scales``), so a format packs them as they are.
+    """
+    from . import fpcodes, fpquant
+    from .formats import FloatWeights
+    from .scheme import get_scheme
+
+    scheme = get_scheme(scheme)
+    fmt = float_format_for(scheme)
+    if fmt is None:
+        raise ValueError(f"scheme {scheme} has no float layout (data_type {scheme.data_type}, bits {scheme.bits})")
+    g = torch.Generator().manual_seed(seed)
+    acts = not scheme.weight_only
+    if fmt == "fp8":
+        codes = (torch.randn(N, K, generator=g) * 64).clamp(-448, 448).to(torch.float8_e4m3fn).view(torch.uint8)
+        rows = 1 if scheme.group_size == 0 else N
+        raw = ((torch.rand(rows, generator=g) + 0.5) * 2.0**-8).to(torch.bfloat16)
+        isc = fpquant.fp8_scale(torch.tensor(4.0)).reshape(1).to(torch.bfloat16) if acts else None
+        return FloatWeights(codes, "e4m3", raw.float().reshape(-1, 1).expand(N, 1).contiguous(), K, "float", raw, input_scale=isc)
+    if fmt == "nvfp4":
+        codes = torch.randint(0, 16, (N, K), generator=g, dtype=torch.int32).to(torch.uint8)
+        raw = (torch.rand(N, K // 16, generator=g) * 3.5 + 0.5).to(torch.float8_e4m3fn)
+        gs = torch.tensor([448.0 * 6.0 / 2.0])
+        igs = fpquant.nvfp4_global_scale(torch.tensor(4.0)) if acts else None
+        return FloatWeights(codes, "e2m1", raw.float(), 16, "e4m3", raw, global_scale=gs, input_global_scale=igs)
+    element = fpquant.mx_element(scheme.data_type, scheme.bits)
+    if element == "e4m3":
+        codes = (torch.randn(N, K, generator=g) * 64).clamp(-448, 448).to(torch.float8_e4m3fn).view(torch.uint8)
+    else:
+        codes = torch.randint(0, 16, (N, K), generator=g, dtype=torch.int32).to(torch.uint8)
+    raw = torch.randint(118, 124, (N, K // 32), generator=g, dtype=torch.int32).to(torch.uint8)
+    return FloatWeights(codes, element, fpcodes.decode_e8m0(raw), 32, "e8m0", raw)
+
+
 def iter_cases(options: BenchOptions) -> Iterable[tuple[int, int, int]]:
     for K, N in options.shapes:
         for M in options.ms:

@@ -130,30 +130,24 @@ def cmd_doctor(args: argparse.Namespace) -> int:
 
 # ---- inspect / explain ------------------------------------------------------------------------------------
 def _inspect(path: str, device: str | None, dtype: torch.dtype | None, backend: str) -> dict[str, Any]:
-    from .checkpoint import Checkpoint
-    from .config import read_quant_config
     from .devices import default_device
     from .formats import get_format
     from .formats.gptq import g_idx_is_trivial
+    from .loader import layer_format, open_checkpoint, quantized_prefixes
     from .select import select_kernel
     from .spec import LayerSpec
 
-    ckpt = Checkpoint(path)
-    qcfg, model_cfg = read_quant_config(ckpt.directory)
+    ckpt, qcfg = open_checkpoint(path)  # safetensors + quantization config, or a .gguf file
+    model_cfg = _model_config(ckpt.directory)
     dev = torch.device(device) if device else default_device()
     if dtype is None:
         dtype = _DTYPES.get(str(model_cfg.get("torch_dtype") or model_cfg.get("dtype") or "float16"), torch.float16)
     layers = []
-    from .formats import float_format_for
-    from .loader import quantized_prefixes
-
     prefixes = quantized_prefixes(ckpt)
     for name in prefixes:
         scheme = qcfg.layer_scheme(name)
         entry: dict[str, Any] = {"layer": name}
-        fmt_name = qcfg.format
-        if scheme is not None and scheme.data_type != "int" and scheme != qcfg.scheme:
-            fmt_name = float_format_for(scheme.data_type, scheme.bits, qcfg.packing_format)
+        fmt_name = layer_format(qcfg, name, scheme) if scheme is not None else None
         if scheme is None or fmt_name is None:
             entry["error"] = "packed tensors, but the config gives no scheme/layout quantlinear reads for this layer"
             layers.append(entry)
@@ -179,7 +173,18 @@ def _inspect(path: str, device: str | None, dtype: torch.dtype | None, backend: 
         "quantized_layers": len(layers),
         "packed_weight_bytes": packed,
         "layers": layers,
+        "quantized_embeddings": dict(getattr(qcfg, "embedding_types", {})),
     }
+
+
+def _model_config(directory) -> dict[str, Any]:
+    """The folder's config.json (for its dtype), or {} when there is none (a lone .gguf file)."""
+    from pathlib import Path
+
+    from .config import _read_json
+
+    f = Path(directory) / "config.json"
+    return _read_json(f) if f.is_file() else {}
 
 
 def _nbytes(ckpt, name: str) -> int:
@@ -194,7 +199,12 @@ def cmd_inspect(args: argparse.Namespace) -> int:
     c = info["config"]
     print(f"{info['path']}: {len(info['files'])} file(s), {info['bytes'] / 2**20:.1f} MiB")
     print(f"  quant_method={c['quant_method']} packing_format={c['packing_format']} -> format {c['format']}")
-    print(f"  scheme {c['scheme_id']}" + (f", {len(c['overrides'])} per-layer override(s)" if c["overrides"] else ""))
+    if c.get("gguf_types"):  # a GGUF file: one llama.cpp type per tensor
+        types = ", ".join(f"{k} x{v}" for k, v in sorted(c["gguf_types"].items()))
+        emb = ", ".join(f"{k} {v}" for k, v in info["quantized_embeddings"].items())
+        print(f"  GGUF architecture {c['architecture']}: tensor types {types}" + (f"; quantized embedding {emb}" if emb else ""))
+    else:
+        print(f"  scheme {c['scheme_id']}" + (f", {len(c['overrides'])} per-layer override(s)" if c["overrides"] else ""))
     if c["block_names"]:
         print(f"  blocks: {', '.join(c['block_names'])}")
     print(f"  {info['quantized_layers']} quantized layers; kernels on {info['device']} ({info['dtype']}, backend={info['backend']}):")

@@ -304,10 +304,10 @@ def act_qdq(x: torch.Tensor, scheme: Scheme, weights: FloatWeights | None = None
     if k == "nvfp4":
         if weights is None or weights.input_global_scale is None:
             raise QuantLinearError("NVFP4 activation quantization needs input_global_scale")
-        return nvfp4_qdq(x, weights.input_global_scale, p["block_size"])
+        return nvfp4_qdq(x, weights.input_global_scale.to(x.device), p["block_size"])
     if weights is None or weights.input_scale is None:
         raise QuantLinearError("static FP8 activation quantization needs input_scale")
-    return fp8_static_qdq(x, weights.input_scale)
+    return fp8_static_qdq(x, weights.input_scale.to(x.device))
 
 
 def quantize_float(w: torch.Tensor, scheme: Scheme, *, act_amax: float | torch.Tensor | None = None,

@@ -20,7 +20,7 @@ from .checkpoint import Checkpoint, RenamedCheckpoint
 from .config import QuantConfig, read_quant_config
 from .devices import default_device
 from .errors import CheckpointError, ConfigError, QuantLinearError, UnsupportedSchemeError
-from .formats import FLOAT_FORMATS, float_format_for, get_format
+from .formats import float_format_for, get_format
 from .formats.gptq import g_idx_is_trivial
 from .progress import Progress
 from .registry import Registry
@@ -36,8 +36,40 @@ _QUANT_MARKERS = ("qweight", "weight_packed", "weight_scale")  # int; MXFP4/MXIN
 
 
 def quantized_prefixes(ckpt) -> list[str]:
-    """Module names whose tensors in ``ckpt`` are packed (the tensors, not the config, are the truth)."""
+    """Module names whose tensors in ``ckpt`` are packed (the tensors, not the config, are the truth).
+
+    A checkpoint that knows its quantized layers otherwise (a GGUF file: by tensor type) says so
+    through its own ``quantized_prefixes()``.
+    """
+    own = getattr(ckpt, "quantized_prefixes", None)
+    if own is not None:
+        return own()
     return sorted({k.rsplit(".", 1)[0] for k in ckpt.keys() if k.rsplit(".", 1)[-1] in _QUANT_MARKERS})
+
+
+def open_checkpoint(path: str | os.PathLike):
+    """(checkpoint, QuantConfig) of a safetensors checkpoint, or of a ``.gguf`` file (or a folder
+    holding exactly one and no safetensors), read through :mod:`quantlinear.gguf_file`."""
+    from .gguf_file import GGUFCheckpoint, gguf_path
+
+    g = gguf_path(path)
+    if g is not None:
+        ckpt = GGUFCheckpoint(g)
+        return ckpt, ckpt.quant_config()
+    ckpt = Checkpoint(path)
+    qcfg, _model_cfg = read_quant_config(ckpt.directory)
+    return ckpt, qcfg
+
+
+def layer_format(qcfg: QuantConfig, name: str, scheme) -> str | None:
+    """The packing format of one layer: the config's own per-layer answer where it has one (GGUF),
+    else the config's format, or the float layout of a per-layer float override."""
+    per_layer = getattr(qcfg, "layer_format", None)
+    if per_layer is not None:
+        return per_layer(name)
+    if scheme.data_type != "int" and scheme != qcfg.scheme:
+        return float_format_for(scheme.data_type, scheme.bits, qcfg.packing_format)
+    return qcfg.format
 
 
 @dataclass
@@ -52,6 +84,8 @@ class LoadReport:
     float_layers: list[str] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
     skeleton_dtype: torch.dtype | None = None
+    #: embeddings kept quantized (GGUF token_embd): module name -> GGUF type
+    quantized_embeddings: dict[str, str] = field(default_factory=dict)
 
     def kernel_counts(self) -> dict[str, int]:
         out: dict[str, int] = {}
@@ -61,8 +95,9 @@ class LoadReport:
 
     def summary(self) -> str:
         counts = ", ".join(f"{k} x{n}" for k, n in sorted(self.kernel_counts().items()))
+        emb = f"{len(self.quantized_embeddings)} quantized embedding(s); " if self.quantized_embeddings else ""
         return (
-            f"{len(self.layers)} quantized layers ({counts}); {len(self.float_layers)} float linear layers; "
+            f"{len(self.layers)} quantized layers ({counts}); {len(self.float_layers)} float linear layers; {emb}"
             f"device={self.device}, dtype={str(self.dtype).replace('torch.', '')}"
         )
 
@@ -74,6 +109,7 @@ class LoadReport:
             "dtype": str(self.dtype).replace("torch.", ""),
             "layers": {n: s.to_dict() for n, s in self.layers.items()},
             "float_layers": self.float_layers,
+            "quantized_embeddings": self.quantized_embeddings,
             "warnings": self.warnings,
         }
 
@@ -108,17 +144,17 @@ def plan_layers(model: nn.Module, ckpt: Checkpoint, qcfg: QuantConfig, *, device
     for name in prefixes:
         mod = modules.get(name)
         if mod is None:
-            raise CheckpointError(f"checkpoint tensor {name}.qweight maps to no module of the model (no module named {name!r})")
+            marker = getattr(ckpt, "original", None) if hasattr(ckpt, "quantized_prefixes") else None
+            tname = marker(f"{name}.weight") if marker else f"{name}.qweight"  # GGUF: name the file's tensor
+            raise CheckpointError(f"checkpoint tensor {tname} maps to no module of the model (no module named {name!r})")
         dims = _linear_dims(mod)
         if dims is None:
             raise CheckpointError(f"layer {name!r}: checkpoint holds quantized tensors but the module is a {type(mod).__name__}, not a Linear")
         scheme = qcfg.layer_scheme(_ckpt_name(ckpt, name))
         if scheme is None:
             raise ConfigError(f"layer {name!r}: the checkpoint holds packed tensors but its config keeps the layer in float (bits 16)")
-        fmt = qcfg.format
-        if scheme.data_type != "int" and scheme != qcfg.scheme:  # a per-layer float override
-            fmt = float_format_for(scheme.data_type, scheme.bits, qcfg.packing_format)
-        if fmt is None or (scheme.data_type != "int") != (fmt in FLOAT_FORMATS):
+        fmt = layer_format(qcfg, _ckpt_name(ckpt, name), scheme)
+        if fmt is None or scheme.data_type not in get_format(fmt).data_types:
             raise UnsupportedSchemeError(f"layer {name!r}: scheme {scheme.id} with packing {qcfg.packing_format!r} has no loader yet")
         has_bias = f"{name}.bias" in ckpt
         module_bias = getattr(mod, "bias", None) is not None
@@ -233,8 +269,9 @@ def load_quantized(
         raise QuantLinearError(f"backend must be a non-empty string, got {backend!r}")
     if dtype is not None and (not isinstance(dtype, torch.dtype) or not dtype.is_floating_point):
         raise QuantLinearError(f"dtype must be a floating torch.dtype, got {dtype!r}")
-    ckpt = Checkpoint(path)
-    qcfg, _model_cfg = read_quant_config(ckpt.directory)
+    ckpt, qcfg = open_checkpoint(path)
+    if key_mapping and not isinstance(ckpt, Checkpoint):
+        raise QuantLinearError(f"{path}: key_mapping does not apply to a GGUF file (quantlinear maps llama.cpp's tensor names itself)")
     if key_mapping:
         ckpt = RenamedCheckpoint(ckpt, key_mapping)
         if ckpt.dropped:
@@ -245,6 +282,9 @@ def load_quantized(
     if isinstance(ckpt, RenamedCheckpoint) and ckpt.dropped:
         report.warnings.append(f"key mapping dropped {len(ckpt.dropped)} checkpoint tensors the model does not hold (e.g. {ckpt.dropped[0]!r})")
     report.skeleton_dtype = _float_dtype(model)
+    prepare = getattr(ckpt, "prepare_model", None)
+    if prepare is not None:  # GGUF: quantized token embeddings become GGUFEmbedding modules
+        prepare(model, dtype=dt, report=report)
 
     specs = plan_layers(model, ckpt, qcfg, device=dev, dtype=dt, report=report)
     layers = {}

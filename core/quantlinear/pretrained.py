@@ -364,7 +364,19 @@ def _restore_fp32(model: nn.Module, path: Path, mapping: Any, device: torch.devi
 
 def load_into(model: nn.Module, path: Path, *, backend: str, device, dtype: torch.dtype, registry, strict: bool,
               progress, priorities, key_mapping) -> nn.Module:
-    """``load_quantized`` plus the family key mapping, error context and float32-kept modules."""
+    """``load_quantized`` plus the family key mapping, error context and float32-kept modules.
+
+    ``path`` may be a ``.gguf`` file: its names are llama.cpp's, mapped by the GGUF reader itself,
+    and its float tensors are read as they are (no key mapping, no float32 re-read)."""
+    from .gguf_file import gguf_path
+
+    if gguf_path(path) is not None:
+        if key_mapping:
+            raise QuantLinearError(f"{path}: key_mapping does not apply to a GGUF file (quantlinear maps llama.cpp's tensor names itself)")
+        model = load_quantized(model, path, backend=backend, device=device, dtype=dtype, registry=registry,
+                               strict=strict, progress=progress, priorities=priorities)
+        model.quantlinear_report.key_mapping = None  # type: ignore[attr-defined]
+        return model.eval()
     mapping, desc = _resolve_key_mapping(model, path, key_mapping)
     try:
         model = load_quantized(model, path, backend=backend, device=device, dtype=dtype, registry=registry,
@@ -398,6 +410,7 @@ def from_pretrained(
     model_class: Any = None,
     quantization_config: Any = None,
     subfolder: str | None = None,
+    gguf_file: str | os.PathLike | None = None,
     **pipeline_kwargs: Any,
 ):
     """Build the right model class for a quantized checkpoint directory and load it, in one call.
@@ -413,11 +426,26 @@ def from_pretrained(
     class name) to build instead of the one the config names.  ``quantization_config``: may
     repeat the checkpoint's settings or name a ``backend``; contradicting them is an error.
     The returned model has ``quantlinear_report`` (see :func:`quantlinear.load_quantized`).
+
+    ``gguf_file``: a llama.cpp ``.gguf`` file (a name inside ``path``, or a path) to load into the
+    Transformers model that ``path``'s ``config.json`` describes (AutoRound's GGUF export writes no
+    config: use the original model's folder).  A folder with a ``config.json`` without
+    quantization config and exactly one ``.gguf`` file (and no safetensors) is loaded that way too.
     """
     p = Path(path)
     if subfolder:
         p = p / subfolder
     info = inspect_directory(p)
+    gguf = _gguf_checkpoint(p, info, gguf_file)
+    if gguf is not None:
+        if quantization_config is not None or pipeline_kwargs:
+            extra = "quantization_config" if quantization_config is not None else sorted(pipeline_kwargs)
+            raise QuantLinearError(f"{gguf}: a GGUF file carries its own quantization and names; {extra} does not apply")
+        from .integrations import transformers as tintegration
+
+        return tintegration.load_model(p, info, dtype=resolve_dtype(dtype, torch_dtype), model_class=model_class, backend=backend,
+                                       device=_norm_device(device), registry=registry, strict=strict, progress=progress,
+                                       priorities=priorities, key_mapping=key_mapping, checkpoint=gguf)
     if info["kind"] == "pipeline":
         if model_class is not None or key_mapping is not None:
             raise QuantLinearError(f"{p} is a pipeline: model_class= and key_mapping= apply to single models (load the component folder instead)")
@@ -450,6 +478,27 @@ def from_pretrained(
     else:
         from .integrations import transformers as integ  # type: ignore[no-redef]
     return integ.load_model(p, info, dtype=dt, model_class=model_class, **common)
+
+
+def _gguf_checkpoint(p: Path, info: dict[str, Any], gguf_file: Any) -> Path | None:
+    """The .gguf file to load into the Transformers model of folder ``p``, or None (not GGUF)."""
+    from .gguf_file import gguf_path
+
+    if gguf_file is None:
+        if info["kind"] != "transformers" or is_quantized_dir(p):
+            return None
+        found = gguf_path(p)
+        if found is None:
+            return None
+    else:
+        found = Path(gguf_file) if Path(gguf_file).is_absolute() else p / gguf_file
+        if not found.is_file():
+            raise CheckpointError(f"gguf_file={str(gguf_file)!r}: {found} does not exist")
+        if found.suffix != ".gguf":
+            raise CheckpointError(f"gguf_file={str(gguf_file)!r}: not a .gguf file")
+    if info["kind"] != "transformers":
+        raise ConfigError(f"{p}: a GGUF file loads into a Transformers model; this folder holds a {info['kind']} {info.get('class_name')}")
+    return found
 
 
 def _kind_of_class(model_class: Any, default: str) -> str:

@@ -118,7 +118,8 @@ def reference_act(x: torch.Tensor, w: FloatWeights, spec: LayerSpec) -> torch.Te
     """The activation as the scheme quantizes it, in fp32 (FP8 static: exact ``fp8 * input_scale``)."""
     kind = fpquant.act_quant_kind(spec.scheme)
     if kind is not None and kind[0] == "fp8_static":
-        return fpquant.fp8_static_quantize_input(x, w.input_scale).float() * w.input_scale.float()
+        scale = w.input_scale.to(x.device)  # the checkpoint's tensor may live elsewhere (CPU) than the layer
+        return fpquant.fp8_static_quantize_input(x, scale).float() * scale.float()
     return fpquant.act_qdq(x, spec.scheme, w).float()
 
 

@@ -1,8 +1,10 @@
 """Checkpoint packing formats, by canonical name, and how config strings map onto them.
 
 Config spellings are translated here, at the edge; everything past this module sees only
-the canonical names ``gptq``, ``gptq_v2`` and ``awq`` (int, ``IntWeights``) and ``mxfp4``,
-``mxfp8``, ``mxint4``, ``nvfp4`` and ``fp8`` (floating point, ``FloatWeights``).
+the canonical names ``gptq``, ``gptq_v2`` and ``awq`` (int, ``IntWeights``), ``mxfp4``,
+``mxfp8``, ``mxint4``, ``nvfp4`` and ``fp8`` (floating point, ``FloatWeights``) and
+``gguf_q4_0`` ... ``gguf_q6_k`` (llama.cpp blocks, ``GGUFWeights``; one per type of
+:mod:`quantlinear.gguf_types`, read from ``.gguf`` files by :mod:`quantlinear.gguf_file`).
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ from ..errors import UnsupportedSchemeError
 from .awq import AWQFormat
 from .base import FloatWeights, GGUFWeights, IntWeights, PackingFormat, TensorSpec
 from .fp8 import FP8Format
+from .gguf import GGUF_FORMATS
 from .gptq import GPTQFormat, GPTQv2Format
 from .mx import MXFP4Format, MXFP8Format, MXINT4Format
 from .nvfp import NVFP4Format
@@ -19,6 +22,7 @@ FORMATS: dict[str, PackingFormat] = {f.name: f for f in (GPTQFormat(), GPTQv2For
 #: floating-point / microscaling layouts (``FloatWeights``)
 FLOAT_FORMATS: dict[str, PackingFormat] = {f.name: f for f in (MXFP4Format(), MXFP8Format(), MXINT4Format(), NVFP4Format(), FP8Format())}
 FORMATS.update(FLOAT_FORMATS)
+FORMATS.update(GGUF_FORMATS)
 
 #: AutoRound ``packing_format`` strings (``auto_round/inference/backend.py``) for int schemes.
 AUTOROUND_PACKING = {
@@ -58,6 +62,6 @@ def get_format(name: str) -> PackingFormat:
 
 
 __all__ = [
-    "FORMATS", "AUTOROUND_PACKING", "AUTOROUND_FLOAT_PACKING", "FLOAT_FORMATS", "FloatWeights", "GGUFWeights", "IntWeights",
+    "FORMATS", "AUTOROUND_PACKING", "AUTOROUND_FLOAT_PACKING", "FLOAT_FORMATS", "GGUF_FORMATS", "FloatWeights", "GGUFWeights", "IntWeights",
     "PackingFormat", "TensorSpec", "float_format_for", "get_format",
 ]

@@ -52,7 +52,8 @@ def model_class_for(config, model_class: Any = None):
 
 
 def load_model(path: Path, info: dict[str, Any], *, dtype, model_class=None, backend, device, registry, strict,
-               progress, priorities, key_mapping):
+               progress, priorities, key_mapping, checkpoint: Path | None = None):
+    """Build the model of ``path``'s config.json and load ``checkpoint`` (default: ``path``; a .gguf file for GGUF)."""
     transformers = require("transformers", "loading a Transformers model")
     try:
         config = transformers.AutoConfig.from_pretrained(str(path))
@@ -76,7 +77,7 @@ def load_model(path: Path, info: dict[str, Any], *, dtype, model_class=None, bac
         raise
     except Exception as e:  # noqa: BLE001 - a config that does not fit the class
         raise ConfigError(f"{path}: cannot build {cls.__name__} from config.json: {type(e).__name__}: {e}") from None
-    model = load_into(model, path, backend=backend, device=device, dtype=dtype, registry=registry, strict=strict,
+    model = load_into(model, checkpoint or path, backend=backend, device=device, dtype=dtype, registry=registry, strict=strict,
                       progress=progress, priorities=priorities, key_mapping=key_mapping)
     gen = path / "generation_config.json"
     if gen.is_file() and hasattr(model, "generation_config"):

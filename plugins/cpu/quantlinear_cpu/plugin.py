@@ -12,6 +12,7 @@ def quantlinear_plugin_api():
 def quantlinear_kernels():
     from .kernels.dequant import DequantLinear
     from .kernels.fp8 import FP8Linear, FP8ScaledMMLinear
+    from .kernels.gguf import GGUFLinear
     from .kernels.int4pack import Int4PackLinear
     from .kernels.int4x2 import Int4x2Linear
     from .kernels.int8pack import Int8PackLinear
@@ -19,7 +20,8 @@ def quantlinear_kernels():
     from .kernels.native import NativeF32Linear
     from .kernels.nvfp4 import NVFP4Linear
 
-    return [NativeF32Linear, Int4PackLinear, Int8PackLinear, Int4x2Linear, DequantLinear, MXLinear, NVFP4Linear, FP8Linear, FP8ScaledMMLinear]
+    return [NativeF32Linear, Int4PackLinear, Int8PackLinear, Int4x2Linear, DequantLinear, MXLinear, NVFP4Linear, FP8Linear, FP8ScaledMMLinear,
+            GGUFLinear]
 
 
 @hookimpl

@@ -4,9 +4,15 @@ In one run on one GPU it times, per (K, N, M):
 
 * every installed kernel of the ``cuda`` family that can implement the scheme;
 * peers: cuBLAS dense (``F.linear`` with an fp16/bf16 weight of the same shape,
-  ``peer.cublas``), ``aten._weight_int4pack_mm`` (``peer.int4pack_mm``, only where no kernel
-  already wraps it), gemlite (``peer.gemlite``) and AutoRound's Triton layer
-  (``peer.autoround_triton``) when they can be imported.
+  ``peer.cublas``); for int schemes ``aten._weight_int4pack_mm`` (``peer.int4pack_mm``, only
+  where no kernel already wraps it), gemlite (``peer.gemlite``) and AutoRound's Triton layer
+  (``peer.autoround_triton``) when they can be imported; for float / microscaling schemes
+  (MXFP4, MXFP8, MXINT4, NVFP4, FPW8A16, FP8_STATIC) dequantize-then-matmul
+  (``peer.dequant_mm``: ``FloatWeights.dequantize`` to the activation dtype on every call, the
+  scheme's activation quantization (``fpquant.act_qdq``), then ``F.linear``).
+
+Weights come from the packing format's entry in :data:`SOURCES` (a generator of random canonical
+weights and the ideal byte count of the floor); another family of formats adds its entries there.
 
 Numbers per row:
 
@@ -14,13 +20,16 @@ Numbers per row:
   layer once on each of several weight copies whose total size exceeds the L2 cache
   (3x L2), so every call streams its weights from HBM;
 * ``eager_us``: wall time per call of plain eager calls (launch overhead included);
-* ``floor_us``: the packed weight bytes of the scheme (codes + scales (+ zeros)) divided by
-  the copy bandwidth measured in the same run (a large device-to-device ``copy_``, bytes
-  read plus written over time); ``weight_bytes`` is what that implementation reads;
+* ``floor_us``: the packed weight bytes of the scheme (codes + scales (+ zeros); float schemes:
+  the checkpoint's codes and scale tensors) divided by the copy bandwidth measured in the same
+  run (a large device-to-device ``copy_``, bytes read plus written over time); ``weight_bytes``
+  is what that implementation reads;
 * ``max_rel_err``: ``max |y - ref| / max |ref|`` against the fp32 product with the fp32
-  dequantized weight (``IntWeights.dequantize``).
+  dequantized weight (``IntWeights.dequantize`` / ``FloatWeights.dequantize``), the activations
+  quantized as the scheme says (``quantlinear.testing_fp.reference_act``).
 
-``options.extra`` keys: ``format`` (checkpoint format, default ``gptq_v2``), ``copies`` (force
+``options.extra`` keys: ``format`` (checkpoint format, default ``gptq_v2`` for int schemes, the
+scheme's float layout otherwise), ``copies`` (force
 the number of weight copies), ``seed``, ``log`` (callable for progress lines),
 ``op_path`` (also time the custom-op entry point eagerly, default True).
 """
@@ -28,6 +37,7 @@ the number of weight copies), ``seed``, ``log`` (callable for progress lines),
 from __future__ import annotations
 
 import copy
+import dataclasses
 import fnmatch
 import gc
 import math
@@ -38,7 +48,8 @@ import torch
 import torch.nn.functional as F
 
 from quantlinear import LayerSpec, get_scheme
-from quantlinear.benchutil import BenchOptions, BenchRow, random_int_weights
+from quantlinear.benchutil import BenchOptions, BenchRow, float_format_for, random_float_weights, random_int_weights
+from quantlinear.formats import FLOAT_FORMATS, get_format
 
 from . import device as _device
 
@@ -73,6 +84,44 @@ def packed_bytes(K: int, N: int, scheme) -> int:
     if not scheme.sym:
         b += G * N * scheme.bits // 8
     return b
+
+
+@dataclasses.dataclass(frozen=True)
+class WeightSource:
+    """How the runner makes weights of one packing format and counts the bytes of its floor."""
+
+    make: Callable[[Any, int, int, int], Any]  # (scheme, K, N, seed) -> canonical weights, on the CPU
+    floor_bytes: Callable[[Any, LayerSpec], int]  # (weights, spec) -> ideal bytes a call must read
+    dequant_peer: bool = False  # time ``peer.dequant_mm`` too
+
+
+def _checkpoint_bytes(w, spec: LayerSpec) -> int:
+    return sum(t.numel() * t.element_size() for t in get_format(spec.format).pack(w, spec).values())
+
+
+_INT = WeightSource(lambda sc, K, N, seed: random_int_weights(K, N, sc, seed=seed),
+                    lambda w, spec: packed_bytes(spec.in_features, spec.out_features, spec.scheme))
+_FLOAT = WeightSource(lambda sc, K, N, seed: random_float_weights(sc, K, N, seed), _checkpoint_bytes, dequant_peer=True)
+#: packing format -> weight source (formats of another family, e.g. GGUF's, add their entries here)
+SOURCES: dict[str, WeightSource] = {**{f: _INT for f in ("gptq", "gptq_v2", "awq")}, **{f: _FLOAT for f in FLOAT_FORMATS}}
+
+
+def bench_format(scheme, options: BenchOptions) -> str:
+    """The packing format benchmarked for ``scheme``: ``options.extra['format']``, else the scheme's own."""
+    fmt = options.extra.get("format")
+    if fmt:
+        return fmt
+    return "gptq_v2" if scheme.is_int else (float_format_for(scheme) or "gptq_v2")
+
+
+def weights_to(w, dev: torch.device, clone: bool = False):
+    """Every tensor field of canonical weights moved to ``dev`` (any weights dataclass); ``clone``: fresh copies."""
+    def move(t):
+        t = t.to(dev)
+        return t.clone() if clone else t
+
+    return dataclasses.replace(w, **{f.name: move(getattr(w, f.name)) for f in dataclasses.fields(w)
+                                     if isinstance(getattr(w, f.name), torch.Tensor)})
 
 
 def time_graph(fns: list[Callable[[], Any]], target_ms: float = 40.0, batches: int = 5) -> float:
@@ -150,8 +199,51 @@ def _wanted(name: str, options: BenchOptions) -> bool:
     return not options.kernels or any(fnmatch.fnmatchcase(name, p) for p in options.kernels)
 
 
+def _op_call(layer):
+    """The custom-op entry point of a Triton layer (eager), or None."""
+    if hasattr(layer, "w_slab"):
+        m = layer.meta
+        return lambda x: torch.ops.quantlinear_cuda.wna16_gemm(x, layer.w_slab, layer.w_scales, layer.w_zeros, layer.bias, m.bits,
+                                                               m.group_size, m.in_features, m.slab, layer.zero_point)
+    if hasattr(layer, "fp_qweight"):
+        m = layer.meta
+        return lambda x: torch.ops.quantlinear_cuda.fp_gemm(x, layer.fp_qweight, layer.fp_scales, layer.fp_row_scales, layer.bias,
+                                                            layer.fp_act_scale, m.in_features, m.elem, m.scale, m.block, m.act,
+                                                            m.act_block)
+    return None
+
+
+def _dequant_mm(w, spec: LayerSpec, dtype):
+    """``peer.dequant_mm``: dequantize to ``dtype`` on every call, quantize activations as the scheme does, ``F.linear``.
+
+    The dequantization is ``FloatWeights.dequantize``'s computation (same ops, same order) with its
+    code table built once here: building it per call copies from the host, which a CUDA graph
+    capture forbids.  Activations go through ``fpquant.act_qdq`` (AutoRound's inference).
+    """
+    from quantlinear import fpcodes, fpquant
+
+    four_bit = w.element in ("e2m1", "e0m4")
+    lut = fpcodes.element_table(w.element, torch.float32, w.codes.device) if four_bit else None
+    inv_gs = None
+    if w.global_scale is not None:
+        gs = w.global_scale.to(torch.float32).reshape(())
+        inv_gs = torch.where(gs == 0, torch.zeros_like(gs), 1.0 / gs)
+    K = spec.in_features
+
+    def dequantize():
+        v = lut[w.codes.long()] if four_bit else w.codes.view(fpcodes.FP8_DTYPES[w.element]).to(torch.float32)
+        if inv_gs is not None:
+            v = v * inv_gs
+        return (v * w.scales.to(torch.float32).repeat_interleave(w.block_size, dim=1)[:, :K]).to(dtype)
+
+    def call(x):
+        return F.linear(fpquant.act_qdq(x, spec.scheme, w), dequantize())
+
+    return call
+
+
 def _impls(K: int, N: int, scheme, dtype, dev, w, W, options: BenchOptions, log) -> list[_Impl]:
-    fmt = options.extra.get("format", "gptq_v2")
+    fmt = bench_format(scheme, options)
     spec = LayerSpec(scheme, fmt, K, N, bias=False, dtype=dtype, device=dev, name=f"bench.{K}x{N}")
     out: list[_Impl] = []
     kernels = _cuda_kernels(options)
@@ -164,15 +256,7 @@ def _impls(K: int, N: int, scheme, dtype, dev, w, W, options: BenchOptions, log)
             log(f"  {k.name}: skipped ({v.reason})")
             continue
         layer = k.from_weights(spec, w)
-        op_call = None
-        if hasattr(layer, "problem"):
-            m = layer.meta
-
-            def op_call(x, layer=layer, m=m):
-                return torch.ops.quantlinear_cuda.wna16_gemm(x, layer.w_slab, layer.w_scales, layer.w_zeros, layer.bias, m.bits,
-                                                             m.group_size, m.in_features, m.slab, layer.zero_point)
-
-        out.append(_Impl(k.name, "kernel", lambda layer=layer: copy.deepcopy(layer), _module_bytes(layer), op_call=op_call))
+        out.append(_Impl(k.name, "kernel", lambda layer=layer: copy.deepcopy(layer), _module_bytes(layer), op_call=_op_call(layer)))
         out[-1].first = layer
 
     if _wanted(DENSE, options):
@@ -180,6 +264,14 @@ def _impls(K: int, N: int, scheme, dtype, dev, w, W, options: BenchOptions, log)
         out.append(_Impl(DENSE, "peer", lambda Wd=Wd: (lambda x, Wc=Wd.clone(): F.linear(x, Wc)), Wd.numel() * Wd.element_size(),
                          note=f"F.linear, dense {str(dtype).replace('torch.', '')} weight"))
         out[-1].first = lambda x, Wd=Wd: F.linear(x, Wd)
+
+    if SOURCES[fmt].dequant_peer and _wanted("peer.dequant_mm", options):
+        out.append(_Impl("peer.dequant_mm", "peer", lambda: _dequant_mm(weights_to(w, dev, clone=True), spec, dtype), _checkpoint_bytes(w, spec),
+                         note=f"dequantize to {str(dtype).replace('torch.', '')} per call + F.linear"))
+        out[-1].first = _dequant_mm(w, spec, dtype)
+
+    if not scheme.is_int:  # the remaining peers take int weights
+        return out
 
     if "cuda.tinygemm" not in names and _wanted("peer.int4pack_mm", options) and dtype == torch.bfloat16 and scheme.bits <= 4:
         try:
@@ -242,6 +334,15 @@ def _impls(K: int, N: int, scheme, dtype, dev, w, W, options: BenchOptions, log)
     return out
 
 
+def _reference_act(x: torch.Tensor, w, spec: LayerSpec) -> torch.Tensor:
+    """The activations as the scheme quantizes them, in fp32 (int schemes: ``x`` itself)."""
+    if spec.scheme.weight_only:
+        return x.float()
+    from quantlinear.testing_fp import reference_act
+
+    return reference_act(x, w, spec)
+
+
 def run(options: BenchOptions) -> list[BenchRow]:
     """Time kernels and peers on one CUDA device; one row per (implementation, K, N, M)."""
     log = options.extra.get("log") or ((lambda s: print(s, flush=True)) if options.progress else (lambda s: None))
@@ -257,16 +358,20 @@ def run(options: BenchOptions) -> list[BenchRow]:
     log(f"{props.name} ({props.arch}, {props.sm_count} SMs, L2 {props.l2_bytes / 2**20:.0f} MiB): copy bandwidth {bw / 1e9:.0f} GB/s")
     seed = int(options.extra.get("seed", 0))
     rows: list[BenchRow] = []
+    fmt = bench_format(scheme, options)
+    src = SOURCES.get(fmt)
+    if src is None:
+        raise ValueError(f"no benchmark weights for packing format {fmt!r} (known: {', '.join(sorted(SOURCES))})")
     for K, N in options.shapes:
         log(f"shape K={K} N={N} {scheme} {str(dtype).replace('torch.', '')}")
-        w = random_int_weights(K, N, scheme, seed=seed)
-        w.qweight, w.zeros, w.scales = w.qweight.to(dev), w.zeros.to(dev), w.scales.to(dev)
+        spec = LayerSpec(scheme, fmt, K, N, dtype=dtype, device=dev)
+        w = weights_to(src.make(scheme, K, N, seed), dev)
         W = w.dequantize(scheme.group_size_for(K)).to(dev)  # fp32 [N, K]
-        floor_bytes = packed_bytes(K, N, scheme)
+        floor_bytes = src.floor_bytes(w, spec)
         floor_us = floor_bytes / bw * 1e6
         gen = torch.Generator(device=dev).manual_seed(seed + K + N)
         xs = {M: torch.randn(M, K, device=dev, dtype=torch.float32, generator=gen).to(dtype) for M in options.ms}
-        refs = {M: xs[M].float() @ W.t() for M in options.ms}
+        refs = {M: _reference_act(xs[M], w, spec) @ W.t() for M in options.ms}
         impls = _impls(K, N, scheme, dtype, dev, w, W, options, log)
         del W
         for im in impls:

@@ -10,10 +10,14 @@ def quantlinear_plugin_api():
 
 @hookimpl
 def quantlinear_kernels():
+    from .kernels.scaled_mm_fp8 import FP8ScaledMMLinear
+    from .kernels.scaled_mm_mx import ScaledMMMXLinear
     from .kernels.tinygemm import TinyGemmLinear
+    from .kernels.triton_fp import TritonFPLinear
+    from .kernels.triton_gguf import TritonGGUFLinear
     from .kernels.triton_wna16 import TritonWNA16Linear
 
-    return [TritonWNA16Linear, TinyGemmLinear]
+    return [TritonWNA16Linear, TinyGemmLinear, FP8ScaledMMLinear, ScaledMMMXLinear, TritonFPLinear, TritonGGUFLinear]
 
 
 @hookimpl

@@ -101,3 +101,50 @@ def test_benchmark_runner_small():
     for r in rows:
         assert r.device_us and r.device_us > 0 and r.eager_us > 0 and r.floor_us > 0, r
         assert r.max_rel_err is not None and r.max_rel_err < 1e-2, r
+
+
+def test_fast_launch_matches_the_jit_path_and_captures():
+    """The direct launcher (quantlinear_triton.launch) gives bit-identical outputs to ``kernel[grid]``, in a graph too."""
+    from quantlinear_cuda.kernels.triton_wna16 import TritonWNA16Linear
+    from quantlinear_triton import kernels as tk
+    from quantlinear_triton import launch as fl
+
+    layer, W, _ = build(TritonWNA16Linear, 4, 128, True, K=1024, N=512)
+    m = layer.meta
+    cfgs = [(1, {"kernel": "gemv16", "BN": 32, "split_k": 2, "warps": 4, "stages": 3}),
+            (1, {"kernel": "gemv", "BM": 1, "BN": 32, "split_k": 1, "warps": 4, "stages": 2}),
+            (16, {"kernel": "dot16", "BM": 16, "BN": 64, "split_k": 2, "warps": 4, "stages": 3, "swap": True}),
+            (64, {"kernel": "dot", "BM": 64, "BN": 64, "split_k": 1, "warps": 4, "stages": 3, "swap": True}),
+            (300, {"kernel": "dqmm", "BN": 64, "tpp": 4})]
+    for M, cfg in cfgs:
+        x = torch.randn(M, 1024, device="cuda", dtype=torch.float16)
+
+        def run(out=None):
+            return tk.launch(x, layer.w_slab, layer.w_scales, None, None, 4, m.slab, m.group_size, 1024, layer.zero_point, cfg, out=out)
+
+        saved = fl._state.get("ok")
+        fl._state["ok"] = False
+        y0 = run()
+        fl._state.pop("ok")
+        if saved is False:
+            fl._state["ok"] = False
+        run()
+        y1 = run()  # a cached launcher when the fast path is available (fl.status() says why not otherwise)
+        yg = torch.full_like(y0, float("nan"))
+        s = torch.cuda.Stream()
+        s.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(s):
+            run(yg)
+        torch.cuda.current_stream().wait_stream(s)
+        g = torch.cuda.CUDAGraph()
+        yg.fill_(float("nan"))
+        with torch.cuda.graph(g):
+            run(yg)
+        g.replay()
+        torch.cuda.synchronize()
+        if cfg["kernel"] == "dqmm":  # cuBLAS may pick different algorithms
+            assert rel_err(y1, y0.float()) < 1e-3 and rel_err(yg, y0.float()) < 1e-3, fl.status()
+        else:
+            assert torch.equal(y0, y1) and torch.equal(y0, yg), (cfg, fl.status())
+        assert rel_err(y1, ref(x, W, None)) < TOL[torch.float16], cfg
+    assert fl._state.get("verified", True) is not False, fl.status()

@@ -156,3 +156,37 @@ def test_dequantize_kernel(bits, group, sym, K):
     got = dequantize(layer.w_slab, layer.w_scales, layer.w_zeros, m.bits, m.slab, m.group_size, m.in_features, layer.zero_point,
                      torch.float32, BN=16, tpp=1)
     assert torch.equal(got, W)
+
+
+GEMV16 = {"kernel": "gemv16", "BN": 32, "split_k": 1, "warps": 4, "stages": 2}
+
+
+@pytest.mark.parametrize("bits,group,sym,K,N,bias", [(4, 128, True, 512, 64, True), (4, 128, False, 384, 96, False), (4, -1, False, 224, 64, True),
+                                                      (4, 256, True, 512, 80, False), (4, 64, False, 256, 64, True), (8, 128, True, 256, 64, True),
+                                                      (8, 64, False, 192, 64, False), (2, -1, False, 576, 64, True), (3, 128, True, 320, 64, False),
+                                                      (8, 32, True, 256, 64, False)])
+def test_gemv16_paired_fp16(bits, group, sym, K, N, bias):
+    """The paired-fp16 GEMV: 2/4/8-bit, fp16, runs of VPW/2 slabs in one group (others fall back to the general GEMV)."""
+    from quantlinear_triton.kernels import gemv16_fits
+
+    layer, W, b = make_layer(bits, group, sym, K, N, torch.float16, bias=bias, seed=K + N)
+    m = layer.meta
+    assert gemv16_fits(bits, m.slab, m.group_size, K, torch.float16) == ((bits, group) not in ((4, 64), (3, 128), (8, 32)))
+    for M, cfg in [(1, GEMV16), (1, dict(GEMV16, split_k=2, BN=16)), (3, dict(GEMV16, split_k=3))]:
+        x = rand_x(M, K, torch.float16, seed=M)
+        err = rel_err(run_cfg(layer, x, cfg), reference(x, W, b))
+        assert err < TOL[torch.float16], (cfg, M, err)
+
+
+DOT16 = {"kernel": "dot16", "BM": 16, "BN": 32, "split_k": 1, "swap": True, "warps": 4, "stages": 2}
+
+
+@pytest.mark.parametrize("group,sym,K,N,bias", [(128, True, 512, 64, True), (128, False, 384, 96, False), (-1, False, 224, 64, True),
+                                                 (64, False, 256, 64, True)])
+def test_dot16_paired_fp16(group, sym, K, N, bias):
+    """The paired-fp16 tensor-core kernel (scaled fp16 weights); group 64 falls back to ``dot``."""
+    layer, W, b = make_layer(4, group, sym, K, N, torch.float16, bias=bias, seed=K + N + 1)
+    for M, cfg in [(3, DOT16), (33, dict(DOT16, swap=False, BM=32, BN=16, split_k=2)), (17, dict(DOT16, split_k=3))]:
+        x = rand_x(M, K, torch.float16, seed=M)
+        err = rel_err(run_cfg(layer, x, cfg), reference(x, W, b))
+        assert err < TOL[torch.float16], (cfg, M, err)

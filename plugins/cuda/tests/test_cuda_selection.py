@@ -43,7 +43,8 @@ def verdicts(reg, s):
 
 
 def test_plugin_loads_and_names(reg):
-    assert [k.name for k in reg.kernels()] == ["cuda.triton", "cuda.tinygemm"]
+    assert [k.name for k in reg.kernels()] == ["cuda.triton", "cuda.tinygemm", "cuda.fp8_scaled_mm", "cuda.scaled_mm_mx",
+                                                 "cuda.triton_fp", "cuda.triton_gguf"]
     assert cuda_plugin.quantlinear_benchmark("cpu") is None
     assert callable(cuda_plugin.quantlinear_benchmark("cuda"))
 
@@ -165,4 +166,4 @@ def test_plugin_imports_without_triton():
     env_code = "import os; os.environ.pop('TRITON_INTERPRET', None)\n" + code
     r = subprocess.run([sys.executable, "-c", env_code], capture_output=True, text=True, timeout=120)
     assert r.returncode == 0, r.stderr[-2000:]
-    assert "OK ['cuda.triton', 'cuda.tinygemm']" in r.stdout
+    assert "OK ['cuda.triton', 'cuda.tinygemm', 'cuda.fp8_scaled_mm', 'cuda.scaled_mm_mx', 'cuda.triton_fp', 'cuda.triton_gguf']" in r.stdout

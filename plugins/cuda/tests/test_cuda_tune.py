@@ -21,21 +21,28 @@ def test_default_and_candidates_are_valid(M):
     cfgs = [tune.default_config(P, M, H100)] + tune.candidates(P, M, H100)
     assert tune.default_config(P, M, H100) == tune.default_config(P, M, H100)  # deterministic
     for c in cfgs:
-        assert c["kernel"] in ("gemv", "dot", "dqmm")
+        assert c["kernel"] in ("gemv", "gemv16", "dot", "dot16", "dqmm")
         if c["kernel"] == "dqmm":
             assert tune.bucket(M) >= 64
             continue
         assert c["split_k"] >= 1 and c["split_k"] & (c["split_k"] - 1) == 0 and c["split_k"] <= 64
-        if c["kernel"] == "dot":
+        if c["kernel"] in ("dot", "dot16"):
             assert c["BM"] >= 16 and c["BN"] >= 16
+        elif c["kernel"] == "gemv16":
+            assert tune.bucket(M) == 1 and c.get("BM", 1) == 1
         else:
             assert c["BM"] >= tune.bucket(M) and c["BM"] <= 8
     kinds = {c["kernel"] for c in tune.candidates(P, M, H100)}
     # the GEMV/GEMM threshold is measured: small buckets offer both kernels to the tuner
     if 2 <= tune.bucket(M) <= 8:
-        assert kinds == {"gemv", "dot"}
+        assert kinds == {"gemv", "dot", "dot16"}
     if M >= 128:
-        assert kinds == {"dot", "dqmm"}
+        assert kinds == {"dot", "dot16", "dqmm"}  # dot16: 4-bit fp16 with groups of >= 4 slabs, as P
+    if M == 1:
+        assert tune.default_config(P, M, H100)["kernel"] == "gemv16"
+        assert tune.default_config(tune.Problem(8, 32, 128, False, "float16", 4096, 4096), 1, H100)["kernel"] == "gemv16"
+        assert tune.default_config(tune.Problem(3, 32, 128, False, "float16", 4096, 4096), 1, H100)["kernel"] == "gemv"
+        assert tune.default_config(tune.Problem(4, 32, 128, False, "bfloat16", 4096, 4096), 1, H100)["kernel"] == "gemv"
 
 
 def test_problem_key():

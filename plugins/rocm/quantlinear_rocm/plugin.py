@@ -10,7 +10,9 @@ def quantlinear_plugin_api():
 
 @hookimpl
 def quantlinear_kernels():
+    from .kernels.scaled_mm_fp8 import RocmFP8ScaledMMLinear
     from .kernels.tinygemm import RocmTinyGemmLinear
+    from .kernels.triton_fp import RocmTritonFPLinear
     from .kernels.triton_wna16 import RocmTritonLinear
 
-    return [RocmTritonLinear, RocmTinyGemmLinear]
+    return [RocmTritonLinear, RocmTinyGemmLinear, RocmFP8ScaledMMLinear, RocmTritonFPLinear]

@@ -6,6 +6,8 @@ What is faked, and from which source (README.md gives versions):
   (ROCm builds fill ``gcnArchName`` -- with its feature suffix, ``"gfx942:sramecc+:xnack-"`` --, ``warp_size``
   (64 on CDNA/GCN, 32 on RDNA), ``shared_memory_per_block`` (LDS per workgroup: 64 KiB, 160 KiB on gfx950),
   ``multi_processor_count`` (compute units)); ``torch.cuda.current_device`` / ``device_count``.
+* ``aten._scaled_mm`` as built for ROCm (hipBLASLt): which FP8 formats each gfx arch takes, the ROCm-version gates,
+  tensor-wise / row-wise scaling and their checks (see the comment above :func:`scaled_mm`).
 * ``aten._convert_weight_to_int4pack`` and ``aten._weight_int4pack_mm`` as built for ROCm, from PyTorch's
   ``aten/src/ATen/native/cuda/int4mm.cu`` (``USE_ROCM`` branches): every ``TORCH_CHECK``, the
   ``isCDNA2orLater`` gate (substring match of gfx90a/gfx942/gfx950 in ``gcnArchName``), the ROCm packed
@@ -86,6 +88,7 @@ class _Runtime:
 
     def __init__(self, arch: str) -> None:
         self.props = DEVICES[arch]
+        self.scaled_mm_calls: list[dict] = []  # what the fake _scaled_mm was asked to do (kind, dtypes)
 
     def get_device_properties(self, device=None):
         i = _index(device)
@@ -204,7 +207,90 @@ def weight_int4pack_mm(A: torch.Tensor, B: torch.Tensor, qGroupSize: int, qScale
     return (A.to(torch.float32) @ w.t()).to(torch.bfloat16)
 
 
-FAKE_OPS = {"_convert_weight_to_int4pack": convert_weight_to_int4pack, "_weight_int4pack_mm": weight_int4pack_mm}
+# ---- the fake _scaled_mm (ROCm build: hipBLASLt) ---------------------------------------------------------------
+# From aten/src/ATen/native/cuda/ScaledBlas.cpp (USE_ROCM branches) and ScaledBlasDeviceUtils.cpp at pytorch/pytorch main:
+# scaled_mm_arch_allowed (gfx942; gfx950/gfx1200/gfx1201 from ROCm 6.5), get_joint_scaling (tensor-wise singletons,
+# row-wise scale_a [M, 1] / scale_b [1, N] fp32 contiguous), the multiple-of-16 checks, "Float8_e4m3fn is only
+# supported for ROCm 6.5 and above", the bias rules, and the row-wise branch (mat_b e4m3fnuz on gfx942 --
+# _scaled_mm_is_fnuz() -- e4m3fn elsewhere; "hipblaslt rowwise _scaled_mm only supports BFloat16 output").  Per-arch
+# hipBLASLt formats: MI300 matrix cores take only the fnuz FP8 formats, gfx950/RDNA4 only the OCP ones; the other
+# combination fails inside hipBLASLt (HIPBLAS_STATUS_NOT_SUPPORTED, reported e.g. by AMD Quark for fnuz on gfx1201).
+_FNUZ = (torch.float8_e4m3fnuz, torch.float8_e5m2fnuz)
+_OCP = (torch.float8_e4m3fn, torch.float8_e5m2)
+SCALED_MM_ARCHS = {"gfx942": (6, 0), "gfx950": (6, 5), "gfx1200": (6, 5), "gfx1201": (6, 5)}
+
+
+class FakeNotModeled(NotImplementedError):
+    """A configuration the fake does not model (a test must not pass through it)."""
+
+
+def _rocm_version() -> tuple[int, int]:
+    major, minor = (torch.version.hip or "0.0").split(".")[:2]
+    return int(major), int(minor)
+
+
+def _scaled_kind(a, b, scale_a, scale_b) -> str:
+    f8 = a.dtype in _FNUZ + _OCP and b.dtype in _FNUZ + _OCP
+    fp32 = scale_a.dtype == torch.float32 and scale_b.dtype == torch.float32
+    if f8 and fp32 and scale_a.numel() == 1 and scale_b.numel() == 1:
+        return "tensorwise"
+    sbt = scale_b.t() if scale_b.dim() == 2 else scale_b
+    if (f8 and fp32 and scale_a.dim() == 2 and tuple(scale_a.shape) == (a.shape[0], 1) and scale_a.is_contiguous()
+            and sbt.dim() == 2 and tuple(sbt.shape) == (b.shape[1], 1) and sbt.is_contiguous()):
+        return "rowwise"
+    if scale_a.dtype in (torch.float8_e8m0fnu, torch.float8_e4m3fn):
+        raise FakeNotModeled("block-scaled (MX) _scaled_mm on ROCm is not modelled")
+    raise RuntimeError("Invalid scaling configuration.\n- For TensorWise scaling, a and b should be float8, scales should be float and "
+                       f"singletons.\n- For RowWise scaling, a and b should be float8, scales should be float, scale_a should be ({a.shape[0]}, 1) "
+                       f"and scale_b should be (1, {b.shape[1]}), and both should be contiguous.")
+
+
+def scaled_mm(self, mat2, scale_a, scale_b, bias=None, scale_result=None, out_dtype=None, use_fast_accum=False):
+    arch = _RUNTIME.props.gcnArchName.split(":")[0] if _RUNTIME is not None else ""
+    rocm = _rocm_version()
+    _check(arch in SCALED_MM_ARCHS and rocm >= SCALED_MM_ARCHS[arch],
+           "torch._scaled_mm is only supported on CUDA devices with compute capability >= 9.0 or 8.9, or ROCm MI300+")
+    _check(self.dim() == 2, "mat1 must be a matrix")
+    _check(mat2.dim() == 2, "mat2 must be a matrix")
+    _check(self.shape[1] == mat2.shape[0], "mat1 and mat2 shapes cannot be multiplied")
+    kind = _scaled_kind(self, mat2, scale_a, scale_b)
+    M, K, N = self.shape[0], self.shape[1], mat2.shape[1]
+    out_dtype = out_dtype or self.dtype
+    _check(scale_result is None or (scale_result.numel() == 1 and scale_result.dtype == torch.float32), "scale_result must be a float scalar")
+    _check(bias is None or bias.numel() == N, f"Bias must be size {N} but got {None if bias is None else bias.numel()}")
+    _check(K % 16 == 0, f"Expected trailing dimension of mat1 to be divisible by 16 but got mat1 shape: ({M}x{K}).")
+    _check(K % 16 == 0 and N % 16 == 0, f"mat2 shape ({K}x{N}) must be divisible by 16")
+    for t in (self, mat2):
+        if t.dtype == torch.float8_e5m2:
+            _check(rocm >= (6, 5), "Float8_e5m2 is only supported for ROCm 6.5 and above")
+        if t.dtype == torch.float8_e4m3fn:
+            _check(rocm >= (6, 5), "Float8_e4m3fn is only supported for ROCm 6.5 and above")
+    want = _FNUZ if arch == "gfx942" else _OCP
+    _check(self.dtype in want and mat2.dtype in want,
+           f"HIPBLAS_STATUS_NOT_SUPPORTED when calling hipblasLtMatmul ({self.dtype} x {mat2.dtype} on {arch})")
+    if bias is not None:
+        _check(out_dtype != torch.float32, "Bias is not supported when out_dtype is set to Float32")
+        _check(bias.dtype in (torch.bfloat16, torch.float16), f"Bias must be BFloat16 or Half, but got {bias.dtype}")
+        _check(out_dtype != torch.bfloat16 or bias.dtype == torch.bfloat16, f"Bias must be BFloat16 to compute {out_dtype} output, but got {bias.dtype}")
+        _check(out_dtype != torch.float16 or bias.dtype == torch.float16, f"Bias must be Float16 to compute {out_dtype} output, but got {bias.dtype}")
+    _check(self.stride(1) == 1 and mat2.stride(0) == 1, "self must be row_major and mat2 col_major (meta kernel; hipBLASLt FP8 layout)")
+    if kind == "rowwise":
+        need = torch.float8_e4m3fnuz if arch == "gfx942" else torch.float8_e4m3fn
+        if mat2.dtype != need:
+            raise ValueError(f"Expected b.dtype() == at::k{str(need).split('.')[-1].capitalize()}, got: {mat2.dtype}")
+        if out_dtype != torch.bfloat16:
+            raise ValueError(f"hipblaslt rowwise _scaled_mm only supports BFloat16 output but got {out_dtype}")
+        if arch != "gfx942":
+            raise FakeNotModeled(f"hipBLASLt row-wise FP8 on {arch} is not modelled (documented for MI300 only)")
+    _RUNTIME.scaled_mm_calls.append({"kind": kind, "a": self.dtype, "b": mat2.dtype, "out_dtype": out_dtype,
+                                     "bias_dtype": None if bias is None else bias.dtype})
+    y = (self.to(torch.float64) @ mat2.to(torch.float64)) * scale_a.to(torch.float64).reshape(-1, 1) * scale_b.to(torch.float64).reshape(1, -1)
+    if bias is not None:
+        y = y + bias.to(torch.float64)
+    return y.to(torch.float32).to(out_dtype)
+
+
+FAKE_OPS = {"_convert_weight_to_int4pack": convert_weight_to_int4pack, "_weight_int4pack_mm": weight_int4pack_mm, "_scaled_mm": scaled_mm}
 
 
 @contextlib.contextmanager

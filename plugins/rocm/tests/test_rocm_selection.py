@@ -40,7 +40,8 @@ def verdicts(reg, s):
 
 
 def test_plugin_and_entry_points(reg):
-    assert [k.name for k in rocm_plugin.quantlinear_kernels()] == ["rocm.triton", "rocm.tinygemm"]
+    assert [k.name for k in rocm_plugin.quantlinear_kernels()] == ["rocm.triton", "rocm.tinygemm", "rocm.fp8_scaled_mm",
+                                                                       "rocm.triton_fp"]
     eps = {ep.name: ep.value for ep in importlib.metadata.entry_points(group="quantlinear.plugins")}
     assert eps.get("rocm") == "quantlinear_rocm.plugin"
     # the shared library registers nothing
@@ -143,4 +144,4 @@ def test_plugin_imports_without_triton():
     )
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert r.returncode == 0, r.stderr[-2000:]
-    assert "OK ['rocm.triton', 'rocm.tinygemm']" in r.stdout
+    assert "OK ['rocm.triton', 'rocm.tinygemm', 'rocm.fp8_scaled_mm', 'rocm.triton_fp']" in r.stdout

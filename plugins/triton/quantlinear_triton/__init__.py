@@ -5,8 +5,10 @@ The device plugins import it and add what is theirs: device properties, launch-c
 spaces per architecture, their custom-op namespace and their capability checks.
 
 * :mod:`.packing` -- the slab-interleaved int32 layout the kernels read, and tinygemm's operands;
-* :mod:`.kernels` -- the Triton kernels (GEMV, ``tl.dot`` GEMM, dequantize) and ``launch``
-  (imports Triton; loaded on first launch only);
+* :mod:`.kernels` -- the Triton kernels (GEMV, ``tl.dot`` GEMM, their paired-fp16 variants,
+  dequantize) and ``launch`` (imports Triton; loaded on first launch only);
+* :mod:`.launch` -- a low-overhead launcher: the compiled kernel's launcher called directly once
+  a specialization has been compiled (falls back to ``kernel[grid]``);
 * :mod:`.tune` -- M buckets, the problem key, and the tuner (memory -> user cache -> shipped
   table -> tune -> heuristic), parameterized by a plugin's *space*;
 * :mod:`.ops` -- the per-call dispatch and a factory for a plugin's ``wna16_gemm`` custom op;

@@ -14,6 +14,17 @@ layout (see :mod:`quantlinear_triton.packing`):
   dequantized weight is the register operand of Hopper's wgmma (and M, which is small in the
   skinny case, becomes the narrow N side of the instruction).
 
+* ``_gemv16_kernel`` / ``_dot16_kernel``: the same for fp16 activations with 2/4/8-bit codes
+  (``_dot16``: 4-bit) whose runs of ``VPW / 2`` slabs share a group.  Codes ``j`` and
+  ``j + VPW/2`` of a word sit in its two 16-bit halves, so one mask/or turns both into the fp16
+  pair ``1024 + q`` and packed fp16x2 instructions finish the dequantization (PTX inline
+  assembly: about half the instructions per code of the fp32 path; the GEMV sums the fp16
+  products of a word's ``VPW / 2`` codes in fp16, then in fp32).  Without CUDA (interpreter,
+  ROCm) the same schedule runs in fp32 (``ASM=False``).
+
+Launches go through :mod:`quantlinear_triton.launch` (a cached direct launcher; falls back to
+``kernel[grid]``).
+
 Both can split K over ``split_k`` programs.  The split partials go to an fp32 workspace and
 the last program to arrive at an output tile (a counter per tile, in a persistent,
 zero-initialised buffer) sums them in a fixed order, writes the output and sets the counter
@@ -33,6 +44,7 @@ import torch
 import triton
 import triton.language as tl
 
+from . import launch as _fast
 from .packing import slabs_per_group
 
 #: Upper bound of split_k.
@@ -183,6 +195,213 @@ def _gemv_kernel(x_ptr, w_ptr, s_ptr, z_ptr, b_ptr, y_ptr, ws_ptr, cnt_ptr,
 
 
 @triton.jit
+def _pack_h2(a, b):
+    """Two fp16 tensors -> int32 words holding ``a`` in the low and ``b`` in the high half (CUDA)."""
+    return tl.inline_asm_elementwise("mov.b32 $0, {$1, $2};", "=r,h,h", [a, b], dtype=tl.int32, is_pure=True, pack=1)
+
+
+@triton.jit
+def _dq_fma_h2(w, xp, acc, zh, BITS: tl.constexpr):
+    """Per word: ``acc += (q - z) * x`` on two fp16 lanes; q = the low ``BITS`` bits of each 16-bit half of ``w``.
+
+    ``(w & mask) | 0x64006400`` is the pair of halves ``1024 + q`` exactly (q < 1024); subtracting
+    the pair ``1024 + z`` gives the exact ``q - z``; one fp16x2 FMA multiplies by the activation pair.
+    """
+    if BITS == 8:
+        return tl.inline_asm_elementwise(
+            "{ .reg .b32 t; lop3.b32 t, $1, 0x00FF00FF, 0x64006400, 0xEA; sub.f16x2 t, t, $4; fma.rn.f16x2 $0, t, $2, $3; }",
+            "=r,r,r,r,r", [w, xp, acc, zh], dtype=tl.int32, is_pure=True, pack=1)
+    elif BITS == 2:
+        return tl.inline_asm_elementwise(
+            "{ .reg .b32 t; lop3.b32 t, $1, 0x00030003, 0x64006400, 0xEA; sub.f16x2 t, t, $4; fma.rn.f16x2 $0, t, $2, $3; }",
+            "=r,r,r,r,r", [w, xp, acc, zh], dtype=tl.int32, is_pure=True, pack=1)
+    else:
+        return tl.inline_asm_elementwise(
+            "{ .reg .b32 t; lop3.b32 t, $1, 0x000F000F, 0x64006400, 0xEA; sub.f16x2 t, t, $4; fma.rn.f16x2 $0, t, $2, $3; }",
+            "=r,r,r,r,r", [w, xp, acc, zh], dtype=tl.int32, is_pure=True, pack=1)
+
+
+@triton.jit
+def _unpack_h2(acc):
+    """int32 words holding two fp16 lanes -> (low, high) in fp32."""
+    return tl.inline_asm_elementwise(
+        "{ .reg .b16 l, h; mov.b32 {l, h}, $2; cvt.f32.f16 $0, l; cvt.f32.f16 $1, h; }",
+        "=r,=r,r", [acc], dtype=(tl.float32, tl.float32), is_pure=True, pack=1)
+
+
+@triton.jit
+def _gemv16_kernel(x_ptr, w_ptr, s_ptr, z_ptr, b_ptr, y_ptr, ws_ptr, cnt_ptr,
+                   M, N, K, KW, group_size, tiles_per_split, split_k, zh, zmagic,
+                   BITS: tl.constexpr, SLAB: tl.constexpr, BN: tl.constexpr, HAS_ZEROS: tl.constexpr, HAS_BIAS: tl.constexpr,
+                   USE_SPLIT: tl.constexpr, EVEN_K: tl.constexpr, MAX_SPLIT: tl.constexpr, ASM: tl.constexpr):
+    # 2/4/8-bit codes, fp16 activations, one row of x per program (grid dim 1).  Word p of a tile
+    # holds code j (channel t*T + j*SLAB + p) at bits BITS*j: codes j and j + H (H = VPW / 2)
+    # sit in the two 16-bit halves, so one mask/or of (w >> BITS*j) dequantizes both into an
+    # fp16 pair (ASM: packed fp16x2 arithmetic; the pair's products are summed in fp16 over
+    # j < H only, then in fp32).  Channels j < H and j >= H of a tile lie in one group each
+    # (gemv16_fits: runs of H slabs share a group), so each half gets its own scale.  Without
+    # ASM (interpreter, other backends) the same schedule runs in fp32.
+    VPW: tl.constexpr = 32 // BITS
+    H: tl.constexpr = VPW // 2
+    QMASK: tl.constexpr = (1 << BITS) - 1
+    T: tl.constexpr = SLAB * VPW
+    pid_n = tl.program_id(0)
+    m = tl.program_id(1)
+    pid_k = tl.program_id(2)
+    num_pid_n = tl.num_programs(0)
+    offs_n = pid_n * BN + tl.arange(0, BN)
+    offs_p = tl.arange(0, SLAB)
+    n_mask = offs_n < N
+    n_tiles = KW // SLAB
+    t_start = pid_k * tiles_per_split
+    t_end = tl.minimum(t_start + tiles_per_split, n_tiles)
+    w_ptrs = w_ptr + offs_n[:, None] * KW + offs_p[None, :]
+    acc = tl.zeros([BN, SLAB], dtype=tl.float32)
+    for t in range(t_start, t_end):
+        w = tl.load(w_ptrs + t * SLAB, mask=n_mask[:, None], other=0, eviction_policy="evict_first")
+        ka = t * T
+        kb = ka + H * SLAB
+        ga = tl.minimum(ka, K - 1) // group_size
+        gb = tl.minimum(kb, K - 1) // group_size
+        sa = tl.load(s_ptr + ga * N + offs_n, mask=n_mask, other=0.0).to(tl.float32)
+        sb = tl.load(s_ptr + gb * N + offs_n, mask=n_mask, other=0.0).to(tl.float32)
+        if ASM:
+            if HAS_ZEROS:
+                za = (tl.load(z_ptr + ga * N + offs_n, mask=n_mask, other=0).to(tl.float32) + 1024.0).to(tl.float16)
+                zb = (tl.load(z_ptr + gb * N + offs_n, mask=n_mask, other=0).to(tl.float32) + 1024.0).to(tl.float16)
+                zp = tl.broadcast_to(_pack_h2(za, zb)[:, None], [BN, SLAB])
+            else:
+                zp = tl.full([BN, SLAB], zh, tl.int32)
+            a16 = tl.zeros([BN, SLAB], dtype=tl.int32)
+        else:
+            if HAS_ZEROS:
+                zma = (tl.load(z_ptr + ga * N + offs_n, mask=n_mask, other=0).to(tl.float32) + 8388608.0)[:, None]
+                zmb = (tl.load(z_ptr + gb * N + offs_n, mask=n_mask, other=0).to(tl.float32) + 8388608.0)[:, None]
+            else:
+                zma = zmagic
+                zmb = zmagic
+            lo = tl.zeros([BN, SLAB], dtype=tl.float32)
+            hi = tl.zeros([BN, SLAB], dtype=tl.float32)
+        for j in tl.static_range(H):
+            if EVEN_K:
+                xa = tl.load(x_ptr + m * K + ka + j * SLAB + offs_p)
+                xb = tl.load(x_ptr + m * K + kb + j * SLAB + offs_p)
+            else:
+                xa = tl.load(x_ptr + m * K + ka + j * SLAB + offs_p, mask=(ka + j * SLAB + offs_p) < K, other=0.0)
+                xb = tl.load(x_ptr + m * K + kb + j * SLAB + offs_p, mask=(kb + j * SLAB + offs_p) < K, other=0.0)
+            if ASM:
+                xp = tl.broadcast_to(_pack_h2(xa, xb)[None, :], [BN, SLAB])
+                a16 = _dq_fma_h2(w >> (BITS * j), xp, a16, zp, BITS)
+            else:
+                qa = (((w >> (BITS * j)) & QMASK) | 0x4B000000).to(tl.float32, bitcast=True)
+                qb = (((w >> (BITS * j + 16)) & QMASK) | 0x4B000000).to(tl.float32, bitcast=True)
+                lo += (qa - zma) * xa.to(tl.float32)[None, :]
+                hi += (qb - zmb) * xb.to(tl.float32)[None, :]
+        if ASM:
+            lo, hi = _unpack_h2(a16)
+        acc += lo * sa[:, None] + hi * sb[:, None]
+    out = tl.sum(acc, axis=1)[None, :]
+    offs_m = m + tl.arange(0, 1)
+    m_mask = offs_m < M
+    tile_id = m * num_pid_n + pid_n
+    _finish(out, offs_m, offs_n, m_mask, n_mask, y_ptr, b_ptr, ws_ptr, cnt_ptr, tile_id, pid_k, split_k, M, N,
+            False, HAS_BIAS, USE_SPLIT, MAX_SPLIT)
+
+
+@triton.jit
+def _dq_pair_h(w, zp, sp):
+    """Per word: the fp16 pair ``((q - z) * s)`` of codes at bits 0-3 (low) and 16-19 (high) of ``w`` (CUDA)."""
+    return tl.inline_asm_elementwise(
+        "{ .reg .b32 t; lop3.b32 t, $2, 0x000F000F, 0x64006400, 0xEA; sub.f16x2 t, t, $3; mul.rn.f16x2 t, t, $4; mov.b32 {$0, $1}, t; }",
+        "=h,=h,r,r,r", [w, zp, sp], dtype=(tl.float16, tl.float16), is_pure=True, pack=1)
+
+
+@triton.jit
+def _dot16_kernel(x_ptr, w_ptr, s_ptr, z_ptr, b_ptr, y_ptr, ws_ptr, cnt_ptr,
+                  M, N, K, KW, group_size, tiles_per_split, split_k, zh, zmagic,
+                  SLAB: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr, GROUP_M: tl.constexpr, SWAP: tl.constexpr,
+                  HAS_ZEROS: tl.constexpr, HAS_BIAS: tl.constexpr, USE_SPLIT: tl.constexpr,
+                  EVEN_K: tl.constexpr, MAX_SPLIT: tl.constexpr, ASM: tl.constexpr):
+    # The tensor-core kernel for 4-bit codes and fp16 activations with groups of >= 4 slabs:
+    # codes j and j + 4 of a word are dequantized together as one fp16 pair (mask/or, then
+    # (pair - (1024 + z)) * s in fp16x2) and both slabs go to the dot; scaled weights, one
+    # accumulator.  Without ASM the same schedule runs with fp32 dequantization.
+    T: tl.constexpr = SLAB * 8
+    pid = tl.program_id(0)
+    pid_k = tl.program_id(1)
+    num_pid_m = tl.cdiv(M, BM)
+    num_pid_n = tl.cdiv(N, BN)
+    in_group = GROUP_M * num_pid_n
+    group_id = pid // in_group
+    first_m = group_id * GROUP_M
+    gsize = tl.minimum(num_pid_m - first_m, GROUP_M)
+    pid_m = first_m + (pid % in_group) % gsize
+    pid_n = (pid % in_group) // gsize
+
+    offs_n = pid_n * BN + tl.arange(0, BN)
+    offs_m = pid_m * BM + tl.arange(0, BM)
+    offs_p = tl.arange(0, SLAB)
+    n_mask = offs_n < N
+    m_mask = offs_m < M
+    n_tiles = KW // SLAB
+    t_start = pid_k * tiles_per_split
+    t_end = tl.minimum(t_start + tiles_per_split, n_tiles)
+    w_ptrs = w_ptr + offs_n[:, None] * KW + offs_p[None, :]
+    x_ptrs = x_ptr + offs_m[:, None] * K + offs_p[None, :]
+    if SWAP:
+        acc = tl.zeros([BN, BM], dtype=tl.float32)
+    else:
+        acc = tl.zeros([BM, BN], dtype=tl.float32)
+    w_next = tl.load(w_ptrs + t_start * SLAB, mask=(n_mask & ((offs_n * 0 + t_start) < t_end))[:, None], other=0)
+    for t in range(t_start, t_end):
+        w = w_next
+        w_next = tl.load(w_ptrs + (t + 1) * SLAB, mask=(n_mask & ((offs_n * 0 + t + 1) < t_end))[:, None], other=0)  # prefetch
+        ka = t * T
+        kb = ka + 4 * SLAB
+        ga = tl.minimum(ka, K - 1) // group_size
+        gb = tl.minimum(kb, K - 1) // group_size
+        sa = tl.load(s_ptr + ga * N + offs_n, mask=n_mask, other=0.0)
+        sb = tl.load(s_ptr + gb * N + offs_n, mask=n_mask, other=0.0)
+        if ASM:
+            if HAS_ZEROS:
+                za = (tl.load(z_ptr + ga * N + offs_n, mask=n_mask, other=0).to(tl.float32) + 1024.0).to(tl.float16)
+                zb = (tl.load(z_ptr + gb * N + offs_n, mask=n_mask, other=0).to(tl.float32) + 1024.0).to(tl.float16)
+                zp = tl.broadcast_to(_pack_h2(za, zb)[:, None], [BN, SLAB])
+            else:
+                zp = tl.full([BN, SLAB], zh, tl.int32)
+            sp = tl.broadcast_to(_pack_h2(sa.to(tl.float16), sb.to(tl.float16))[:, None], [BN, SLAB])
+        else:
+            if HAS_ZEROS:
+                zma = (tl.load(z_ptr + ga * N + offs_n, mask=n_mask, other=0).to(tl.float32) + 8388608.0)[:, None]
+                zmb = (tl.load(z_ptr + gb * N + offs_n, mask=n_mask, other=0).to(tl.float32) + 8388608.0)[:, None]
+            else:
+                zma = zmagic
+                zmb = zmagic
+        for j in tl.static_range(4):
+            if ASM:
+                wa, wb = _dq_pair_h(w >> (4 * j), zp, sp)
+            else:
+                qa = (((w >> (4 * j)) & 15) | 0x4B000000).to(tl.float32, bitcast=True)
+                qb = (((w >> (4 * j + 16)) & 15) | 0x4B000000).to(tl.float32, bitcast=True)
+                wa = ((qa - zma) * sa.to(tl.float32)[:, None]).to(tl.float16)
+                wb = ((qb - zmb) * sb.to(tl.float32)[:, None]).to(tl.float16)
+            if EVEN_K:
+                xa = tl.load(x_ptrs + ka + j * SLAB, mask=m_mask[:, None], other=0.0)
+                xb = tl.load(x_ptrs + kb + j * SLAB, mask=m_mask[:, None], other=0.0)
+            else:
+                xa = tl.load(x_ptrs + ka + j * SLAB, mask=m_mask[:, None] & ((ka + j * SLAB + offs_p) < K)[None, :], other=0.0)
+                xb = tl.load(x_ptrs + kb + j * SLAB, mask=m_mask[:, None] & ((kb + j * SLAB + offs_p) < K)[None, :], other=0.0)
+            if SWAP:
+                acc = tl.dot(wa, tl.trans(xa), acc)
+                acc = tl.dot(wb, tl.trans(xb), acc)
+            else:
+                acc = tl.dot(xa, tl.trans(wa), acc)
+                acc = tl.dot(xb, tl.trans(wb), acc)
+    _finish(acc, offs_m, offs_n, m_mask, n_mask, y_ptr, b_ptr, ws_ptr, cnt_ptr, pid, pid_k, split_k, M, N,
+            SWAP, HAS_BIAS, USE_SPLIT, MAX_SPLIT)
+
+
+@triton.jit
 def _dequant_kernel(w_ptr, s_ptr, z_ptr, out_ptr, N, K, KW, group_size, zmagic,
                     BITS: tl.constexpr, VPW: tl.constexpr, SLAB: tl.constexpr, SPG: tl.constexpr,
                     BN: tl.constexpr, TPP: tl.constexpr, HAS_ZEROS: tl.constexpr, EVEN_K: tl.constexpr):
@@ -306,28 +525,74 @@ def _dot_kernel(x_ptr, w_ptr, s_ptr, z_ptr, b_ptr, y_ptr, ws_ptr, cnt_ptr,
 _static: dict[tuple, tuple] = {}
 
 
-def _static_args(cfg: dict, bits: int, slab: int, group_size: int, K: int, has_zeros: bool, has_bias: bool, is_fp32: bool) -> tuple:
+def gemv16_fits(bits: int, slab: int, group_size: int, K: int, dtype: torch.dtype) -> bool:
+    """Whether the paired-fp16 GEMV (``gemv16``) computes this layer: 2/4/8-bit, fp16, runs of VPW/2 slabs in one group."""
+    return bits in (2, 4, 8) and dtype == torch.float16 and slabs_per_group(bits, slab, group_size, K) % (16 // bits) == 0
+
+
+def dot16_fits(bits: int, slab: int, group_size: int, K: int, dtype: torch.dtype) -> bool:
+    """Whether the paired-fp16 tensor-core kernel (``dot16``) computes this layer: 4-bit, fp16, groups of >= 4 slabs."""
+    return bits == 4 and gemv16_fits(bits, slab, group_size, K, dtype)
+
+
+_NATIVE_ASM = getattr(torch.version, "hip", None) is None and not _fast.interpreting()
+
+
+def _asm_ok(x: torch.Tensor) -> bool:
+    """PTX inline assembly applies: a CUDA tensor, compiled (not interpreted) kernels."""
+    return _NATIVE_ASM and x.is_cuda
+
+
+def _static_args(cfg: dict, bits: int, slab: int, group_size: int, K: int, has_zeros: bool, has_bias: bool, is_fp32,
+                 dtype: torch.dtype | None = None) -> tuple:
     """The launch arguments that do not depend on M, computed once per (config, layer kind)."""
-    key = (id(cfg), bits, slab, group_size, K, has_zeros, has_bias, is_fp32)
+    key = (id(cfg), bits, slab, group_size, K, has_zeros, has_bias, is_fp32, dtype)
     st = _static.get(key)
     if st is not None and st[0] is cfg:  # st holds cfg, so its id cannot be reused meanwhile
         return st
     kind = cfg["kernel"]
     vpw = 32 // bits
-    BM, BN = (1, int(cfg.get("BN", 64))) if kind == "dqmm" else (int(cfg["BM"]), int(cfg["BN"]))
+    BM, BN = (1, int(cfg.get("BN", 64))) if kind == "dqmm" else (int(cfg.get("BM", 1)), int(cfg["BN"]))
     split = 1 if kind == "dqmm" else int(cfg.get("split_k", 1))
-    common = dict(BITS=bits, VPW=vpw, SLAB=slab, SPG=slabs_per_group(bits, slab, group_size, K), BM=BM, BN=BN,
-                  HAS_ZEROS=has_zeros, HAS_BIAS=has_bias, EVEN_K=(K % (slab * vpw) == 0), MAX_SPLIT=MAXS,
-                  num_warps=int(cfg.get("warps", 4)), num_stages=int(cfg.get("stages", 2)))
-    common.update({k: int(cfg[k]) for k in BACKEND_OPTIONS if k in cfg})
+    opts = dict(num_warps=int(cfg.get("warps", 4)), num_stages=int(cfg.get("stages", 2)))
+    opts.update({k: int(cfg[k]) for k in BACKEND_OPTIONS if k in cfg})
+    even_k = K % (slab * vpw) == 0
+    if kind == "gemv16":
+        common = dict(BITS=bits, SLAB=slab, BN=BN, HAS_ZEROS=has_zeros, HAS_BIAS=has_bias, EVEN_K=even_k, MAX_SPLIT=MAXS, **opts)
+        BM = 1
+    elif kind == "dot16":
+        common = dict(SLAB=slab, BM=BM, BN=BN, GROUP_M=int(cfg.get("group_m", 8)), SWAP=bool(cfg.get("swap", True)), HAS_ZEROS=has_zeros,
+                      HAS_BIAS=has_bias, EVEN_K=even_k, MAX_SPLIT=MAXS, **opts)
+    else:
+        common = dict(BITS=bits, VPW=vpw, SLAB=slab, SPG=slabs_per_group(bits, slab, group_size, K), BM=BM, BN=BN,
+                      HAS_ZEROS=has_zeros, HAS_BIAS=has_bias, EVEN_K=even_k, MAX_SPLIT=MAXS, **opts)
     if kind == "dot":
         common.update(GROUP_M=int(cfg.get("group_m", 8)), SWAP=bool(cfg.get("swap", True)), SCALE_W=bool(cfg.get("scale_w", False)),
                       IEEE=is_fp32)
-    st = (cfg, kind, BM, BN, split, common)
+    consts = {k: v for k, v in common.items() if k not in opts}
+    # a paired-fp16 configuration for a layer it does not fit: the general kernel with the same tiles
+    if kind == "gemv16" and not (dtype is not None and gemv16_fits(bits, slab, group_size, K, dtype)):
+        fallback = dict(cfg, kernel="gemv", BM=1)
+    elif kind == "dot16" and not (dtype is not None and dot16_fits(bits, slab, group_size, K, dtype)):
+        fallback = dict(cfg, kernel="dot", scale_w=True)
+    else:
+        fallback = None
+    skey = (kind, *sorted(common.items()))  # by value: identifies the constexprs and options of a launch
+    st = (cfg, kind, BM, BN, split, consts, opts, skey, {}, fallback, common)  # common last (tests read st[-1])
     if len(_static) > 4096:
         _static.clear()
     _static[key] = st
     return st
+
+
+def _h2_magic(zero_point: float) -> int:
+    """The int32 whose two fp16 halves are both ``1024 + zero_point``."""
+    h = int(torch.tensor(1024.0 + zero_point, dtype=torch.float16).view(torch.int16).item()) & 0xFFFF
+    v = h | (h << 16)
+    return v - (1 << 32) if v >= (1 << 31) else v
+
+
+_h2: dict[float, int] = {}
 
 
 def launch(x: torch.Tensor, qweight: torch.Tensor, scales: torch.Tensor, zeros: torch.Tensor | None,
@@ -336,9 +601,12 @@ def launch(x: torch.Tensor, qweight: torch.Tensor, scales: torch.Tensor, zeros: 
     """Run one kernel with launch configuration ``cfg`` (see :mod:`quantlinear_triton.tune`)."""
     M, K = x.shape
     N, KW = qweight.shape
-    _, kind, BM, BN, split, common = _static_args(cfg, bits, slab, group_size, K, zeros is not None, bias is not None,
-                                                  x.dtype == torch.float32)
-    y = out if out is not None else torch.empty((M, N), dtype=x.dtype, device=x.device)
+    dt = x.dtype
+    st = _static_args(cfg, bits, slab, group_size, K, zeros is not None, bias is not None, dt == torch.float32, dt)
+    kind, BM, BN, split, opts, skey, common = st[1], st[2], st[3], st[4], st[6], st[7], st[10]
+    if st[9] is not None:  # a paired-fp16 configuration this layer does not fit
+        return launch(x, qweight, scales, zeros, bias, bits, slab, group_size, in_features, zero_point, st[9], out)
+    y = out if out is not None else x.new_empty((M, N))
     if M == 0:
         return y
     zmagic = 8388608.0 + zero_point
@@ -356,18 +624,47 @@ def launch(x: torch.Tensor, qweight: torch.Tensor, scales: torch.Tensor, zeros: 
     else:
         tps = n_tiles
     if split > 1:
-        ws = torch.empty((split, M, N), dtype=torch.float32, device=x.device)
-        cnt = counters(x.device)
+        ws = x.new_empty((split, M, N), dtype=torch.float32)
+        cnt = _counters.get(x.device)
+        if cnt is None:
+            cnt = counters(x.device)
     else:
         ws = cnt = y
     bp = bias if bias is not None else scales
+    tensors = (x, qweight, scales, zp, bp, y, ws, cnt)
+    ints = (M, N, K, KW, group_size, tps, split)
+    use_split = split > 1
     if kind == "gemv":
-        _gemv_kernel[(-(-N // BN), -(-M // BM), split)](x, qweight, scales, zp, bp, y, ws, cnt, M, N, K, KW, group_size, tps, split,
-                                                       zmagic, USE_SPLIT=split > 1, **common)
+        _fast.launch(_gemv_kernel, (-(-N // BN), -(-M // BM), split), tensors, ints, (zmagic,), _with(st, use_split), (skey, use_split), opts, y)
+    elif kind == "gemv16":
+        asm = _asm_ok(x)
+        zh = _h2.get(zero_point)
+        if zh is None:
+            zh = _h2[zero_point] = _h2_magic(zero_point)
+        _fast.launch(_gemv16_kernel, (-(-N // BN), M, split), tensors, (*ints, zh), (zmagic,), _with(st, use_split, asm),
+                     (skey, use_split, asm), opts, y)
+    elif kind == "dot16":
+        asm = _asm_ok(x)
+        zh = _h2.get(zero_point)
+        if zh is None:
+            zh = _h2[zero_point] = _h2_magic(zero_point)
+        _fast.launch(_dot16_kernel, (n_tiles_out, split), tensors, (*ints, zh), (zmagic,), _with(st, use_split, asm),
+                     (skey, use_split, asm), opts, y)
     else:
-        _dot_kernel[(n_tiles_out, split)](x, qweight, scales, zp, bp, y, ws, cnt, M, N, K, KW, group_size, tps, split, zmagic,
-                                          USE_SPLIT=split > 1, **common)
+        _fast.launch(_dot_kernel, (n_tiles_out, split), tensors, ints, (zmagic,), _with(st, use_split), (skey, use_split), opts, y)
     return y
+
+
+def _with(st: tuple, use_split: bool, asm: bool | None = None) -> dict:
+    """The constexprs of static arguments ``st`` plus USE_SPLIT (and ASM), built once per variant."""
+    variants = st[8]
+    c = variants.get((use_split, asm))
+    if c is None:
+        c = dict(st[5], USE_SPLIT=use_split)
+        if asm is not None:
+            c["ASM"] = asm
+        variants[(use_split, asm)] = c
+    return c
 
 
 def dequantize(qweight: torch.Tensor, scales: torch.Tensor, zeros: torch.Tensor | None, bits: int, slab: int, group_size: int,
@@ -390,10 +687,11 @@ def _dequant_matmul(x, qweight, scales, zp, bias, out, common, N, K, KW, group_s
     BN, tpp = int(cfg.get("BN", 64)), int(cfg.get("tpp", 4))
     W = torch.empty((N, K), dtype=x.dtype, device=x.device)
     n_tiles = KW // common["SLAB"]
-    grid = (-(-N // BN), -(-n_tiles // tpp))
-    _dequant_kernel[grid](qweight, scales, zp, W, N, K, KW, group_size, zmagic, BITS=common["BITS"], VPW=common["VPW"],
-                          SLAB=common["SLAB"], SPG=common["SPG"], BN=BN, TPP=tpp, HAS_ZEROS=common["HAS_ZEROS"],
-                          EVEN_K=common["EVEN_K"], num_warps=4)
+    grid = (-(-N // BN), -(-n_tiles // tpp), 1)
+    consts = dict(BITS=common["BITS"], VPW=common["VPW"], SLAB=common["SLAB"], SPG=common["SPG"], BN=BN, TPP=tpp,
+                  HAS_ZEROS=common["HAS_ZEROS"], EVEN_K=common["EVEN_K"])
+    _fast.launch(_dequant_kernel, grid, (qweight, scales, zp, W), (N, K, KW, group_size), (zmagic,), consts,
+                 ("dequant", *consts.values()), {"num_warps": 4}, W)
     if out is None:
         return torch.nn.functional.linear(x, W, bias)
     if bias is not None:

@@ -58,10 +58,12 @@ class TritonSlabBase(QuantLinear):
 
     def compute(self, x: torch.Tensor) -> torch.Tensor:
         m = self.meta
-        if not torch.compiler.is_compiling() and type(x) is torch.Tensor and not x.is_meta:
-            # eager: skip the dispatcher round trip (same code the op runs)
-            return self.ops_module.run_gemm(x, self.w_slab, self.w_scales, self.w_zeros, self.bias, m.bits, m.group_size, m.in_features,
-                                            m.slab, self.zero_point, self.problem)
+        if type(x) is torch.Tensor and not x.is_meta and not torch.compiler.is_compiling():
+            # eager: skip the dispatcher round trip (same code the op runs); buffers read straight
+            # from ``_buffers`` (nn.Module.__getattr__ is a slow fallback, this is the decode hot path)
+            b = self._buffers
+            return self.ops_module.run_gemm(x, b["w_slab"], b["w_scales"], b["w_zeros"], b.get("bias"), m.bits, m.group_size,
+                                            m.in_features, m.slab, self.zero_point, self.problem)
         return self.ops_module.OP(x, self.w_slab, self.w_scales, self.w_zeros, self.bias, m.bits, m.group_size, m.in_features, m.slab,
                                   self.zero_point)
 

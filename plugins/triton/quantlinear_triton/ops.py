@@ -39,9 +39,12 @@ def run_gemm(tuner: "tune.Tuner", x: Tensor, qweight: Tensor, scales: Tensor, ze
              bits: int, group_size: int, in_features: int, slab: int, zero_point: float,
              problem: "tune.Problem | None" = None) -> Tensor:
     """Choose the launch configuration for this M from ``tuner`` (tuning on first use if enabled) and launch."""
-    k = triton_kernels()
+    k = _kernels if _kernels is not None else triton_kernels()
     if problem is None:
         problem = tune.Problem(bits, slab, group_size, zeros is not None, dtype_name(x.dtype), qweight.shape[0], in_features)
+    cfg = tuner.settled(problem, x)  # the common case: this (layer kind, M) was decided before
+    if cfg is not None:
+        return k.launch(x, qweight, scales, zeros, bias, bits, slab, group_size, in_features, zero_point, cfg)
 
     def run(cfg: dict) -> Tensor:
         return k.launch(x, qweight, scales, zeros, bias, bits, slab, group_size, in_features, zero_point, cfg)

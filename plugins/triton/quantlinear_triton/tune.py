@@ -211,6 +211,13 @@ class Tuner:
             return shipped[key], "shipped"
         return None, "none"
 
+    def settled(self, p: Problem, x: torch.Tensor) -> dict | None:
+        """The configuration already settled for ``x``'s M and device (no dqmm), or None: one dict lookup."""
+        cfg = self._by_m.get((p, x.shape[0], x.device.index))
+        if cfg is not None and cfg["kernel"] != "dqmm":
+            return cfg
+        return None
+
     def get(self, device: torch.device, p: Problem, M: int, run: Callable[[dict], object] | None = None) -> dict:
         cfg = self._by_m.get((p, M, device.index))
         if cfg is not None:

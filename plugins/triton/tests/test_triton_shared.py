@@ -120,3 +120,76 @@ def test_no_entry_point_and_no_triton_import():
 
     project = tomllib.loads((Path(__file__).parents[1] / "pyproject.toml").read_text())["project"]
     assert project["name"] == "quantlinear-triton" and "entry-points" not in project
+
+
+def test_fast_launch_caches_per_specialization_and_verifies(monkeypatch):
+    """The direct launcher (no GPU here: tensor stand-ins, a fake JIT function and compiled kernel)."""
+    from types import SimpleNamespace
+
+    from quantlinear_triton import launch as fl
+
+    class T:  # what the launcher reads of a tensor
+        is_cuda = True
+
+        def __init__(self, ptr, dtype=torch.float16):
+            self.ptr, self.dtype, self.device = ptr, dtype, SimpleNamespace(index=0)
+
+        def data_ptr(self):
+            return self.ptr
+
+    calls = []
+    out = torch.zeros(4)
+
+    class CK:
+        function, packed_metadata = "fn-handle", "meta"
+
+        def run(self, *a):
+            calls.append(("direct", a))
+            if bad:
+                out.add_(1)
+
+    class Fn:
+        arg_names = ["x", "y", "n", "f", "A", "B"]
+        params = [SimpleNamespace(is_constexpr=c) for c in (False, False, False, False, True, True)]
+
+        def __getitem__(self, grid):
+            def go(*a, **kw):
+                calls.append(("jit", a, kw))
+                out.zero_()  # what the normal path writes
+                return CK()
+            return go
+
+    chain = SimpleNamespace(calls=[])  # an empty HookChain is no hook
+    monkeypatch.setattr(fl, "_state", {"ok": True, "knobs": SimpleNamespace(launch_enter_hook=chain, launch_exit_hook=None),
+                                       "stream": lambda d: 77})
+    for name in ("_compiled", "_const_cache", "_order_ok"):
+        monkeypatch.setattr(fl, name, {})
+    monkeypatch.setattr(torch.cuda, "current_device", lambda: 0)
+    monkeypatch.setattr(torch.cuda, "is_current_stream_capturing", lambda: False)
+    fn, bad = Fn(), False
+
+    def go(ptr=64, n=32, consts=None, o=out, grid=(3, 1, 1)):
+        consts = consts or {"B": 2, "A": 1}
+        calls.clear()
+        fl.launch(fn, grid, (T(ptr), T(128)), (n,), (0.5,), consts, ("cfg", tuple(sorted(consts.items()))), {"num_warps": 4}, o)
+        return [c[0] for c in calls]
+
+    assert go() == ["jit"]  # first: the normal path, and its compiled kernel is kept
+    assert go() == ["direct", "jit"]  # first direct launch of the process: checked against the normal path
+    assert fl._state["verified"] is True
+    assert go() == ["direct"]
+    a = calls[0][1]
+    assert a[:7] == (3, 1, 1, 77, "fn-handle", "meta", None) and a[7:9] == (None, None)
+    assert a[11:] == (32, 0.5, 1, 2)  # runtime args, then the constexprs in parameter order
+    assert go(grid=(5, 2)) == ["direct"] and calls[0][1][:3] == (5, 2, 1)  # a 2-D grid: the launcher gets z = 1
+    assert go(ptr=72) == ["jit"]  # not 16-byte aligned: another specialization
+    assert go(n=1) == ["jit"] and go(n=40) == ["jit"] and go(n=40) == ["direct"] and go(n=48) == ["direct"]  # ==1, %16 classes
+    assert go(consts={"A": 5, "B": 2}) == ["jit"]  # other constexprs: another static key
+    chain.calls.append(print)  # a profiler's hook: the normal path, which calls it
+    assert go() == ["jit"] and "hook" in fl.status()
+    chain.calls.clear()
+    # a direct launch that disagrees with the normal one turns the fast path off for the process
+    fl._state.pop("verified")
+    bad = True
+    assert go() == ["direct", "jit"] and fl._state["ok"] is False and "disagreed" in fl.status()
+    assert go() == ["jit"]

@@ -1,0 +1,33 @@
+#!/usr/bin/env bash
+# The GPU checks of one session, in stages that each fit a device call (< 10 minutes):
+#
+#   OUT=DIR bash plugins/cuda/benchmarks/gpu_checks.sh int,fp,scaled_mm     # first call
+#   OUT=DIR bash plugins/cuda/benchmarks/gpu_checks.sh sm_variants,gguf,bench_w4  # second call
+#
+# Installs the core and the CUDA plugins editable (offline), runs each stage's script with its
+# own deadline, and packs every stage's files into $OUT/<stage>.tgz (the summaries are printed).
+set -u
+cd "$(dirname "$0")/../../.."
+OUT=${OUT:-./gpu-checks}
+mkdir -p "$OUT"
+export PYTHONUNBUFFERED=1
+python -m pip install -q --no-deps --no-build-isolation -e . -e plugins/triton -e plugins/cuda > "$OUT/install.log" 2>&1 || { tail "$OUT/install.log"; exit 1; }
+W=$(mktemp -d)
+for stage in ${1//,/ }; do
+  d="$W/$stage"; mkdir -p "$d"; t0=$(date +%s)
+  echo "=== $stage"
+  case $stage in
+    int) python plugins/cuda/benchmarks/int_perf.py --out "$d" --stages check,eager 2>&1 | tail -40
+         python -m pytest -q -p no:cacheprovider plugins/cuda/tests/test_cuda_gpu.py > "$d/pytest_int_gpu.log" 2>&1; tail -3 "$d/pytest_int_gpu.log" ;;
+    fp) OUT="$d" bash plugins/cuda/benchmarks/fp_device_check.sh 2>&1 | tail -80 ;;
+    scaled_mm) python -m pytest -q -p no:cacheprovider plugins/cuda/tests/test_cuda_scaled_mm_gpu.py > "$d/pytest.log" 2>&1; tail -3 "$d/pytest.log"
+               timeout 150 python plugins/cuda/benchmarks/scaled_mm_device_check.py "$d" 2>&1 | tail -50 ;;
+    sm_variants) timeout 120 python plugins/cuda/benchmarks/scaled_mm_variants.py "$d" 2>&1 | tail -80 ;;
+    gguf) OUT="$d" bash plugins/cuda/benchmarks/gguf_device_check.sh 2>&1 | tail -5; cat "$d/summary.txt" | tail -60 ;;
+    tests) timeout 240 python -m pytest -q -p no:cacheprovider -rs plugins/cuda/tests plugins/triton/tests > "$d/pytest_all.log" 2>&1; tail -25 "$d/pytest_all.log" ;;
+    bench_w4) timeout 200 python -m quantlinear bench --device cuda --scheme W4A16 --shapes 4096x14336,8192x28672 \
+                --m 1,16,256,4096 --iters 20 --out "$d/w4.json" > "$d/w4.txt" 2>&1; tail -60 "$d/w4.txt" ;;
+  esac
+  echo "--- $stage: $(( $(date +%s) - t0 )) s"
+  tar czf "$OUT/$stage.tgz" -C "$W" "$stage"
+done

@@ -1,0 +1,402 @@
+#!/usr/bin/env python3
+"""One GPU session for the int kernels' speed (issue #4): checks, launch overhead, re-tuning.
+
+    python plugins/cuda/benchmarks/int_perf.py --out DIR [--stages check,eager,tune,compare] [--keys REGEX]
+
+* ``check``: the paired-fp16 GEMV against the fp32 reference on large shapes; the fast launch
+  path against the normal ``kernel[grid]`` path (bit-identical outputs) and inside a CUDA graph.
+* ``eager``: host time per call (layer, op path, raw launch) with the fast launch path on and off.
+* ``tune``: re-measure every key of the shipped table (``tuned/sm90.json``) over the current
+  candidate space; writes DIR/tune.json in the shipped table's format (``best_us`` and every
+  candidate's time per key, so old and new kernels are compared in the same run).
+* ``compare``: device time (CUDA graphs over weight copies > L2) of the old table's config vs
+  the new one for the large shapes, and cuBLAS fp16.
+
+Imports the int kernel modules directly (not through the plugin registry).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+LARGE = ((4096, 14336), (14336, 4096), (8192, 28672), (28672, 8192))
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def log(msg: str) -> None:
+    print(msg, flush=True)
+
+
+def parse_key(key: str):
+    from quantlinear_cuda.tune import Problem
+
+    f = key.split("|")
+    bits, slab = int(f[0][1:]), int(f[1][1:])
+    K, N, M = int(f[6][1:]), int(f[5][1:]), int(f[7][1:])
+    g = K if f[2] == "gch" else int(f[2][1:])
+    return Problem(bits, slab, g, f[3] == "asym", f[4], N, K), M
+
+
+def make(p, M, copies=1, seed=0):
+    """Random packed tensors of problem ``p`` (any int32 is a valid code word) and an input."""
+    gen = torch.Generator(device="cuda").manual_seed(seed)
+    dt = getattr(torch, p.dtype)
+    KW = p.k_tiles * p.slab
+    G = -(-p.K // p.group_size)
+    ws = []
+    for _ in range(copies):
+        q = torch.randint(-2**31, 2**31 - 1, (p.N, KW), dtype=torch.int32, device="cuda", generator=gen)
+        if p.bits == 3:
+            q &= 0x3FFFFFFF
+        s = (torch.rand(G, p.N, device="cuda", generator=gen) * 0.02 + 0.001).half()
+        z = torch.randint(0, 2**p.bits, (G, p.N), device="cuda", generator=gen).to(torch.uint8) if p.has_zeros else None
+        ws.append((q, s, z))
+    x = torch.randn(M, p.K, device="cuda", generator=gen).to(dt)
+    return ws, x
+
+
+def zero_point(p):
+    return 0.0 if p.has_zeros else float(1 << (p.bits - 1))
+
+
+def stage_check(out: Path) -> list[str]:
+    from quantlinear_cuda.tune import Problem
+    from quantlinear_triton import kernels as tk
+    from quantlinear_triton import launch as fl
+    from quantlinear_triton.packing import SlabMeta, dequantize_slabs
+
+    lines = []
+    for (K, N), asym in (((4096, 14336), False), ((14336, 4096), False), ((4096, 4096), True), ((8192, 28672), False)):
+        p = Problem(4, 32, 128, asym, "float16", N, K)
+        (w,), x = make(p, 1, seed=K)
+        q, s, z = w
+        zp = zero_point(p)
+        W = dequantize_slabs(q, s, z, int(zp), SlabMeta(4, 32, 128, K, N))
+        ref = x.float() @ W.t()
+        x256 = torch.randn(256, K, device="cuda").half()
+        ref256 = x256.float() @ W.t()
+        for cfg in ({"kernel": "gemv16", "BN": 32, "split_k": 2, "warps": 4, "stages": 3},
+                    {"kernel": "gemv16", "BN": 64, "split_k": 4, "warps": 8, "stages": 3},
+                    {"kernel": "gemv", "BM": 1, "BN": 32, "split_k": 2, "warps": 4, "stages": 2},
+                    {"kernel": "dot16", "BM": 128, "BN": 128, "split_k": 1, "warps": 8, "stages": 3, "swap": True},
+                    {"kernel": "dot16", "BM": 64, "BN": 128, "split_k": 2, "warps": 4, "stages": 4, "swap": False},
+                    {"kernel": "dot", "BM": 128, "BN": 128, "split_k": 1, "warps": 8, "stages": 3, "swap": True}):
+            big = cfg["kernel"].startswith("dot")
+            y = tk.launch(x256 if big else x, q, s, z, None, 4, 32, 128, K, zp, cfg)
+            r = ref256 if big else ref
+            err = float((y.float() - r).abs().max() / r.abs().max())
+            lines.append(f"check {cfg['kernel']:7s} BN={cfg['BN']} split={cfg['split_k']} K={K} N={N} asym={asym}: max rel err {err:.2e}"
+                         f" {'OK' if err < 1e-3 else 'FAIL'}")
+        # fast launch == normal launch, bit for bit; replays inside a graph
+        for M, cfg in ((1, {"kernel": "gemv16", "BN": 32, "split_k": 2, "warps": 4, "stages": 3}),
+                       (16, {"kernel": "dot16", "BM": 16, "BN": 64, "split_k": 4, "warps": 4, "stages": 3, "swap": True}),
+                       (3, {"kernel": "gemv", "BM": 4, "BN": 32, "split_k": 2, "warps": 4, "stages": 2}),
+                       (16, {"kernel": "dot", "BM": 16, "BN": 64, "split_k": 4, "warps": 4, "stages": 3, "swap": True}),
+                       (256, {"kernel": "dot", "BM": 128, "BN": 128, "split_k": 1, "warps": 8, "stages": 3, "swap": True}),
+                       (300, {"kernel": "dqmm", "BN": 64, "tpp": 4})):
+            xm = torch.randn(M, K, device="cuda").half()
+            fl._state["ok"] = False
+            y0 = tk.launch(xm, q, s, z, None, 4, 32, 128, K, zp, cfg)
+            fl._state.pop("ok")
+            tk.launch(xm, q, s, z, None, 4, 32, 128, K, zp, cfg)  # miss: compiles/keeps
+            y1 = tk.launch(xm, q, s, z, None, 4, 32, 128, K, zp, cfg)  # hit: direct launcher
+            hits = len(fl._compiled)
+            yg = torch.empty_like(y1)
+            st = torch.cuda.Stream()
+            st.wait_stream(torch.cuda.current_stream())
+            with torch.cuda.stream(st):
+                tk.launch(xm, q, s, z, None, 4, 32, 128, K, zp, cfg, out=yg)
+            torch.cuda.current_stream().wait_stream(st)
+            g = torch.cuda.CUDAGraph()
+            yg.fill_(float("nan"))
+            with torch.cuda.graph(g):
+                tk.launch(xm, q, s, z, None, 4, 32, 128, K, zp, cfg, out=yg)
+            g.replay()
+            torch.cuda.synchronize()
+            same = torch.equal(y0, y1) and torch.equal(y0, yg) if cfg["kernel"] != "dqmm" else (y0 - y1).abs().max().item() < 1e-2
+            lines.append(f"fastlaunch {cfg['kernel']} M={M} K={K}: fast==normal==graph {same} (cached kernels {hits}) {'OK' if same else 'FAIL'}")
+        lines.append(fl.status())
+        if K == 4096 and N == 4096:
+            break
+    for bits, asym in ((8, False), (8, True), (2, False)):
+        K, N = 4096, 14336
+        p = Problem(bits, 32, 128, asym, "float16", N, K)
+        (w,), x = make(p, 1, seed=bits)
+        q, s, z = w
+        zp = zero_point(p)
+        W = dequantize_slabs(q, s, z, int(zp), SlabMeta(bits, 32, 128, K, N))
+        ref = x.float() @ W.t()
+        for cfg in ({"kernel": "gemv16", "BN": 64, "split_k": 2, "warps": 4, "stages": 3},
+                    {"kernel": "gemv", "BM": 1, "BN": 64, "split_k": 2, "warps": 4, "stages": 2}):
+            y = tk.launch(x, q, s, z, None, bits, 32, 128, K, zp, cfg)
+            err = float((y.float() - ref).abs().max() / ref.abs().max())
+            lines.append(f"check W{bits} {cfg['kernel']:7s} K={K} N={N} asym={asym}: max rel err {err:.2e} {'OK' if err < 1e-3 else 'FAIL'}")
+    log("\n".join(lines))
+    return lines
+
+
+def stage_eager(out: Path) -> list[str]:
+    import torch.nn.functional as F
+
+    from quantlinear import LayerSpec, get_scheme
+    from quantlinear.benchutil import random_int_weights
+    from quantlinear_cuda import ops
+    from quantlinear_cuda.kernels.triton_wna16 import TritonWNA16Linear
+    from quantlinear_triton import kernels as tk
+    from quantlinear_triton import launch as fl
+
+    def t(fn, n=300):
+        for _ in range(20):
+            fn()
+        torch.cuda.synchronize()
+        t0 = time.perf_counter()
+        for _ in range(n):
+            fn()
+        torch.cuda.synchronize()
+        return (time.perf_counter() - t0) / n * 1e6
+
+    lines = []
+    for K, N in ((512, 512), (4096, 14336)):
+        sc = get_scheme("W4A16")
+        w = random_int_weights(K, N, sc)
+        w.qweight, w.zeros, w.scales = w.qweight.cuda(), w.zeros.cuda(), w.scales.cuda()
+        layer = TritonWNA16Linear.from_weights(LayerSpec(sc, "gptq_v2", K, N, dtype=torch.float16, device=torch.device("cuda")), w)
+        x = torch.randn(1, K, device="cuda", dtype=torch.float16)
+        Wd = torch.randn(N, K, device="cuda", dtype=torch.float16)
+        m = layer.meta
+        args = (x, layer.w_slab, layer.w_scales, layer.w_zeros, layer.bias, m.bits, m.group_size, m.in_features, m.slab, layer.zero_point)
+        cfg = {"kernel": "gemv", "BM": 1, "BN": 32, "split_k": 1, "warps": 4, "stages": 2}
+        res = {"F.linear": t(lambda: F.linear(x, Wd)), "torch.empty": t(lambda: torch.empty(1, N, device="cuda", dtype=torch.float16))}
+        for mode in ("normal", "fast"):
+            if mode == "normal":
+                fl._state["ok"] = False
+            else:
+                fl._state.pop("ok", None)
+            res[f"{mode}: kernels.launch gemv"] = t(lambda: tk.launch(x, layer.w_slab, layer.w_scales, None, None, 4, 32, m.group_size, K, 8.0, cfg))
+            res[f"{mode}: ops.run_gemm"] = t(lambda: ops.run_gemm(*args, problem=layer.problem))
+            res[f"{mode}: layer(x)"] = t(lambda: layer(x))
+            res[f"{mode}: torch.ops wna16_gemm"] = t(lambda: torch.ops.quantlinear_cuda.wna16_gemm(*args))
+        lines.append(fl.status())
+        lines += [f"eager {K}x{N} M=1 {k:<34} {v:8.1f} us/call" for k, v in res.items()]
+    fl._state.pop("ok", None)
+    log("\n".join(lines))
+    return lines
+
+
+def stage_tune(out: Path, keys_re: str, budget_s: float = 1e9) -> list[str]:
+    from quantlinear_cuda import device as dev
+    from quantlinear_cuda import tune
+    from quantlinear_triton import kernels as tk
+
+    shipped = json.loads((ROOT / "quantlinear_cuda" / "tuned" / "sm90.json").read_text())
+    keys = []
+    for rx in keys_re.split(","):  # in the order given: the most important first (a time budget may cut the rest)
+        keys += [k for k in shipped["configs"] if re.search(rx, k) and k not in keys]
+    props = dev.device_props(torch.device("cuda"))
+    tuner = tune.TUNER
+    lines = []
+    t0 = time.time()
+    for key in keys:
+        if time.time() - t0 > budget_s:
+            lines.append(f"tune: budget of {budget_s:.0f}s spent, {key} and later keys not re-measured")
+            break
+        p, M = parse_key(key)
+        (w,), x = make(p, M)
+        q, s, z = w
+        zp = zero_point(p)
+        # the split-K workspace and counters are allocated outside the timed region by the first call
+
+        def run(cfg, x=x, q=q, s=s, z=z, p=p, zp=zp):
+            return tk.launch(x, q, s, z, None, p.bits, p.slab, p.group_size, p.K, zp, cfg)
+
+        best = tuner.tune(props, p, M, run)
+        rec = tuner.timings()[p.key(tune.bucket(M))]
+        old = shipped["configs"][key]
+        old_us = old.get("best_us")
+        # the old table's config, re-measured in this run
+        old_now = next((r.get("ms") for r in rec["results"] if r["config"] == old["config"]), None)
+        lines.append(f"tune {key}: best {rec['best_us']:.2f}us {tune._tune._short(best)} | old {old_us} us then"
+                     + (f", {old_now * 1e3:.2f} us now" if old_now else "") + f" [{time.time() - t0:.0f}s]")
+        log(lines[-1])
+        del w, x, q, s, z
+    return lines
+
+
+def _time_graph(fns, target_ms: float = 30.0, batches: int = 5) -> float:
+    """Median device time per call (us) of CUDA-graph replays calling every ``fn`` once (as quantlinear_cuda.bench)."""
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):
+        for f in fns:
+            f()
+    torch.cuda.current_stream().wait_stream(side)
+    torch.cuda.synchronize()
+    g = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(g):
+        for f in fns:
+            f()
+    g.replay()
+    torch.cuda.synchronize()
+    s, e = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    s.record()
+    g.replay()
+    e.record()
+    e.synchronize()
+    reps = int(min(200, max(2, target_ms / batches / max(s.elapsed_time(e), 1e-3))))
+    res = []
+    for _ in range(batches):
+        s.record()
+        for _ in range(reps):
+            g.replay()
+        e.record()
+        e.synchronize()
+        res.append(s.elapsed_time(e) * 1e3 / (reps * len(fns)))
+    del g
+    return sorted(res)[len(res) // 2]
+
+
+def _copy_bw() -> float:
+    a = torch.empty(1 << 28, dtype=torch.float32, device="cuda").uniform_()
+    b = torch.empty_like(a)
+    for _ in range(3):
+        b.copy_(a)
+    ts = []
+    for _ in range(10):
+        s, e = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        s.record()
+        b.copy_(a)
+        e.record()
+        e.synchronize()
+        ts.append(s.elapsed_time(e) * 1e-3)
+    del a, b
+    return 2 * (1 << 28) * 4 / sorted(ts)[len(ts) // 2]
+
+
+def stage_compare(out: Path, old_table: Path) -> list[str]:
+    import torch.nn.functional as F
+
+    from quantlinear_cuda import tune
+    from quantlinear_triton import kernels as tk
+    from quantlinear_triton.packing import SlabMeta, dequantize_slabs
+
+    from quantlinear_cuda import device as _dev
+
+    props = _dev.device_props(torch.device("cuda"))
+    bw = _copy_bw()
+    old = json.loads(old_table.read_text())["configs"]
+    new = dict(json.loads((ROOT / "quantlinear_cuda" / "tuned" / "sm90.json").read_text())["configs"])
+    if (out / "tune.json").is_file():
+        new.update(json.loads((out / "tune.json").read_text())["configs"])
+    lines = [f"copy bandwidth {bw / 1e9:.0f} GB/s"]
+    plan = [(4, "float16", K, N, M) for K, N in LARGE for M in (1, 16, 256, 4096)]
+    plan += [(4, "bfloat16", K, N, M) for K, N in LARGE for M in (1, 16)] + [(8, "float16", K, N, 1) for K, N in LARGE]
+    for bits, dt, K, N, M in plan:
+        g = 128
+        p = tune.Problem(bits, 32, g, False, dt, N, K)
+        key = p.key(tune.bucket(M))
+        wbytes = N * K * bits // 8 + N * (K // g) * 2
+        copies = max(2, -(-150_000_000 // wbytes))
+        ws, x = make(p, M, copies=copies)
+        zp = float(1 << (bits - 1))
+        row = []
+        for name, table in (("old", old), ("new", new)):
+            cfg = table.get(key, {}).get("config") or tune.default_config(p, M, props)
+            fns = [lambda q=q, s=s, cfg=cfg: tk.launch(x, q, s, None, None, bits, 32, g, K, zp, cfg) for q, s, _ in ws]
+            row.append((name, _time_graph(fns), cfg))
+        q, s, _ = ws[0]
+        y = tk.launch(x, q, s, None, None, bits, 32, g, K, zp, row[-1][2])
+        W = dequantize_slabs(q, s, None, int(zp), SlabMeta(bits, 32, g, K, N))
+        ref = x.float() @ W.t()
+        err = float((y.float() - ref).abs().max() / ref.abs().max())
+        del ws, W, ref
+        dense = [torch.randn(N, K, device="cuda", dtype=getattr(torch, dt)) for _ in range(max(2, -(-150_000_000 // (N * K * 2))))]
+        cub = _time_graph([lambda d=d: F.linear(x, d) for d in dense])
+        del dense
+        floor = wbytes / bw * 1e6
+        t_old, t_new = row[0][1], row[1][1]
+        lines.append(f"W{bits} {dt} K={K} N={N} M={M}: old {t_old:7.1f} new {t_new:7.1f} cublas {cub:7.1f} us | floor {floor:5.1f}"
+                     f" new/floor {t_new / floor:5.2f} new/cublas {t_new / cub:5.2f} err {err:.1e} | new {tune._tune._short(row[1][2])}")
+        log(lines[-1])
+        (out / "compare.txt").write_text("\n".join(lines) + "\n")
+    # eager: wall time per call of back-to-back layer calls vs device time
+    import time as _t
+
+    from quantlinear import LayerSpec, get_scheme
+    from quantlinear.benchutil import random_int_weights
+    from quantlinear_cuda.kernels.triton_wna16 import TritonWNA16Linear
+    from quantlinear_triton import launch as fl
+
+    for K, N in LARGE[:2]:
+        sc = get_scheme("W4A16")
+        w = random_int_weights(K, N, sc)
+        w.qweight, w.zeros, w.scales = w.qweight.cuda(), w.zeros.cuda(), w.scales.cuda()
+        layer = TritonWNA16Linear.from_weights(LayerSpec(sc, "gptq_v2", K, N, dtype=torch.float16, device=torch.device("cuda")), w)
+        x = torch.randn(1, K, device="cuda", dtype=torch.float16)
+        Wd = torch.randn(N, K, device="cuda", dtype=torch.float16)
+        res = {}
+        for name, fn in (("layer", lambda: layer(x)), ("F.linear", lambda: F.linear(x, Wd))):
+            for _ in range(20):
+                fn()
+            torch.cuda.synchronize()
+            t0 = _t.perf_counter()
+            for _ in range(300):
+                fn()
+            torch.cuda.synchronize()
+            eager = (_t.perf_counter() - t0) / 300 * 1e6
+            dev = _time_graph([fn])
+            res[name] = (eager, dev)
+        (le, ld), (fe, fd) = res["layer"], res["F.linear"]
+        lines.append(f"eager M=1 K={K} N={N}: layer {le:.1f} us eager / {ld:.1f} device (+{max(0, le - ld):.1f}); "
+                     f"F.linear {fe:.1f} / {fd:.1f} (+{max(0, fe - fd):.1f}); {fl.status()}")
+        log(lines[-1])
+    return lines
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--out", default=os.environ.get("OUT", "perf-out"))
+    ap.add_argument("--stages", default="check,eager,tune,compare")
+    ap.add_argument("--keys", default=".")
+    ap.add_argument("--tune-budget", type=float, default=1e9)
+    ap.add_argument("--old-table", default=str(ROOT / "benchmarks" / "results" / "sm90-before.json"))
+    args = ap.parse_args()
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    os.environ.setdefault("QUANTLINEAR_CUDA_TUNE_CACHE", str(out / "tune.json"))
+    log(f"torch {torch.__version__} cuda {torch.version.cuda} gpu {torch.cuda.get_device_name()}")
+    import triton
+
+    log(f"triton {triton.__version__}")
+    lines = []
+    for stage in args.stages.split(","):
+        t0 = time.time()
+        try:
+            if stage == "check":
+                lines += stage_check(out)
+            elif stage == "eager":
+                lines += stage_eager(out)
+            elif stage == "tune":
+                lines += stage_tune(out, args.keys, args.tune_budget)
+            elif stage == "compare":
+                lines += stage_compare(out, Path(args.old_table))
+        except Exception as e:
+            import traceback
+
+            traceback.print_exc()
+            lines.append(f"stage {stage} failed: {type(e).__name__}: {e}")
+        lines.append(f"stage {stage}: {time.time() - t0:.0f}s")
+        (out / "int_perf.txt").write_text("\n".join(lines) + "\n")
+    log("\n".join(lines[-12:]))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

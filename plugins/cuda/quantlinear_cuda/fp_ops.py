@@ -1,0 +1,42 @@
+"""The plugin's float-scheme custom operator ``torch.ops.quantlinear_cuda.fp_gemm`` and its tuner.
+
+The op and its per-call path are the shared ones (:mod:`quantlinear_triton.fp_ops`); this module
+binds them to the CUDA float space (:class:`quantlinear_triton.fp_tune.FPSpace` over this
+plugin's device properties: SM count, 32-lane warps; 64x64 large tiles below sm80, whose 64 KiB
+of shared memory the 128x128 tile exceeds).  Switches: ``QUANTLINEAR_CUDA_FP_TUNE=1`` tunes on
+first use (off by default), ``QUANTLINEAR_CUDA_FP_TUNE_CACHE`` moves or disables the user
+cache.  Registering the op imports no Triton.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import torch
+from torch import Tensor
+
+from quantlinear_triton import fp_ops as _shared
+from quantlinear_triton.fp_tune import FPProblem, FPSpace, make_tuner
+
+from . import device as _device
+
+
+def _max_shared(props) -> int | None:
+    return 64 * 1024 if props.capability < (8, 0) else None
+
+
+SPACE = FPSpace("cuda_fp", Path(__file__).parent / "tuned", lambda d: _device.device_props(d),
+                units=lambda p: p.sm_count, max_shared=_max_shared)
+TUNER = make_tuner(SPACE)
+
+
+def run_fp_gemm(x: Tensor, qweight: Tensor, scales: Optional[Tensor], row_scales: Optional[Tensor], bias: Optional[Tensor],
+                act_scale: Optional[Tensor], in_features: int, elem: int, scale: int, block: int, act: int, act_block: int,
+                problem: FPProblem | None = None) -> Tensor:
+    return _shared.run_fp_gemm(TUNER, x, qweight, scales, row_scales, bias, act_scale, in_features, elem, scale, block, act,
+                               act_block, problem)
+
+
+fp_gemm = _shared.define_fp_gemm("quantlinear_cuda::fp_gemm", run_fp_gemm)
+FP_OP = torch.ops.quantlinear_cuda.fp_gemm

@@ -1,0 +1,195 @@
+"""``cuda.fp8_scaled_mm``: FP8_STATIC (E4M3 weights and activations, static input scale) on FP8 tensor cores.
+
+Activations are quantized on the fly exactly as the reference does (``fpquant.fp8_static_quantize_input``:
+``clamp(x / input_scale, +-448)`` rounded to ``float8_e4m3fn``, the division in the promoted dtype of ``x`` and
+the stored scale, as AutoRound's module does), then ``torch._scaled_mm`` multiplies the two FP8 operands with
+fp32 accumulation and applies ``input_scale * weight_scale`` in its epilogue, rounding once to the output dtype.
+FP8 x FP8 products are exact in fp32, so the result is the reference ``fp8(x) * s_in @ (fp8(W) * s_w)^T`` up to
+fp32 accumulation order and the final rounding.  No float copy of the weight exists: the checkpoint's FP8 bytes are
+kept (as uint8, viewed as ``float8_e4m3fn`` per call) and passed transposed, i.e. column-major, as cuBLASLt wants.
+
+How the scales reach ``_scaled_mm`` (``plan``, chosen once per layer at ``prepare``):
+
+* ``tensorwise``: one weight scale (``group_size 0``, or per-channel scales that are all equal): both scales are
+  fp32 singletons; the bias is fused.  Works on every FP8 GPU.
+* ``rowwise``: per-channel weight scales: ``scale_a`` fp32 ``[M, 1]`` (the input scale repeated), ``scale_b``
+  fp32 ``[1, N]``; the bias is fused.  sm90 runs it in cuBLASLt (cuBLAS >= 12.9), sm89 / sm100+ in PyTorch's
+  CUTLASS kernel.  Used from torch 2.10 on (fp16 output on the CUTLASS path arrived in 2.10, PR #166744).  With
+  fp16 output a bias is always passed (zeros when the layer has none): before PR #187569 the CUTLASS kernel's
+  no-bias branch wrote bf16 values whatever the output dtype; a zero bias takes the fp16 branch, adds exactly 0.
+* ``fold``: per-channel scales where row-wise is not used (torch < 2.10): a tensor-wise GEMM with a unit weight
+  scale and fp32 output, then ``* weight_scale (+ bias)`` and the cast (one fused elementwise op under
+  ``torch.compile``).  Same fp32 arithmetic as the row-wise epilogue, one extra ``[M, N]`` fp32 round trip.
+
+Constraints (``aten/src/ATen/native/cuda/ScaledBlas.cpp`` ``_scaled_mm_out_cuda``, ``RowwiseScaledMM.cu``,
+``torch/_meta_registrations.py`` ``_check_scaled_mm_sizes``; torch 2.10-2.13): compute capability 8.9 or 9.0+;
+``mat1`` row-major, ``mat2`` column-major; ``K`` and ``N`` multiples of 16 (any ``M``); scales fp32; a bias must
+be bf16/fp16 matching a bf16/fp16 output, and no bias with an fp32 output.  Activations in fp32 are refused
+(fp32 output forbids the fused bias, and the CUTLASS row-wise kernel rejects fp32 output before PR #187569).
+
+``torch._scaled_mm`` is an aten op with a meta kernel: ``torch.compile(fullgraph=True)`` and CUDA graphs take the
+whole ``compute`` as is.  ``use_fast_accum`` stays off (Hopper's fast accumulation skips the periodic fp32
+promotion and loses precision on long K).
+
+Test-only: :data:`CPU_STANDS_IN` lets CPU layers stand for CUDA ones (with ``device.device_props`` simulated);
+torch's CPU ``_scaled_mm`` or ``tests/fake_scaled_mm.py`` (a fake of the CUDA op's contract) then runs them.
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import torch
+
+from quantlinear import LayerSpec, QuantLinear, UnsupportedSchemeError, Verdict, fpquant
+from quantlinear.formats import FloatWeights
+
+from .. import device as _device
+from .triton_wna16 import rocm_reason
+
+#: Test-only: CPU layers stand in for CUDA layers (selection sees a CUDA device; compute runs on the CPU).
+CPU_STANDS_IN: bool = False
+
+MIN_CAPABILITY = (8, 9)
+#: First torch whose row-wise ``_scaled_mm`` takes fp16 outputs on every path (CUTLASS: PR #166744).
+ROWWISE_MIN_TORCH = (2, 10)
+FP8_MAX = 448.0
+
+VERIFIED = ("CPU only, so far: torch 2.13's CPU _scaled_mm and tests/fake_scaled_mm.py (a fake of the CUDA op's checks); "
+            "GPU tests in tests/test_cuda_scaled_mm_gpu.py")
+
+
+def torch_version() -> tuple[int, int]:
+    """``(major, minor)`` of the running torch (read through here so tests can simulate other releases)."""
+    major, minor = torch.__version__.split("+")[0].split(".")[:2]
+    return int(major), int(minor)
+
+
+def scaled_mm_reason() -> str | None:
+    if not hasattr(torch, "_scaled_mm") or not hasattr(torch, "float8_e4m3fn"):
+        return f"torch {torch.__version__} has no torch._scaled_mm / float8_e4m3fn"
+    return None
+
+
+def fp8_static_reason(spec: LayerSpec) -> str | None:
+    """Why ``spec`` is not an FP8 x FP8 product with a static per-tensor activation scale (FP8_STATIC)."""
+    try:
+        kind = fpquant.act_quant_kind(spec.scheme)
+    except UnsupportedSchemeError as e:
+        return str(e)
+    if kind is None:
+        return ("weight-only FP8 (activations stay in 16 bits): there is no FP8 x FP8 product for _scaled_mm "
+                "(quantizing activations would change the numerics)")
+    if kind[0] != "fp8_static":
+        return f"activation quantization {kind[0]} is not static FP8"
+    return None
+
+
+def choose_plan(per_tensor: bool, version: tuple[int, int] | None = None) -> str:
+    """``tensorwise`` for one weight scale; per-channel: ``rowwise`` from torch 2.10, else ``fold`` (module docstring)."""
+    if per_tensor:
+        return "tensorwise"
+    return "rowwise" if (version or torch_version()) >= ROWWISE_MIN_TORCH else "fold"
+
+
+def quantize_static(x: torch.Tensor, scale: torch.Tensor, qmax: float = FP8_MAX, fp8_dtype: torch.dtype = torch.float8_e4m3fn) -> torch.Tensor:
+    """``clamp(x / scale, +-qmax)`` rounded to ``fp8_dtype``: ``fpquant.fp8_static_quantize_input``, bit for bit.
+
+    Eager: the reference's three ops.  Under ``torch.compile`` the quotient is rounded to the promoted dtype
+    explicitly (fp32 division, then a cast: what eager's bf16/fp16 division does internally), because Inductor
+    fuses the ops and would otherwise keep the fp32 quotient and round it to FP8 once, not twice as the
+    reference does.
+    """
+    if torch.compiler.is_compiling():
+        q = (x.to(torch.float32) / scale.to(torch.float32)).to(torch.promote_types(x.dtype, scale.dtype))
+    else:
+        q = x / scale
+    return torch.clamp(q, -qmax, qmax).to(fp8_dtype)
+
+
+def all_equal(scales: torch.Tensor) -> bool:
+    s = scales.reshape(-1)
+    return bool((s == s[0]).all())
+
+
+class FP8ScaledMMLinear(QuantLinear):
+    name = "cuda.fp8_scaled_mm"
+    priority = 70
+    device_families = frozenset({"cuda"})
+    data_types = frozenset({"fp"})
+    bits = frozenset({8})
+    group_sizes = frozenset({-1, 0})
+    sym = frozenset({True})
+    formats = frozenset({"fp8"})
+    dtypes = frozenset({torch.float16, torch.bfloat16})
+    quantizes_activations = True
+    fuses_bias = True
+    verified = VERIFIED
+
+    @classmethod
+    def can_implement(cls, spec: LayerSpec) -> Verdict:
+        if spec.device.type == "cpu" and CPU_STANDS_IN:
+            spec = replace(spec, device=torch.device("cuda"))
+        if spec.dtype == torch.float32:
+            v = super().can_implement(replace(spec, dtype=torch.bfloat16))
+            if not v:
+                return v
+            return Verdict.no("float32 activations: _scaled_mm would need an fp32 output, which takes no fused bias and "
+                              "which the CUTLASS row-wise kernel (sm89/sm100+) rejects before torch PR #187569; "
+                              "run the model in bf16 or fp16")
+        return super().can_implement(spec)
+
+    @classmethod
+    def check(cls, spec: LayerSpec) -> Verdict:
+        reason = rocm_reason() or scaled_mm_reason() or fp8_static_reason(spec)
+        if reason:
+            return Verdict.no(reason)
+        try:
+            props = _device.device_props(spec.device)
+        except Exception as e:
+            return Verdict.no(f"cannot use {spec.device}: {e}")
+        if props.hip:
+            return Verdict.no(f"{props.name} is a ROCm/HIP device; the CUDA plugin does not claim ROCm devices")
+        if props.capability < MIN_CAPABILITY:
+            return Verdict.no(f"torch._scaled_mm needs FP8 tensor cores, compute capability 8.9 (Ada) or 9.0+; "
+                              f"{props.name} is {props.arch}")
+        K, N = spec.in_features, spec.out_features
+        if K % 16 or N % 16:
+            return Verdict.no(f"torch._scaled_mm needs in_features and out_features to be multiples of 16 "
+                              f"(cuBLASLt FP8 operand alignment); got K={K}, N={N}")
+        if spec.scheme.group_size == 0:
+            return Verdict.yes("tensor-wise scaled FP8 GEMM")
+        plan = choose_plan(False)
+        how = "cuBLASLt" if props.capability[0] == 9 else "PyTorch's CUTLASS kernel"
+        return Verdict.yes(f"row-wise scaled FP8 GEMM ({how})" if plan == "rowwise" else
+                           f"tensor-wise FP8 GEMM with the per-channel scale in an fp32 epilogue (torch {torch.__version__} "
+                           f"< {ROWWISE_MIN_TORCH[0]}.{ROWWISE_MIN_TORCH[1]})")
+
+    def prepare(self, w: FloatWeights) -> None:
+        N = self.out_features
+        per_tensor = self.spec.scheme.group_size == 0 or all_equal(w.scales)
+        self.plan = choose_plan(per_tensor)
+        self.register_buffer("w_fp8", w.codes.contiguous())  # uint8 [N, K]; a float8 view per call
+        ws = w.scales.to(torch.float32).reshape(N)
+        self.register_buffer("w_scale", ws[:1].clone() if self.plan == "tensorwise" else ws.reshape(1, N).contiguous())
+        isc = w.input_scale.reshape(1)
+        self.register_buffer("input_scale", isc.clone())  # stored dtype: the quantization divides by it as AutoRound does
+        self.register_buffer("input_scale_f32", isc.to(torch.float32).clone())
+        self.register_buffer("unit_scale", torch.ones(1, dtype=torch.float32, device=isc.device) if self.plan == "fold" else None)
+        need_zero = self.plan == "rowwise" and self.bias is None and self.spec.dtype == torch.float16
+        self.register_buffer("zero_bias", torch.zeros(N, dtype=torch.float16, device=isc.device) if need_zero else None)
+
+    def compute(self, x: torch.Tensor) -> torch.Tensor:
+        x8 = quantize_static(x, self.input_scale)
+        w8t = self.w_fp8.view(torch.float8_e4m3fn).t()
+        plan = self.plan
+        if plan == "tensorwise":
+            return torch._scaled_mm(x8, w8t, scale_a=self.input_scale_f32, scale_b=self.w_scale, bias=self.bias, out_dtype=x.dtype)
+        if plan == "rowwise":
+            sa = self.input_scale_f32.reshape(1, 1).expand(x.shape[0], 1).contiguous()
+            bias = self.bias if self.bias is not None else self.zero_bias
+            return torch._scaled_mm(x8, w8t, scale_a=sa, scale_b=self.w_scale, bias=bias, out_dtype=x.dtype)
+        y = torch._scaled_mm(x8, w8t, scale_a=self.input_scale_f32, scale_b=self.unit_scale, out_dtype=torch.float32) * self.w_scale
+        if self.bias is not None:
+            y = y + self.bias.to(torch.float32)
+        return y.to(x.dtype)

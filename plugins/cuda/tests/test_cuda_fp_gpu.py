@@ -1,0 +1,95 @@
+"""``cuda.triton_fp`` on real hardware: skipped without a CUDA GPU.
+
+Every float preset, fp16 and bf16, the GEMV (M = 1), skinny ``tl.dot`` (M = 16) and large-tile
+(M = 300) paths against the fp32 reference: the fpquant-quantized activations times the fp32
+dequantized weight (``quantlinear.testing_fp.float_reference``).  Tolerance: 1e-3 of max |ref|,
+plus in bf16 the output's own rounding (up to 2**-9 relative per element, so 2**-8 leaves room
+for a reference value next to a rounding boundary).  Then the activation kernel bit for bit
+against fpquant (run on the CPU, AutoRound's own ops), torch.compile(fullgraph) and CUDA graphs.
+"""
+
+import pytest
+import torch
+
+from quantlinear import LayerSpec, fpquant
+from quantlinear.scheme import PRESETS
+from quantlinear.testing import Case
+from quantlinear.testing_fp import build_float_layer, float_reference, format_for
+from quantlinear_cuda.bench import weights_to
+
+from cuda_testutil import GPU, rel_err
+
+pytestmark = pytest.mark.skipif(not GPU, reason="needs a CUDA GPU")
+
+SCHEMES = ("MXFP4", "MXFP4_RCEIL", "MXFP8", "MXINT4", "NVFP4", "FPW8A16", "FP8_STATIC")
+TOL = {torch.float16: 1e-3, torch.bfloat16: 1e-3 + 2.0**-8}
+K, N = 1024, 520  # N: not a multiple of any row block
+
+
+def layer_for(name, dtype, bias=True, weight_only=False, seed=0):
+    from dataclasses import replace
+
+    from quantlinear_cuda.kernels.triton_fp import TritonFPLinear
+
+    sc = PRESETS[name]
+    if weight_only:
+        sc = replace(sc, act_bits=16)
+    spec = LayerSpec(sc, format_for(TritonFPLinear, sc), K, N, bias=bias, dtype=dtype, device=torch.device("cuda"), name="gpu")
+    assert TritonFPLinear.can_implement(spec), TritonFPLinear.can_implement(spec).reason
+    layer, w, b = build_float_layer(Case(TritonFPLinear, spec), seed=seed)
+    return layer, weights_to(w, torch.device("cuda")), b, spec  # the reference's FP8 input_scale on the GPU too
+
+
+# every preset as AutoRound defines it, and the weight-only variant of those that quantize activations
+VARIANTS = [(n, False) for n in SCHEMES] + [(n, True) for n in SCHEMES if not PRESETS[n].weight_only]
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("name,weight_only", VARIANTS)
+def test_every_scheme_both_paths(name, dtype, weight_only):
+    layer, w, b, spec = layer_for(name, dtype, weight_only=weight_only)
+    for M in (1, 16, 300):
+        x = (torch.randn(M, K, device="cuda") * 1.5).to(dtype)
+        err = rel_err(layer(x), float_reference(x, w, spec, b))
+        assert err < TOL[dtype], (name, dtype, M, err)
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_activation_quantization_bit_exact_on_gpu(dtype):
+    from quantlinear_triton import fp_kernels as fk
+    from quantlinear_triton import fp_packing as P
+
+    x = (torch.randn(64, 2048) * torch.exp(torch.randn(64, 2048) * 2)).to(dtype)
+    xg = x.cuda()
+    for code, el, rceil in ((P.A_MX_E2M1, "e2m1", False), (P.A_MX_E4M3, "e4m3", False), (P.A_MX_E2M1 + P.A_RCEIL, "e2m1", True)):
+        assert torch.equal(fk.quantize_activations(xg, code, 32, None).cpu(), fpquant.mx_qdq(x, el, 32, rceil)), (el, rceil)
+    gs = fpquant.nvfp4_global_scale(torch.tensor(3.0))
+    assert torch.equal(fk.quantize_activations(xg, P.A_NVFP4, 16, gs.cuda()).cpu(), fpquant.nvfp4_qdq(x, gs, 16))
+    s = fpquant.fp8_scale(torch.tensor(3.0)).reshape(1).to(torch.bfloat16)
+    assert torch.equal(fk.quantize_activations(xg, P.A_FP8, 0, s.cuda()).cpu(), fpquant.fp8_static_quantize_input(x, s).to(dtype))
+
+
+@pytest.mark.parametrize("name", ["MXFP4", "NVFP4", "FP8_STATIC"])
+def test_compile_and_cuda_graph(name):
+    layer, w, b, spec = layer_for(name, torch.bfloat16)
+    torch._dynamo.reset()
+    compiled = torch.compile(layer, fullgraph=True)
+    for M in (1, 16, 300):  # GEMV with split-K, skinny dot, large tile
+        x = (torch.randn(M, K, device="cuda")).to(torch.bfloat16)
+        ref = float_reference(x, w, spec, b)
+        assert rel_err(compiled(x), ref) < TOL[torch.bfloat16], ("compile", M)
+        layer(x)  # compile the kernels outside the capture
+        s = torch.cuda.Stream()
+        s.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(s):
+            layer(x)
+        torch.cuda.current_stream().wait_stream(s)
+        g = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(g):
+            y = layer(x)
+        x.copy_(torch.randn_like(x))
+        y.fill_(float("nan"))
+        g.replay()
+        g.replay()
+        torch.cuda.synchronize()
+        assert rel_err(y, float_reference(x, w, spec, b)) < TOL[torch.bfloat16], ("graph", M)

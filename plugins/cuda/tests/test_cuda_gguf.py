@@ -1,0 +1,187 @@
+"""``cuda.triton_gguf``: selection reasons, the GGUF conformance kit, the custom op and torch.compile.
+
+Without a GPU the kernels run in Triton's interpreter on CPU tensors through the plugin's
+test-only CPU switch (conftest.py), in fp16/fp32 only (the interpreter mis-loads bf16); on a CUDA
+machine the same tests run compiled on the GPU, bf16 included.
+"""
+
+import pytest
+import torch
+
+import quantlinear_cuda.gguf_ops  # noqa: F401  (registers the op)
+import quantlinear_cuda.plugin as cuda_plugin
+from quantlinear import LayerSpec, Registry, Scheme, select_kernel
+from quantlinear.formats.gguf import gguf_scheme
+from quantlinear.gguf_random import random_gguf_weights
+from quantlinear.select import clear_cache
+from quantlinear.testing import Case
+from quantlinear.testing_gguf import GGUFKernelConformance, claimed_gguf_cases, gguf_reference
+from quantlinear_cuda import device as cuda_device
+from quantlinear_cuda.device import DeviceProps
+from quantlinear_cuda.kernels.triton_gguf import TritonGGUFLinear
+
+from cuda_testutil import DEV, GPU, TOL, rel_err
+
+OP = torch.ops.quantlinear_cuda.gguf_gemm
+SM90 = DeviceProps("NVIDIA H100 80GB HBM3", (9, 0), sm_count=132)
+SM75 = DeviceProps("Tesla T4", (7, 5), sm_count=40)
+SM70 = DeviceProps("Tesla V100", (7, 0), sm_count=80)
+
+
+# ---- selection, with simulated devices ------------------------------------------------------------------
+@pytest.fixture
+def reg():
+    clear_cache()
+    r = Registry(entry_points=False)
+    r.register(cuda_plugin, "cuda")
+    yield r
+    clear_cache()
+
+
+def simulate(monkeypatch, props, triton=True):
+    monkeypatch.setattr(cuda_device, "device_props", lambda device: props)
+    monkeypatch.setattr(cuda_device, "triton_available", lambda: triton)
+    clear_cache()
+
+
+def gspec(qtype="Q4_K", dtype=torch.float16, K=4096, N=4096, scheme=None):
+    return LayerSpec(scheme or gguf_scheme(qtype), "gguf_" + qtype.lower(), K, N, dtype=dtype, device=torch.device("cuda"))
+
+
+def verdicts(reg, s):
+    sel = select_kernel(s, registry=reg, raise_on_none=False)
+    return sel.kernel.name if sel.kernel else None, {c.kernel: c.verdict for c in sel.candidates}
+
+
+@pytest.mark.parametrize("qtype", ["Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q8_0", "Q4_K", "Q5_K", "Q6_K"])
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_sm90_picks_triton_gguf(monkeypatch, reg, qtype, dtype):
+    simulate(monkeypatch, SM90)
+    chosen, v = verdicts(reg, gspec(qtype, dtype))
+    assert chosen == "cuda.triton_gguf"
+    assert "data_type=gguf" in v["cuda.triton"].reason  # the int kernels say why not
+
+
+def test_unimplemented_types_are_explained(monkeypatch, reg):
+    simulate(monkeypatch, SM90)
+    for qtype, words in (("Q2_K", "bits=2"), ("Q3_K", "bits=3")):
+        chosen, v = verdicts(reg, gspec(qtype))
+        assert chosen is None and words in v["cuda.triton_gguf"].reason
+    # a scheme that is not its format's type
+    v = TritonGGUFLinear.can_implement(gspec("Q4_K", scheme=Scheme(bits=4, group_size=32, sym=True, data_type="gguf")))
+    assert not v and "gguf_q4_k stores Q4_K" in v.reason
+
+
+def test_capability_and_triton_reasons(monkeypatch, reg):
+    simulate(monkeypatch, SM75)
+    assert verdicts(reg, gspec(dtype=torch.float16))[0] == "cuda.triton_gguf"
+    chosen, v = verdicts(reg, gspec(dtype=torch.bfloat16))
+    assert chosen is None and "8.0" in v["cuda.triton_gguf"].reason and "sm75" in v["cuda.triton_gguf"].reason
+    simulate(monkeypatch, SM70)
+    _, v = verdicts(reg, gspec())
+    assert "7.5" in v["cuda.triton_gguf"].reason
+    simulate(monkeypatch, SM90, triton=False)
+    _, v = verdicts(reg, gspec())
+    assert "Triton is not installed" in v["cuda.triton_gguf"].reason
+    simulate(monkeypatch, DeviceProps("AMD Instinct MI300X", (9, 4), hip=True))
+    _, v = verdicts(reg, gspec())
+    assert "ROCm" in v["cuda.triton_gguf"].reason
+
+
+def test_rocm_build_refused(monkeypatch):
+    simulate(monkeypatch, SM90)
+    monkeypatch.setattr(torch.version, "hip", "6.2.41133", raising=False)
+    v = TritonGGUFLinear.check(gspec())
+    assert not v and "ROCm" in v.reason
+
+
+# ---- the conformance kit (LayerSpec-built layers; CPU: through the interpreter switch) --------------------
+def _cases(kernel, device):
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(cuda_device, "CPU_INTERPRET", None if GPU else True)
+        cases = claimed_gguf_cases(kernel, device)
+    return cases if GPU else [c for c in cases if c.spec.dtype != torch.bfloat16]
+
+
+class TestTritonGGUFConformance(GGUFKernelConformance):
+    kernels = [TritonGGUFLinear]
+    device = "cuda" if GPU else "cpu"
+    cases_for = staticmethod(_cases)
+
+
+def test_conformance_covers_every_type():
+    fmts = {c.spec.format for c in _cases(TritonGGUFLinear, "cuda" if GPU else "cpu")}
+    assert fmts == set(TritonGGUFLinear.formats)
+
+
+# ---- the custom op --------------------------------------------------------------------------------------
+def small_layer(qtype="Q4_K", dtype=torch.float16, bias=True, K=256, N=48):
+    spec = LayerSpec(gguf_scheme(qtype), "gguf_" + qtype.lower(), K, N, bias=bias, dtype=dtype, device=DEV, name="t")
+    w = random_gguf_weights(qtype, K, N, seed=11)
+    b = (torch.randn(N, generator=torch.Generator().manual_seed(3)) * 0.1).to(dtype) if bias else None
+    return TritonGGUFLinear.from_weights(spec, w, b), w, b
+
+
+def op_args(layer, x):
+    return (x, layer.gguf_qs, layer.gguf_qh, layer.gguf_sm, layer.gguf_bm, layer.bias, layer.qtype)
+
+
+def test_schema_and_fake():
+    from torch._subclasses.fake_tensor import FakeTensorMode
+
+    schema = str(OP.default._schema)
+    assert schema == ("quantlinear_cuda::gguf_gemm(Tensor x, Tensor qs, Tensor? qh, Tensor sm, Tensor? bm, Tensor? bias, "
+                      "str qtype) -> Tensor")
+    layer, _, _ = small_layer("Q5_K")
+    with FakeTensorMode(allow_non_fake_inputs=True) as mode:
+        y = OP(*op_args(layer, mode.from_tensor(torch.randn(7, 256, dtype=torch.float16, device=DEV))))
+        assert y.shape == (7, 48) and y.dtype == torch.float16
+    meta = [a.to("meta") if isinstance(a, torch.Tensor) else a for a in op_args(layer, torch.randn(3, 256, dtype=torch.float16))]
+    assert OP(*meta).shape == (3, 48)
+    bad = [a.to("meta") if isinstance(a, torch.Tensor) else a for a in op_args(layer, torch.randn(3, 512, dtype=torch.float16))]
+    with pytest.raises(Exception, match="features"):
+        OP(*bad)
+
+
+@pytest.mark.parametrize("qtype,bias", [("Q4_K", True), ("Q8_0", False), ("Q6_K", True)])
+def test_opcheck(qtype, bias):
+    layer, _, _ = small_layer(qtype, bias=bias, N=32)
+    x = torch.randn(2, 256, dtype=torch.float16, device=DEV)
+    torch.library.opcheck(OP, op_args(layer, x), test_utils=("test_schema", "test_faketensor", "test_aot_dispatch_dynamic"))
+
+
+def test_op_matches_layer_and_reference():
+    layer, w, b = small_layer("Q5_1")
+    x = torch.randn(5, 256, dtype=torch.float16, device=DEV)
+    y_op = OP(*op_args(layer, x))
+    assert torch.equal(y_op, layer(x))
+    assert rel_err(y_op, gguf_reference(x, w, b)) < TOL[torch.float16]
+
+
+def test_compile_fullgraph_no_graph_break():
+    """fullgraph=True fails on any graph break; aot_eager traces through the fake impl on CPU too."""
+    layer, w, b = small_layer("Q4_K")
+    f = torch.compile(lambda x: torch.relu(layer(x * 2.0)) - 1.0, fullgraph=True, backend="inductor" if GPU else "aot_eager")
+    for M in (4, 1):  # the op dispatches GEMV / dot inside, so a new M needs no new graph logic
+        x = torch.randn(M, 256, dtype=torch.float16, device=DEV)
+        ref = torch.relu(gguf_reference(x * 2.0, w, b).half().float()) - 1.0
+        assert rel_err(f(x), ref) < TOL[torch.float16]
+
+
+def test_layer_on_cpu_without_switch_is_refused(monkeypatch):
+    s = LayerSpec(gguf_scheme("Q4_K"), "gguf_q4_k", 256, 32, device=torch.device("cpu"))
+    monkeypatch.setattr(cuda_device, "CPU_INTERPRET", False)
+    v = TritonGGUFLinear.can_implement(s)
+    assert not v and "not cpu" in v.reason
+    monkeypatch.setattr(cuda_device, "CPU_INTERPRET", True)
+    monkeypatch.setenv("TRITON_INTERPRET", "1")
+    assert TritonGGUFLinear.can_implement(s)
+
+
+def test_explicit_case_runs_all_paths():
+    """One LayerSpec-built layer through GEMV (M=1) and the tensor-core path (M=6), 3-D input, bias."""
+    layer, w, b = small_layer("Q6_K", dtype=torch.float32, K=512, N=40)
+    for shape in ((1, 512), (2, 3, 512)):
+        x = torch.randn(*shape, device=DEV)
+        assert rel_err(layer(x), gguf_reference(x, w, b)) < TOL[torch.float32]
+    assert Case(TritonGGUFLinear, layer.spec).spec.format == "gguf_q6_k"

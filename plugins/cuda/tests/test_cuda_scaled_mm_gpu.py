@@ -1,0 +1,132 @@
+"""``cuda.fp8_scaled_mm`` (and, on Blackwell, ``cuda.scaled_mm_mx``) on a real GPU: numerics, torch.compile, CUDA graphs.
+
+Skipped without an FP8-capable CUDA GPU (the CPU-side tests are in test_cuda_scaled_mm.py).
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import pytest
+import torch
+
+from quantlinear import PRESETS, LayerSpec, fpquant
+from quantlinear.testing_fp import float_reference, format_for
+
+from cuda_testutil import GPU
+
+CAP = torch.cuda.get_device_capability() if GPU else (0, 0)
+pytestmark = pytest.mark.skipif(not GPU or CAP < (8, 9), reason="needs an FP8 CUDA GPU (sm89 or sm90+)")
+DEV = torch.device("cuda")
+
+
+def fp8_layer(K, N, dtype, gs=-1, bias=False, seed=0):
+    from quantlinear_cuda.kernels.scaled_mm_fp8 import FP8ScaledMMLinear
+
+    g = torch.Generator(device=DEV).manual_seed(seed)
+    w = torch.randn(N, K, generator=g, device=DEV) * 0.05
+    w[:, ::7] *= 4.0
+    spec = LayerSpec(replace(PRESETS["FP8_STATIC"], group_size=gs), "fp8", K, N, bias, dtype, DEV, False, "gpu")
+    fw = fpquant.quantize_float(w.to(torch.bfloat16), spec.scheme, act_amax=6.0)
+    fw.input_scale = fw.input_scale.to(DEV)
+    b = (torch.randn(N, generator=g, device=DEV) * 0.1).to(dtype) if bias else None
+    return FP8ScaledMMLinear.from_weights(spec, fw, b), fw, b, spec
+
+
+def check_close(y, x, fw, b, dtype):
+    """Exact result (fp64) rounded to the output dtype, up to one ulp and the FP8 tensor cores' accumulation."""
+    a = fpquant.fp8_static_quantize_input(x, fw.input_scale).double() * fw.input_scale.double()
+    W = fw.dequantize().double()
+    ref = a @ W.t() + (0 if b is None else b.double())
+    mag = a.abs() @ W.abs().t()
+    ulp = {torch.bfloat16: 2.0**-7, torch.float16: 2.0**-10}[dtype]
+    bad = (y.double() - ref).abs() > ref.abs() * ulp + mag * 2.0**-12
+    assert not bool(bad.any()), f"{int(bad.sum())} elements off; max err {float((y.double() - ref).abs().max())}"
+    return float((y.double() - ref).abs().max() / ref.abs().max())
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("gs", [-1, 0])
+@pytest.mark.parametrize("bias", [False, True])
+def test_numerics(dtype, gs, bias):
+    layer, fw, b, spec = fp8_layer(1024, 768, dtype, gs, bias)
+    assert layer.plan == ("tensorwise" if gs == 0 else "rowwise")
+    for M in (1, 16, 255, 1024):
+        x = torch.randn(M, 1024, device=DEV, dtype=dtype) * 2
+        err = check_close(layer(x), x, fw, b, dtype)
+        assert err < {torch.float16: 2e-3, torch.bfloat16: 8e-3}[dtype]
+    ref = float_reference(x, fw, spec, b)  # the conformance kit's reference, fp32
+    assert float((layer(x).float() - ref).abs().max() / ref.abs().max()) < {torch.float16: 2e-3, torch.bfloat16: 8e-3}[dtype]
+
+
+def test_fold_plan_numerics(monkeypatch):
+    from quantlinear_cuda.kernels import scaled_mm_fp8
+
+    monkeypatch.setattr(scaled_mm_fp8, "torch_version", lambda: (2, 9))
+    for dtype in (torch.float16, torch.bfloat16):
+        layer, fw, b, _ = fp8_layer(512, 256, dtype, -1, True)
+        assert layer.plan == "fold"
+        x = torch.randn(33, 512, device=DEV, dtype=dtype)
+        check_close(layer(x), x, fw, b, dtype)
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_compile_fullgraph(dtype):
+    layer, fw, b, _ = fp8_layer(1024, 512, dtype, -1, True)
+    x = torch.randn(64, 1024, device=DEV, dtype=dtype)
+    torch._dynamo.reset()
+    compiled = torch.compile(layer, fullgraph=True)
+    y = compiled(x)
+    check_close(y, x, fw, b, dtype)
+    torch.testing.assert_close(y, layer(x), atol=0, rtol=2**-7)  # Inductor fuses the quantization: same codes
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("sdt", [torch.float16, torch.bfloat16])
+def test_compiled_quantization_is_bit_exact(dtype, sdt):
+    """Inductor's fused quantization gives the reference's codes for every finite value of the dtype."""
+    from quantlinear_cuda.kernels.scaled_mm_fp8 import quantize_static
+
+    v = torch.arange(-(2**15), 2**15, dtype=torch.int32, device=DEV).to(torch.int16).view(dtype)
+    x = torch.where(torch.isfinite(v), v, torch.zeros_like(v)).reshape(256, 256)
+    torch._dynamo.reset()
+    f = torch.compile(quantize_static, fullgraph=True)
+    for s in (0.011, 3.0):
+        st = torch.tensor([s], dtype=sdt, device=DEV)
+        assert torch.equal(f(x, st).view(torch.uint8), fpquant.fp8_static_quantize_input(x, st).view(torch.uint8))
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_cuda_graph(dtype):
+    layer, fw, b, _ = fp8_layer(1024, 512, dtype, -1, False)
+    x = torch.randn(8, 1024, device=DEV, dtype=dtype)
+    s = torch.cuda.Stream()
+    s.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(s):
+        layer(x)
+    torch.cuda.current_stream().wait_stream(s)
+    g = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(g):
+        y = layer(x)
+    x.copy_(torch.randn_like(x) * 3)
+    g.replay()
+    torch.cuda.synchronize()
+    torch.testing.assert_close(y, layer(x), atol=0, rtol=0)
+    check_close(y, x, fw, b, dtype)
+
+
+@pytest.mark.skipif(CAP < (10, 0), reason="block-scaled _scaled_mm needs sm100+ (Blackwell)")
+@pytest.mark.parametrize("name", ["MXFP4", "MXFP8", "MXINT4", "NVFP4"])
+def test_blockscaled_on_blackwell(name):
+    from quantlinear_cuda.kernels.scaled_mm_mx import ScaledMMMXLinear
+
+    sc = PRESETS[name]
+    spec = LayerSpec(sc, format_for(ScaledMMMXLinear, sc), 512, 256, False, torch.bfloat16, DEV, False, "gpu")
+    w = torch.randn(256, 512, device=DEV) * 0.05
+    fw = fpquant.quantize_float(w.to(torch.bfloat16), sc, act_amax=6.0)
+    layer = ScaledMMMXLinear.from_weights(spec, fw)
+    if fw.input_global_scale is not None:
+        fw.input_global_scale = fw.input_global_scale.to(DEV)
+    x = torch.randn(130, 512, device=DEV, dtype=torch.bfloat16)
+    ref = float_reference(x, fw, spec, None)
+    assert float((layer(x).float() - ref).abs().max() / ref.abs().max()) < 8e-3

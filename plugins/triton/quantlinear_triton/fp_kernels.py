@@ -1,0 +1,472 @@
+"""Triton kernels for the float / microscaling schemes: ``y = actq(x) @ W^T (+ b)``, W decoded in registers.
+
+Imported lazily (first launch); importing it imports Triton.  The weight layout is
+:mod:`quantlinear_triton.fp_packing`'s (codes slab-interleaved in int32 words, block scales as
+bytes ``[G, N]``, a per-row fp32 factor).  No float copy of the weight exists at any time.
+
+* ``_fp_gemv_kernel`` (decode, small M; CUDA cores): a program owns ``BN`` rows and a range of K
+  tiles, loads ``[BN, SLAB]`` words per tile (16-byte vectors, the next tile prefetched), decodes
+  each plane to fp32, multiplies by the plane's block scale (exact) and accumulates ``w * x``
+  element-wise in fp32; rows are reduced once after the K loop.  Weights are read exactly once.
+* ``_fp_dot_kernel`` (larger M; tensor cores / matrix cores): each plane is decoded and scaled in
+  fp32, cast to the activation dtype and fed to ``tl.dot`` (fp32 accumulation; ``ieee`` precision
+  for fp32 activations).  ``SWAP`` computes ``y^T = W x^T`` so that the skinny M side is the narrow
+  side of the instruction, as the int kernels do.
+* Both split K over programs where N alone gives too few: partials go to an fp32 workspace and the
+  last program of a tile (a counter per tile, the int kernels' persistent buffer, reset by that
+  program) reduces them in a fixed order: one launch, deterministic, CUDA-graph safe.
+* ``_act_quant_kernel``: the schemes' activation quantization in one launch, bit-exact with
+  :mod:`quantlinear.fpquant` (see :func:`quantize_activations`).
+* ``_fp_dequant_kernel``: the fp32 (or half) weight, in the reference's operation order (tests).
+
+Decoding, without tables or conversions: an element's magnitude bits are shifted into the
+exponent/mantissa fields of an fp32 (``E2M1`` ``e1 e0 m`` -> bits 24..22, ``E4M3`` ``eeee mmm``
+-> bits 26..20, ``E5M2`` -> 27..21, ``E0M4`` ``m`` -> 23..21) and the sign into bit 31; the float
+that reads is the element value times ``2**-126`` (``2**-120``, ``2**-112``, ``2**-126``) --
+subnormal exactly where the element is subnormal -- and one multiplication by the power of two
+restores it, exactly (fp32 subnormals are not flushed: Triton's NVIDIA backend sets FTZ for
+libdevice calls only, its AMD backend keeps IEEE denormals).  FP8 can instead be decoded by the
+hardware (``ELEM`` E4M3_NV: ``tl.float8e4nv``, sm89+; E4M3_B8: e4m3fnuz bytes, ``tl.float8e4b8``,
+gfx942).  E8M0 scales are ``bitcast(e << 23)`` (``e = 0``: ``2**-127``).
+"""
+
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+from .fp_packing import A_FP8, A_NONE, S_NONE, bits_of, slab_for
+from .kernels import BACKEND_OPTIONS, COUNTER_SLOTS, MAXS, counters
+from .runtime import interpreting
+
+
+# ---- element and scale decoding -------------------------------------------------------------------
+@triton.jit
+def _decode(c, ELEM: tl.constexpr):
+    """Codes in the low bits of int32 ``c`` (higher bits ignored) -> exact fp32 element values."""
+    if ELEM == 0:  # E2M1
+        v = (((c & 7) << 22) | ((c & 8) << 28)).to(tl.float32, bitcast=True) * 8.507059173023462e37  # 2**126
+    elif ELEM == 1:  # E0M4 (m / 4)
+        v = (((c & 7) << 21) | ((c & 8) << 28)).to(tl.float32, bitcast=True) * 8.507059173023462e37
+    elif ELEM == 2:  # E4M3 (e4m3fn bytes; e4m3fnuz bytes but its NaN)
+        v = (((c & 0x7F) << 20) | ((c & 0x80) << 24)).to(tl.float32, bitcast=True) * 1.329227995784916e36  # 2**120
+    elif ELEM == 3:  # E5M2
+        v = (((c & 0x7F) << 21) | ((c & 0x80) << 24)).to(tl.float32, bitcast=True) * 5.192296858534828e33  # 2**112
+    elif ELEM == 4:  # E4M3 by the hardware
+        v = (c & 0xFF).to(tl.uint8).to(tl.float8e4nv, bitcast=True).to(tl.float32)
+    else:  # e4m3fnuz bytes by the hardware: half the e4m3fn value of the same byte
+        v = (c & 0xFF).to(tl.uint8).to(tl.float8e4b8, bitcast=True).to(tl.float32) * 2.0
+    return v
+
+
+@triton.jit
+def _block_scale(b, SCALE: tl.constexpr):
+    """Scale bytes (int32) -> fp32: E8M0 ``2**(b - 127)`` or E4M3."""
+    if SCALE == 1:
+        v = tl.where(b == 0, 0x400000, b << 23).to(tl.float32, bitcast=True)
+    else:
+        v = _decode(b, 2)
+    return v
+
+
+# ---- the end of a GEMM tile: split-K reduction, row scale, bias, store ------------------------------
+@triton.jit
+def _fp_store(acc, offs, mask, offs_n, n_mask, y_ptr, r_ptr, b_ptr,
+              N_IS_DIM0: tl.constexpr, HAS_ROWS: tl.constexpr, HAS_BIAS: tl.constexpr):
+    if HAS_ROWS:
+        r = tl.load(r_ptr + offs_n, mask=n_mask, other=0.0)
+        if N_IS_DIM0:
+            acc = acc * r[:, None]
+        else:
+            acc = acc * r[None, :]
+    if HAS_BIAS:
+        b = tl.load(b_ptr + offs_n, mask=n_mask, other=0.0).to(tl.float32)
+        if N_IS_DIM0:
+            acc = acc + b[:, None]
+        else:
+            acc = acc + b[None, :]
+    tl.store(y_ptr + offs, acc.to(y_ptr.dtype.element_ty), mask=mask)
+
+
+@triton.jit
+def _fp_finish(acc, offs_m, offs_n, m_mask, n_mask, y_ptr, r_ptr, b_ptr, ws_ptr, cnt_ptr, tile_id, pid_k, split_k, M, N,
+               N_IS_DIM0: tl.constexpr, HAS_ROWS: tl.constexpr, HAS_BIAS: tl.constexpr, USE_SPLIT: tl.constexpr):
+    if N_IS_DIM0:
+        offs = offs_m[None, :] * N + offs_n[:, None]
+        mask = n_mask[:, None] & m_mask[None, :]
+    else:
+        offs = offs_m[:, None] * N + offs_n[None, :]
+        mask = m_mask[:, None] & n_mask[None, :]
+    if USE_SPLIT:
+        tl.store(ws_ptr + pid_k * M * N + offs, acc, mask=mask)
+        tl.debug_barrier()
+        old = tl.atomic_add(cnt_ptr + tile_id, 1, sem="acq_rel", scope="gpu")
+        if old == split_k - 1:  # every other split of this tile has stored its partial
+            total = tl.zeros_like(acc)
+            for s in range(0, split_k):
+                total += tl.load(ws_ptr + s * M * N + offs, mask=mask, other=0.0, cache_modifier=".cg")
+            _fp_store(total, offs, mask, offs_n, n_mask, y_ptr, r_ptr, b_ptr, N_IS_DIM0, HAS_ROWS, HAS_BIAS)
+            tl.atomic_xchg(cnt_ptr + tile_id, 0, sem="relaxed", scope="gpu")  # ready for the next launch
+    else:
+        _fp_store(acc, offs, mask, offs_n, n_mask, y_ptr, r_ptr, b_ptr, N_IS_DIM0, HAS_ROWS, HAS_BIAS)
+
+
+# ---- GEMV (decode) --------------------------------------------------------------------------------
+@triton.jit
+def _fp_gemv_kernel(x_ptr, w_ptr, s_ptr, r_ptr, b_ptr, y_ptr, ws_ptr, cnt_ptr, M, N, K, KW, G, tiles_per_split, split_k,
+                    ELEM: tl.constexpr, BITS: tl.constexpr, SCALE: tl.constexpr, SLAB: tl.constexpr,
+                    BM: tl.constexpr, BN: tl.constexpr, HAS_ROWS: tl.constexpr, HAS_BIAS: tl.constexpr,
+                    USE_SPLIT: tl.constexpr, EVEN_K: tl.constexpr):
+    VPW: tl.constexpr = 32 // BITS
+    T: tl.constexpr = SLAB * VPW
+    pid_n = tl.program_id(0)
+    pid_m = tl.program_id(1)
+    pid_k = tl.program_id(2)
+    num_pid_n = tl.num_programs(0)
+    offs_n = pid_n * BN + tl.arange(0, BN)
+    offs_p = tl.arange(0, SLAB)
+    offs_m = pid_m * BM + tl.arange(0, BM)
+    n_mask = offs_n < N
+    m_mask = offs_m < M
+    t_start = pid_k * tiles_per_split
+    t_end = tl.minimum(t_start + tiles_per_split, KW // SLAB)
+    w_ptrs = w_ptr + offs_n[:, None] * KW + offs_p[None, :]
+    x_ptrs = x_ptr + offs_m[:, None] * K + offs_p[None, :]
+    w_next = tl.load(w_ptrs + t_start * SLAB, mask=(n_mask & ((offs_n * 0 + t_start) < t_end))[:, None], other=0)
+    if BM == 1:
+        acc = tl.zeros([BN, SLAB], dtype=tl.float32)  # one FMA per weight; rows reduced after the loop
+    else:
+        acc = tl.zeros([BM, BN], dtype=tl.float32)
+    for t in range(t_start, t_end):
+        w = w_next
+        w_next = tl.load(w_ptrs + (t + 1) * SLAB, mask=(n_mask & ((offs_n * 0 + t + 1) < t_end))[:, None], other=0)
+        for j in tl.static_range(VPW):
+            k0 = t * T + j * SLAB
+            dq = _decode(w >> (j * BITS), ELEM)
+            if SCALE != 0:
+                g = tl.minimum(t * VPW + j, G - 1)  # padded planes: any valid block (x is 0 there)
+                sb = tl.load(s_ptr + g * N + offs_n, mask=n_mask, other=0).to(tl.int32)
+                dq = dq * _block_scale(sb, SCALE)[:, None]
+            if EVEN_K:
+                xv = tl.load(x_ptrs + k0, mask=m_mask[:, None], other=0.0).to(tl.float32)
+            else:
+                xv = tl.load(x_ptrs + k0, mask=m_mask[:, None] & ((k0 + offs_p) < K)[None, :], other=0.0).to(tl.float32)
+            if BM == 1:
+                acc += dq * xv
+            else:
+                acc += tl.sum(dq[None, :, :] * xv[:, None, :], axis=2)
+    if BM == 1:
+        out = tl.sum(acc, axis=1)[None, :]
+    else:
+        out = acc
+    _fp_finish(out, offs_m, offs_n, m_mask, n_mask, y_ptr, r_ptr, b_ptr, ws_ptr, cnt_ptr, pid_m * num_pid_n + pid_n, pid_k,
+               split_k, M, N, False, HAS_ROWS, HAS_BIAS, USE_SPLIT)
+
+
+# ---- tl.dot GEMM --------------------------------------------------------------------------------
+@triton.jit
+def _fp_dot_kernel(x_ptr, w_ptr, s_ptr, r_ptr, b_ptr, y_ptr, ws_ptr, cnt_ptr, M, N, K, KW, G, tiles_per_split, split_k,
+                   ELEM: tl.constexpr, BITS: tl.constexpr, SCALE: tl.constexpr, SLAB: tl.constexpr,
+                   BM: tl.constexpr, BN: tl.constexpr, GROUP_M: tl.constexpr, SWAP: tl.constexpr,
+                   HAS_ROWS: tl.constexpr, HAS_BIAS: tl.constexpr, USE_SPLIT: tl.constexpr, EVEN_K: tl.constexpr,
+                   IEEE: tl.constexpr):
+    VPW: tl.constexpr = 32 // BITS
+    T: tl.constexpr = SLAB * VPW
+    DT = x_ptr.dtype.element_ty
+    pid = tl.program_id(0)
+    pid_k = tl.program_id(1)
+    num_pid_m = tl.cdiv(M, BM)
+    num_pid_n = tl.cdiv(N, BN)
+    in_group = GROUP_M * num_pid_n
+    first_m = (pid // in_group) * GROUP_M
+    gsize = tl.minimum(num_pid_m - first_m, GROUP_M)
+    pid_m = first_m + (pid % in_group) % gsize
+    pid_n = (pid % in_group) // gsize
+    offs_n = pid_n * BN + tl.arange(0, BN)
+    offs_m = pid_m * BM + tl.arange(0, BM)
+    offs_p = tl.arange(0, SLAB)
+    n_mask = offs_n < N
+    m_mask = offs_m < M
+    t_start = pid_k * tiles_per_split
+    t_end = tl.minimum(t_start + tiles_per_split, KW // SLAB)
+    w_ptrs = w_ptr + offs_n[:, None] * KW + offs_p[None, :]
+    x_ptrs = x_ptr + offs_m[:, None] * K + offs_p[None, :]
+    if SWAP:
+        acc = tl.zeros([BN, BM], dtype=tl.float32)
+    else:
+        acc = tl.zeros([BM, BN], dtype=tl.float32)
+    w_next = tl.load(w_ptrs + t_start * SLAB, mask=(n_mask & ((offs_n * 0 + t_start) < t_end))[:, None], other=0)
+    for t in range(t_start, t_end):
+        w = w_next
+        w_next = tl.load(w_ptrs + (t + 1) * SLAB, mask=(n_mask & ((offs_n * 0 + t + 1) < t_end))[:, None], other=0)
+        for j in tl.static_range(VPW):
+            k0 = t * T + j * SLAB
+            dq = _decode(w >> (j * BITS), ELEM)
+            if SCALE != 0:
+                g = tl.minimum(t * VPW + j, G - 1)
+                sb = tl.load(s_ptr + g * N + offs_n, mask=n_mask, other=0).to(tl.int32)
+                dq = dq * _block_scale(sb, SCALE)[:, None]
+            wd = dq.to(DT)
+            if EVEN_K:
+                xv = tl.load(x_ptrs + k0, mask=m_mask[:, None], other=0.0)
+            else:
+                xv = tl.load(x_ptrs + k0, mask=m_mask[:, None] & ((k0 + offs_p) < K)[None, :], other=0.0)
+            if SWAP:
+                if IEEE:
+                    acc = tl.dot(wd, tl.trans(xv), acc, input_precision="ieee")
+                else:
+                    acc = tl.dot(wd, tl.trans(xv), acc)
+            else:
+                if IEEE:
+                    acc = tl.dot(xv, tl.trans(wd), acc, input_precision="ieee")
+                else:
+                    acc = tl.dot(xv, tl.trans(wd), acc)
+    _fp_finish(acc, offs_m, offs_n, m_mask, n_mask, y_ptr, r_ptr, b_ptr, ws_ptr, cnt_ptr, pid, pid_k, split_k, M, N,
+               SWAP, HAS_ROWS, HAS_BIAS, USE_SPLIT)
+
+
+@triton.jit
+def _fp_dequant_kernel(w_ptr, s_ptr, r_ptr, out_ptr, N, K, KW, G,
+                       ELEM: tl.constexpr, BITS: tl.constexpr, SCALE: tl.constexpr, SLAB: tl.constexpr, BN: tl.constexpr,
+                       HAS_ROWS: tl.constexpr):
+    """``W[n, k] = (value * row_scale) * block_scale`` (the reference's order), one tile per program."""
+    VPW: tl.constexpr = 32 // BITS
+    T: tl.constexpr = SLAB * VPW
+    pid_n = tl.program_id(0)
+    t = tl.program_id(1)
+    offs_n = pid_n * BN + tl.arange(0, BN)
+    offs_p = tl.arange(0, SLAB)
+    n_mask = offs_n < N
+    w = tl.load(w_ptr + offs_n[:, None] * KW + t * SLAB + offs_p[None, :], mask=n_mask[:, None], other=0)
+    if HAS_ROWS:
+        r = tl.load(r_ptr + offs_n, mask=n_mask, other=0.0)
+    for j in tl.static_range(VPW):
+        k0 = t * T + j * SLAB
+        dq = _decode(w >> (j * BITS), ELEM)
+        if HAS_ROWS:
+            dq = dq * r[:, None]
+        if SCALE != 0:
+            g = tl.minimum(t * VPW + j, G - 1)
+            sb = tl.load(s_ptr + g * N + offs_n, mask=n_mask, other=0).to(tl.int32)
+            dq = dq * _block_scale(sb, SCALE)[:, None]
+        tl.store(out_ptr + offs_n[:, None] * K + k0 + offs_p[None, :], dq.to(out_ptr.dtype.element_ty),
+                 mask=n_mask[:, None] & ((k0 + offs_p) < K)[None, :])
+
+
+# ---- activation quantization (bit-exact with quantlinear.fpquant) ------------------------------------
+@triton.jit
+def _exponent(a):
+    """(floor(log2(a)), a is a power of two) for finite fp32 ``a > 0``, subnormals included."""
+    small = a < 1.1754943508222875e-38  # 2**-126
+    bits = tl.where(small, a * 1.8446744073709552e19, a).to(tl.int32, bitcast=True)  # * 2**64: exact
+    e = ((bits >> 23) & 0xFF) - 127 - tl.where(small, 64, 0)
+    return e, (bits & 0x7FFFFF) == 0
+
+
+@triton.jit
+def _pow2(e):
+    """``2.0 ** e`` exactly for int32 ``e`` in [-127, 127] (``2**-127`` is subnormal)."""
+    return tl.where(e >= -126, (e + 127) << 23, 0x400000).to(tl.float32, bitcast=True)
+
+
+@triton.jit
+def _rne_int(v):
+    """Nearest integer, ties to even, for fp32 ``0 <= v < 2**22``."""
+    return (v + 8388608.0) - 8388608.0
+
+
+@triton.jit
+def _round_e4m3(v):
+    """fp32 ``|v| <= 448`` -> the nearest E4M3 value (ties to even), as torch's float8_e4m3fn cast rounds."""
+    a = tl.abs(v)
+    bits = a.to(tl.int32, bitcast=True)
+    normal = ((bits + 0x7FFFF + ((bits >> 20) & 1)) & 0x7FF00000).to(tl.float32, bitcast=True)
+    sub = _rne_int(a * 512.0) * 0.001953125  # below 2**-6: multiples of 2**-9
+    q = tl.where(a < 0.015625, sub, normal)
+    return tl.where(v < 0, -q, q)
+
+
+@triton.jit
+def _recip(d):
+    """``where(d == 0, 0, 1 / d)`` with IEEE division (fpquant's ``_recip``)."""
+    safe = tl.where(d == 0, 1.0, d)
+    return tl.where(d == 0, 0.0, tl.math.div_rn(safe * 0.0 + 1.0, safe))
+
+
+@triton.jit
+def _mx_qdq(x, EMAX: tl.constexpr, EMIN: tl.constexpr, MAXN: tl.constexpr, UP: tl.constexpr, RCEIL: tl.constexpr):
+    """``fpquant.mx_qdq`` on fp32 blocks ``[NB, BLOCK]`` (``quant_mx`` + ``quant_element``, same fp32 operations).
+
+    Element grid: ``emax``, the private exponent's floor ``EMIN``, ``max_norm`` and ``UP = 2**(mbits - 2)``
+    (E2M1: 2, 0, 6, 2; E4M3: 8, -6, 448, 8, as ``MXFP_FORMAT_CACHE``).
+    """
+    amax = tl.max(tl.abs(x), axis=1)
+    if RCEIL:
+        e, p2 = _exponent(tl.math.div_rn(amax, amax * 0.0 + MAXN))
+        se = tl.where(amax == 0, 1, e + tl.where(p2, 0, 1))  # ceil(log2(amax / max_norm))
+    else:
+        e, p2 = _exponent(amax)
+        se = tl.where(amax == 0, 1, e) - EMAX  # floor(log2(amax)) - emax
+    se = tl.minimum(tl.maximum(se, -127), 127)
+    t = x * _pow2(-se)[:, None]  # == x / 2**se, exactly
+    t = tl.minimum(tl.maximum(t, -MAXN), MAXN)
+    at = tl.abs(t)
+    pe, _ = _exponent(at)
+    pe = tl.maximum(pe, EMIN)  # private exponent (t == 0 gives 0 whatever it is)
+    sc = at * _pow2(-pe) * UP
+    d = sc - 0.5
+    r = tl.floor(sc + 0.5) - tl.where(d == 2.0 * tl.floor(d * 0.5), 1.0, 0.0)  # AutoRound's round-half-even
+    v = tl.minimum(r * (1.0 / UP) * _pow2(pe), MAXN)
+    v = tl.where(t < 0, -v, v)
+    return v * _pow2(se)[:, None]
+
+
+@triton.jit
+def _nvfp4_qdq(x, gs):
+    """``fpquant.nvfp4_qdq`` on fp32 blocks ``[NB, BLOCK]`` with the global scale ``gs`` ([NB], all equal)."""
+    amax = tl.max(tl.abs(x), axis=1)
+    scale = gs * (amax * 0.1666666716337204)  # fp32(1 / 6), as torch multiplies by the Python scalar
+    scale = _round_e4m3(tl.minimum(tl.maximum(scale, -448.0), 448.0))
+    out_scale = _recip(scale * _recip(gs))
+    s = tl.minimum(tl.maximum(x * out_scale[:, None], -6.0), 6.0)
+    a = tl.abs(s)
+    q = tl.where(a < 2.0, _rne_int(2.0 * a) * 0.5, tl.where(a < 4.0, _rne_int(a), 2.0 * _rne_int(a * 0.5)))
+    q = tl.minimum(q, 6.0)
+    q = tl.where(s < 0, -q, tl.where(s > 0, q, 0.0))
+    return q * _recip(out_scale)[:, None]
+
+
+@triton.jit
+def _act_quant_kernel(x_ptr, y_ptr, a_ptr, K, ACT: tl.constexpr, BLOCK: tl.constexpr, NB: tl.constexpr, DIV: tl.constexpr):
+    pid_m = tl.program_id(0)
+    offs_b = tl.program_id(1) * NB + tl.arange(0, NB)
+    k = offs_b[:, None] * BLOCK + tl.arange(0, BLOCK)[None, :]
+    mask = k < K
+    x = tl.load(x_ptr + pid_m * K + k, mask=mask, other=0.0).to(tl.float32)
+    if ACT == 3:  # NVFP4, static input_global_scale
+        v = _nvfp4_qdq(x, tl.load(a_ptr + offs_b * 0))
+    elif ACT == 4:  # FP8 static: the E4M3 values of clamp(x / input_scale); the GEMM multiplies by the scale
+        d = tl.math.div_rn(x, tl.load(a_ptr + offs_b * 0).to(tl.float32)[:, None])
+        d = tl.minimum(tl.maximum(d, -1024.0), 1024.0)  # no overflow below; anything past 448 ends at 448 anyway
+        if DIV == 1:
+            d = d.to(tl.float16).to(tl.float32)
+        elif DIV == 2:
+            d = d.to(tl.bfloat16).to(tl.float32)
+        v = _round_e4m3(tl.minimum(tl.maximum(d, -448.0), 448.0))
+    elif ACT % 8 == 2:  # MX on the E4M3 grid (+ 8: RCEIL exponents)
+        v = _mx_qdq(x, 8, -6, 448.0, 8.0, ACT >= 8)
+    else:  # MX on the E2M1 grid
+        v = _mx_qdq(x, 2, 0, 6.0, 2.0, ACT >= 8)
+    tl.store(y_ptr + pid_m * K + k, v.to(y_ptr.dtype.element_ty), mask=mask)
+
+
+# ---- launches ---------------------------------------------------------------------------------------
+_DIV_CODES = {torch.float32: 0, torch.float16: 1, torch.bfloat16: 2}
+#: compile options of the activation kernel: no FMA contraction (its rounding must be fpquant's)
+_EXACT = {} if interpreting() else {"enable_fp_fusion": False}
+
+
+def quantize_activations(x: torch.Tensor, act: int, act_block: int, act_scale: torch.Tensor | None) -> torch.Tensor:
+    """The activations as the scheme quantizes them, in ``x.dtype``, one launch.
+
+    MX and NVFP4: the quantize-dequantize values, bit-equal to ``fpquant.mx_qdq`` /
+    ``fpquant.nvfp4_qdq``.  FP8 static: the E4M3 values of ``clamp(x / input_scale)`` (exact in any
+    dtype), bit-equal to ``fpquant.fp8_static_quantize_input(x, s).to(x.dtype)``; the division
+    is done in ``promote_types(x.dtype, input_scale.dtype)`` as torch does.  The GEMM multiplies by
+    the input scale (folded into its row scales), so nothing is rounded to a half dtype.
+    """
+    M, K = x.shape
+    y = torch.empty_like(x)
+    if M == 0 or act == A_NONE:
+        return x if act == A_NONE else y
+    div = 0
+    if act == A_FP8:
+        block, div = 64, _DIV_CODES[torch.promote_types(x.dtype, act_scale.dtype)]
+    else:
+        block = act_block
+    nb = max(1, 512 // block)
+    grid = (M, triton.cdiv(triton.cdiv(K, block), nb))
+    _act_quant_kernel[grid](x, y, act_scale if act_scale is not None else x, K, ACT=act, BLOCK=block, NB=nb, DIV=div,
+                            num_warps=4, **_EXACT)
+    return y
+
+
+_static: dict[tuple, tuple] = {}
+
+
+def _static_args(cfg: dict, elem: int, scale: int, block: int, K: int, has_rows: bool, has_bias: bool, is_fp32: bool) -> tuple:
+    """The launch arguments that do not depend on M, computed once per (config, layer kind)."""
+    key = (id(cfg), elem, scale, block, K, has_rows, has_bias, is_fp32)
+    st = _static.get(key)
+    if st is not None and st[0] is cfg:  # st holds cfg, so its id cannot be reused meanwhile
+        return st
+    bits = bits_of(elem)
+    slab = slab_for(scale, block)
+    kind = cfg["kernel"]
+    BM, BN = int(cfg["BM"]), int(cfg["BN"])
+    common = dict(ELEM=elem, BITS=bits, SCALE=scale, SLAB=slab, BM=BM, BN=BN, HAS_ROWS=has_rows, HAS_BIAS=has_bias,
+                  EVEN_K=(K % (slab * (32 // bits)) == 0), num_warps=int(cfg.get("warps", 4)), num_stages=int(cfg.get("stages", 2)))
+    common.update({k: int(cfg[k]) for k in BACKEND_OPTIONS if k in cfg})
+    if kind == "dot":
+        common.update(GROUP_M=int(cfg.get("group_m", 8)), SWAP=bool(cfg.get("swap", True)), IEEE=is_fp32)
+    st = (cfg, kind, BM, BN, int(cfg.get("split_k", 1)), slab, common)
+    if len(_static) > 4096:
+        _static.clear()
+    _static[key] = st
+    return st
+
+
+def launch(x: torch.Tensor, qweight: torch.Tensor, scales: torch.Tensor | None, row_scales: torch.Tensor | None,
+           bias: torch.Tensor | None, elem: int, scale: int, block: int, cfg: dict, out: torch.Tensor | None = None) -> torch.Tensor:
+    """``x @ W^T`` (times the row scales, plus bias) with launch configuration ``cfg`` (``gemv`` or ``dot``)."""
+    M, K = x.shape
+    N, KW = qweight.shape
+    _, kind, BM, BN, split, slab, common = _static_args(cfg, elem, scale, block, K, row_scales is not None, bias is not None,
+                                                        x.dtype == torch.float32)
+    y = out if out is not None else torch.empty((M, N), dtype=x.dtype, device=x.device)
+    if M == 0:
+        return y
+    n_tiles = KW // slab
+    n_tiles_out = -(-M // BM) * -(-N // BN)
+    if split > 1 and (n_tiles_out > COUNTER_SLOTS or split * M * N >= 2**31):
+        split = 1
+    if split > 1:
+        split = min(split, n_tiles, MAXS)
+        tps = -(-n_tiles // split)
+        split = -(-n_tiles // tps)  # no empty splits
+    else:
+        tps = n_tiles
+    if split > 1:
+        ws = torch.empty((split, M, N), dtype=torch.float32, device=x.device)
+        cnt = counters(x.device)
+    else:
+        ws = cnt = y
+    G = K // block if scale != S_NONE else 1
+    sp = scales if scales is not None else qweight
+    rp = row_scales if row_scales is not None else y
+    bp = bias if bias is not None else y
+    if kind == "gemv":
+        _fp_gemv_kernel[(-(-N // BN), -(-M // BM), split)](x, qweight, sp, rp, bp, y, ws, cnt, M, N, K, KW, G, tps, split,
+                                                          USE_SPLIT=split > 1, **common)
+    else:
+        _fp_dot_kernel[(n_tiles_out, split)](x, qweight, sp, rp, bp, y, ws, cnt, M, N, K, KW, G, tps, split,
+                                             USE_SPLIT=split > 1, **common)
+    return y
+
+
+def dequantize(qweight: torch.Tensor, scales: torch.Tensor | None, row_scales: torch.Tensor | None, elem: int, scale: int,
+               block: int, in_features: int, dtype: torch.dtype = torch.float32, BN: int = 32) -> torch.Tensor:
+    """The weight ``[N, K]`` in ``dtype``, decoded by the kernels' own code (one pass)."""
+    N, KW = qweight.shape
+    bits, slab = bits_of(elem), slab_for(scale, block)
+    W = torch.empty((N, in_features), dtype=dtype, device=qweight.device)
+    G = in_features // block if scale != S_NONE else 1
+    _fp_dequant_kernel[(-(-N // BN), KW // slab)](qweight, scales if scales is not None else qweight,
+                                                  row_scales if row_scales is not None else W, W, N, in_features, KW, G,
+                                                  ELEM=elem, BITS=bits, SCALE=scale, SLAB=slab, BN=BN,
+                                                  HAS_ROWS=row_scales is not None, num_warps=4)
+    return W
+
+
+__all__ = ["dequantize", "launch", "quantize_activations"]

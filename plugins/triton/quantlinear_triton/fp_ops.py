@@ -1,0 +1,76 @@
+"""The per-call path of the float kernels and a factory for a plugin's ``fp_gemm`` custom op.
+
+Each GPU plugin registers its own op (``torch.ops.quantlinear_cuda.fp_gemm``, ...) through
+:func:`define_fp_gemm`, bound to its own tuner.  One op call is the whole layer: activation
+quantization (one launch, when the scheme has it), then the GEMV or ``tl.dot`` kernel chosen
+for this M at run time.  The op is opaque to ``torch.compile`` (its fake gives the output's shape
+and dtype, so ``fullgraph=True`` traces without a break) and captures in CUDA/HIP graphs (two
+launches at most; split-K needs no memset).  Registering an op imports no Triton.
+"""
+
+from __future__ import annotations
+
+from typing import Callable, Optional
+
+import torch
+from torch import Tensor
+
+from . import tune
+from .fp_packing import A_NONE, bits_of, slab_for
+from .fp_tune import FPProblem
+from .ops import dtype_name
+
+_kernels = None
+
+
+def fp_kernels():
+    """:mod:`quantlinear_triton.fp_kernels`, imported (with Triton) on first use."""
+    global _kernels
+    if _kernels is None:
+        from . import fp_kernels
+
+        _kernels = fp_kernels
+    return _kernels
+
+
+def problem_of(x: Tensor, qweight: Tensor, in_features: int, elem: int, scale: int, block: int) -> FPProblem:
+    return FPProblem(elem, scale, slab_for(scale, block), bits_of(elem), dtype_name(x.dtype), qweight.shape[0], in_features)
+
+
+def run_fp_gemm(tuner: "tune.Tuner", x: Tensor, qweight: Tensor, scales: Optional[Tensor], row_scales: Optional[Tensor],
+                bias: Optional[Tensor], act_scale: Optional[Tensor], in_features: int, elem: int, scale: int, block: int,
+                act: int, act_block: int, problem: FPProblem | None = None) -> Tensor:
+    """Quantize the activations if the scheme says so, choose the configuration for this M, launch."""
+    k = fp_kernels()
+    if act != A_NONE:
+        x = k.quantize_activations(x, act, act_block, act_scale)
+    if problem is None:
+        problem = problem_of(x, qweight, in_features, elem, scale, block)
+
+    def run(cfg: dict) -> Tensor:
+        return k.launch(x, qweight, scales, row_scales, bias, elem, scale, block, cfg)
+
+    return run(tuner.get(x.device, problem, x.shape[0], run))
+
+
+def define_fp_gemm(qualname: str, run: Callable[..., Tensor]):
+    """Register ``qualname`` (``"<namespace>::fp_gemm"``) as a custom op running ``run`` (with a fake)."""
+
+    def fp_gemm(x: Tensor, qweight: Tensor, scales: Optional[Tensor], row_scales: Optional[Tensor], bias: Optional[Tensor],
+                act_scale: Optional[Tensor], in_features: int, elem: int, scale: int, block: int, act: int, act_block: int) -> Tensor:
+        return run(x, qweight, scales, row_scales, bias, act_scale, in_features, elem, scale, block, act, act_block)
+
+    fp_gemm.__doc__ = "``actq(x) @ W^T (+ bias)`` for float-scheme weights in the layout of :mod:`quantlinear_triton.fp_packing`."
+    op = torch.library.custom_op(qualname, mutates_args=())(fp_gemm)
+
+    @op.register_fake
+    def _fp_gemm_fake(x, qweight, scales, row_scales, bias, act_scale, in_features, elem, scale, block, act, act_block):
+        torch._check(x.dim() == 2, lambda: f"x must be 2-D, got {x.dim()}-D")
+        torch._check(x.shape[1] == in_features, lambda: f"x has {x.shape[1]} features, expected {in_features}")
+        torch._check(qweight.dim() == 2 and qweight.dtype == torch.int32, lambda: "qweight must be a 2-D int32 tensor")
+        return x.new_empty((x.shape[0], qweight.shape[0]))
+
+    return op
+
+
+__all__ = ["define_fp_gemm", "fp_kernels", "problem_of", "run_fp_gemm"]

@@ -1,0 +1,214 @@
+"""Repacking canonical :class:`FloatWeights` (MXFP4/8, MXINT4, NVFP4, FP8) for the float Triton kernels.
+
+Why a layout of our own: the kernels decode weights in registers, so the codes must arrive as
+wide, coalesced loads whose elements pair with *contiguous* activation slices.
+
+Layout (one int32 tensor ``[N, KW]``, "slab-interleaved" like the int kernels' but owned here)
+------------------------------------------------------------------------------------------------
+``VPW = 32 // bits`` codes share a word (4-bit elements: 8, FP8 bytes: 4).  Row ``n`` is cut along
+K into tiles of ``T = SLAB * VPW`` channels; word ``p`` of tile ``t`` holds, at bit ``j * bits``,
+the code of channel ``k = t*T + j*SLAB + p``.  One shift of a row's ``SLAB`` words ("plane"
+``j``) gives ``SLAB`` consecutive channels, so the matching activations are one contiguous load.
+``SLAB`` is the scale block (MX: 32, NVFP4: 16), so a plane is exactly one scale block and the
+scale is one value per (row, plane); FP8 (one scale per row) uses ``SLAB = 32``.  K is padded to
+whole tiles with code 0, which decodes to +0 for every element kind.  The byte order of the
+codes is the checkpoint's: nothing is rounded or re-encoded.
+
+Scales
+------
+* MX (``e8m0``): the checkpoint's E8M0 bytes, transposed to uint8 ``[G, N]`` (a block of rows
+  reads them contiguously) and decoded in registers (``2**(e-127)``, exact).
+* NVFP4 (``e4m3``): the E4M3 block-scale bytes as uint8 ``[G, N]``, decoded in registers
+  (exact).  ``1 / weight_global_scale`` becomes a per-row fp32 factor (``row_scales``).
+* FP8: the per-channel (or per-tensor, broadcast) scale as fp32 ``[N]`` (``row_scales``); with
+  static FP8 activations the input scale is folded in (``weight_scale * input_scale`` in fp32).
+
+Exactness (the reference is ``FloatWeights.dequantize``, in fp32)
+-----------------------------------------------------------------
+Every element decode is exact.  MX: ``value * 2**k`` is exact, so each weight the kernels use
+equals the reference bit for bit.  FP8: the kernels accumulate ``x * value`` and multiply the
+row's fp32 sum by its row scale once.  NVFP4: each element is multiplied by its E4M3 block
+scale (exact: 2 x 4 significant bits) and the sum by ``1 / global_scale`` once, where AutoRound
+rounds ``value / global_scale`` to fp32 first; both differ from the reference only by fp32
+rounding (a few 2**-24 relative), never by a half-precision rounding of the weight.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from quantlinear import fpcodes
+from quantlinear.errors import QuantLinearError
+from quantlinear.formats import FloatWeights
+
+# ---- element codes the kernels take (constexpr ELEM) --------------------------------------------
+E2M1, E0M4, E4M3, E5M2, E4M3_NV, E4M3_B8 = 0, 1, 2, 3, 4, 5
+#: E4M3 decoded by the hardware: E4M3_NV = OCP e4m3fn (``tl.float8e4nv``, sm89+, gfx950, RDNA4);
+#: E4M3_B8 = bytes converted to e4m3fnuz (``tl.float8e4b8``, gfx942), whose values are half the
+#: e4m3fn ones (the kernel multiplies by 2).  E4M3 itself is an exact integer bit decode.
+ELEMENT_CODES = {"e2m1": E2M1, "e0m4": E0M4, "e4m3": E4M3, "e5m2": E5M2}
+ELEMENT_NAMES = {E2M1: "e2m1", E0M4: "e0m4", E4M3: "e4m3", E5M2: "e5m2", E4M3_NV: "e4m3nv", E4M3_B8: "e4m3b8"}
+# ---- block-scale kinds (constexpr SCALE) ------------------------------------------------------------
+S_NONE, S_E8M0, S_E4M3 = 0, 1, 2
+# ---- activation quantization (constexpr ACT) ----------------------------------------------------------
+A_NONE, A_MX_E2M1, A_MX_E4M3, A_NVFP4, A_FP8 = 0, 1, 2, 3, 4
+#: ``+ A_RCEIL`` on an MX kind: shared exponents rounded up (``mx_fp_rceil``)
+A_RCEIL = 8
+
+
+def bits_of(elem: int) -> int:
+    return 4 if elem in (E2M1, E0M4) else 8
+
+
+def slab_for(scale: int, block: int) -> int:
+    """Words per slab: the scale block for block-scaled layouts, else 32."""
+    return block if scale != S_NONE else 32
+
+
+def act_code(kind: tuple[str, dict] | None) -> tuple[int, int]:
+    """``fpquant.act_quant_kind`` -> (ACT code, activation block size)."""
+    if kind is None:
+        return A_NONE, 0
+    k, p = kind
+    if k == "mx":
+        code = A_MX_E2M1 if p["element"] == "e2m1" else A_MX_E4M3
+        return code + (A_RCEIL if p["rceil"] else 0), int(p["block_size"])
+    if k == "nvfp4":
+        return A_NVFP4, int(p["block_size"])
+    return A_FP8, 0
+
+
+def act_block_reason(kind: tuple[str, dict] | None) -> str | None:
+    """Why the activation kernel cannot take this block size (it loads power-of-two blocks)."""
+    if kind is None or kind[0] == "fp8_static":
+        return None
+    b = int(kind[1]["block_size"])
+    if b < 2 or b > 1024 or b & (b - 1):
+        return f"activation group size {b} is not a power of two in [2, 1024] (the activation kernel loads whole blocks)"
+    return None
+
+
+@dataclass(frozen=True)
+class FPMeta:
+    """What the kernels need to know about a prepared layer besides its tensors."""
+
+    elem: int
+    scale: int
+    block: int  # scale block (0: no block scales)
+    in_features: int
+    out_features: int
+    act: int = A_NONE
+    act_block: int = 0
+
+    @property
+    def bits(self) -> int:
+        return bits_of(self.elem)
+
+    @property
+    def slab(self) -> int:
+        return slab_for(self.scale, self.block)
+
+    @property
+    def tile_k(self) -> int:
+        return self.slab * (32 // self.bits)
+
+    @property
+    def k_tiles(self) -> int:
+        return -(-self.in_features // self.tile_k)
+
+
+def pack_slabs(codes: torch.Tensor, bits: int, slab: int, *, chunk_rows: int = 2048) -> torch.Tensor:
+    """uint8 codes ``[N, K]`` (4-bit values or bytes) -> int32 ``[N, KW]`` in the slab layout."""
+    if codes.dtype != torch.uint8 or codes.dim() != 2:
+        raise QuantLinearError(f"codes must be a 2-D uint8 tensor, got {codes.dtype} {tuple(codes.shape)}")
+    N, K = codes.shape
+    vpw = 32 // bits
+    T = slab * vpw
+    kt = -(-K // T)
+    out = torch.empty(N, kt * slab, dtype=torch.int32, device=codes.device)
+    shifts = (torch.arange(vpw, device=codes.device, dtype=torch.int64) * bits).view(1, 1, vpw, 1)
+    for r0 in range(0, N, chunk_rows):
+        r1 = min(N, r0 + chunk_rows)
+        q = torch.zeros(r1 - r0, kt * T, dtype=torch.int64, device=codes.device)
+        q[:, :K] = codes[r0:r1].to(torch.int64)
+        words = (q.view(r1 - r0, kt, vpw, slab) << shifts).sum(dim=2)  # disjoint bits: sum == or
+        words = torch.where(words >= 2**31, words - 2**32, words)
+        out[r0:r1] = words.view(r1 - r0, kt * slab).to(torch.int32)
+    return out
+
+
+def unpack_slabs(words: torch.Tensor, bits: int, slab: int, in_features: int) -> torch.Tensor:
+    """Inverse of :func:`pack_slabs` (tests)."""
+    N, KW = words.shape
+    vpw = 32 // bits
+    w = words.to(torch.int64).view(N, KW // slab, 1, slab) & 0xFFFFFFFF
+    shifts = (torch.arange(vpw, device=words.device, dtype=torch.int64) * bits).view(1, 1, vpw, 1)
+    q = (w >> shifts) & ((1 << bits) - 1)
+    return q.view(N, -1)[:, :in_features].to(torch.uint8)
+
+
+def _block_scale_bytes(w: FloatWeights, kind: str) -> torch.Tensor:
+    """The stored block scales as uint8 ``[N, G]`` (re-encoded exactly when only decoded ones exist)."""
+    raw = w.raw_scales if w.scale_kind == kind and w.raw_scales is not None else None
+    if kind == "e8m0":
+        return (raw if raw is not None else fpcodes.encode_e8m0(w.scales)).to(torch.uint8)
+    if raw is None:
+        raw = w.scales.to(torch.float8_e4m3fn)
+        if not torch.equal(raw.to(torch.float32), w.scales.to(torch.float32)):
+            raise QuantLinearError("NVFP4 block scales are not exactly representable as float8_e4m3fn")
+    return raw.contiguous().view(torch.uint8)
+
+
+def prepare_float(w: FloatWeights, act_kind: tuple[str, dict] | None, *, fp8_elem: int = E4M3) -> tuple[FPMeta, dict[str, torch.Tensor | None]]:
+    """Canonical float weights -> (meta, tensors) the kernels read; nothing float the size of W.
+
+    ``fp8_elem`` picks how FP8 *weight* elements are decoded (:data:`E4M3`, :data:`E4M3_NV`, or
+    :data:`E4M3_B8` for codes already converted to e4m3fnuz by the caller).  Tensors:
+    ``qweight`` int32 ``[N, KW]``, ``scales`` uint8 ``[G, N]`` or None, ``row_scales`` fp32 ``[N]``
+    or None, ``act_scale`` ``[1]`` (NVFP4 fp32 ``input_global_scale``; FP8 ``input_scale`` in its
+    stored dtype, which decides the dtype of the quantizing division) or None.
+    """
+    N, K = w.codes.shape
+    if w.element not in ELEMENT_CODES:
+        raise QuantLinearError(f"element kind {w.element!r} has no float Triton kernel")
+    elem = ELEMENT_CODES[w.element]
+    if elem == E4M3:
+        elem = fp8_elem
+    act, act_block = act_code(act_kind)
+    row_scales = None
+    if w.scale_kind == "e8m0":
+        scale, block = S_E8M0, w.block_size
+        scales = _block_scale_bytes(w, "e8m0")
+    elif w.scale_kind == "e4m3":
+        scale, block = S_E4M3, w.block_size
+        scales = _block_scale_bytes(w, "e4m3")
+        if w.global_scale is not None:
+            gs = w.global_scale.to(torch.float32).reshape(())
+            inv = torch.where(gs == 0, torch.zeros_like(gs), 1.0 / gs)
+            row_scales = inv.expand(N).contiguous()
+    else:  # one float scale per row (FP8)
+        scale, block, scales = S_NONE, 0, None
+        row_scales = w.scales.to(torch.float32).reshape(N).contiguous()
+    if scale != S_NONE and (block not in (16, 32) or K % block):
+        raise QuantLinearError(f"block scales of {block} channels over in_features={K}: the float kernels take blocks of 16 or 32 dividing K")
+    act_scale = None
+    if act == A_NVFP4:
+        if w.input_global_scale is None:
+            raise QuantLinearError("NVFP4 activation quantization needs input_global_scale")
+        act_scale = w.input_global_scale.to(torch.float32).reshape(1).contiguous()
+    elif act == A_FP8:
+        if w.input_scale is None:
+            raise QuantLinearError("static FP8 activation quantization needs input_scale")
+        act_scale = w.input_scale.reshape(1).contiguous()
+        row_scales = (row_scales * act_scale.to(torch.float32)).contiguous()  # activations arrive as FP8 values
+    meta = FPMeta(elem, scale, block, K, N, act, act_block)
+    tensors = {
+        "qweight": pack_slabs(w.codes, meta.bits, meta.slab),
+        "scales": None if scales is None else scales.t().contiguous(),
+        "row_scales": row_scales,
+        "act_scale": act_scale,
+    }
+    return meta, tensors
+

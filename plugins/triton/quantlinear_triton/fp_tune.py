@@ -1,0 +1,161 @@
+"""Launch configurations of the float kernels: a problem key and a space for the shared tuner.
+
+The machinery is :mod:`quantlinear_triton.tune`'s (memory -> user cache -> shipped table -> tuning
+-> heuristic); this module adds what differs for the float schemes:
+
+* :class:`FPProblem`, keyed ``fp|<element>|<scale>|s<slab>|<dtype>|N..|K..|M..`` so that its
+  entries can never be confused with the int kernels' (``w4|...``) in a shared cache file;
+* :class:`FPSpace`: the deterministic default table below and the candidates tuning measures.
+  Run-time tuning of the float kernels is **off** unless ``QUANTLINEAR_<FAMILY>_TUNE=1``
+  (``<FAMILY>`` is the space's family, e.g. ``CUDA_FP``): nothing has been measured on a GPU yet,
+  and a benchmark should not spend minutes tuning on first use.  Tables go to
+  ``~/.cache/quantlinear/<family>-tune-<arch>.json`` and ship as ``tuned/fp-<arch>.json``.
+
+Default table (per M bucket; ``units`` = SMs or CUs; not measured yet, shaped after the int
+kernels' H100 table because the loops are the same):
+
+========  =====================================================================================
+M         configuration
+========  =====================================================================================
+1         ``gemv``: BN=64 rows, split-K until ~4 programs per unit, 128 lanes
+2..64     ``dot`` with SWAP (W x^T): BM=max(16, M bucket), BN=64, split-K to ~2 programs per unit
+> 64      ``dot`` ``large_tile`` (CUDA 128x128, fp32 64x128; shrunk to fit ``max_shared``),
+          split-K (at most 4) to ~1 program per unit
+========  =====================================================================================
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+
+from . import tune as _tune
+from .fp_packing import ELEMENT_NAMES
+from .tune import bucket, split_for, unique
+
+_SCALE_NAMES = {0: "row", 1: "e8m0", 2: "e4m3"}
+
+
+@dataclass(frozen=True)
+class FPProblem:
+    """What a float launch configuration depends on, besides M and the device."""
+
+    elem: int
+    scale: int
+    slab: int
+    bits: int
+    dtype: str  # "float16" | "bfloat16" | "float32"
+    N: int
+    K: int
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "_hash", hash((self.elem, self.scale, self.slab, self.bits, self.dtype, self.N, self.K)))
+
+    def __hash__(self) -> int:  # looked up on every call: hash once
+        return self._hash
+
+    @property
+    def tile_k(self) -> int:
+        return self.slab * (32 // self.bits)
+
+    @property
+    def k_tiles(self) -> int:
+        return -(-self.K // self.tile_k)
+
+    def key(self, b: int) -> str:
+        return f"fp|{ELEMENT_NAMES[self.elem]}|{_SCALE_NAMES[self.scale]}|s{self.slab}|{self.dtype}|N{self.N}|K{self.K}|M{b}"
+
+
+def dot_shared_bytes(p: FPProblem, BM: int, BN: int) -> int:
+    """Shared memory / LDS of the dot kernel with one pipeline stage of activations (measured model:
+    every plane's activation slab of a tile, plus one plane of weights; Triton 3.9, gfx942 and sm90/2)."""
+    e = 4 if p.dtype == "float32" else 2
+    return BM * p.tile_k * e + BN * p.slab * e
+
+
+class FPSpace(_tune.Settings):
+    """One plugin's float-kernel space: its device properties and how to read them.
+
+    ``units(props)``: SMs / CUs; ``wave(props)``: lanes per warp/wavefront; ``max_shared(props)``:
+    bytes one program may use (None: no limit applied); ``large_tile``: the dot tile beyond 64 rows.
+    """
+
+    def __init__(self, family: str, tuned_dir: Path, device_props: Callable[[torch.device], Any], *,
+                 units: Callable[[Any], int], wave: Callable[[Any], int] = lambda p: 32,
+                 max_shared: Callable[[Any], int | None] = lambda p: None, large_tile: tuple[int, int] = (128, 128),
+                 stages: int = 3, extra: Callable[[Any, dict], dict] | None = None) -> None:
+        super().__init__(family, tuned_dir)
+        self._device_props = device_props
+        self.units, self.wave, self.max_shared, self.large_tile, self.stages = units, wave, max_shared, large_tile, stages
+        self.extra = extra or (lambda props, cfg: cfg)
+
+    def device_props(self, device: torch.device):
+        return self._device_props(device)
+
+    def shipped_path(self, arch: str) -> Path:
+        return self.tuned_dir / f"fp-{arch}.json"  # beside the int kernels' tables, never mixed with them
+
+    def tuning_enabled(self) -> bool:  # off by default (see the module docstring)
+        return os.environ.get(self.env_tune, "0").strip().lower() not in ("0", "off", "false", "no", "")
+
+    def dqmm_enabled(self) -> bool:
+        return False  # the float kernels have no dequantize-then-BLAS path
+
+    def _warps(self, props, lanes: int) -> int:
+        return max(1, lanes // self.wave(props))
+
+    def _fit(self, p: FPProblem, props, BM: int, BN: int) -> int:
+        limit = self.max_shared(props)
+        while limit is not None and BM > 16 and dot_shared_bytes(p, BM, BN) > limit:
+            BM //= 2
+        return BM
+
+    def gemv(self, p: FPProblem, props, BM: int, BN: int, split: int | None = None, lanes: int = 128) -> dict:
+        nb = -(-p.N // BN)
+        return {"kernel": "gemv", "BM": BM, "BN": BN, "split_k": split or split_for(nb, 4 * self.units(props), p.k_tiles),
+                "warps": self._warps(props, lanes), "stages": 2}
+
+    def dot(self, p: FPProblem, props, M: int, BM: int, BN: int, target: int, cap: int = 16, swap: bool = True,
+            lanes: int = 128) -> dict:
+        BM = self._fit(p, props, BM, BN)
+        tiles = -(-M // BM) * -(-p.N // BN)
+        cfg = {"kernel": "dot", "BM": BM, "BN": BN, "split_k": split_for(tiles, target, p.k_tiles, cap=cap),
+               "warps": self._warps(props, lanes), "stages": self.stages, "swap": swap, "group_m": 8}
+        return self.extra(props, cfg)
+
+    def default_config(self, p: FPProblem, M: int, props, allow_dqmm: bool = True) -> dict:
+        u, b = self.units(props), bucket(M)
+        if b == 1:
+            return self.gemv(p, props, 1, 64)
+        if b <= 64:
+            return self.dot(p, props, M, max(16, b), 64, 2 * u)
+        BM, BN = self.large_tile if p.dtype != "float32" else (self.large_tile[0] // 2, self.large_tile[1])
+        return self.dot(p, props, M, BM, BN, u, cap=4, lanes=256)
+
+    def candidates(self, p: FPProblem, M: int, props) -> list[dict]:
+        u, b = self.units(props), bucket(M)
+        out: list[dict] = []
+        if b <= 8:
+            for BN in (16, 32, 64, 128):
+                base = split_for(-(-p.N // BN), 4 * u, p.k_tiles)
+                for sp in sorted({max(1, base // 2), base, min(16, base * 2)}):
+                    out.append(self.gemv(p, props, b, BN, sp))
+        if 2 <= b <= 64:
+            for BN, swap, lanes in ((32, True, 128), (64, True, 128), (128, True, 128), (128, True, 256), (64, False, 128)):
+                out.append(self.dot(p, props, M, max(16, b), BN, 2 * u, swap=swap, lanes=lanes))
+        if b >= 64:
+            for BM, BN, lanes in ((64, 64, 128), (64, 128, 128), (128, 128, 256), (128, 64, 256), (64, 256, 256)):
+                for swap in (True, False):
+                    out.append(self.dot(p, props, M, BM, BN, u, cap=4, swap=swap, lanes=lanes))
+        return unique(out)
+
+
+def make_tuner(space: FPSpace) -> _tune.Tuner:
+    return _tune.Tuner(space)
+
+
+__all__ = ["FPProblem", "FPSpace", "dot_shared_bytes", "make_tuner"]

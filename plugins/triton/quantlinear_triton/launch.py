@@ -1,0 +1,190 @@
+"""A low-overhead launch path for the shared Triton kernels (eager decode calls are host-bound).
+
+``kernel[grid](*args, **constexprs)`` spends most of its time in ``JITFunction.run``: binding
+the arguments, computing every argument's specialization (dtype, 16-byte alignment, ``== 1``,
+divisibility by 16, integer width), hashing the key and looking it up.  On a slow host that is
+25-45 us per call, more than a decode GEMV takes on the GPU.
+
+:func:`launch` does that work once per *specialization class* and then calls the compiled
+kernel's launcher (``CompiledKernel.run``, the call ``JITFunction.run`` itself ends with)
+directly.  The class key holds exactly what Triton specializes on for CUDA: every tensor's
+dtype and whether its address is 16-byte aligned, every integer's value class (``== 1``,
+multiple of 16, outside int32) -- plus the caller's static key (kernel, constexprs, compile
+options) and the current device.  A miss launches through ``kernel[grid]`` as usual and keeps
+the ``CompiledKernel`` it returns.  So a hit launches the very kernel ``kernel[grid]`` would
+have picked, on the current stream: CUDA-graph capturable like the normal path.  The first
+direct launch of a process is checked bit for bit against ``kernel[grid]`` (outside graph
+capture); a mismatch or an error turns the fast path off for the process.
+
+The normal path is used whenever the fast one cannot be trusted: under ``TRITON_INTERPRET``,
+for non-CUDA tensors (ROCm specializes on more, e.g. pointer ranges), when a launch hook is
+registered (profilers; an empty ``HookChain`` is no hook), when Triton's internals differ from what this module expects (checked
+once, see :func:`_supported`), or when ``QUANTLINEAR_TRITON_FAST_LAUNCH=0``.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+import torch
+
+from .runtime import env_on, interpreting
+
+_I32_MIN, _I32_MAX = -(2**31), 2**31 - 1
+#: (static key, device, specialization class) -> CompiledKernel
+_compiled: dict[tuple, Any] = {}
+_state: dict[str, Any] = {}
+
+
+def _supported() -> bool:
+    """Whether this Triton exposes what the fast path calls (answered once per process)."""
+    ok = _state.get("ok")
+    if ok is not None:
+        return ok
+    ok = False
+    try:
+        if not interpreting() and env_on("QUANTLINEAR_TRITON_FAST_LAUNCH", "1") and getattr(torch.version, "hip", None) is None:
+            from triton import knobs  # Triton >= 3.4: the launch hooks live in knobs.runtime
+            from triton.compiler.compiler import CompiledKernel
+
+            # (``CompiledKernel.run`` is a property in some versions, an instance attribute set on first use in others)
+            ok = hasattr(CompiledKernel, "launch_metadata") and hasattr(knobs, "runtime")
+            _state["knobs"] = knobs.runtime
+            raw = getattr(torch._C, "_cuda_getCurrentRawStream", None)
+            _state["stream"] = raw if raw is not None else (lambda d: torch.cuda.current_stream(d).cuda_stream)
+    except Exception as e:
+        ok = False
+        _state["why"] = f"{type(e).__name__}: {e}"
+    if not ok:
+        _state.setdefault("why", "interpreter, ROCm, an older Triton or QUANTLINEAR_TRITON_FAST_LAUNCH=0")
+    _state["ok"] = ok
+    return ok
+
+
+def enabled() -> bool:
+    return _supported()
+
+
+def status() -> str:
+    """Whether the fast path is on, how many launchers it holds, and the last reason it was not taken."""
+    return f"fast launch {'on' if _supported() else 'off'}, {len(_compiled)} cached launchers; last miss reason: {_state.get('why', '-')}"
+
+
+def clear() -> None:
+    _compiled.clear()
+
+
+def _int_class(v: int) -> int:
+    if v == 1:
+        return 1
+    if v < _I32_MIN or v > _I32_MAX:
+        return 3
+    return 2 if v % 16 == 0 else 0
+
+
+def _no_hooks(kr) -> bool:
+    """No launch hook is registered (a hook is None, or an empty ``HookChain`` in Triton >= 3.5)."""
+    for h in (kr.launch_enter_hook, kr.launch_exit_hook):
+        if h is not None and (getattr(h, "calls", True) or not hasattr(h, "calls")):
+            return False
+    return True
+
+
+def _capturing() -> bool:
+    try:
+        return torch.cuda.is_current_stream_capturing()
+    except Exception:
+        return True
+
+
+def launch(fn, grid: tuple, tensors: Sequence[torch.Tensor], ints: Sequence[int], floats: Sequence[float],
+           consts: dict, static_key: tuple, options: dict, out: torch.Tensor | None = None) -> None:
+    """``fn[grid](*tensors, *ints, *floats, **consts, **options)``, through the cached launcher when possible.
+
+    ``fn``'s parameters must be, in order: the tensors, the ints, the floats, then the constexprs
+    (``consts``, any order).  ``static_key`` must identify ``consts`` and ``options`` (the caller's
+    cache key of its launch configuration); ``grid`` has one to three entries (missing ones are 1).  ``out`` is the tensor
+    the kernel writes (deterministically): the first direct launch of the process is checked
+    against the normal path on it, bit for bit, and a mismatch turns the fast path off.
+    """
+    x0 = tensors[0]
+    if x0.is_cuda and _supported():
+        kr = _state["knobs"]
+        if _no_hooks(kr):
+            dev = x0.device.index
+            key = (static_key, dev, tuple([(t.dtype, (t.data_ptr() & 15) == 0) for t in tensors]), tuple([_int_class(v) for v in ints]))
+            hit = _compiled.get(key)
+            if hit is not None and dev == torch.cuda.current_device():
+                verified = _state.get("verified", False)
+                if verified or (out is not None and not _capturing()):
+                    run, function, packed = hit
+                    args = (*tensors, *ints, *floats, *_const_values(fn, consts, static_key))
+                    g1 = grid[1] if len(grid) > 1 else 1
+                    g2 = grid[2] if len(grid) > 2 else 1
+                    try:
+                        run(grid[0], g1, g2, _state["stream"](dev), function, packed, None, None, None, *args)
+                    except Exception as e:  # an internal API this module does not know: normal launches from now on
+                        _state["ok"] = False
+                        _state["why"] = f"direct launch failed: {type(e).__name__}: {e}"
+                        _compiled.clear()
+                    else:
+                        if verified:
+                            return
+                        fast = out.clone()
+                        fn[grid](*tensors, *ints, *floats, **consts, **options)
+                        same = torch.equal(torch.nan_to_num(fast), torch.nan_to_num(out))
+                        _state["verified"] = same
+                        if not same:
+                            _state["ok"] = False
+                            _state["why"] = "direct launch disagreed with kernel[grid]: disabled"
+                            _compiled.clear()
+                        return
+                else:
+                    fn[grid](*tensors, *ints, *floats, **consts, **options)
+                    return
+            ck = fn[grid](*tensors, *ints, *floats, **consts, **options)
+            try:
+                entry = (ck.run, ck.function, ck.packed_metadata)  # (reading ck.run loads the module where it is lazy)
+            except Exception as e:
+                _state["why"] = f"no launcher on {type(ck).__name__}: {type(e).__name__}: {e}"
+                return
+            if entry[1] is None or not callable(entry[0]):
+                _state["why"] = "compiled kernel has no function handle"
+            elif not _check_order(fn, tensors, ints, floats, consts):
+                _state["why"] = f"{getattr(fn, '__name__', fn)}: parameters are not runtime args then constexprs"
+            elif len(_compiled) < 8192:
+                _compiled[key] = entry
+            return
+        _state["why"] = "a launch hook is installed"
+    fn[grid](*tensors, *ints, *floats, **consts, **options)
+
+
+_const_cache: dict[tuple, tuple] = {}
+_order_ok: dict[int, bool] = {}
+
+
+def _check_order(fn, tensors, ints, floats, consts) -> bool:
+    """``fn``'s parameters are the runtime arguments then exactly the constexprs (checked once per kernel)."""
+    ok = _order_ok.get(id(fn))
+    if ok is None:
+        names = list(getattr(fn, "arg_names", []))
+        n = len(tensors) + len(ints) + len(floats)
+        params = getattr(fn, "params", None)
+        ok = len(names) == n + len(consts) and set(names[n:]) == set(consts)
+        if ok and params is not None:
+            ok = all(p.is_constexpr == (i >= n) for i, p in enumerate(params))
+        _order_ok[id(fn)] = ok
+    return ok
+
+
+def _const_values(fn, consts: dict, static_key: tuple) -> tuple:
+    k = (id(fn), static_key)
+    v = _const_cache.get(k)
+    if v is None:
+        names = fn.arg_names
+        v = tuple(consts[n] for n in names[len(names) - len(consts):])
+        if len(_const_cache) > 8192:
+            _const_cache.clear()
+        _const_cache[k] = v
+    return v
+

@@ -1,0 +1,113 @@
+"""Cross-compile the float-scheme Triton kernels for GPU targets without a GPU (a tool, not a pytest module).
+
+    TRITON_INTERPRET=0 python plugins/triton/tests/fp_compile_check.py [sm90 sm80 gfx942]
+
+Each launch ``fp_kernels.launch`` / ``quantize_activations`` would make (MXFP4, NVFP4, MXFP8 with every FP8
+decode, FP8_STATIC; fp16/bf16/fp32; GEMV, GEMV with rows, skinny dot, 128x128 dot) is recorded on CPU
+tensors, turned into an ``ASTSource`` with its constexprs and 16-byte divisibility hints, and compiled by
+Triton's own backends (ptxas ships with Triton).  Prints one line per kernel with its shared memory; the
+exit status is the number of failures.  Too slow for the test suite (hundreds of compiles).
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+
+assert os.environ.get("TRITON_INTERPRET", "0") in ("", "0"), "compiling needs TRITON_INTERPRET=0"
+
+import torch  # noqa: E402
+import triton  # noqa: E402
+from triton.backends.compiler import GPUTarget  # noqa: E402
+from triton.compiler import ASTSource  # noqa: E402
+
+from quantlinear import fpquant  # noqa: E402
+from quantlinear.scheme import PRESETS  # noqa: E402
+from quantlinear_triton import fp_kernels as FK  # noqa: E402
+from quantlinear_triton import fp_packing as P  # noqa: E402
+
+NAMES = ("_fp_gemv_kernel", "_fp_dot_kernel", "_act_quant_kernel", "_fp_dequant_kernel")
+TY = {torch.float16: "fp16", torch.bfloat16: "bf16", torch.float32: "fp32", torch.int32: "i32", torch.uint8: "u8"}
+OPTIONS = ("num_warps", "num_stages", "enable_fp_fusion", "waves_per_eu", "matrix_instr_nonkdim", "kpack")
+TARGETS = {"sm90": GPUTarget("cuda", 90, 32), "sm80": GPUTarget("cuda", 80, 32), "gfx942": GPUTarget("hip", "gfx942", 64)}
+CONFIGS = [(1, {"kernel": "gemv", "BM": 1, "BN": 64, "split_k": 4, "warps": 4}),
+           (4, {"kernel": "gemv", "BM": 4, "BN": 32, "split_k": 2, "warps": 4}),
+           (16, {"kernel": "dot", "BM": 16, "BN": 64, "split_k": 2, "swap": True, "warps": 4, "stages": 3}),
+           (512, {"kernel": "dot", "BM": 128, "BN": 128, "split_k": 1, "swap": True, "warps": 8, "stages": 3})]
+
+
+def record(fn, *args):
+    """The (kernel, args, kwargs) of every launch ``fn(*args)`` makes, without running any."""
+    log = []
+
+    class Recorder:
+        def __init__(self, kernel):
+            self.kernel = kernel
+
+        def __getitem__(self, grid):
+            return lambda *a, **kw: log.append((self.kernel, a, kw))
+
+    saved = {n: getattr(FK, n) for n in NAMES}
+    try:
+        for n in NAMES:
+            setattr(FK, n, Recorder(saved[n]))
+        fn(*args)
+    finally:
+        for n in NAMES:
+            setattr(FK, n, saved[n])
+    return log
+
+
+def compile_one(kernel, args, kwargs, target):
+    sig, consts, attrs, opts = {}, {}, {}, {}
+    for i, (name, v) in enumerate(zip(kernel.arg_names, args)):
+        if isinstance(v, torch.Tensor):
+            sig[name], attrs[(i,)] = "*" + TY[v.dtype], [["tt.divisibility", 16]]
+        elif isinstance(v, int):
+            sig[name] = "i32"
+            if v % 16 == 0:
+                attrs[(i,)] = [["tt.divisibility", 16]]
+        else:
+            sig[name] = "fp32"
+    for name, v in kwargs.items():
+        if name in OPTIONS:
+            opts[name] = v
+        else:
+            sig[name], consts[name] = "constexpr", v
+    if target.backend == "hip":
+        opts["num_stages"] = 2
+    return triton.compile(ASTSource(kernel, {n: sig[n] for n in kernel.arg_names}, constexprs=consts, attrs=attrs), target=target,
+                          options=opts)
+
+
+def main(which: list[str]) -> int:
+    K, failures = 4096, 0
+    for name, elems in (("MXFP4", [P.E2M1]), ("NVFP4", [P.E2M1]), ("MXFP8", [P.E4M3, P.E4M3_NV, P.E4M3_B8]), ("FP8_STATIC", [P.E4M3])):
+        sc = PRESETS[name]
+        w = fpquant.quantize_float(torch.randn(256, K).to(torch.bfloat16) * 0.05, sc, act_amax=3.0)
+        for elem in elems:
+            meta, t = P.prepare_float(w, fpquant.act_quant_kind(sc), fp8_elem=elem)
+            for dt in (torch.float16, torch.bfloat16, torch.float32):
+                for M, cfg in CONFIGS:
+                    x = torch.zeros(M, K, dtype=dt)
+                    launches = record(FK.launch, x, t["qweight"], t["scales"], t["row_scales"], torch.zeros(256, dtype=dt),
+                                      meta.elem, meta.scale, meta.block, cfg)
+                    launches += record(FK.quantize_activations, x, meta.act, meta.act_block, t["act_scale"])
+                    for tn in which:
+                        if (elem == P.E4M3_NV and tn != "sm90") or (elem == P.E4M3_B8 and tn != "gfx942"):
+                            continue  # hardware FP8 decode only where the target has that format
+                        for kernel, a, kw in launches:
+                            what = f"{name} {P.ELEMENT_NAMES[elem]} {str(dt)[6:]} M={M} {tn} {kernel.__name__}"
+                            t0 = time.time()
+                            try:
+                                c = compile_one(kernel, a, kw, TARGETS[tn])
+                                print(f"{what}: ok {time.time() - t0:.1f}s shared={c.metadata.shared}", flush=True)
+                            except Exception as e:
+                                failures += 1
+                                print(f"{what}: FAILED {type(e).__name__}: {str(e)[:400]}", flush=True)
+    return failures
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:] or list(TARGETS)))

@@ -1,0 +1,248 @@
+"""The float-scheme Triton kernels on their own: decode exactness, GEMV/dot paths, activation quantization.
+
+Without a GPU they run in Triton's interpreter (the root conftest sets TRITON_INTERPRET=1) on CPU
+tensors, in fp16/fp32 (the interpreter mis-loads bf16); with a GPU the same tests run compiled.
+Shapes are small and odd on purpose: N not a multiple of the row block, K not a multiple of a tile.
+"""
+
+from dataclasses import replace
+
+import pytest
+import torch
+
+from quantlinear import fpcodes, fpquant
+from quantlinear.formats import FloatWeights
+from quantlinear.scheme import PRESETS
+from quantlinear_triton import fp_packing as P
+from quantlinear_triton import fp_tune
+from quantlinear_triton import tune as int_tune
+
+GPU = torch.cuda.is_available()
+DEV = torch.device("cuda") if GPU else torch.device("cpu")
+TOL = {torch.float16: 2e-3, torch.float32: 1e-5, torch.bfloat16: 1.6e-2}
+
+
+def fk():
+    from quantlinear_triton import fp_kernels
+
+    return fp_kernels
+
+
+def weights(name: str, K: int, N: int, seed: int = 0) -> FloatWeights:
+    g = torch.Generator().manual_seed(seed)
+    w = torch.randn(N, K, generator=g) * 0.05
+    w[:, ::7] *= 4.0
+    return fpquant.quantize_float(w.to(torch.bfloat16), replace(PRESETS[name], act_bits=16), act_amax=3.0)
+
+
+def packed(w: FloatWeights, fp8_elem: int = P.E4M3):
+    meta, t = P.prepare_float(w, None, fp8_elem=fp8_elem)
+    return meta, {k: (v.to(DEV) if v is not None else None) for k, v in t.items()}
+
+
+def dequant(meta, t):
+    return fk().dequantize(t["qweight"], t["scales"], t["row_scales"], meta.elem, meta.scale, meta.block, meta.in_features)
+
+
+def rel_err(y, ref):
+    y = y.float()
+    if not torch.isfinite(y).all():
+        return float("inf")
+    return float((y - ref).abs().max() / ref.abs().max().clamp_min(1e-30))
+
+
+# ---- layout ------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("bits,slab,K", [(4, 32, 352), (4, 16, 48), (8, 32, 200)])
+def test_pack_round_trip(bits, slab, K):
+    codes = torch.randint(0, 1 << bits, (9, K), generator=torch.Generator().manual_seed(K), dtype=torch.int32).to(torch.uint8)
+    words = P.pack_slabs(codes, bits, slab)
+    T = slab * 32 // bits
+    assert words.dtype == torch.int32 and words.shape == (9, -(-K // T) * slab)
+    assert torch.equal(P.unpack_slabs(words, bits, slab, K), codes)
+    # word p of tile 0 holds channel j*slab + p at bit j*bits: one shift gives consecutive channels
+    assert int(words[0, 1]) & ((1 << bits) - 1) == int(codes[0, 1])
+    assert (int(words[0, 0]) >> bits) & ((1 << bits) - 1) == int(codes[0, slab])
+
+
+def test_prepare_keeps_encodings():
+    w = weights("MXFP4", 256, 8)
+    meta, t = P.prepare_float(w, None)
+    assert (meta.elem, meta.scale, meta.block, meta.slab, meta.bits) == (P.E2M1, P.S_E8M0, 32, 32, 4)
+    assert t["scales"].dtype == torch.uint8 and torch.equal(t["scales"], w.raw_scales.t())
+    assert t["row_scales"] is None and t["qweight"].numel() * 4 == 256 * 8 // 2
+    nv = weights("NVFP4", 64, 8)
+    meta, t = P.prepare_float(nv, None)
+    assert torch.equal(t["scales"], nv.raw_scales.view(torch.uint8).t())
+    assert torch.equal(t["row_scales"], (1.0 / nv.global_scale).expand(8))
+    fp8 = fpquant.quantize_float(torch.randn(8, 64), PRESETS["FP8_STATIC"], act_amax=3.0)
+    meta, t = P.prepare_float(fp8, fpquant.act_quant_kind(PRESETS["FP8_STATIC"]))
+    assert meta.act == P.A_FP8 and t["act_scale"].dtype == fp8.input_scale.dtype
+    assert torch.equal(t["row_scales"], fp8.scales.reshape(8) * fp8.input_scale.float())  # input scale folded in
+
+
+# ---- decoding: every code, every element kind, bit-exact with FloatWeights.dequantize -------------------
+def _all_codes(element: str) -> torch.Tensor:
+    if element in ("e2m1", "e0m4"):
+        return torch.arange(16, dtype=torch.uint8)
+    vals = torch.arange(256, dtype=torch.int32).to(torch.uint8)
+    return vals[torch.isfinite(fpcodes.decode_elements(vals, element))]  # checkpoints hold no NaN/inf bytes
+
+
+@pytest.mark.filterwarnings("ignore:overflow encountered")  # 6 * 2**127 is inf, in the reference too
+@pytest.mark.parametrize("element", ["e2m1", "e0m4", "e4m3", "e5m2"])
+def test_decode_every_code_exact(element):
+    codes = _all_codes(element)
+    K = 64
+    n = -(-codes.numel() // K)
+    c = codes.repeat(n * K // codes.numel() + 1)[: n * K].view(n, K)
+    c = torch.cat([c, c.flip(1)])  # every code at several positions of a word
+    if element in ("e2m1", "e0m4"):  # MX: extreme E8M0 scales included (2**-127 subnormal, 2**127)
+        e8 = torch.tensor([[0, 127], [1, 254], [100, 140]], dtype=torch.uint8)[torch.arange(c.shape[0]) % 3]
+        w = FloatWeights(c, element, fpcodes.decode_e8m0(e8), 32, "e8m0", e8)
+    else:  # per-row float scales
+        s = torch.tensor([0.0078125, 3.0, 1.2e-3])[torch.arange(c.shape[0]) % 3].to(torch.bfloat16).float()
+        w = FloatWeights(c, element, s.reshape(-1, 1), K, "float", s.clone())
+    for mode in [P.E4M3, P.E4M3_NV] if element == "e4m3" else [P.E4M3]:
+        meta, t = packed(w, mode)
+        assert torch.equal(dequant(meta, t).cpu(), w.dequantize()), (element, mode)
+
+
+def test_decode_e4m3fnuz_bytes():
+    """gfx942's native path: e4m3fn bytes converted to e4m3fnuz (-0 -> +0) decode to the e4m3fn values."""
+    codes = _all_codes("e4m3")
+    c = codes.repeat(2)[:256].view(2, 128)
+    fnuz = torch.where(c == 0x80, torch.zeros_like(c), c)  # quantlinear_rocm.fp8.e4m3fn_to_e4m3fnuz on finite bytes
+    s = torch.tensor([0.5, 0.01171875]).reshape(2, 1)
+    ref = FloatWeights(c, "e4m3", s, 128, "float", s.reshape(2)).dequantize()
+    meta, t = packed(FloatWeights(fnuz, "e4m3", s, 128, "float", s.reshape(2)), P.E4M3_B8)
+    assert meta.elem == P.E4M3_B8 and torch.equal(dequant(meta, t).cpu(), ref)
+
+
+def test_decode_nvfp4_in_reference_order():
+    w = weights("NVFP4", 96, 24, seed=3)
+    meta, t = packed(w)
+    assert torch.equal(dequant(meta, t).cpu(), w.dequantize())  # (value / global_scale) * block_scale
+
+
+# ---- GEMM paths ----------------------------------------------------------------------------------------
+GEMV = {"kernel": "gemv", "BM": 1, "BN": 16, "split_k": 1, "warps": 4}
+GEMV_SPLIT = {"kernel": "gemv", "BM": 1, "BN": 32, "split_k": 3, "warps": 4}
+GEMV_ROWS = {"kernel": "gemv", "BM": 4, "BN": 16, "split_k": 2, "warps": 4}
+DOT_SWAP = {"kernel": "dot", "BM": 16, "BN": 16, "split_k": 1, "swap": True, "warps": 4}
+DOT_SPLIT = {"kernel": "dot", "BM": 16, "BN": 32, "split_k": 2, "swap": False, "warps": 4}
+PATHS = [(1, GEMV), (1, GEMV_SPLIT), (3, GEMV_ROWS), (5, DOT_SWAP), (17, DOT_SPLIT)]
+DTYPES = [torch.float16, torch.float32] + ([torch.bfloat16] if GPU else [])
+# (preset, K, N): K leaves a partial last tile (padding, masked x); N not a multiple of BN
+SHAPES = {"MXFP4": (352, 40), "MXINT4": (288, 24), "MXFP8": (160, 40), "NVFP4": (208, 40), "FPW8A16": (200, 24)}
+
+
+def run(meta, t, x, cfg, bias=None):
+    out = torch.full((x.shape[0], meta.out_features), float("nan"), dtype=x.dtype, device=x.device)  # poisoned
+    return fk().launch(x, t["qweight"], t["scales"], t["row_scales"], bias, meta.elem, meta.scale, meta.block, cfg, out=out)
+
+
+@pytest.mark.parametrize("name", list(SHAPES))
+def test_every_path_fp32(name):
+    K, N = SHAPES[name]
+    w = weights(name, K, N, seed=K)
+    meta, t = packed(w)
+    W = w.dequantize().to(DEV)
+    bias = torch.randn(N, generator=torch.Generator().manual_seed(1)).to(DEV)
+    for M, cfg in PATHS:
+        x = torch.randn(M, K, generator=torch.Generator().manual_seed(M)).to(DEV)
+        b = bias if cfg is GEMV_ROWS or cfg is DOT_SPLIT else None
+        ref = x @ W.t() + (b if b is not None else 0)
+        assert rel_err(run(meta, t, x, cfg, b), ref) < TOL[torch.float32], (name, cfg)
+
+
+@pytest.mark.parametrize("dtype", [d for d in DTYPES if d != torch.float32])
+@pytest.mark.parametrize("name,fp8_elem", [("MXFP4", P.E4M3), ("NVFP4", P.E4M3), ("MXFP8", P.E4M3_NV), ("FPW8A16", P.E4M3)])
+def test_half_paths(dtype, name, fp8_elem):
+    K, N = SHAPES[name]
+    w = weights(name, K, N, seed=1)
+    meta, t = packed(w, fp8_elem)
+    W = w.dequantize().to(DEV)
+    bias = torch.randn(N, generator=torch.Generator().manual_seed(2)).to(dtype).to(DEV)
+    for M, cfg in [(1, GEMV_SPLIT), (5, DOT_SWAP), (17, DOT_SPLIT)]:
+        x = torch.randn(M, K, generator=torch.Generator().manual_seed(M)).to(dtype).to(DEV)
+        ref = x.float() @ W.t() + bias.float()
+        assert rel_err(run(meta, t, x, cfg, bias), ref) < TOL[dtype], (name, cfg)
+
+
+def test_split_k_counters_reset():
+    from quantlinear_triton.kernels import counters
+
+    K = 7 * 256  # 7 K tiles of 4-bit codes: splits that do not divide them
+    w = weights("MXFP4", K, 32, seed=5)
+    meta, t = packed(w)
+    x = torch.randn(2, K, generator=torch.Generator().manual_seed(0)).to(DEV)
+    ref = x @ w.dequantize().to(DEV).t()
+    for split in (8, 3, 1):
+        for cfg in (dict(GEMV_SPLIT, split_k=split), dict(DOT_SPLIT, split_k=split)):
+            assert rel_err(run(meta, t, x, cfg), ref) < TOL[torch.float32], cfg
+            assert int(counters(x.device)[:64].abs().sum()) == 0, cfg
+
+
+# ---- activation quantization: bit-exact with fpquant -----------------------------------------------------
+def act_inputs(dtype, M=6, K=160):
+    g = torch.Generator().manual_seed(7)
+    x = torch.randn(M, K, generator=g) * torch.exp(torch.randn(M, K, generator=g) * 2)  # wide dynamic range
+    x[0, :32] = 0.0  # an all-zero block
+    x[1, 32:48] = torch.tensor([2.0**k for k in range(-8, 8)])  # exact powers of two (exponent edges)
+    x[2, 40:44] = 6.5e4 if dtype == torch.float16 else 1e6
+    if dtype == torch.float32:
+        x[3, 64:72] = 1e-41  # fp32 subnormals
+    return x.to(dtype).to(DEV)
+
+
+@pytest.mark.filterwarnings("ignore:overflow encountered in cast")  # fp16 outputs past 65504 are inf, as the reference's
+@pytest.mark.parametrize("dtype", [d for d in DTYPES if d != torch.bfloat16])
+def test_act_quant_mx_bit_exact(dtype):
+    for K, block in ((176, 32), (72, 16)):  # a partial last block (zero-padded by the reference)
+        x = act_inputs(dtype, K=K)
+        for element, rceil in (("e2m1", False), ("e4m3", False), ("e2m1", True), ("e4m3", True)):
+            code = (P.A_MX_E2M1 if element == "e2m1" else P.A_MX_E4M3) + (P.A_RCEIL if rceil else 0)
+            y = fk().quantize_activations(x, code, block, None)
+            ref = fpquant.mx_qdq(x.cpu(), element, block, rceil)
+            assert y.dtype == dtype and torch.equal(y.cpu(), ref), (K, element, rceil, block)
+
+
+@pytest.mark.parametrize("dtype", [d for d in DTYPES if d != torch.bfloat16])
+def test_act_quant_nvfp4_bit_exact(dtype):
+    x = act_inputs(dtype)
+    for amax in (3.0, 1e-3, 4e4):
+        gs = fpquant.nvfp4_global_scale(torch.tensor(amax))
+        y = fk().quantize_activations(x, P.A_NVFP4, 16, gs.to(DEV))
+        assert torch.equal(y.cpu(), fpquant.nvfp4_qdq(x.cpu(), gs, 16)), amax
+
+
+@pytest.mark.parametrize("dtype", [d for d in DTYPES if d != torch.bfloat16])
+def test_act_quant_fp8_static_bit_exact(dtype):
+    x = act_inputs(dtype)
+    for sdt in (torch.bfloat16, torch.float16, torch.float32):  # the division runs in promote_types(x, scale)
+        for amax in (3.0, 0.05):
+            s = fpquant.fp8_scale(torch.tensor(amax)).reshape(1).to(sdt)
+            y = fk().quantize_activations(x, P.A_FP8, 0, s.to(DEV))
+            assert torch.equal(y.cpu(), fpquant.fp8_static_quantize_input(x.cpu(), s).to(dtype)), (sdt, amax)
+
+
+# ---- launch configurations ----------------------------------------------------------------------------
+class _Props:
+    name, simulated, arch, sm_count = "toy", False, "sm90", 132
+
+
+def test_default_table_and_keys(monkeypatch):
+    space = fp_tune.FPSpace("toy_fp", "/nonexistent", lambda d: _Props(), units=lambda p: p.sm_count)
+    p = fp_tune.FPProblem(P.E2M1, P.S_E8M0, 32, 4, "float16", 4096, 4096)
+    c1, c16, c4k = (space.default_config(p, m, _Props()) for m in (1, 16, 4096))
+    assert c1["kernel"] == "gemv" and c1["BM"] == 1 and c1["split_k"] >= 1
+    assert c16["kernel"] == "dot" and c16["swap"] and c16["BM"] == 16
+    assert c4k["kernel"] == "dot" and (c4k["BM"], c4k["BN"]) == (128, 128)
+    small = fp_tune.FPSpace("toy_fp", "/nonexistent", lambda d: _Props(), units=lambda p: p.sm_count, max_shared=lambda p: 64 * 1024)
+    assert fp_tune.dot_shared_bytes(p, small.default_config(p, 4096, _Props())["BM"], 128) <= 64 * 1024
+    # keys never collide with the int kernels' in a shared cache file
+    assert p.key(16).startswith("fp|e2m1|e8m0|s32|float16") and not int_tune.Problem(4, 32, 32, False, "float16", 4096, 4096).key(16).startswith("fp|")
+    assert {c["kernel"] for c in space.candidates(p, 4, _Props())} == {"gemv", "dot"}
+    assert not space.tuning_enabled()  # nothing measured yet: off unless asked
+    monkeypatch.setenv("QUANTLINEAR_TOY_FP_TUNE", "1")
+    assert space.tuning_enabled() and str(space.shipped_path("sm90")).endswith("fp-sm90.json")

@@ -33,9 +33,6 @@ from .testing import (
     TOLERANCE,
     Case,
     KernelConformance,
-    check_compiles_fullgraph,
-    check_no_float_weight_copy,
-    check_post_load_idempotent,
     check_state_dict_round_trip,
     rel_err,
 )
@@ -147,16 +144,7 @@ def check_float_state_dict_round_trip(case: Case) -> None:
     check_state_dict_round_trip(case, random_float_weights(case.spec, seed=3))
 
 
-def check_float_post_load_idempotent(case: Case) -> None:
-    check_post_load_idempotent(case, build_float_layer)
 
-
-def check_float_no_weight_copy(case: Case) -> None:
-    check_no_float_weight_copy(case, build_float_layer)
-
-
-def check_float_compiles_fullgraph(case: Case) -> None:
-    check_compiles_fullgraph(case, build_float_layer)
 
 
 class FloatKernelConformance(KernelConformance):
@@ -172,10 +160,7 @@ __all__ = [
     "FLOAT_PRESETS",
     "FloatKernelConformance",
     "build_float_layer",
-    "check_float_compiles_fullgraph",
-    "check_float_no_weight_copy",
     "check_float_numerics",
-    "check_float_post_load_idempotent",
     "check_float_state_dict_round_trip",
     "claimed_float_cases",
     "float_reference",

@@ -30,9 +30,6 @@ from .testing import (
     TOLERANCE,
     Case,
     KernelConformance,
-    check_compiles_fullgraph,
-    check_no_float_weight_copy,
-    check_post_load_idempotent,
     check_state_dict_round_trip,
     rel_err,
 )
@@ -114,16 +111,7 @@ def check_gguf_state_dict_round_trip(case: Case) -> None:
     check_state_dict_round_trip(case, _weights(case.spec, 3))
 
 
-def check_gguf_post_load_idempotent(case: Case) -> None:
-    check_post_load_idempotent(case, build_gguf_layer)
 
-
-def check_gguf_no_weight_copy(case: Case) -> None:
-    check_no_float_weight_copy(case, build_gguf_layer)
-
-
-def check_gguf_compiles_fullgraph(case: Case) -> None:
-    check_compiles_fullgraph(case, build_gguf_layer)
 
 
 class GGUFKernelConformance(KernelConformance):
@@ -138,10 +126,7 @@ class GGUFKernelConformance(KernelConformance):
 __all__ = [
     "GGUFKernelConformance",
     "build_gguf_layer",
-    "check_gguf_compiles_fullgraph",
-    "check_gguf_no_weight_copy",
     "check_gguf_numerics",
-    "check_gguf_post_load_idempotent",
     "check_gguf_state_dict_round_trip",
     "claimed_gguf_cases",
     "gguf_reference",

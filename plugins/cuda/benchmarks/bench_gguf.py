@@ -143,7 +143,7 @@ def fmt_row(r: dict) -> str:
     if "error" in r:
         return f"  {r['kernel']:<17} {r['qtype']:<5} M={r['M']:<5} FAILED {r['error']}"
     cfg = r.get("config") or {}
-    c = " ".join(f"{k}={cfg[k]}" for k in ("kernel", "BM", "BN", "split_k", "warps") if k in cfg)
+    c = " ".join(f"{k}={cfg[k]}" for k in ("kernel", "BM", "BN", "MR", "split_k", "warps") if k in cfg)
     return (f"  {r['kernel']:<17} {r['qtype']:<5} M={r['M']:<5} dev {r['device_us']:9.1f} us  eager {r['eager_us']:8.1f} us  "
             f"floor {r['floor_us']:7.1f}  bw {100 * r['bw_frac']:5.1f}%  err {r['rel_err']:.1e}  {c}")
 

@@ -12,6 +12,9 @@
 * ``compare``: device time (CUDA graphs over weight copies > L2) of the old table's config vs
   the new one for the large shapes, and cuBLAS fp16.
 
+Every stage ends with ``quantlinear_triton.launch.stats()``: direct (cached launcher) vs normal
+(``kernel[grid]``) launches per kernel.  ``check,eager`` take well under 90 s on an H100.
+
 Imports the int kernel modules directly (not through the plugin registry).
 """
 
@@ -83,6 +86,13 @@ def stage_check(out: Path) -> list[str]:
         ref = x.float() @ W.t()
         x256 = torch.randn(256, K, device="cuda").half()
         ref256 = x256.float() @ W.t()
+        x16 = torch.randn(16, K, device="cuda").half()
+        ref16 = x16.float() @ W.t()
+        for cfg in ({"kernel": "dot16", "BM": 16, "BN": 32, "split_k": 2, "warps": 4, "stages": 3, "swap": True},):
+            y = tk.launch(x16, q, s, z, None, 4, 32, 128, K, zp, cfg)
+            err = float((y.float() - ref16).abs().max() / ref16.abs().max())
+            lines.append(f"check M=16 {cfg['kernel']:7s} BM={cfg['BM']} BN={cfg['BN']} split={cfg['split_k']} K={K} N={N} asym={asym}: "
+                         f"max rel err {err:.2e} {'OK' if err < 1e-3 else 'FAIL'}")
         for cfg in ({"kernel": "gemv16", "BN": 32, "split_k": 2, "warps": 4, "stages": 3},
                     {"kernel": "gemv16", "BN": 64, "split_k": 4, "warps": 8, "stages": 3},
                     {"kernel": "gemv", "BM": 1, "BN": 32, "split_k": 2, "warps": 4, "stages": 2},
@@ -98,6 +108,8 @@ def stage_check(out: Path) -> list[str]:
         # fast launch == normal launch, bit for bit; replays inside a graph
         for M, cfg in ((1, {"kernel": "gemv16", "BN": 32, "split_k": 2, "warps": 4, "stages": 3}),
                        (16, {"kernel": "dot16", "BM": 16, "BN": 64, "split_k": 4, "warps": 4, "stages": 3, "swap": True}),
+                       (16, {"kernel": "gemv16", "BM": 16, "BN": 16, "split_k": 2, "warps": 4, "stages": 2}),
+                       (3, {"kernel": "gemv16", "BM": 4, "BN": 32, "split_k": 1, "warps": 4, "stages": 2}),
                        (3, {"kernel": "gemv", "BM": 4, "BN": 32, "split_k": 2, "warps": 4, "stages": 2}),
                        (16, {"kernel": "dot", "BM": 16, "BN": 64, "split_k": 4, "warps": 4, "stages": 3, "swap": True}),
                        (256, {"kernel": "dot", "BM": 128, "BN": 128, "split_k": 1, "warps": 8, "stages": 3, "swap": True}),
@@ -123,7 +135,7 @@ def stage_check(out: Path) -> list[str]:
             torch.cuda.synchronize()
             same = torch.equal(y0, y1) and torch.equal(y0, yg) if cfg["kernel"] != "dqmm" else (y0 - y1).abs().max().item() < 1e-2
             lines.append(f"fastlaunch {cfg['kernel']} M={M} K={K}: fast==normal==graph {same} (cached kernels {hits}) {'OK' if same else 'FAIL'}")
-        lines.append(fl.status())
+        lines.append(fl.stats_line())
         if K == 4096 and N == 4096:
             break
     for bits, asym in ((8, False), (8, True), (2, False)):
@@ -148,7 +160,7 @@ def stage_eager(out: Path) -> list[str]:
 
     from quantlinear import LayerSpec, get_scheme
     from quantlinear.benchutil import random_int_weights
-    from quantlinear_cuda import ops
+    from quantlinear_cuda import ops, tune
     from quantlinear_cuda.kernels.triton_wna16 import TritonWNA16Linear
     from quantlinear_triton import kernels as tk
     from quantlinear_triton import launch as fl
@@ -180,12 +192,27 @@ def stage_eager(out: Path) -> list[str]:
                 fl._state["ok"] = False
             else:
                 fl._state.pop("ok", None)
+                fl.stats(reset=True)
             res[f"{mode}: kernels.launch gemv"] = t(lambda: tk.launch(x, layer.w_slab, layer.w_scales, None, None, 4, 32, m.group_size, K, 8.0, cfg))
             res[f"{mode}: ops.run_gemm"] = t(lambda: ops.run_gemm(*args, problem=layer.problem))
             res[f"{mode}: layer(x)"] = t(lambda: layer(x))
             res[f"{mode}: torch.ops wna16_gemm"] = t(lambda: torch.ops.quantlinear_cuda.wna16_gemm(*args))
-        lines.append(fl.status())
+        lines.append(fl.stats_line())  # fast mode: every launch above should be direct (normal = first launches only)
         lines += [f"eager {K}x{N} M=1 {k:<34} {v:8.1f} us/call" for k, v in res.items()]
+        if K == 512:
+            continue
+        # the decode path as the model runs it: layer(x) with the shipped table's config, M=1 and M=16, vs F.linear,
+        # with the device time (CUDA graph, same weight: L2-resident, a lower bound) and the launch counts
+        tune.TUNER.clear()
+        for M in (1, 16):
+            xm = torch.randn(M, K, device="cuda", dtype=torch.float16)
+            layer(xm)
+            cfg_m = tune.TUNER.get(xm.device, layer.problem, M)
+            fl.stats(reset=True)
+            le, fe = t(lambda: layer(xm)), t(lambda: F.linear(xm, Wd))
+            ld = _time_graph([lambda: layer(xm)])
+            lines.append(f"eager {K}x{N} M={M} layer(x) {le:.1f} us/call (device {ld:.1f}, +{max(0.0, le - ld):.1f} host-bound), "
+                         f"F.linear {fe:.1f} us/call | {tune._tune._short(cfg_m)} | {fl.stats_line()}")
     fl._state.pop("ok", None)
     log("\n".join(lines))
     return lines
@@ -392,7 +419,9 @@ def main() -> int:
 
             traceback.print_exc()
             lines.append(f"stage {stage} failed: {type(e).__name__}: {e}")
-        lines.append(f"stage {stage}: {time.time() - t0:.0f}s")
+        from quantlinear_triton import launch as fl
+
+        lines.append(f"stage {stage}: {time.time() - t0:.0f}s; launches so far: {fl.stats_line()}")
         (out / "int_perf.txt").write_text("\n".join(lines) + "\n")
     log("\n".join(lines[-12:]))
     return 0

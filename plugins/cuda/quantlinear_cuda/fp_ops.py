@@ -5,7 +5,9 @@ binds them to the CUDA float space (:class:`quantlinear_triton.fp_tune.FPSpace` 
 plugin's device properties: SM count, 32-lane warps; 64x64 large tiles below sm80, whose 64 KiB
 of shared memory the 128x128 tile exceeds).  Switches: ``QUANTLINEAR_CUDA_FP_TUNE=1`` tunes on
 first use (off by default), ``QUANTLINEAR_CUDA_FP_TUNE_CACHE`` moves or disables the user
-cache.  Registering the op imports no Triton.
+cache.  Per M: ``gemv16`` (PTX fp16x2 decode) at M = 1 for fp16 4-bit weights, ``dqmm``
+(dequantize into a temporary, then cuBLAS) in the 256+ M buckets; ``QUANTLINEAR_CUDA_DQMM=0`` (or
+``QUANTLINEAR_CUDA_FP_DQMM=0``) forbids ``dqmm``.  Registering the op imports no Triton.
 """
 
 from __future__ import annotations
@@ -27,7 +29,8 @@ def _max_shared(props) -> int | None:
 
 
 SPACE = FPSpace("cuda_fp", Path(__file__).parent / "tuned", lambda d: _device.device_props(d),
-                units=lambda p: p.sm_count, max_shared=_max_shared)
+                units=lambda p: p.sm_count, max_shared=_max_shared, paired_fp16=True, dqmm=True,
+                dqmm_envs=("QUANTLINEAR_CUDA_DQMM",))
 TUNER = make_tuner(SPACE)
 
 

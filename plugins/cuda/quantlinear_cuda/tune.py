@@ -7,8 +7,9 @@ measurements, ``tuned/sm90.json``), and the switches ``QUANTLINEAR_CUDA_TUNE``,
 ``QUANTLINEAR_CUDA_TUNE_CACHE`` (``~/.cache/quantlinear/cuda-tune-<arch>.json``) and
 ``QUANTLINEAR_CUDA_DQMM``.
 
-Kernels a configuration can name: ``gemv`` (CUDA cores, decode), ``gemv16`` (the same for 4-bit
-codes and fp16 activations, dequantizing two codes per instruction in fp16x2), ``dot`` (tensor
+Kernels a configuration can name: ``gemv`` (CUDA cores, decode), ``gemv16`` (the same for 2/4/8-bit
+codes and fp16 activations, dequantizing two codes per instruction in fp16x2; one row of x per
+program: a configuration with ``BM`` > 1 runs ``gemv`` with those tiles), ``dot`` (tensor
 cores, dequantize in registers), ``dot16`` (``dot`` with the fp16x2 dequantization) and ``dqmm`` (large M only: dequantize the layer into a temporary
 float weight, then cuBLAS; the temporary lives for one call; ``QUANTLINEAR_CUDA_DQMM=0``
 forbids it).
@@ -120,10 +121,12 @@ def candidates(p: Problem, M: int, props: "_device.DeviceProps") -> list[dict]:
                             "scale_w": False, "group_m": 8})
     if 2 <= b <= 64 and dot16_fits(p):
         BM = max(16, b)
-        for BN, warps in ((64, 4), (128, 4), (128, 8)):
+        # (BN=32 swapped and BN=64 unswapped compile to mma.sync on sm90; BN>=64 swapped to wgmma, which
+        # ptxas reports serialized in this kernel -- measure both)
+        for BN, warps, swap in ((64, 4, True), (128, 4, True), (128, 8, True), (32, 4, True), (64, 4, False)):
             tiles = -(-M // BM) * -(-p.N // BN)
             for sp in splits(tiles, 2 * sms, 2):
-                out.append({"kernel": "dot16", "BM": BM, "BN": BN, "split_k": sp, "warps": warps, "stages": 3, "swap": True, "group_m": 8})
+                out.append({"kernel": "dot16", "BM": BM, "BN": BN, "split_k": sp, "warps": warps, "stages": 3, "swap": swap, "group_m": 8})
     if b >= 64 and dot16_fits(p):
         # paired-fp16 dequantization (half the instructions per code) feeding the same tensor-core tiles
         for BM, BN, warps, stages, swap in ((64, 128, 4, 4, True), (128, 128, 8, 3, True), (64, 256, 8, 3, True),

@@ -202,7 +202,7 @@ def scaled_mm(self, mat2, scale_a, scale_b, bias=None, scale_result=None, out_dt
     elif kind in (B1x16, B1x32):
         _check(cap[0] >= 10, f"CUDA error: CUBLAS_STATUS_NOT_SUPPORTED when calling cublasLtMatmul (block-scaled {kind} needs sm100+)")
     cfg.calls.append({"op": "_scaled_mm", "kind": kind, "path": path, "out_dtype": out_dtype,
-                      "bias_dtype": None if bias is None else bias.dtype, "M": self.shape[0]})
+                      "bias_dtype": None if bias is None else bias.dtype, "M": self.shape[0], "fast_accum": bool(use_fast_accum)})
     return _compute(self, mat2, kind, [scale_a], [scale_b], bias, out_dtype)
 
 

@@ -93,3 +93,42 @@ def test_compile_and_cuda_graph(name):
         g.replay()
         torch.cuda.synchronize()
         assert rel_err(y, float_reference(x, w, spec, b)) < TOL[torch.bfloat16], ("graph", M)
+
+
+# ---- the paired-fp16 GEMV and dequantize-then-cuBLAS, configuration by configuration ------------------------
+def _run_cfg(layer, x, cfg):
+    from quantlinear_triton import fp_kernels as fk
+
+    m = layer.meta
+    xq = fk.quantize_activations(x, m.act, m.act_block, layer.fp_act_scale)
+    return fk.launch(xq, layer.fp_qweight, layer.fp_scales, layer.fp_row_scales, layer.bias, m.elem, m.scale, m.block, cfg)
+
+
+GEMV16 = {"kernel": "gemv16", "BM": 1, "BN": 64, "split_k": 4, "warps": 4}
+DQMM = {"kernel": "dqmm", "BN": 64, "warps": 4}
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("name,weight_only", [("MXFP4", False), ("MXFP4", True), ("NVFP4", False), ("MXINT4", False),
+                                              ("MXFP8", False), ("FPW8A16", True)])
+def test_gemv16_and_dqmm_on_gpu(name, dtype, weight_only):
+    """gemv16 (fp16: PTX fp16x2 decode; bf16: the fp32 GEMV) at M = 1, 3 and dqmm at M = 1, 300 against the reference,
+    also with activations up to ~1e3 (no fp16 product may overflow)."""
+    layer, w, b, spec = layer_for(name, dtype, weight_only=weight_only)
+    for M, cfg in [(1, GEMV16), (3, dict(GEMV16, split_k=1)), (1, dict(GEMV16, psum=1)), (1, DQMM), (300, DQMM)]:
+        for amp in (1.5, 1e3 if dtype == torch.float16 else 1.5):
+            x = (torch.randn(M, K, device="cuda") * amp).to(dtype)
+            err = rel_err(_run_cfg(layer, x, cfg), float_reference(x, w, spec, b))
+            assert err < TOL[dtype], (name, dtype, M, cfg["kernel"], amp, err)
+
+
+def test_defaults_gemv16_and_dqmm(monkeypatch):
+    from quantlinear_cuda import device as _device
+    from quantlinear_cuda.fp_ops import SPACE
+
+    layer, _, _, _ = layer_for("MXFP4", torch.float16)
+    props = _device.device_props(torch.device("cuda"))
+    assert SPACE.default_config(layer.problem, 1, props)["kernel"] == "gemv16"
+    assert SPACE.default_config(layer.problem, 4096, props)["kernel"] == "dqmm"
+    monkeypatch.setenv("QUANTLINEAR_CUDA_DQMM", "0")
+    assert SPACE.default_config(layer.problem, 4096, props)["kernel"] == "dot"

@@ -5,6 +5,12 @@ test-only CPU switch (conftest.py), in fp16/fp32 only (the interpreter mis-loads
 machine the same tests run compiled on the GPU, bf16 included.
 """
 
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -185,3 +191,117 @@ def test_explicit_case_runs_all_paths():
         x = torch.randn(*shape, device=DEV)
         assert rel_err(layer(x), gguf_reference(x, w, b)) < TOL[torch.float32]
     assert Case(TritonGGUFLinear, layer.spec).spec.format == "gguf_q6_k"
+
+
+# ---- default configurations -----------------------------------------------------------------------------
+def test_default_configs_per_m():
+    """fp16 decode: the paired-fp16 GEMV; bf16 / fp32: the general one; up to 256 rows: dot; from 257 (fp16/bf16): dqmm."""
+    from quantlinear_cuda import gguf_ops
+    from quantlinear_triton.gguf_tune import DQMM_FROM, GGUFProblem
+
+    assert DQMM_FROM == 512
+    for dtype in ("float16", "bfloat16", "float32"):
+        p = GGUFProblem("Q4_K", dtype, 14336, 4096)
+        kinds = {M: gguf_ops.SPACE.default_config(p, M, SM90)["kernel"] for M in (1, 2, 16, 64, 65, 256, 257, 4096)}
+        dq = "dot" if dtype == "float32" else "dqmm"
+        assert kinds == {1: "gemv16" if dtype == "float16" else "gemv", 2: "dot", 16: "dot", 64: "dot", 65: "dot", 256: "dot", 257: dq,
+                         4096: dq}, dtype
+    p = GGUFProblem("Q4_K", "float16", 14336, 4096)
+    c1 = gguf_ops.SPACE.candidates(p, 1, SM90)
+    assert {c["kernel"] for c in c1} == {"gemv", "gemv16"}
+    c16 = gguf_ops.SPACE.candidates(p, 16, SM90)
+    assert {c.get("MR") for c in c16 if c["kernel"] == "gemv16"} == {4, 8}
+    assert not any(c["kernel"] == "gemv16" for c in gguf_ops.SPACE.candidates(GGUFProblem("Q4_K", "bfloat16", 14336, 4096), 16, SM90))
+
+
+# ---- the paired-fp16 GEMV compiles for sm90 (PTX inline assembly; no GPU needed) ----------------------------
+COMPILE_JOBS = [  # (type, configuration, M)
+    ("Q4_K", {"kernel": "gemv16", "BN": 64, "split_k": 4, "warps": 4}, 1),
+    ("Q4_K", {"kernel": "gemv16", "BN": 64, "split_k": 4, "warps": 4, "sr": True, "hsum": True}, 1),
+    ("Q4_K", {"kernel": "gemv16", "BN": 32, "split_k": 2, "warps": 4, "MR": 4}, 16),
+    ("Q6_K", {"kernel": "gemv16", "BN": 64, "split_k": 4, "warps": 4}, 1),
+    ("Q8_0", {"kernel": "gemv16", "BN": 64, "split_k": 4, "warps": 4, "sr": False}, 1),
+    ("Q5_0", {"kernel": "gemv16", "BN": 64, "split_k": 1, "warps": 4, "sr": True}, 1),
+    ("Q4_1", {"kernel": "gemv16", "BN": 32, "split_k": 1, "warps": 2, "MR": 2}, 3),
+]
+
+
+def compile_gemv16_jobs(jobs) -> list[dict]:
+    """Compile each job's gemv16 launch with ASM on for sm90 (run with TRITON_INTERPRET off): its PTX facts."""
+    import triton
+    from triton.backends.compiler import GPUTarget
+    from triton.compiler import ASTSource
+
+    from quantlinear_triton import gguf_kernels as gk
+    from quantlinear_triton import gguf_packing as gp
+
+    ty = {torch.float16: "fp16", torch.float32: "fp32", torch.int32: "i32", torch.uint8: "u8", torch.int16: "i16"}
+    out = []
+    for qtype, cfg, M in jobs:
+        K, N = 4096, 256
+        p = gp.repack(qtype, random_gguf_weights(qtype, K, N, seed=0).data, K)
+        log = []
+        saved = gk._fast.launch
+        gk._fast.launch = lambda fn, grid, tensors, ints, floats, consts, key, opts, out=None: log.append((fn, tensors, ints, consts, opts))
+        try:
+            gk.launch(torch.zeros(M, K, dtype=torch.float16), p.qs, p.qh, p.sm, p.bm, None, qtype, cfg,
+                      out=torch.empty(M, N, dtype=torch.float16))
+        finally:
+            gk._fast.launch = saved
+        (fn, tensors, ints, consts, opts), = log
+        consts = dict(consts, ASM=True)
+        names = fn.arg_names
+        sig, attrs = {}, {}
+        for i, v in enumerate(tensors):
+            sig[names[i]], attrs[(i,)] = "*" + ty[v.dtype], [["tt.divisibility", 16]]
+        for j, v in enumerate(ints):
+            sig[names[len(tensors) + j]] = "i32"
+        sig.update({k: "constexpr" for k in consts})
+        c = triton.compile(ASTSource(fn, {n: sig[n] for n in names}, constexprs=consts, attrs=attrs), target=GPUTarget("cuda", 90, 32),
+                           options=opts)
+        ptx = c.asm["ptx"]
+        out.append({"kernel": fn.__name__, "f16x2_fma": ptx.count("fma.rn.f16x2"), "f16x2_sub": ptx.count("sub.f16x2"),
+                    "num_warps": c.metadata.num_warps, "sr": consts["SR"], "MR": consts["MR"]})
+    return out
+
+
+def test_gemv16_compiles_for_sm90():
+    pytest.importorskip("triton.backends.nvidia.compiler")
+    env = {k: v for k, v in os.environ.items() if k not in ("TRITON_INTERPRET", "QUANTLINEAR_CUDA_CPU_INTERPRET")}
+    env["TRITON_DEFAULT_FP_FUSION"] = "1"
+    r = subprocess.run([sys.executable, str(Path(__file__))], env=env, capture_output=True, text=True, timeout=300,
+                       cwd=str(Path(__file__).parent))
+    assert r.returncode == 0, r.stderr[-3000:]
+    res = [json.loads(line) for line in r.stdout.splitlines() if line.startswith("{")]
+    assert len(res) == len(COMPILE_JOBS)
+    for (qtype, cfg, M), got in zip(COMPILE_JOBS, res):
+        assert got["kernel"] == "_gemv16_kernel" and got["num_warps"] == cfg["warps"] and got["MR"] == cfg.get("MR", 1)
+        assert got["f16x2_fma"] > 0 and got["f16x2_sub"] > 0, (qtype, cfg, got)  # the inline assembly is there
+
+
+def test_variants_script_smoke(tmp_path):
+    """benchmarks/gguf_variants.py end to end on CPU through the interpreter (tiny shape): every variant runs and is right."""
+    if GPU:
+        pytest.skip("the GPU run of the script is the benchmark itself")
+    sys.path.insert(0, str(Path(__file__).parents[1] / "benchmarks"))
+    try:
+        import gguf_variants
+    finally:
+        sys.path.pop(0)
+    rows = []
+    for types, ms in (("Q4_K", "1,16,64"), ("Q8_0", "1")):
+        out = tmp_path / f"{types}.json"
+        assert gguf_variants.main(["--cpu-smoke", "--types", types, "--shapes", "256x48", "--ms", ms, "--deadline", "900", str(out)]) == 0
+        res = json.loads(out.read_text())
+        assert res["skipped_rows"] == 0
+        rows += [r for r in res["rows"] if r["kernel"] == "cuda.triton_gguf"]
+    assert not any("error" in r for r in rows), [r["error"] for r in rows if "error" in r]
+    names = {(r["qtype"], r["M"], r["variant"]) for r in rows}
+    assert ("Q4_K", 1, "gemv16 BN128 hsum") in names and ("Q4_K", 16, "gemv16 MR8") in names and ("Q4_K", 64, "dqmm") in names
+    assert ("Q8_0", 1, "gemv16 other-order") in names and len(rows) == 8 + 5 + 2 + 8
+    assert all(r["rel_err"] < 1e-3 for r in rows), [(r["variant"], r["rel_err"]) for r in rows if r["rel_err"] >= 1e-3]
+
+
+if __name__ == "__main__":  # the compile check's subprocess (TRITON_INTERPRET off)
+    for r in compile_gemv16_jobs(COMPILE_JOBS):
+        print(json.dumps(r), flush=True)

@@ -24,11 +24,13 @@ TYPES = ["Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q8_0", "Q4_K", "Q5_K", "Q6_K"]
 FRO = {torch.float16: 1e-3, torch.bfloat16: 3e-3, torch.float32: 1e-5}
 PATHS = {  # kernel, M; the compiles are what this file costs (~1 s each), so paths are shared across tests
     "gemv": ({"kernel": "gemv", "BN": 64, "split_k": 4, "warps": 4}, 1),
+    "gemv16": ({"kernel": "gemv16", "BN": 64, "split_k": 4, "warps": 4}, 1),  # bf16: runs gemv (same tiles)
+    "gemv16_rows": ({"kernel": "gemv16", "BN": 32, "split_k": 2, "warps": 4, "MR": 4}, 6),
     "dot": ({"kernel": "dot", "BM": 16, "BN": 128, "split_k": 4, "warps": 4, "stages": 3}, 16),
     "dot_large": ({"kernel": "dot", "BM": 128, "BN": 128, "split_k": 2, "warps": 8, "stages": 3}, 300),
     "dqmm": ({"kernel": "dqmm", "BN": 64, "spp": 8}, 520),
 }
-BF16_PATHS = ("gemv", "dot")
+BF16_PATHS = ("gemv", "gemv16", "dot")
 
 
 def fro(y: torch.Tensor, ref: torch.Tensor) -> float:
@@ -151,8 +153,26 @@ def test_tuning_writes_cache(monkeypatch, tmp_path):
     monkeypatch.setenv(gguf_ops.SPACE.env_cache, str(cache))
     monkeypatch.setattr(gguf_ops, "TUNER", gguf_ops.make_tuner(gguf_ops.SPACE))
     layer, W, _ = build("Q4_K", K=2048, N=1000)  # its decode candidates are compiled by the test above
-    x = torch.randn(1, 1024, device="cuda", dtype=torch.float16)
+    x = torch.randn(1, 2048, device="cuda", dtype=torch.float16)
     assert fro(layer(x), ref(x, W, None)) < FRO[torch.float16]
     assert cache.is_file() and layer.problem.key(1) in cache.read_text()
     cfg, src = gguf_ops.make_tuner(gguf_ops.SPACE).lookup(device.device_props(x.device), layer.problem, 1)
     assert src == "cache" and cfg is not None
+
+
+@pytest.mark.parametrize("qtype", ["Q4_K", "Q6_K", "Q8_0", "Q5_1"])
+def test_gemv16_variants(qtype):
+    """The paired-fp16 GEMV's options: both dim orders, fp16 word sums, several x rows (partial last block), split-K;
+    and large activations (the x / 16 products of Q6_K / Q8_0 keep the fp16 sums finite)."""
+    from quantlinear_triton.gguf_kernels import SR_DEFAULT
+
+    layer, W, b = build(qtype, K=2048, N=1000, bias=True, seed=5)
+    base = {"kernel": "gemv16", "BN": 64, "split_k": 2, "warps": 4}
+    errs = {}
+    for name, cfg, M in (("other_order", dict(base, sr=not SR_DEFAULT), 1), ("hsum", dict(base, hsum=True), 1),
+                         ("rows8", {"kernel": "gemv16", "BN": 16, "split_k": 1, "warps": 4, "MR": 8}, 13)):
+        x = torch.randn(M, 2048, device="cuda").half()
+        errs[name] = fro(launch(layer, x, cfg), ref(x, W, b))
+    x = (torch.randn(1, 2048, device="cuda") * 100).half()  # |x| up to ~450: |u - C| * |x| alone nears fp16 max for Q8_0
+    errs["large_x"] = fro(launch(layer, x, base), ref(x, W, b))
+    assert all(e < FRO[torch.float16] for e in errs.values()), errs

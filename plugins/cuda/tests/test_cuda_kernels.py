@@ -190,3 +190,51 @@ def test_dot16_paired_fp16(group, sym, K, N, bias):
         x = rand_x(M, K, torch.float16, seed=M)
         err = rel_err(run_cfg(layer, x, cfg), reference(x, W, b))
         assert err < TOL[torch.float16], (cfg, M, err)
+
+
+OLD_GEMV16_ROWS = {"kernel": "gemv16", "BM": 4, "BN": 16, "split_k": 1, "warps": 4, "stages": 2}
+
+
+def test_gemv16_rows_config_falls_back_to_gemv():
+    """gemv16 runs one row of x per program: a configuration with BM > 1 (e.g. from an old tuning cache) runs
+    the general GEMV with the same tiles; BM = 1 keeps the single-row kernel and its static key."""
+    from quantlinear_triton.kernels import _static_args
+
+    one = _static_args(dict(OLD_GEMV16_ROWS, BM=1), 4, 32, 128, 512, False, False, False, torch.float16)
+    assert one[1] == "gemv16" and "BM" not in one[-1] and one[9] is None
+    for dtype in (torch.float16, torch.float32):
+        fb = _static_args(OLD_GEMV16_ROWS, 4, 32, 128, 512, False, False, dtype == torch.float32, dtype)[9]
+        assert fb == dict(OLD_GEMV16_ROWS, kernel="gemv", BM=4)
+
+
+@pytest.mark.parametrize("bits,group,sym,K,N,bias", [(4, 128, True, 512, 64, True), (4, -1, False, 224, 80, False), (8, 128, True, 256, 64, False)])
+def test_gemv16_rows_config_runs(bits, group, sym, K, N, bias):
+    """An old gemv16 configuration with BM > 1 still computes the right product (through ``gemv``)."""
+    layer, W, b = make_layer(bits, group, sym, K, N, torch.float16, bias=bias, seed=K + N + 2)
+    for M, cfg in [(2, OLD_GEMV16_ROWS), (5, dict(OLD_GEMV16_ROWS, split_k=2)), (3, dict(OLD_GEMV16_ROWS, BM=8))]:
+        x = rand_x(M, K, torch.float16, seed=M)
+        err = rel_err(run_cfg(layer, x, cfg), reference(x, W, b))
+        assert err < TOL[torch.float16], (cfg, M, err)
+
+
+def test_split_k_workspace_is_persistent(monkeypatch):
+    """Split-K partials go to one persistent buffer per device (no allocation per call), grown when needed; the
+    buffers it replaced stay alive (a CUDA graph captured earlier may still use them)."""
+    from quantlinear_triton import kernels as K
+
+    monkeypatch.setattr(K, "_ws", {})
+    monkeypatch.setattr(K, "_ws_old", [])
+    monkeypatch.setattr(K, "WORKSPACE_MIN", 64)
+    layer, W, b = make_layer(4, 128, True, 512, 64, torch.float16, seed=3)
+    x = rand_x(1, 512, torch.float16)
+    di = x.get_device()
+    cfg = dict(GEMV16, split_k=2, BN=16)
+    assert rel_err(run_cfg(layer, x, cfg), reference(x, W, b)) < TOL[torch.float16]
+    buf = K._ws[di]
+    assert buf.numel() == 128 and buf.dtype == torch.float32  # 2 splits x 1 row x 64 outputs, rounded up
+    run_cfg(layer, x, cfg)
+    assert K._ws[di] is buf and not K._ws_old
+    x5 = rand_x(5, 512, torch.float16)
+    for c in (dict(GEMV, BN=16, split_k=2), dict(DOT16, split_k=2)):  # 2 x 5 x 64 = 640 elements: grows to 1024
+        assert rel_err(run_cfg(layer, x5, c), reference(x5, W, b)) < TOL[torch.float16], c
+    assert K._ws[di].numel() == 1024 and K._ws_old == [buf]

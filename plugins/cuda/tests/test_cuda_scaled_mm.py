@@ -18,7 +18,7 @@ import quantlinear_cuda.plugin as cuda_plugin
 from quantlinear import PRESETS, LayerSpec, Registry, explain, fpcodes, fpquant, select_kernel
 from quantlinear.select import clear_cache
 from quantlinear.testing_fp import FloatKernelConformance, float_reference, format_for, random_float_weights
-from quantlinear_cuda import blockscaled
+from quantlinear_cuda import blockscaled, fp8_act_ops
 from quantlinear_cuda import device as cuda_device
 from quantlinear_cuda.device import DeviceProps
 from quantlinear_cuda.kernels import scaled_mm_fp8 as fp8mod
@@ -210,6 +210,86 @@ def test_fp8_against_fake_cuda_op(props, cublas, path, dtype):
                 assert call["path"] == path
                 if dtype == torch.float16:
                     assert call["bias_dtype"] == torch.float16  # the zero bias when the layer has none
+
+
+# ---- FP8: the fused activation quantization op and fast accumulation -----------------------------------------
+@pytest.mark.parametrize("xdt,sdt", [(torch.bfloat16, torch.bfloat16), (torch.float16, torch.float16), (torch.float16, torch.bfloat16),
+                                     (torch.bfloat16, torch.float32)])
+def test_fused_quantization_op_is_the_reference_for_every_value(xdt, sdt):
+    """``quantlinear_cuda::fp8_quant_static`` (the Triton kernel; interpreter here) over every value of the dtype."""
+    v = torch.arange(-(2**15), 2**15, dtype=torch.int32).to(torch.int16).view(xdt).reshape(256, 256)
+    for s in (0.011, 3.0):
+        st = torch.tensor([s], dtype=sdt)
+        ref = fpquant.fp8_static_quantize_input(v, st).view(torch.uint8)
+        got = fp8_act_ops.FP8_QUANT_OP(v, st, False)
+        assert got.dtype == torch.float8_e4m3fn and got.shape == v.shape
+        got = got.view(torch.uint8)
+        nan = (ref & 0x7F) == 0x7F  # torch's own NaN sign depends on its code path (quantlinear_triton.fp8_act)
+        assert torch.equal(got[~nan], ref[~nan]) and bool(((got[nan] & 0x7F) == 0x7F).all())
+
+
+def test_fused_quantization_op_contract():
+    x = torch.randn(7, 48, dtype=torch.float16)
+    torch.library.opcheck(fp8_act_ops.FP8_QUANT_OP, (x, torch.tensor([0.25], dtype=torch.float16), False))
+    torch.library.opcheck(fp8_act_ops.FP8_QUANT_OP, (x[:, 16:], torch.tensor([0.25]), False))  # a row stride wider than K
+
+
+@needs_cpu_scaled_mm
+def test_layer_uses_the_op_and_says_which(monkeypatch):
+    with stand_in(SM90):
+        spec = fp8_spec(dtype=torch.float16)
+        assert "fused Triton launch" in FP8ScaledMMLinear.can_implement(fp8_spec(device="cuda")).reason
+        layer, w, b = build(FP8ScaledMMLinear, spec)
+        assert layer.act_quant == "triton" and not layer.fast_accum
+        x = (torch.randn(6, 256) * 3).to(torch.float16)
+        calls = []
+        real = fp8_act_ops.FP8_QUANT_OP
+        monkeypatch.setattr(fp8mod, "FP8_QUANT_OP", lambda *a: calls.append(a) or real(*a))
+        y = layer(x)
+        assert len(calls) == 1 and within_one_ulp(y, x, w, spec, b)
+        monkeypatch.setattr(fp8mod, "triton_available", lambda: False)
+        monkeypatch.setattr(fp8_act_ops, "triton_available", lambda: False)
+        assert "torch ops" in FP8ScaledMMLinear.can_implement(fp8_spec(device="cuda")).reason
+        slow, _, _ = build(FP8ScaledMMLinear, spec)
+        assert slow.act_quant == "torch"
+        assert torch.equal(slow(x), y) and len(calls) == 1
+
+
+@needs_cpu_scaled_mm
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_compile_fullgraph_keeps_the_op(dtype):
+    """fullgraph tracing goes through the op's fake; the op stays one opaque node (aot_eager: no C++ compiler needed)."""
+    with stand_in(SM90):
+        layer, w, b = build(FP8ScaledMMLinear, fp8_spec(dtype=dtype, bias=True))
+        x = (torch.randn(9, 256) * 3).to(dtype)
+        torch._dynamo.reset()
+        graphs = []
+
+        def backend(gm, example_inputs):
+            graphs.append(gm)
+            return gm
+
+        y = torch.compile(layer, fullgraph=True, backend=backend)(x)
+        assert torch.equal(y, layer(x))
+        assert any("fp8_quant_static" in str(n.target) for g in graphs for n in g.graph.nodes)
+        torch._dynamo.reset()
+
+
+@pytest.mark.parametrize("env,want", [(None, False), ("0", False), ("1", True)])
+def test_fast_accum_is_opt_in(monkeypatch, env, want):
+    if env is None:
+        monkeypatch.delenv(fp8mod.FAST_ACCUM_ENV, raising=False)
+    else:
+        monkeypatch.setenv(fp8mod.FAST_ACCUM_ENV, env)
+    fake = FakeCuda()
+    with stand_in(SM90, (2, 11)), fake_cuda_scaled_mm(fake):
+        for gs in (-1, 0):
+            layer, w, b = build(FP8ScaledMMLinear, fp8_spec(gs, torch.bfloat16))
+            assert layer.fast_accum is want
+            monkeypatch.setenv(fp8mod.FAST_ACCUM_ENV, "0" if want else "1")  # read at prepare, not per call
+            layer(torch.randn(3, 256, dtype=torch.bfloat16))
+            assert fake.calls[-1]["fast_accum"] is want
+            monkeypatch.setenv(fp8mod.FAST_ACCUM_ENV, "1" if want else "0")
 
 
 def test_fp8_fake_catches_the_cutlass_fp16_no_bias_branch(monkeypatch):

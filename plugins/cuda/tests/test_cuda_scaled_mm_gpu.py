@@ -15,6 +15,9 @@ from quantlinear.testing_fp import float_reference, format_for
 
 from cuda_testutil import GPU
 
+if GPU:
+    from quantlinear_cuda.fp8_act_ops import FP8_QUANT_OP
+
 CAP = torch.cuda.get_device_capability() if GPU else (0, 0)
 pytestmark = pytest.mark.skipif(not GPU or CAP < (8, 9), reason="needs an FP8 CUDA GPU (sm89 or sm90+)")
 DEV = torch.device("cuda")
@@ -70,30 +73,100 @@ def test_fold_plan_numerics(monkeypatch):
         check_close(layer(x), x, fw, b, dtype)
 
 
+def every_value(dtype):
+    """All 65536 bit patterns of a 16-bit dtype (NaN and +-inf included) as a [256, 256] CUDA matrix."""
+    return torch.arange(-(2**15), 2**15, dtype=torch.int32, device=DEV).to(torch.int16).view(dtype).reshape(256, 256)
+
+
+def assert_same_codes(got, ref, fnuz=False):
+    """Equal bytes; a NaN where the reference has one (torch's NaN sign depends on its code path)."""
+    g, r = got.view(torch.uint8), ref.view(torch.uint8)
+    nan = r == 0x80 if fnuz else (r & 0x7F) == 0x7F
+    assert torch.equal(g == 0x80 if fnuz else (g & 0x7F) == 0x7F, nan), "NaN positions differ"
+    bad = (g != r) & ~nan
+    assert not bool(bad.any()), f"{int(bad.sum())} codes differ: got {g[bad][:8].tolist()} want {r[bad][:8].tolist()}"
+
+
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
 def test_compile_fullgraph(dtype):
     layer, fw, b, _ = fp8_layer(1024, 512, dtype, -1, True)
+    assert layer.act_quant == "triton"
     x = torch.randn(64, 1024, device=DEV, dtype=dtype)
+    x[0, :4] = torch.tensor([1e4, -1e4, 0.0, -0.0])
     torch._dynamo.reset()
     compiled = torch.compile(layer, fullgraph=True)
     y = compiled(x)
     check_close(y, x, fw, b, dtype)
-    torch.testing.assert_close(y, layer(x), atol=0, rtol=2**-7)  # Inductor fuses the quantization: same codes
+    torch.testing.assert_close(y, layer(x), atol=0, rtol=2**-7)  # the same FP8 codes; the GEMM is the same aten call
+    x8 = torch.compile(lambda t: FP8_QUANT_OP(t, layer.input_scale, False), fullgraph=True)(x)
+    assert torch.equal(x8.view(torch.uint8), fpquant.fp8_static_quantize_input(x, fw.input_scale).view(torch.uint8))
 
 
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
-@pytest.mark.parametrize("sdt", [torch.float16, torch.bfloat16])
-def test_compiled_quantization_is_bit_exact(dtype, sdt):
-    """Inductor's fused quantization gives the reference's codes for every finite value of the dtype."""
+@pytest.mark.parametrize("sdt", [torch.float16, torch.bfloat16, torch.float32])
+def test_fused_quantization_is_bit_exact(dtype, sdt):
+    """The fused op, eager and under torch.compile(fullgraph), gives the reference's codes for every value of the dtype
+    (fn; and fnuz, as the ROCm plugin calls it, with the doubled scale)."""
+    x = every_value(dtype)
+    torch._dynamo.reset()
+    f = torch.compile(lambda t, s, fnuz: FP8_QUANT_OP(t, s, fnuz), fullgraph=True)
+    for s in (0.011, 3.0, 2.0**-10, 300.0):
+        st = torch.tensor([s], dtype=sdt, device=DEV)
+        ref = fpquant.fp8_static_quantize_input(x, st)
+        assert_same_codes(FP8_QUANT_OP(x, st, False), ref)
+        assert_same_codes(f(x, st, False), ref)
+        ref_nuz = torch.clamp(x / (st * 2), -224, 224).to(torch.float8_e4m3fnuz)
+        assert_same_codes(FP8_QUANT_OP(x, st * 2, True), ref_nuz, fnuz=True)
+        assert_same_codes(f(x, st * 2, True), ref_nuz, fnuz=True)
+    assert_same_codes(FP8_QUANT_OP(x[:, 16:], st, False), fpquant.fp8_static_quantize_input(x[:, 16:], st))  # row stride > K
+
+
+@pytest.mark.xfail(strict=False, reason="the torch-ops fallback under Inductor: emulate_precision_casts=False drops the "
+                                        "quotient's fp16/bf16 rounding (H100, torch 2.11); the layer uses the fused op")
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_compiled_torch_fallback_quantization(dtype):
     from quantlinear_cuda.kernels.scaled_mm_fp8 import quantize_static
 
-    v = torch.arange(-(2**15), 2**15, dtype=torch.int32, device=DEV).to(torch.int16).view(dtype)
-    x = torch.where(torch.isfinite(v), v, torch.zeros_like(v)).reshape(256, 256)
+    v = every_value(dtype)
+    x = torch.where(torch.isfinite(v), v, torch.zeros_like(v))
     torch._dynamo.reset()
     f = torch.compile(quantize_static, fullgraph=True)
-    for s in (0.011, 3.0):
-        st = torch.tensor([s], dtype=sdt, device=DEV)
-        assert torch.equal(f(x, st).view(torch.uint8), fpquant.fp8_static_quantize_input(x, st).view(torch.uint8))
+    st = torch.tensor([0.011], dtype=dtype, device=DEV)
+    assert torch.equal(f(x, st).view(torch.uint8), fpquant.fp8_static_quantize_input(x, st).view(torch.uint8))
+
+
+def test_fast_accum_opt_in(monkeypatch):
+    from quantlinear_cuda.kernels import scaled_mm_fp8
+
+    monkeypatch.setenv(scaled_mm_fp8.FAST_ACCUM_ENV, "1")
+    layer, fw, b, _ = fp8_layer(4096, 1024, torch.float16, -1, False)
+    assert layer.fast_accum
+    x = torch.randn(256, 4096, device=DEV, dtype=torch.float16)
+    a = fpquant.fp8_static_quantize_input(x, fw.input_scale).double() * fw.input_scale.double()
+    ref = a @ fw.dequantize().double().t()
+    assert float((layer(x).double() - ref).abs().max() / ref.abs().max()) < 3e-2  # measured 5e-3..1.2e-2
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_cuda_graph_of_the_compiled_layer(dtype):
+    layer, fw, b, _ = fp8_layer(1024, 512, dtype, -1, False)
+    x = torch.randn(8, 1024, device=DEV, dtype=dtype)
+    torch._dynamo.reset()
+    compiled = torch.compile(layer, fullgraph=True)
+    s = torch.cuda.Stream()
+    s.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(s):
+        for _ in range(2):
+            compiled(x)
+    torch.cuda.current_stream().wait_stream(s)
+    g = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(g):
+        y = compiled(x)
+    x.copy_(torch.randn_like(x) * 3)
+    g.replay()
+    torch.cuda.synchronize()
+    torch.testing.assert_close(y, layer(x), atol=0, rtol=0)
+    check_close(y, x, fw, b, dtype)
 
 
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])

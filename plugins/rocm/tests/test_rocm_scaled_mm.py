@@ -69,6 +69,40 @@ def test_dividing_by_the_doubled_scale_halves_exactly(xdt, sdt):
         assert torch.equal(got[keep], ref[keep]) and bool((got[~keep] == 0).all())
 
 
+@pytest.mark.parametrize("xdt,sdt", [(torch.bfloat16, torch.bfloat16), (torch.float16, torch.bfloat16), (torch.float16, torch.float16),
+                                     (torch.bfloat16, torch.float32)])
+def test_fused_fnuz_quantization_is_the_reference_for_every_value(xdt, sdt):
+    """The layer's op (Triton kernel, fnuz variant, in the interpreter) with the doubled scale: the reference's bytes."""
+    x = torch.arange(-(2**15), 2**15, dtype=torch.int32).to(torch.int16).view(xdt).reshape(256, 256)
+    for s in (0.011, 300.0, 1.0):
+        st = torch.tensor([s], dtype=sdt)
+        ref = fpquant.fp8_static_quantize_input(x, st).view(torch.uint8)
+        got = mod.FP8_QUANT_OP(x, st * 2, True)
+        assert got.dtype == torch.float8_e4m3fnuz
+        got = got.view(torch.uint8)
+        nan = (ref & 0x7F) == 0x7F
+        keep = (ref != 0x80) & ~nan
+        assert torch.equal(got[keep], ref[keep]) and bool((got[ref == 0x80] == 0).all()) and bool((got[nan] == 0x80).all())
+        assert torch.equal(got, mod.quantize_static(x, st * 2, 224.0, torch.float8_e4m3fnuz).view(torch.uint8))  # the torch fallback
+
+
+def test_the_layer_quantizes_with_the_op_or_torch(monkeypatch):
+    """Triton present: the fused op (and the verdict says so); missing: the torch ops, same bytes."""
+    with on("gfx942"):
+        s = spec(dtype=torch.float16)
+        assert "fused Triton launch" in RocmFP8ScaledMMLinear.can_implement(s).reason
+        layer = RocmFP8ScaledMMLinear.from_weights(s, weights(s))
+        assert layer.act_quant == "triton"
+        x = torch.randn(5, 256, dtype=torch.float16) * 4
+        y = layer(x)
+        monkeypatch.setattr(mod, "triton_available", lambda: False)
+        assert "torch ops" in RocmFP8ScaledMMLinear.can_implement(s).reason
+        slow = RocmFP8ScaledMMLinear.from_weights(s, weights(s))
+        assert slow.act_quant == "torch"
+        assert torch.equal(slow(x), y)
+    torch.library.opcheck(mod.FP8_QUANT_OP, (torch.randn(3, 32, dtype=torch.bfloat16), torch.tensor([0.5], dtype=torch.bfloat16), True))
+
+
 @pytest.mark.parametrize("arch,hip,fmt", [("gfx942", "6.4.43484", torch.float8_e4m3fnuz), ("gfx950", "7.0.51831", torch.float8_e4m3fn),
                                           ("gfx1201", "6.5.0", torch.float8_e4m3fn)])
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])

@@ -8,6 +8,12 @@ bytes ``[G, N]``, a per-row fp32 factor).  No float copy of the weight exists at
   tiles, loads ``[BN, SLAB]`` words per tile (16-byte vectors, the next tile prefetched), decodes
   each plane to fp32, multiplies by the plane's block scale (exact) and accumulates ``w * x``
   element-wise in fp32; rows are reduced once after the K loop.  Weights are read exactly once.
+* ``_fp_gemv16_kernel`` (``gemv16``: fp16 activations, E2M1 / E0M4 / hardware E4M3 on CUDA): the
+  same loop with two codes decoded per PTX sequence into an fp16x2 pair, multiplied by the activation
+  pair in f16x2, four products per block summed in fp16 (``psum`` 4), then fp32 with the block scale;
+  the weight is decoded to ``value / 32`` (``/ 2048``) so that no fp16 product or sum can overflow.
+  Without PTX (interpreter, ROCm) the same schedule on exact fp32 values.  ``dqmm`` (large M): the
+  weight dequantized into a temporary by ``_fp_dequant_kernel``, then ``F.linear`` (cuBLAS).
 * ``_fp_dot_kernel`` (larger M; tensor cores / matrix cores): each plane is decoded and scaled in
   fp32, cast to the activation dtype and fed to ``tl.dot`` (fp32 accumulation; ``ieee`` precision
   for fp32 activations).  ``SWAP`` computes ``y^T = W x^T`` so that the skinny M side is the narrow
@@ -36,8 +42,8 @@ import torch
 import triton
 import triton.language as tl
 
-from .fp_packing import A_FP8, A_NONE, S_NONE, bits_of, slab_for
-from .kernels import BACKEND_OPTIONS, COUNTER_SLOTS, MAXS, counters
+from .fp_packing import A_FP8, A_NONE, E0M4, E2M1, E4M3_NV, S_NONE, bits_of, slab_for
+from .kernels import BACKEND_OPTIONS, COUNTER_SLOTS, MAXS, _asm_ok, _pack_h2, counters
 from .runtime import interpreting
 
 
@@ -161,6 +167,215 @@ def _fp_gemv_kernel(x_ptr, w_ptr, s_ptr, r_ptr, b_ptr, y_ptr, ws_ptr, cnt_ptr, M
     else:
         out = acc
     _fp_finish(out, offs_m, offs_n, m_mask, n_mask, y_ptr, r_ptr, b_ptr, ws_ptr, cnt_ptr, pid_m * num_pid_n + pid_n, pid_k,
+               split_k, M, N, False, HAS_ROWS, HAS_BIAS, USE_SPLIT)
+
+
+# ---- paired-fp16 GEMV (fp16 activations; E2M1, E0M4, E4M3 on sm89+) ---------------------------------------
+@triton.jit
+def _pair_prod_h(w, xp, ELEM: tl.constexpr, HALF: tl.constexpr):
+    """Per word, two codes decoded straight into an fp16 pair, times the activation pair ``xp``; both products in fp32 (CUDA).
+
+    E2M1 / E0M4: the codes at bits 0-3 (low lane) and 16-19 (high lane) of ``w``.  The magnitude bits go
+    to fp16 bits 11-9 (E2M1 ``e1 e0 m``: the value times ``2**-14``, 0.5 a subnormal) or 9-7 (E0M4 ``m``:
+    ``m * 2**-17``), the sign to bit 15, and one ``mul.f16x2`` by ``2**11`` / ``2**12`` makes each lane
+    exactly ``value / 8`` (normal: >= 2**-5).  E4M3 (``HALF`` 0 / 1: bytes 0-1 / 2-3 of ``w``): one
+    ``cvt.rn.f16x2.e4m3x2`` (sm89+), times ``2**-9`` (exact; ``value / 512``).  The weight is scaled down so
+    that no fp16 product can overflow (|w| <= 0.875, |x| <= 65504); the caller multiplies the sum back.
+    """
+    if ELEM == 0:
+        return tl.inline_asm_elementwise(
+            "{ .reg .b32 a, b, t, c; .reg .b16 l, h; shl.b32 a, $2, 9; shl.b32 b, $2, 12; and.b32 b, b, 0x80008000; "
+            "lop3.b32 t, a, 0x0E000E00, b, 0xEA; mov.b32 c, 0x68006800; mul.rn.f16x2 t, t, c; mul.rn.f16x2 t, t, $3; "
+            "mov.b32 {l, h}, t; cvt.f32.f16 $0, l; cvt.f32.f16 $1, h; }",
+            "=r,=r,r,r", [w, xp], dtype=(tl.float32, tl.float32), is_pure=True, pack=1)
+    elif ELEM == 1:
+        return tl.inline_asm_elementwise(
+            "{ .reg .b32 a, b, t, c; .reg .b16 l, h; shl.b32 a, $2, 7; shl.b32 b, $2, 12; and.b32 b, b, 0x80008000; "
+            "lop3.b32 t, a, 0x03800380, b, 0xEA; mov.b32 c, 0x6C006C00; mul.rn.f16x2 t, t, c; mul.rn.f16x2 t, t, $3; "
+            "mov.b32 {l, h}, t; cvt.f32.f16 $0, l; cvt.f32.f16 $1, h; }",
+            "=r,=r,r,r", [w, xp], dtype=(tl.float32, tl.float32), is_pure=True, pack=1)
+    elif HALF == 0:
+        return tl.inline_asm_elementwise(
+            "{ .reg .b32 t, c; .reg .b16 l, h; mov.b32 {l, h}, $2; cvt.rn.f16x2.e4m3x2 t, l; mov.b32 c, 0x18001800; "
+            "mul.rn.f16x2 t, t, c; mul.rn.f16x2 t, t, $3; mov.b32 {l, h}, t; cvt.f32.f16 $0, l; cvt.f32.f16 $1, h; }",
+            "=r,=r,r,r", [w, xp], dtype=(tl.float32, tl.float32), is_pure=True, pack=1)
+    else:
+        return tl.inline_asm_elementwise(
+            "{ .reg .b32 t, c; .reg .b16 l, h; mov.b32 {l, h}, $2; cvt.rn.f16x2.e4m3x2 t, h; mov.b32 c, 0x18001800; "
+            "mul.rn.f16x2 t, t, c; mul.rn.f16x2 t, t, $3; mov.b32 {l, h}, t; cvt.f32.f16 $0, l; cvt.f32.f16 $1, h; }",
+            "=r,=r,r,r", [w, xp], dtype=(tl.float32, tl.float32), is_pure=True, pack=1)
+
+
+@triton.jit
+def _quad_prod_h(w0, w1, w2, w3, x0, x1, x2, x3, ra, rb, ELEM: tl.constexpr, HALF: tl.constexpr):
+    """Four words' code pairs (as :func:`_pair_prod_h`) times four activation pairs, summed in fp16x2; the pair in fp32 (CUDA).
+
+    The weight is decoded to ``value / 32`` (E2M1 ``* 2**9``, E0M4 ``* 2**10``; normal, >= 2**-7) or
+    ``value / 2048`` (E4M3, ``* 2**-11``, exact), so a sum of four fp16 products stays below
+    ``4 * 0.22 * 65504``: it cannot overflow for any finite fp16 activation.  4-bit codes: the pair sits
+    at bits ``4i .. 4i + 3`` and ``4i + 16 ..`` of each word; ``ra`` / ``rb`` rotate the magnitude bits to
+    fp16 bits 11-9 (E0M4 9-7) and the sign bit to 15 (funnel shifts, the rotation a constant).
+    """
+    if ELEM == 0:
+        return tl.inline_asm_elementwise(
+            "{ .reg .b32 a, b, t, c, s; .reg .b16 l, h; mov.b32 c, 0x60006000; shf.l.wrap.b32 a, $2, $2, $10; "
+            "shf.l.wrap.b32 b, $2, $2, $11; and.b32 b, b, 0x80008000; lop3.b32 t, a, 0x0E000E00, b, 0xEA; "
+            "mul.rn.f16x2 t, t, c; mul.rn.f16x2 s, t, $6; shf.l.wrap.b32 a, $3, $3, $10; shf.l.wrap.b32 b, $3, "
+            "$3, $11; and.b32 b, b, 0x80008000; lop3.b32 t, a, 0x0E000E00, b, 0xEA; mul.rn.f16x2 t, t, c; "
+            "fma.rn.f16x2 s, t, $7, s; shf.l.wrap.b32 a, $4, $4, $10; shf.l.wrap.b32 b, $4, $4, $11; and.b32 b, "
+            "b, 0x80008000; lop3.b32 t, a, 0x0E000E00, b, 0xEA; mul.rn.f16x2 t, t, c; fma.rn.f16x2 s, t, $8, s; "
+            "shf.l.wrap.b32 a, $5, $5, $10; shf.l.wrap.b32 b, $5, $5, $11; and.b32 b, b, 0x80008000; lop3.b32 t, "
+            "a, 0x0E000E00, b, 0xEA; mul.rn.f16x2 t, t, c; fma.rn.f16x2 s, t, $9, s; mov.b32 {l, h}, s; "
+            "cvt.f32.f16 $0, l; cvt.f32.f16 $1, h; }",
+            "=r,=r,r,r,r,r,r,r,r,r,r,r", [w0, w1, w2, w3, x0, x1, x2, x3, ra, rb], dtype=(tl.float32, tl.float32),
+            is_pure=True, pack=1)
+    elif ELEM == 1:
+        return tl.inline_asm_elementwise(
+            "{ .reg .b32 a, b, t, c, s; .reg .b16 l, h; mov.b32 c, 0x64006400; shf.l.wrap.b32 a, $2, $2, $10; "
+            "shf.l.wrap.b32 b, $2, $2, $11; and.b32 b, b, 0x80008000; lop3.b32 t, a, 0x03800380, b, 0xEA; "
+            "mul.rn.f16x2 t, t, c; mul.rn.f16x2 s, t, $6; shf.l.wrap.b32 a, $3, $3, $10; shf.l.wrap.b32 b, $3, "
+            "$3, $11; and.b32 b, b, 0x80008000; lop3.b32 t, a, 0x03800380, b, 0xEA; mul.rn.f16x2 t, t, c; "
+            "fma.rn.f16x2 s, t, $7, s; shf.l.wrap.b32 a, $4, $4, $10; shf.l.wrap.b32 b, $4, $4, $11; and.b32 b, "
+            "b, 0x80008000; lop3.b32 t, a, 0x03800380, b, 0xEA; mul.rn.f16x2 t, t, c; fma.rn.f16x2 s, t, $8, s; "
+            "shf.l.wrap.b32 a, $5, $5, $10; shf.l.wrap.b32 b, $5, $5, $11; and.b32 b, b, 0x80008000; lop3.b32 t, "
+            "a, 0x03800380, b, 0xEA; mul.rn.f16x2 t, t, c; fma.rn.f16x2 s, t, $9, s; mov.b32 {l, h}, s; "
+            "cvt.f32.f16 $0, l; cvt.f32.f16 $1, h; }",
+            "=r,=r,r,r,r,r,r,r,r,r,r,r", [w0, w1, w2, w3, x0, x1, x2, x3, ra, rb], dtype=(tl.float32, tl.float32),
+            is_pure=True, pack=1)
+    elif HALF == 0:
+        return tl.inline_asm_elementwise(
+            "{ .reg .b32 a, b, t, c, s; .reg .b16 l, h; mov.b32 c, 0x10001000; mov.b32 {l, h}, $2; "
+            "cvt.rn.f16x2.e4m3x2 t, l; mul.rn.f16x2 t, t, c; mul.rn.f16x2 s, t, $6; mov.b32 {l, h}, $3; "
+            "cvt.rn.f16x2.e4m3x2 t, l; mul.rn.f16x2 t, t, c; fma.rn.f16x2 s, t, $7, s; mov.b32 {l, h}, $4; "
+            "cvt.rn.f16x2.e4m3x2 t, l; mul.rn.f16x2 t, t, c; fma.rn.f16x2 s, t, $8, s; mov.b32 {l, h}, $5; "
+            "cvt.rn.f16x2.e4m3x2 t, l; mul.rn.f16x2 t, t, c; fma.rn.f16x2 s, t, $9, s; mov.b32 {l, h}, s; "
+            "cvt.f32.f16 $0, l; cvt.f32.f16 $1, h; }",
+            "=r,=r,r,r,r,r,r,r,r,r,r,r", [w0, w1, w2, w3, x0, x1, x2, x3, ra, rb], dtype=(tl.float32, tl.float32),
+            is_pure=True, pack=1)
+    else:
+        return tl.inline_asm_elementwise(
+            "{ .reg .b32 a, b, t, c, s; .reg .b16 l, h; mov.b32 c, 0x10001000; mov.b32 {l, h}, $2; "
+            "cvt.rn.f16x2.e4m3x2 t, h; mul.rn.f16x2 t, t, c; mul.rn.f16x2 s, t, $6; mov.b32 {l, h}, $3; "
+            "cvt.rn.f16x2.e4m3x2 t, h; mul.rn.f16x2 t, t, c; fma.rn.f16x2 s, t, $7, s; mov.b32 {l, h}, $4; "
+            "cvt.rn.f16x2.e4m3x2 t, h; mul.rn.f16x2 t, t, c; fma.rn.f16x2 s, t, $8, s; mov.b32 {l, h}, $5; "
+            "cvt.rn.f16x2.e4m3x2 t, h; mul.rn.f16x2 t, t, c; fma.rn.f16x2 s, t, $9, s; mov.b32 {l, h}, s; "
+            "cvt.f32.f16 $0, l; cvt.f32.f16 $1, h; }",
+            "=r,=r,r,r,r,r,r,r,r,r,r,r", [w0, w1, w2, w3, x0, x1, x2, x3, ra, rb], dtype=(tl.float32, tl.float32),
+            is_pure=True, pack=1)
+
+
+@triton.jit
+def _quarters(v, S4: tl.constexpr):
+    """``[R, 4 * S4]`` -> its four slices ``p = 4q + r``, r = 0..3, each ``[R, S4]`` (in-thread: free)."""
+    a, b = tl.split(tl.reshape(v, [v.shape[0], S4, 2, 2]))
+    v0, v2 = tl.split(a)
+    v1, v3 = tl.split(b)
+    return v0, v1, v2, v3
+
+
+@triton.jit
+def _fp_gemv16_kernel(x_ptr, w_ptr, s_ptr, r_ptr, b_ptr, y_ptr, ws_ptr, cnt_ptr, M, N, K, KW, G, tiles_per_split, split_k,
+                      ELEM: tl.constexpr, BITS: tl.constexpr, SCALE: tl.constexpr, SLAB: tl.constexpr, BN: tl.constexpr,
+                      HAS_ROWS: tl.constexpr, HAS_BIAS: tl.constexpr, USE_SPLIT: tl.constexpr, EVEN_K: tl.constexpr,
+                      ASM: tl.constexpr, PSUM: tl.constexpr):
+    # fp16 activations, one row of x per program (grid dim 1).  A word's two codes at bits 4i.. / 16 + 4i..
+    # (planes i and i + 4 of a 4-bit tile) or its bytes 0, 1 / 2, 3 (planes 2i, 2i + 1 of an FP8 tile)
+    # are decoded into one fp16 pair and multiplied by the activation pair in one f16x2 instruction
+    # (ASM, _pair_prod_h); the products are accumulated in fp32 with their block scales.  PSUM: the
+    # products of four words of a row (channels 4q .. 4q + 3 of a plane: one block) are first summed in
+    # fp16x2 (_quad_prod_h), so the fp32 conversion and the scale FMA happen once per 4 pairs.  Without
+    # ASM (interpreter, ROCm) the same schedule (the same splits) runs on exact fp32 values.
+    VPW: tl.constexpr = 32 // BITS
+    H: tl.constexpr = VPW // 2
+    T: tl.constexpr = SLAB * VPW
+    pid_n = tl.program_id(0)
+    m = tl.program_id(1)
+    pid_k = tl.program_id(2)
+    num_pid_n = tl.num_programs(0)
+    offs_n = pid_n * BN + tl.arange(0, BN)
+    offs_p = tl.arange(0, SLAB)
+    n_mask = offs_n < N
+    t_start = pid_k * tiles_per_split
+    t_end = tl.minimum(t_start + tiles_per_split, KW // SLAB)
+    w_ptrs = w_ptr + offs_n[:, None] * KW + offs_p[None, :]
+    x_row = x_ptr + m * K + offs_p
+    w_next = tl.load(w_ptrs + t_start * SLAB, mask=(n_mask & ((offs_n * 0 + t_start) < t_end))[:, None], other=0)
+    S4: tl.constexpr = SLAB // 4
+    if PSUM:
+        acc = tl.zeros([BN, S4], dtype=tl.float32)
+    else:
+        acc = tl.zeros([BN, SLAB], dtype=tl.float32)
+    for t in range(t_start, t_end):
+        w = w_next
+        w_next = tl.load(w_ptrs + (t + 1) * SLAB, mask=(n_mask & ((offs_n * 0 + t + 1) < t_end))[:, None], other=0)
+        if PSUM:
+            w0, w1, w2, w3 = _quarters(w, S4)
+        for i in tl.static_range(H):
+            if BITS == 4:  # planes i and i + 4
+                ja = i
+                jb = i + H
+            else:  # FP8: planes 2i and 2i + 1
+                ja = 2 * i
+                jb = 2 * i + 1
+            ka = t * T + ja * SLAB
+            kb = t * T + jb * SLAB
+            if EVEN_K:
+                xa = tl.load(x_row + ka)
+                xb = tl.load(x_row + kb)
+            else:
+                xa = tl.load(x_row + ka, mask=(ka + offs_p) < K, other=0.0)
+                xb = tl.load(x_row + kb, mask=(kb + offs_p) < K, other=0.0)
+            if PSUM:
+                if ASM:
+                    x0, x1, x2, x3 = _quarters(_pack_h2(xa, xb)[None, :], S4)
+                    if ELEM == 1:
+                        rot_a = (7 - 4 * i) % 32
+                    else:
+                        rot_a = (9 - 4 * i) % 32
+                    ra = tl.full([BN, S4], rot_a, tl.int32)
+                    rb = tl.full([BN, S4], (12 - 4 * i) % 32, tl.int32)
+                    lo, hi = _quad_prod_h(w0, w1, w2, w3, tl.broadcast_to(x0, [BN, S4]), tl.broadcast_to(x1, [BN, S4]),
+                                          tl.broadcast_to(x2, [BN, S4]), tl.broadcast_to(x3, [BN, S4]), ra, rb, ELEM, i)
+                else:
+                    a0, a1, a2, a3 = _quarters(xa.to(tl.float32)[None, :], S4)
+                    b0, b1, b2, b3 = _quarters(xb.to(tl.float32)[None, :], S4)
+                    lo = (_decode(w0 >> (BITS * ja), ELEM) * a0 + _decode(w1 >> (BITS * ja), ELEM) * a1
+                          + _decode(w2 >> (BITS * ja), ELEM) * a2 + _decode(w3 >> (BITS * ja), ELEM) * a3)
+                    hi = (_decode(w0 >> (BITS * jb), ELEM) * b0 + _decode(w1 >> (BITS * jb), ELEM) * b1
+                          + _decode(w2 >> (BITS * jb), ELEM) * b2 + _decode(w3 >> (BITS * jb), ELEM) * b3)
+            elif ASM:
+                xp = tl.broadcast_to(_pack_h2(xa, xb)[None, :], [BN, SLAB])
+                if BITS == 4:
+                    lo, hi = _pair_prod_h(w >> (4 * i), xp, ELEM, 0)
+                else:
+                    lo, hi = _pair_prod_h(w, xp, ELEM, i)
+            else:
+                lo = _decode(w >> (BITS * ja), ELEM) * xa.to(tl.float32)[None, :]
+                hi = _decode(w >> (BITS * jb), ELEM) * xb.to(tl.float32)[None, :]
+            if SCALE != 0:
+                ga = tl.minimum(t * VPW + ja, G - 1)  # padded planes: any valid block (x is 0 there)
+                gb = tl.minimum(t * VPW + jb, G - 1)
+                sa = _block_scale(tl.load(s_ptr + ga * N + offs_n, mask=n_mask, other=0).to(tl.int32), SCALE)
+                sb = _block_scale(tl.load(s_ptr + gb * N + offs_n, mask=n_mask, other=0).to(tl.int32), SCALE)
+                acc += lo * sa[:, None]  # two FMAs
+                acc += hi * sb[:, None]
+            else:
+                acc += lo
+                acc += hi
+    out = tl.sum(acc, axis=1)[None, :]
+    if ASM:  # the pair decode gave value / 8, value / 32 summed (FP8: / 512, / 2048); exact
+        if PSUM:
+            if BITS == 4:
+                out = out * 32.0
+            else:
+                out = out * 2048.0
+        else:
+            if BITS == 4:
+                out = out * 8.0
+            else:
+                out = out * 512.0
+    offs_m = m + tl.arange(0, 1)
+    _fp_finish(out, offs_m, offs_n, offs_m < M, n_mask, y_ptr, r_ptr, b_ptr, ws_ptr, cnt_ptr, m * num_pid_n + pid_n, pid_k,
                split_k, M, N, False, HAS_ROWS, HAS_BIAS, USE_SPLIT)
 
 
@@ -395,22 +610,34 @@ def quantize_activations(x: torch.Tensor, act: int, act_block: int, act_scale: t
 _static: dict[tuple, tuple] = {}
 
 
-def _static_args(cfg: dict, elem: int, scale: int, block: int, K: int, has_rows: bool, has_bias: bool, is_fp32: bool) -> tuple:
+def gemv16_fits(elem: int, dtype: torch.dtype) -> bool:
+    """The paired-fp16 GEMV applies: fp16 activations, E2M1/E0M4 codes or hardware-decoded E4M3 (sm89+)."""
+    return dtype == torch.float16 and elem in (E2M1, E0M4, E4M3_NV)
+
+
+def _static_args(cfg: dict, elem: int, scale: int, block: int, K: int, has_rows: bool, has_bias: bool, dtype: torch.dtype) -> tuple:
     """The launch arguments that do not depend on M, computed once per (config, layer kind)."""
-    key = (id(cfg), elem, scale, block, K, has_rows, has_bias, is_fp32)
+    key = (id(cfg), elem, scale, block, K, has_rows, has_bias, dtype)
     st = _static.get(key)
     if st is not None and st[0] is cfg:  # st holds cfg, so its id cannot be reused meanwhile
         return st
     bits = bits_of(elem)
     slab = slab_for(scale, block)
     kind = cfg["kernel"]
-    BM, BN = int(cfg["BM"]), int(cfg["BN"])
-    common = dict(ELEM=elem, BITS=bits, SCALE=scale, SLAB=slab, BM=BM, BN=BN, HAS_ROWS=has_rows, HAS_BIAS=has_bias,
+    if kind == "gemv16" and not gemv16_fits(elem, dtype):  # bf16/fp32 or a bit-decoded FP8: the general GEMV
+        kind = "gemv"
+    BM, BN = (1 if kind in ("gemv16", "dqmm") else int(cfg["BM"])), int(cfg.get("BN", 64))
+    common = dict(ELEM=elem, BITS=bits, SCALE=scale, SLAB=slab, BN=BN, HAS_ROWS=has_rows, HAS_BIAS=has_bias,
                   EVEN_K=(K % (slab * (32 // bits)) == 0), num_warps=int(cfg.get("warps", 4)), num_stages=int(cfg.get("stages", 2)))
+    if kind != "gemv16":
+        common["BM"] = BM
+    else:  # psum 4 (default): fp16 sums of four products per block before fp32; 1: every product to fp32
+        common["PSUM"] = int(cfg.get("psum", 4)) == 4 and slab >= 16
     common.update({k: int(cfg[k]) for k in BACKEND_OPTIONS if k in cfg})
     if kind == "dot":
-        common.update(GROUP_M=int(cfg.get("group_m", 8)), SWAP=bool(cfg.get("swap", True)), IEEE=is_fp32)
-    st = (cfg, kind, BM, BN, int(cfg.get("split_k", 1)), slab, common)
+        common.update(GROUP_M=int(cfg.get("group_m", 8)), SWAP=bool(cfg.get("swap", True)), IEEE=dtype == torch.float32)
+    split = 1 if kind == "dqmm" else int(cfg.get("split_k", 1))
+    st = (cfg, kind, BM, BN, split, slab, common)
     if len(_static) > 4096:
         _static.clear()
     _static[key] = st
@@ -419,11 +646,25 @@ def _static_args(cfg: dict, elem: int, scale: int, block: int, K: int, has_rows:
 
 def launch(x: torch.Tensor, qweight: torch.Tensor, scales: torch.Tensor | None, row_scales: torch.Tensor | None,
            bias: torch.Tensor | None, elem: int, scale: int, block: int, cfg: dict, out: torch.Tensor | None = None) -> torch.Tensor:
-    """``x @ W^T`` (times the row scales, plus bias) with launch configuration ``cfg`` (``gemv`` or ``dot``)."""
+    """``x @ W^T`` (times the row scales, plus bias) with launch configuration ``cfg``.
+
+    ``cfg["kernel"]``: ``gemv`` (fp32 decode), ``gemv16`` (paired-fp16 decode; fp16 activations, else
+    ``gemv``), ``dot`` (tensor cores) or ``dqmm`` (the weight dequantized into a temporary in ``x.dtype``
+    by :func:`dequantize`, then cuBLAS: ``F.linear``; the temporary lives for this call).
+    """
     M, K = x.shape
     N, KW = qweight.shape
     _, kind, BM, BN, split, slab, common = _static_args(cfg, elem, scale, block, K, row_scales is not None, bias is not None,
-                                                        x.dtype == torch.float32)
+                                                        x.dtype)
+    if kind == "dqmm":
+        if M == 0:
+            return out if out is not None else x.new_empty((0, N))
+        W = dequantize(qweight, scales, row_scales, elem, scale, block, K, dtype=x.dtype, BN=BN)
+        if out is None:
+            return torch.nn.functional.linear(x, W, bias)
+        if bias is not None:
+            return torch.addmm(bias, x, W.t(), out=out)
+        return torch.mm(x, W.t(), out=out)
     y = out if out is not None else torch.empty((M, N), dtype=x.dtype, device=x.device)
     if M == 0:
         return y
@@ -449,6 +690,9 @@ def launch(x: torch.Tensor, qweight: torch.Tensor, scales: torch.Tensor | None, 
     if kind == "gemv":
         _fp_gemv_kernel[(-(-N // BN), -(-M // BM), split)](x, qweight, sp, rp, bp, y, ws, cnt, M, N, K, KW, G, tps, split,
                                                           USE_SPLIT=split > 1, **common)
+    elif kind == "gemv16":
+        _fp_gemv16_kernel[(-(-N // BN), M, split)](x, qweight, sp, rp, bp, y, ws, cnt, M, N, K, KW, G, tps, split,
+                                                  USE_SPLIT=split > 1, ASM=_asm_ok(x), **common)
     else:
         _fp_dot_kernel[(n_tiles_out, split)](x, qweight, sp, rp, bp, y, ws, cnt, M, N, K, KW, G, tps, split,
                                              USE_SPLIT=split > 1, **common)
@@ -469,4 +713,4 @@ def dequantize(qweight: torch.Tensor, scales: torch.Tensor | None, row_scales: t
     return W
 
 
-__all__ = ["dequantize", "launch", "quantize_activations"]
+__all__ = ["dequantize", "gemv16_fits", "launch", "quantize_activations"]

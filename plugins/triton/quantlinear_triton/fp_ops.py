@@ -2,8 +2,8 @@
 
 Each GPU plugin registers its own op (``torch.ops.quantlinear_cuda.fp_gemm``, ...) through
 :func:`define_fp_gemm`, bound to its own tuner.  One op call is the whole layer: activation
-quantization (one launch, when the scheme has it), then the GEMV or ``tl.dot`` kernel chosen
-for this M at run time.  The op is opaque to ``torch.compile`` (its fake gives the output's shape
+quantization (one launch, when the scheme has it), then the GEMV, ``tl.dot`` or dequantize-then-cuBLAS
+(``dqmm``) path chosen for this M at run time.  The op is opaque to ``torch.compile`` (its fake gives the output's shape
 and dtype, so ``fullgraph=True`` traces without a break) and captures in CUDA/HIP graphs (two
 launches at most; split-K needs no memset).  Registering an op imports no Triton.
 """
@@ -50,7 +50,10 @@ def run_fp_gemm(tuner: "tune.Tuner", x: Tensor, qweight: Tensor, scales: Optiona
     def run(cfg: dict) -> Tensor:
         return k.launch(x, qweight, scales, row_scales, bias, elem, scale, block, cfg)
 
-    return run(tuner.get(x.device, problem, x.shape[0], run))
+    cfg = tuner.get(x.device, problem, x.shape[0], run)
+    if cfg["kernel"] == "dqmm" and not tuner.dqmm_enabled():  # a table's dqmm entry, forbidden now
+        cfg = tuner.default_config(problem, x.shape[0], tuner.device_props(x.device), allow_dqmm=False)
+    return run(cfg)
 
 
 def define_fp_gemm(qualname: str, run: Callable[..., Tensor]):

@@ -17,11 +17,18 @@ kernels' H100 table because the loops are the same):
 ========  =====================================================================================
 M         configuration
 ========  =====================================================================================
-1         ``gemv``: BN=64 rows, split-K until ~4 programs per unit, 128 lanes
+1         ``gemv``: BN=64 rows, split-K until ~4 programs per unit, 128 lanes; ``gemv16`` (the
+          paired-fp16 decode with fp16 sums of 4 products, same tiles) instead for fp16 E2M1/E0M4
+          and hardware-decoded E4M3 (sm89+) where the space has ``paired_fp16`` (CUDA)
 2..64     ``dot`` with SWAP (W x^T): BM=max(16, M bucket), BN=64, split-K to ~2 programs per unit
-> 64      ``dot`` ``large_tile`` (CUDA 128x128, fp32 64x128; shrunk to fit ``max_shared``),
+65..128   ``dot`` ``large_tile`` (CUDA 128x128, fp32 64x128; shrunk to fit ``max_shared``),
           split-K (at most 4) to ~1 program per unit
+> 128     ``dqmm`` (the 256+ buckets: dequantize into a temporary, then cuBLAS) where the space has
+          ``dqmm`` (CUDA), the device is real and ``QUANTLINEAR_<FAMILY>_DQMM`` /
+          ``QUANTLINEAR_CUDA_DQMM`` is not 0; else the large ``dot``
 ========  =====================================================================================
+
+``gemv16`` options: ``psum`` 4 (default) or 1 (every fp16 product converted to fp32 on its own).
 """
 
 from __future__ import annotations
@@ -34,7 +41,7 @@ from typing import Any, Callable
 import torch
 
 from . import tune as _tune
-from .fp_packing import ELEMENT_NAMES
+from .fp_packing import E0M4, E2M1, E4M3_NV, ELEMENT_NAMES
 from .tune import bucket, split_for, unique
 
 _SCALE_NAMES = {0: "row", 1: "e8m0", 2: "e4m3"}
@@ -87,8 +94,13 @@ class FPSpace(_tune.Settings):
     def __init__(self, family: str, tuned_dir: Path, device_props: Callable[[torch.device], Any], *,
                  units: Callable[[Any], int], wave: Callable[[Any], int] = lambda p: 32,
                  max_shared: Callable[[Any], int | None] = lambda p: None, large_tile: tuple[int, int] = (128, 128),
-                 stages: int = 3, extra: Callable[[Any, dict], dict] | None = None) -> None:
+                 stages: int = 3, extra: Callable[[Any, dict], dict] | None = None, paired_fp16: bool = False,
+                 dqmm: bool = False, dqmm_envs: tuple[str, ...] = ()) -> None:
         super().__init__(family, tuned_dir)
+        #: ``gemv16`` (PTX fp16x2 decode) is the M = 1 default for fp16 4-bit codes
+        self.paired_fp16 = paired_fp16
+        #: dequantize-then-BLAS may be chosen for large M; ``dqmm_envs``: more switches that forbid it with "0"
+        self.dqmm, self.dqmm_envs = dqmm, tuple(dqmm_envs)
         self._device_props = device_props
         self.units, self.wave, self.max_shared, self.large_tile, self.stages = units, wave, max_shared, large_tile, stages
         self.extra = extra or (lambda props, cfg: cfg)
@@ -103,7 +115,11 @@ class FPSpace(_tune.Settings):
         return os.environ.get(self.env_tune, "0").strip().lower() not in ("0", "off", "false", "no", "")
 
     def dqmm_enabled(self) -> bool:
-        return False  # the float kernels have no dequantize-then-BLAS path
+        off = ("0", "off", "false", "no")
+        return self.dqmm and all(os.environ.get(e, "1").strip().lower() not in off for e in (self.env_dqmm, *self.dqmm_envs))
+
+    def gemv16_default(self, p: FPProblem) -> bool:
+        return self.paired_fp16 and p.dtype == "float16" and p.elem in (E2M1, E0M4, E4M3_NV)
 
     def _warps(self, props, lanes: int) -> int:
         return max(1, lanes // self.wave(props))
@@ -114,9 +130,10 @@ class FPSpace(_tune.Settings):
             BM //= 2
         return BM
 
-    def gemv(self, p: FPProblem, props, BM: int, BN: int, split: int | None = None, lanes: int = 128) -> dict:
+    def gemv(self, p: FPProblem, props, BM: int, BN: int, split: int | None = None, lanes: int = 128,
+             kernel: str = "gemv") -> dict:
         nb = -(-p.N // BN)
-        return {"kernel": "gemv", "BM": BM, "BN": BN, "split_k": split or split_for(nb, 4 * self.units(props), p.k_tiles),
+        return {"kernel": kernel, "BM": BM, "BN": BN, "split_k": split or split_for(nb, 4 * self.units(props), p.k_tiles),
                 "warps": self._warps(props, lanes), "stages": 2}
 
     def dot(self, p: FPProblem, props, M: int, BM: int, BN: int, target: int, cap: int = 16, swap: bool = True,
@@ -130,9 +147,11 @@ class FPSpace(_tune.Settings):
     def default_config(self, p: FPProblem, M: int, props, allow_dqmm: bool = True) -> dict:
         u, b = self.units(props), bucket(M)
         if b == 1:
-            return self.gemv(p, props, 1, 64)
+            return self.gemv(p, props, 1, 64, kernel="gemv16" if self.gemv16_default(p) else "gemv")
         if b <= 64:
             return self.dot(p, props, M, max(16, b), 64, 2 * u)
+        if b >= 256 and allow_dqmm and not props.simulated and self.dqmm_enabled():
+            return {"kernel": "dqmm", "BN": 64, "warps": 4}
         BM, BN = self.large_tile if p.dtype != "float32" else (self.large_tile[0] // 2, self.large_tile[1])
         return self.dot(p, props, M, BM, BN, u, cap=4, lanes=256)
 
@@ -144,6 +163,8 @@ class FPSpace(_tune.Settings):
                 base = split_for(-(-p.N // BN), 4 * u, p.k_tiles)
                 for sp in sorted({max(1, base // 2), base, min(16, base * 2)}):
                     out.append(self.gemv(p, props, b, BN, sp))
+                    if self.gemv16_default(p):
+                        out.append(self.gemv(p, props, 1, BN, sp, kernel="gemv16"))
         if 2 <= b <= 64:
             for BN, swap, lanes in ((32, True, 128), (64, True, 128), (128, True, 128), (128, True, 256), (64, False, 128)):
                 out.append(self.dot(p, props, M, max(16, b), BN, 2 * u, swap=swap, lanes=lanes))
@@ -151,6 +172,8 @@ class FPSpace(_tune.Settings):
             for BM, BN, lanes in ((64, 64, 128), (64, 128, 128), (128, 128, 256), (128, 64, 256), (64, 256, 256)):
                 for swap in (True, False):
                     out.append(self.dot(p, props, M, BM, BN, u, cap=4, swap=swap, lanes=lanes))
+            if self.dqmm_enabled():
+                out.append({"kernel": "dqmm", "BN": 64, "warps": 4})
         return unique(out)
 
 

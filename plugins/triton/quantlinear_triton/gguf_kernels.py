@@ -15,6 +15,18 @@ type only changes constexprs (low/high code bits, the symmetric offset, where th
   computed.  Weights are read once, at full width.  (Compiled for sm90 the loop is ~5.8
   instructions per Q4_K weight, ~96 registers at R=4, no shared memory with Triton 3.9; with
   3.6 the codes take one register shuffle through shared memory per tile.)
+* ``_gemv16_kernel`` (fp16 activations, small M; the default at M = 1): the same tiles with ``MR``
+  rows of x per program, codes decoded two at a time as fp16 pairs.  Fields ``f`` and ``f + FPW/2``
+  of a word sit in its two 16-bit halves, so one ``lop3`` (mask | 0x6400) gives the pair
+  ``1024 + u`` and one ``sub.f16x2`` the exact ``u - C`` (``C``: the symmetric offset, or
+  ``2**(bits-1)`` for the types with a min, which keeps the fp16 sums small); each row of x then
+  costs one ``fma.f16x2`` per pair.  4-bit codes skip every other shift (bits 4-7 decode to
+  ``16 (u - C)``, taken with x / 16); Q6_K / Q8_0 take all products with x / 16 (fp16 range).  A
+  word's pairs are summed in fp16 (4 products; ``hsum``: the sub-block's words too, 16), then in
+  fp32, and per sub-block ``sum(x w) = A * sum(x (u - C)) + (B + A C) * sum(x)``.  ~4.0 SASS
+  instructions per Q4_K weight at R = 4 (``gemv``: ~5.8).  PTX inline assembly (the helpers of
+  :mod:`.kernels` and below); without CUDA (interpreter, other backends) the same schedule runs in
+  fp32 (``ASM=False``).
 * ``_dot_kernel`` (larger M; tensor cores): one sub-block per step, dequantized in registers
   exactly as llama.cpp does (``A * (u - OFFSET)`` / ``A * u + B`` in fp32, see
   :mod:`.gguf_packing`), cast to the activation dtype and fed to ``tl.dot`` as the left operand
@@ -34,6 +46,7 @@ import triton
 import triton.language as tl
 
 from . import launch as _fast
+from .kernels import _asm_ok, _h2_magic, _pack_h2, _unpack_h2
 from .gguf_packing import CODES, OFFSET, SUB, SUPER, is_kquant
 
 #: Upper bound of split_k.
@@ -232,6 +245,254 @@ def _gemv_kernel(x_ptr, qs_ptr, qh_ptr, sm_ptr, bm_ptr, b_ptr, y_ptr, ws_ptr, cn
 
 
 @triton.jit
+def _h2_dec(w, zh, MSEL: tl.constexpr):
+    """Per word: the fp16 pair ``(q_lo - c, q_hi - c)`` of the codes the mask picks in each 16-bit half of ``w`` (CUDA).
+
+    ``(w & mask) | 0x64006400`` is the pair ``1024 + q`` exactly (q < 1024); subtracting the pair ``zh``
+    (``1024 + c`` twice) gives the exact ``q - c``.  ``MSEL``: 0 keeps bits 0-3 of each half (a 4-bit code
+    with others above it), 1 bits 4-7 (the pair is then ``16 * (q - c)`` for ``zh`` = ``1024 + 16 c``), 2 bits
+    0-7 (Q8_0, or a code already isolated), 3 none (``w`` is the pair ``1024 + q`` already).
+    """
+    if MSEL == 0:
+        return tl.inline_asm_elementwise(
+            "{ .reg .b32 t; lop3.b32 t, $1, 0x000F000F, 0x64006400, 0xEA; sub.f16x2 $0, t, $2; }",
+            "=r,r,r", [w, zh], dtype=tl.int32, is_pure=True, pack=1)
+    elif MSEL == 1:
+        return tl.inline_asm_elementwise(
+            "{ .reg .b32 t; lop3.b32 t, $1, 0x00F000F0, 0x64006400, 0xEA; sub.f16x2 $0, t, $2; }",
+            "=r,r,r", [w, zh], dtype=tl.int32, is_pure=True, pack=1)
+    elif MSEL == 2:
+        return tl.inline_asm_elementwise(
+            "{ .reg .b32 t; lop3.b32 t, $1, 0x00FF00FF, 0x64006400, 0xEA; sub.f16x2 $0, t, $2; }",
+            "=r,r,r", [w, zh], dtype=tl.int32, is_pure=True, pack=1)
+    else:  # the pair 1024 + q is already there
+        return tl.inline_asm_elementwise("sub.f16x2 $0, $1, $2;", "=r,r,r", [w, zh], dtype=tl.int32, is_pure=True, pack=1)
+
+
+@triton.jit
+def _h2_sixteenth(p):
+    """An fp16 pair (int32 word) times 1/16 (exact but for subnormal results) (CUDA)."""
+    return tl.inline_asm_elementwise("{ .reg .b32 s; mov.b32 s, 0x2C002C00; mul.rn.f16x2 $0, $1, s; }", "=r,r", [p],
+                                     dtype=tl.int32, is_pure=True, pack=1)
+
+
+@triton.jit
+def _h2_add(a, b):
+    """``a + b`` on fp16 pairs held in int32 words (CUDA)."""
+    return tl.inline_asm_elementwise("add.rn.f16x2 $0, $1, $2;", "=r,r,r", [a, b], dtype=tl.int32, is_pure=True, pack=1)
+
+
+@triton.jit
+def _h2_fma(a, b, c):
+    """``a * b + c`` on fp16 pairs held in int32 words (CUDA)."""
+    return tl.inline_asm_elementwise("fma.rn.f16x2 $0, $1, $2, $3;", "=r,r,r,r", [a, b, c], dtype=tl.int32, is_pure=True, pack=1)
+
+
+@triton.jit
+def _pair_bits(w, h32, f: tl.constexpr, LB: tl.constexpr, HB: tl.constexpr):
+    """Word with the codes of fields ``f`` and ``f + FPW/2`` in the low bits of its two 16-bit halves.
+
+    HB = 0: ``w`` shifted (the halves still hold the higher fields above the code: masked later).
+    HB > 0: the code's high bits come from ``h32`` (field g's at bit ``HB * g`` of its half, see
+    :func:`_h32`) and the result holds nothing but the two codes.
+    """
+    ws = w >> (LB * f)  # arithmetic shift: the sign bits land above both halves' codes
+    if HB > 0:
+        if HB * f <= LB:
+            hs = h32 << (LB - HB * f)
+        else:
+            hs = h32 >> (HB * f - LB)
+        LOM: tl.constexpr = ((1 << LB) - 1) * 0x10001
+        HIM: tl.constexpr = (((1 << HB) - 1) << LB) * 0x10001
+        return (ws & LOM) | (hs & HIM)
+    return ws
+
+
+@triton.jit
+def _h32(h, HB: tl.constexpr):
+    """High bits of a word's 8 fields (``f`` at bit ``HB * f``) -> fields 0..3 in the low half, 4..7 in the high half."""
+    LOW: tl.constexpr = (1 << (4 * HB)) - 1
+    return (h & LOW) | ((h & (LOW << (4 * HB))) << (16 - 4 * HB))
+
+
+@triton.jit(do_not_specialize=["SM_STEP"])
+def _gemv16_kernel(x_ptr, qs_ptr, qh_ptr, sm_ptr, bm_ptr, b_ptr, y_ptr, ws_ptr, cnt_ptr,
+                   M, N, K, NSUB, tiles_per_split, split_k, SM_STEP, zh, zh16,
+                   LB: tl.constexpr, HB: tl.constexpr, OFF: tl.constexpr, HAS_MIN: tl.constexpr, KQ: tl.constexpr,
+                   Q6: tl.constexpr, SUBS: tl.constexpr, R: tl.constexpr, RT: tl.constexpr, MR: tl.constexpr,
+                   HAS_BIAS: tl.constexpr, USE_SPLIT: tl.constexpr, EVEN: tl.constexpr, ASM: tl.constexpr, SR: tl.constexpr,
+                   HSUM: tl.constexpr):
+    # The GEMV for fp16 activations with paired-fp16 decoding, ``MR`` rows of x per program (the
+    # weights are read and decoded once for all of them).  Same tiles as _gemv_kernel, one more
+    # leading dim: tensors are [MR, R, RT, SUBS, WPS] (x rows, weight rows, sub-blocks, words).
+    # Fields f and f + FPW/2 of a word sit in its two 16-bit halves, so one mask/or (ASM) turns
+    # both codes into the fp16 pair 1024 + u and one sub.f16x2 into the exact u - C (C: the
+    # symmetric offset, or 2**(bits-1) for the types with a min, to keep the sums small); each
+    # x row then costs one fp16x2 FMA per pair (4-bit odd fields: bits 4-7 unshifted, 16 (u - C)
+    # times x / 16; Q6_K / Q8_0: every product with x / 16).  A word's FPW/2 pairs are summed in
+    # fp16, then its words in fp32 (HSUM: in fp16 too), and per sub-block
+    #   sum(x * w) = A * sum(x * (u - C)) + (B + A * C) * sum(x)
+    # (Q6_K: the low / high halves are channels 0..15 / 16..31, scales A / A_hi; symmetric types
+    # have no sum(x) term).  Without ASM (interpreter, other backends) the same codes are summed
+    # in fp32.
+    # SR: the same tensors with their dims in the order [SUBS, RT, MR, R, WPS].  Triton gives a load
+    # the blocked layout whose threads fill the dims after the contiguous one in an order that
+    # changed between versions (3.6: 0, 1, 2, 3; 3.9: 3, 2, 1, 0); the dims that threads must
+    # span (sub-blocks, then row groups) come first in that order, so that a thread holds the R
+    # rows x MR x-rows of its sub-block in registers and every load (codes, activations, scales)
+    # gets the same layout: no shuffle through shared memory in the loop.
+    WPS: tl.constexpr = LB
+    FPW: tl.constexpr = 32 // LB
+    HF: tl.constexpr = FPW // 2
+    BITS: tl.constexpr = LB + HB
+    C: tl.constexpr = (1 << (BITS - 1)) if HAS_MIN else OFF
+    BN: tl.constexpr = R * RT
+    MSEL: tl.constexpr = 3 if HB > 0 else (2 if LB == 8 else 0)
+    NIB: tl.constexpr = LB == 4 and HB == 0  # 4-bit codes alone in their word: fields 2k + 1 need no shift
+    MASK: tl.constexpr = (1 << BITS) - 1
+    # |u - C| up to 32 (Q6_K) / 128 (Q8_0): products with x / 16 keep fp16 sums finite up to |x| ~ 8192 / 2048
+    XS: tl.constexpr = BITS >= 6
+    pid_n = tl.program_id(0)
+    pid_m = tl.program_id(1)
+    pid_k = tl.program_id(2)
+    if SR:  # physical dims [SUBS, RT, MR, R, WPS]
+        m5 = pid_m * MR + tl.arange(0, MR)[None, None, :, None, None]
+        r5 = tl.arange(0, R)[None, None, None, :, None]
+        i5 = tl.arange(0, RT)[None, :, None, None, None]
+        j5 = tl.arange(0, SUBS)[:, None, None, None, None]
+    else:  # [MR, R, RT, SUBS, WPS]
+        m5 = pid_m * MR + tl.arange(0, MR)[:, None, None, None, None]
+        r5 = tl.arange(0, R)[None, :, None, None, None]
+        i5 = tl.arange(0, RT)[None, None, :, None, None]
+        j5 = tl.arange(0, SUBS)[None, None, None, :, None]
+    MAX: tl.constexpr = 2 if SR else 0  # the MR axis
+    SAX: tl.constexpr = 0 if SR else 3  # the SUBS axis
+    n5 = pid_n * BN + r5 * RT + i5
+    p5 = tl.arange(0, WPS)[None, None, None, None, :]
+    n_tiles = tl.cdiv(NSUB, SUBS)
+    t_start = pid_k * tiles_per_split
+    t_end = tl.minimum(t_start + tiles_per_split, n_tiles)
+    acc = ((m5 + n5 + j5) * 0).to(tl.float32)  # [.., 1]: every dim but the words
+    w_ptrs = qs_ptr + n5 * (NSUB * WPS) + (t_start * SUBS + j5) * WPS + p5
+    h_ptrs = qh_ptr + n5 * (NSUB * 4) + (t_start * SUBS + j5) * 4 + p5
+    x_ptrs = x_ptr + m5 * K + i5 * 0 + (t_start * SUBS + j5) * 32 + p5
+    sm_ptrs = sm_ptr + n5 * NSUB + (t_start * SUBS + j5) * SM_STEP
+    bm_ptrs = bm_ptr + n5 * (NSUB // SUBS) + t_start + j5 * 0
+    n_ok = n5 < N
+    m_ok = m5 < M
+    wmask = n_ok & (t_start * SUBS + j5 < NSUB) & ((n5 * 0 + t_start) < t_end)
+    w_next = tl.load(w_ptrs, mask=wmask, other=0)
+    if HB > 0:
+        h_next = tl.load(h_ptrs, mask=wmask, other=0).to(tl.int32)
+    else:
+        h_next = w_next
+    for t in range(t_start, t_end):
+        s5 = t * SUBS + j5
+        w = w_next
+        if HB > 0:
+            h32 = _h32(h_next, HB)
+        else:
+            h32 = h_next
+        w_ptrs += SUBS * WPS
+        h_ptrs += SUBS * 4
+        if EVEN:
+            nmask = n_ok & ((n5 * 0 + t + 1) < t_end)
+        else:
+            nmask = n_ok & (s5 + SUBS < NSUB) & ((n5 * 0 + t + 1) < t_end)
+        w_next = tl.load(w_ptrs, mask=nmask, other=0)
+        if HB > 0:
+            h_next = tl.load(h_ptrs, mask=nmask, other=0).to(tl.int32)
+        else:
+            h_next = w_next
+        if EVEN:
+            xmask = m_ok
+        else:
+            xmask = m_ok & (s5 < NSUB)
+        if ASM:
+            a16 = (m5 + n5 + j5 + p5) * 0
+            if HAS_MIN:
+                x16 = (m5 + i5 + j5 + p5) * 0
+        else:
+            lo = ((m5 + n5 + j5 + p5) * 0).to(tl.float32)
+            hi = lo
+            if HAS_MIN:
+                X = ((m5 + i5 + j5 + p5) * 0).to(tl.float32)
+        for f in tl.static_range(HF):
+            xa = tl.load(x_ptrs + f * WPS, mask=xmask, other=0.0)
+            xb = tl.load(x_ptrs + (f + HF) * WPS, mask=xmask, other=0.0)
+            if f == 0:
+                # ties the codes to the activations' layout (see _gemv_kernel): "+ zero" folds away later
+                xbits = xa.to(tl.int16, bitcast=True).to(tl.int32)
+                zero = tl.max((xbits & 1) & (xbits & 2), axis=MAX, keep_dims=True)
+                w = w + zero
+                h32 = h32 + zero
+            if NIB and f % 2 == 1:
+                # 4-bit codes, odd field: bits 4-7 of the word shifted for field f - 1 decode to 16 * (u - C);
+                # the activations are taken / 16 (exact), which saves a shift per word and row
+                pw = _pair_bits(w, h32, f - 1, LB, HB)
+            else:
+                pw = _pair_bits(w, h32, f, LB, HB)
+                if ASM and HB > 0:  # the codes are isolated: or in the fp16 exponent with the same instructions
+                    pw = pw | 0x64006400
+            if ASM:
+                xp = _pack_h2(xa, xb)
+                if HAS_MIN:
+                    x16 = _h2_add(x16, xp)
+                if NIB and f % 2 == 1:
+                    d = _h2_dec(pw, tl.full(pw.shape, zh16, tl.int32), 1)
+                    xp = _h2_sixteenth(xp)
+                else:
+                    d = _h2_dec(pw, tl.full(pw.shape, zh, tl.int32), MSEL)
+                    if XS:
+                        xp = _h2_sixteenth(xp)
+                a16 = _h2_fma(tl.broadcast_to(d, a16.shape), tl.broadcast_to(xp, a16.shape), a16)
+            else:
+                if NIB and f % 2 == 1:
+                    pw = pw >> 4
+                qa = ((pw & MASK) | 0x4B000000).to(tl.float32, bitcast=True) - (8388608.0 + C)
+                qb = (((pw >> 16) & MASK) | 0x4B000000).to(tl.float32, bitcast=True) - (8388608.0 + C)
+                lo += qa * xa.to(tl.float32)
+                hi += qb * xb.to(tl.float32)
+                if HAS_MIN:
+                    X += xa.to(tl.float32) + xb.to(tl.float32)
+        if ASM:
+            if HSUM:  # the words' pairs summed in fp16 too (16 products per fp16 sum)
+                a16 = tl.reduce(a16, 4, _h2_add, keep_dims=True)
+            lo, hi = _unpack_h2(a16)
+            if HAS_MIN:
+                xl, xh = _unpack_h2(x16)
+                X = xl + xh
+        if EVEN:
+            mmask = n_ok
+        else:
+            mmask = n_ok & (s5 < NSUB)
+        smv = tl.load(sm_ptrs, mask=mmask, other=0)  # [1, R, RT, SUBS, 1]
+        if KQ:
+            bmv = tl.load(bm_ptrs, mask=mmask, other=0)
+        else:
+            bmv = smv
+        x_ptrs += SUBS * 32
+        sm_ptrs += SUBS * SM_STEP
+        bm_ptrs += 1
+        A, B, A_hi = _scales(smv, bmv, HAS_MIN, KQ, Q6)
+        if ASM and XS:  # the products were taken with x / 16
+            As = A * 16.0
+            As_hi = A_hi * 16.0
+        else:
+            As = A
+            As_hi = A_hi
+        if Q6:
+            acc += As * tl.sum(lo, axis=4, keep_dims=True) + As_hi * tl.sum(hi, axis=4, keep_dims=True)
+        else:
+            acc += As * tl.sum(lo + hi, axis=4, keep_dims=True)
+        if HAS_MIN:
+            acc += (B + A * C) * tl.sum(X, axis=4, keep_dims=True)
+    out = tl.sum(acc, axis=SAX, keep_dims=True)  # 5-D, SUBS and WPS of size 1
+    _finish(out, m5 * N + n5, n5, (m5 < M) & (n5 < N), y_ptr, b_ptr, ws_ptr, cnt_ptr, pid_m * tl.num_programs(0) + pid_n, pid_k,
+            split_k, M, N, HAS_BIAS, USE_SPLIT)
+
+
+@triton.jit
 def _dequant_sub(qs_ptr, qh_ptr, sm_ptr, bm_ptr, offs_n, n_mask, s, N, NSUB,
                  LB: tl.constexpr, HB: tl.constexpr, OFF: tl.constexpr, HAS_MIN: tl.constexpr, KQ: tl.constexpr,
                  Q6: tl.constexpr, SUBS_PER_BLOCK: tl.constexpr):
@@ -340,21 +601,44 @@ def _split(split: int, n_tiles: int, n_out_tiles: int, M: int, N: int) -> tuple[
 _static: dict[tuple, tuple] = {}
 
 
-def _static_args(cfg: dict, qtype: str, K: int, has_bias: bool, is_fp32: bool) -> tuple:
+def _sr_default() -> bool:
+    """Whether this Triton orders a load layout's thread dims first-to-last (3.6) rather than last-to-first (3.9)."""
+    try:
+        major, minor = (int(v) for v in triton.__version__.split(".")[:2])
+    except ValueError:
+        return False
+    return (major, minor) < (3, 9)
+
+
+#: gemv16's default dim order (configuration key ``sr`` overrides it)
+SR_DEFAULT = _sr_default()
+
+
+def gemv16_fits(dtype: torch.dtype) -> bool:
+    """Whether the paired-fp16 GEMV (``gemv16``) computes a layer: fp16 activations (every GGUF type)."""
+    return dtype == torch.float16
+
+
+def _static_args(cfg: dict, qtype: str, K: int, has_bias: bool, dtype: torch.dtype) -> tuple:
     """What a launch needs that does not depend on M, computed once per (configuration, layer kind)."""
-    key = (id(cfg), qtype, K, has_bias, is_fp32)
+    key = (id(cfg), qtype, K, has_bias, dtype)
     st = _static.get(key)
     if st is not None and st[0] is cfg:  # st holds cfg, so its id cannot be reused meanwhile
         return st
+    is_fp32 = dtype == torch.float32
     kind = cfg["kernel"]
+    if kind == "gemv16" and not gemv16_fits(dtype):  # bf16 / fp32: the general GEMV with the same tiles
+        kind = "gemv"
     opts = dict(num_warps=int(cfg.get("warps", 4)), num_stages=int(cfg.get("stages", 2)))
     consts = dict(type_constants(qtype), HAS_BIAS=has_bias)
     NSUB = K // SUB
-    if kind == "gemv":
+    if kind in ("gemv", "gemv16"):
         rt = gemv_rows_per_pass(qtype, opts["num_warps"])
         R = max(1, int(cfg["BN"]) // rt)
-        BM, BN = 1, R * rt
+        BM, BN = (int(cfg.get("MR", 1)) if kind == "gemv16" else 1), R * rt
         consts.update(SUBS=TILE_SUBS, R=R, RT=rt, EVEN=NSUB % TILE_SUBS == 0)
+        if kind == "gemv16":
+            consts.update(MR=BM, SR=bool(cfg.get("sr", SR_DEFAULT)), HSUM=bool(cfg.get("hsum", False)))
     elif kind == "dot":
         BM, BN = int(cfg["BM"]), int(cfg["BN"])
         consts.update(BM=BM, BN=BN, GROUP_M=int(cfg.get("group_m", 8)), IEEE=is_fp32)
@@ -370,24 +654,35 @@ def _static_args(cfg: dict, qtype: str, K: int, has_bias: bool, is_fp32: bool) -
 
 def launch(x: torch.Tensor, qs: torch.Tensor, qh: torch.Tensor | None, sm: torch.Tensor, bm: torch.Tensor | None,
            bias: torch.Tensor | None, qtype: str, cfg: dict, out: torch.Tensor | None = None) -> torch.Tensor:
-    """``x @ W^T (+ bias)`` with launch configuration ``cfg`` (``kernel``: ``gemv``, ``dot`` or ``dqmm``)."""
+    """``x @ W^T (+ bias)`` with launch configuration ``cfg`` (``kernel``: ``gemv``, ``gemv16``, ``dot`` or ``dqmm``).
+
+    ``gemv16`` (fp16 activations; other dtypes run ``gemv`` with the same tiles) takes ``MR`` rows of x
+    per program (default 1).
+    """
     M, K = x.shape
     N = qs.shape[0]
     NSUB = K // SUB
     y = out if out is not None else torch.empty((M, N), dtype=x.dtype, device=x.device)
     if M == 0:
         return y
-    _, kind, BM, BN, split, consts, opts, skey, variants = _static_args(cfg, qtype, K, bias is not None, x.dtype == torch.float32)
+    _, kind, BM, BN, split, consts, opts, skey, variants = _static_args(cfg, qtype, K, bias is not None, x.dtype)
     if kind == "dqmm":
         W = dequantize(qs, qh, sm, bm, qtype, K, x.dtype, BN=BN, spp=int(cfg.get("spp", 8)))
         if out is None:
             return torch.nn.functional.linear(x, W, bias)
         return torch.addmm(bias, x, W.t(), out=out) if bias is not None else torch.mm(x, W.t(), out=out)
+    asm = None
     if kind == "gemv":
         n_out = M * -(-N // BN)
         split, per = _split(split, -(-NSUB // TILE_SUBS), n_out, M, N)
         grid = (-(-N // BN), M, split)
         fn = _gemv_kernel
+    elif kind == "gemv16":
+        n_out = -(-M // BM) * -(-N // BN)
+        split, per = _split(split, -(-NSUB // TILE_SUBS), n_out, M, N)
+        grid = (-(-N // BN), -(-M // BM), split)
+        fn = _gemv16_kernel
+        asm = _asm_ok(x)
     else:
         n_out = -(-M // BM) * -(-N // BN)
         split, per = _split(split, NSUB, n_out, M, N)
@@ -399,13 +694,31 @@ def launch(x: torch.Tensor, qs: torch.Tensor, qh: torch.Tensor | None, sm: torch
     else:
         ws = cnt = y
     use_split = split > 1
-    c = variants.get(use_split)
+    c = variants.get((use_split, asm))
     if c is None:
-        c = variants[use_split] = dict(consts, USE_SPLIT=use_split)
+        c = variants[(use_split, asm)] = dict(consts, USE_SPLIT=use_split) if asm is None else dict(consts, USE_SPLIT=use_split, ASM=asm)
     tensors = (x, qs, qh if qh is not None else qs, sm, bm if bm is not None else sm, bias if bias is not None else sm, y, ws, cnt)
-    ints = (M, N, K, NSUB, per, split, 1) if kind == "gemv" else (M, N, K, NSUB, per, split)
-    _fast.launch(fn, grid, tensors, ints, (), c, (skey, use_split), opts, y)
+    if kind == "gemv":
+        ints = (M, N, K, NSUB, per, split, 1)
+    elif kind == "gemv16":
+        ints = (M, N, K, NSUB, per, split, 1, *_zh(qtype))
+    else:
+        ints = (M, N, K, NSUB, per, split)
+    _fast.launch(fn, grid, tensors, ints, (), c, (skey, use_split, asm), opts, y)
     return y
+
+
+_zhs: dict[str, tuple[int, int]] = {}
+
+
+def _zh(qtype: str) -> tuple[int, int]:
+    """The int32 words whose fp16 halves are both ``1024 + C`` / ``1024 + 16 C`` (``C``: what gemv16 subtracts from a code)."""
+    v = _zhs.get(qtype)
+    if v is None:
+        _, LB, HB, _ = CODES[qtype]
+        c = OFFSET.get(qtype, 1 << (LB + HB - 1))
+        v = _zhs[qtype] = (_h2_magic(float(c)), _h2_magic(16.0 * c) if LB + HB == 4 else 0)
+    return v
 
 
 def dequantize(qs: torch.Tensor, qh: torch.Tensor | None, sm: torch.Tensor, bm: torch.Tensor | None, qtype: str, in_features: int,

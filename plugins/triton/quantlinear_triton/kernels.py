@@ -25,9 +25,9 @@ layout (see :mod:`quantlinear_triton.packing`):
 Launches go through :mod:`quantlinear_triton.launch` (a cached direct launcher; falls back to
 ``kernel[grid]``).
 
-Both can split K over ``split_k`` programs.  The split partials go to an fp32 workspace and
-the last program to arrive at an output tile (a counter per tile, in a persistent,
-zero-initialised buffer) sums them in a fixed order, writes the output and sets the counter
+Both can split K over ``split_k`` programs.  The split partials go to a persistent fp32
+workspace per device (:func:`_workspace`: no allocation per call) and the last program to
+arrive at an output tile (a counter per tile, in a persistent, zero-initialised buffer) sums them in a fixed order, writes the output and sets the counter
 back to zero: one launch, deterministic, no memset.  (Launches on one stream are ordered,
 so a counter is always zero when a launch starts.)
 
@@ -54,6 +54,56 @@ BACKEND_OPTIONS = ("waves_per_eu", "matrix_instr_nonkdim", "kpack")
 #: Persistent per-device tile counters for split-K.
 COUNTER_SLOTS = 1 << 16
 _counters: dict[torch.device, torch.Tensor] = {}
+
+
+_cnt_by_index: dict[int, torch.Tensor] = {}  # the same buffers by ``Tensor.get_device()`` (the per-call lookup)
+#: Persistent split-K workspaces (fp32), by ``Tensor.get_device()``: the current one, and every
+#: smaller one it replaced (kept alive: a CUDA graph captured earlier may still write into it).
+WORKSPACE_MIN = 1 << 20
+_ws: dict[int, torch.Tensor] = {}
+_ws_old: list[torch.Tensor] = []
+
+
+def _capturing(device_index: int) -> bool:
+    if device_index < 0:
+        return False
+    try:
+        return torch.cuda.is_current_stream_capturing()
+    except Exception:
+        return True
+
+
+def _workspace(x: torch.Tensor, device_index: int, numel: int) -> torch.Tensor:
+    """``numel`` fp32 elements of split-K workspace on ``x``'s device, without a per-call allocation.
+
+    One persistent buffer per device, grown (to a power of two) when a launch needs more; the
+    split partials are written and read within one launch and launches on a stream are ordered,
+    so consecutive launches can share it (as they share the tile counters; split-K launches of
+    one device running concurrently on two streams share both).  While a CUDA graph is being
+    captured a buffer that is too small is not replaced: that launch gets its own temporary
+    (from the graph's pool), as every launch did before.
+    """
+    buf = _ws.get(device_index)
+    if buf is not None and buf.numel() >= numel:
+        return buf
+    if _capturing(device_index):
+        return torch.empty(numel, dtype=torch.float32, device=x.device)
+    size = max(WORKSPACE_MIN, 1 << (numel - 1).bit_length())
+    if buf is not None:
+        _ws_old.append(buf)
+    buf = _ws[device_index] = torch.empty(size, dtype=torch.float32, device=x.device)
+    return buf
+
+
+def reserve(device: torch.device) -> None:
+    """Allocate ``device``'s split-K counters and minimum workspace now (before any graph capture)."""
+    counters(device)
+    device = torch.device(device)
+    if device.type == "cuda" and device.index is None:
+        device = torch.device("cuda", torch.cuda.current_device())
+    di = device.index if device.type == "cuda" else -1
+    if di not in _ws:
+        _ws[di] = torch.empty(WORKSPACE_MIN, dtype=torch.float32, device=device)
 
 
 def counters(device: torch.device) -> torch.Tensor:
@@ -523,6 +573,7 @@ def _dot_kernel(x_ptr, w_ptr, s_ptr, z_ptr, b_ptr, y_ptr, ws_ptr, cnt_ptr,
 
 
 _static: dict[tuple, tuple] = {}
+_skey_ids: dict[tuple, int] = {}
 
 
 def gemv16_fits(bits: int, slab: int, group_size: int, K: int, dtype: torch.dtype) -> bool:
@@ -557,6 +608,7 @@ def _static_args(cfg: dict, bits: int, slab: int, group_size: int, K: int, has_z
     opts = dict(num_warps=int(cfg.get("warps", 4)), num_stages=int(cfg.get("stages", 2)))
     opts.update({k: int(cfg[k]) for k in BACKEND_OPTIONS if k in cfg})
     even_k = K % (slab * vpw) == 0
+    rows = BM  # gemv16 runs one row of x per program; a configuration with BM > 1 (e.g. an old tuning cache) runs gemv
     if kind == "gemv16":
         common = dict(BITS=bits, SLAB=slab, BN=BN, HAS_ZEROS=has_zeros, HAS_BIAS=has_bias, EVEN_K=even_k, MAX_SPLIT=MAXS, **opts)
         BM = 1
@@ -570,14 +622,16 @@ def _static_args(cfg: dict, bits: int, slab: int, group_size: int, K: int, has_z
         common.update(GROUP_M=int(cfg.get("group_m", 8)), SWAP=bool(cfg.get("swap", True)), SCALE_W=bool(cfg.get("scale_w", False)),
                       IEEE=is_fp32)
     consts = {k: v for k, v in common.items() if k not in opts}
-    # a paired-fp16 configuration for a layer it does not fit: the general kernel with the same tiles
-    if kind == "gemv16" and not (dtype is not None and gemv16_fits(bits, slab, group_size, K, dtype)):
-        fallback = dict(cfg, kernel="gemv", BM=1)
+    # a paired-fp16 configuration for a layer it does not fit (or gemv16 with BM > 1): the general kernel with the same tiles
+    if kind == "gemv16" and (rows > 1 or not (dtype is not None and gemv16_fits(bits, slab, group_size, K, dtype))):
+        fallback = dict(cfg, kernel="gemv", BM=rows)
     elif kind == "dot16" and not (dtype is not None and dot16_fits(bits, slab, group_size, K, dtype)):
         fallback = dict(cfg, kernel="dot", scale_w=True)
     else:
         fallback = None
-    skey = (kind, *sorted(common.items()))  # by value: identifies the constexprs and options of a launch
+    # by value: identifies the constexprs and options of a launch (interned to a small int: hashed on every launch)
+    # (prefixed: other modules' static keys share launch's cache)
+    skey = _skey_ids.setdefault((kind, *sorted(common.items())), ("wna16", len(_skey_ids)))
     st = (cfg, kind, BM, BN, split, consts, opts, skey, {}, fallback, common)  # common last (tests read st[-1])
     if len(_static) > 4096:
         _static.clear()
@@ -624,10 +678,11 @@ def launch(x: torch.Tensor, qweight: torch.Tensor, scales: torch.Tensor, zeros: 
     else:
         tps = n_tiles
     if split > 1:
-        ws = x.new_empty((split, M, N), dtype=torch.float32)
-        cnt = _counters.get(x.device)
+        di = x.get_device()  # an int (-1: CPU), cheaper than x.device
+        ws = _workspace(x, di, split * M * N)
+        cnt = _cnt_by_index.get(di)
         if cnt is None:
-            cnt = counters(x.device)
+            cnt = _cnt_by_index[di] = counters(x.device)
     else:
         ws = cnt = y
     bp = bias if bias is not None else scales

@@ -34,6 +34,35 @@ _I32_MIN, _I32_MAX = -(2**31), 2**31 - 1
 #: (static key, device, specialization class) -> CompiledKernel
 _compiled: dict[tuple, Any] = {}
 _state: dict[str, Any] = {}
+#: kernel name -> [direct launches, normal launches] (see :func:`stats`); a cached entry holds its kernel's list
+_stats: dict[str, list] = {}
+
+
+def _counts(fn) -> list:
+    name = getattr(fn, "__name__", None) or getattr(getattr(fn, "fn", None), "__name__", None) or str(fn)
+    c = _stats.get(name)
+    if c is None:
+        c = _stats[name] = [0, 0]
+    return c
+
+
+def stats(reset: bool = False) -> dict[str, tuple[int, int]]:
+    """Launches per kernel since the process started (or the last reset): ``{name: (direct, normal)}``.
+
+    ``direct`` went through the cached launcher, ``normal`` through ``kernel[grid]`` (first
+    launches of a specialization, the one-time check, graph captures before the check, and every
+    launch while the fast path is off).  Two counter increments per launch, no other cost.
+    """
+    out = {k: (v[0], v[1]) for k, v in sorted(_stats.items())}
+    if reset:
+        for v in _stats.values():
+            v[0] = v[1] = 0
+    return out
+
+
+def stats_line() -> str:
+    """:func:`status` and :func:`stats` on one line (for logs)."""
+    return status() + " | " + ", ".join(f"{k}: {d} direct/{n} normal" for k, (d, n) in stats().items())
 
 
 def _supported() -> bool:
@@ -52,6 +81,8 @@ def _supported() -> bool:
             _state["knobs"] = knobs.runtime
             raw = getattr(torch._C, "_cuda_getCurrentRawStream", None)
             _state["stream"] = raw if raw is not None else (lambda d: torch.cuda.current_stream(d).cuda_stream)
+            cur = getattr(torch._C, "_cuda_getDevice", None)  # torch.cuda.current_device() without its Python wrapper
+            _state["device"] = cur if cur is not None else torch.cuda.current_device
     except Exception as e:
         ok = False
         _state["why"] = f"{type(e).__name__}: {e}"
@@ -111,26 +142,30 @@ def launch(fn, grid: tuple, tensors: Sequence[torch.Tensor], ints: Sequence[int]
     if x0.is_cuda and _supported():
         kr = _state["knobs"]
         if _no_hooks(kr):
-            dev = x0.device.index
-            key = (static_key, dev, tuple([(t.dtype, (t.data_ptr() & 15) == 0) for t in tensors]), tuple([_int_class(v) for v in ints]))
+            dev = x0.get_device()
+            # the specialization class (as _int_class, inlined: this runs on every launch)
+            key = (static_key, dev, tuple([(t.dtype, (t.data_ptr() & 15) == 0) for t in tensors]),
+                   tuple([1 if v == 1 else 3 if (v < _I32_MIN or v > _I32_MAX) else 2 if v % 16 == 0 else 0 for v in ints]))
             hit = _compiled.get(key)
-            if hit is not None and dev == torch.cuda.current_device():
+            if hit is not None and dev == _state.get("device", torch.cuda.current_device)():
                 verified = _state.get("verified", False)
                 if verified or (out is not None and not _capturing()):
-                    run, function, packed = hit
-                    args = (*tensors, *ints, *floats, *_const_values(fn, consts, static_key))
-                    g1 = grid[1] if len(grid) > 1 else 1
-                    g2 = grid[2] if len(grid) > 2 else 1
+                    run, function, packed, counts, cvals = hit
+                    args = (*tensors, *ints, *floats, *cvals)
+                    n = len(grid)
                     try:
-                        run(grid[0], g1, g2, _state["stream"](dev), function, packed, None, None, None, *args)
+                        run(grid[0], grid[1] if n > 1 else 1, grid[2] if n > 2 else 1, _state["stream"](dev), function, packed,
+                            None, None, None, *args)
                     except Exception as e:  # an internal API this module does not know: normal launches from now on
                         _state["ok"] = False
                         _state["why"] = f"direct launch failed: {type(e).__name__}: {e}"
                         _compiled.clear()
                     else:
+                        counts[0] += 1
                         if verified:
                             return
                         fast = out.clone()
+                        counts[1] += 1
                         fn[grid](*tensors, *ints, *floats, **consts, **options)
                         same = torch.equal(torch.nan_to_num(fast), torch.nan_to_num(out))
                         _state["verified"] = same
@@ -140,11 +175,14 @@ def launch(fn, grid: tuple, tensors: Sequence[torch.Tensor], ints: Sequence[int]
                             _compiled.clear()
                         return
                 else:
+                    hit[3][1] += 1
                     fn[grid](*tensors, *ints, *floats, **consts, **options)
                     return
+            counts = _counts(fn)
+            counts[1] += 1
             ck = fn[grid](*tensors, *ints, *floats, **consts, **options)
             try:
-                entry = (ck.run, ck.function, ck.packed_metadata)  # (reading ck.run loads the module where it is lazy)
+                entry = (ck.run, ck.function, ck.packed_metadata, counts, None)  # (reading ck.run loads the module where it is lazy)
             except Exception as e:
                 _state["why"] = f"no launcher on {type(ck).__name__}: {type(e).__name__}: {e}"
                 return
@@ -153,9 +191,10 @@ def launch(fn, grid: tuple, tensors: Sequence[torch.Tensor], ints: Sequence[int]
             elif not _check_order(fn, tensors, ints, floats, consts):
                 _state["why"] = f"{getattr(fn, '__name__', fn)}: parameters are not runtime args then constexprs"
             elif len(_compiled) < 8192:
-                _compiled[key] = entry
+                _compiled[key] = (*entry[:4], _const_values(fn, consts, static_key))  # the constexprs' values in parameter order
             return
         _state["why"] = "a launch hook is installed"
+    _counts(fn)[1] += 1
     fn[grid](*tensors, *ints, *floats, **consts, **options)
 
 

@@ -53,8 +53,8 @@ class TritonSlabBase(QuantLinear):
         self.register_buffer("w_zeros", None if zc is not None else pack_zeros(w.zeros))
         self.zero_point = float(zc if zc is not None else 0)
         self.problem = tune.Problem(bits, slab, g, zc is None, _ops.dtype_name(s.dtype), N, K)
-        if self.w_slab.is_cuda:  # allocate the split-K counters now, never during a graph capture
-            _ops.triton_kernels().counters(self.w_slab.device)
+        if self.w_slab.is_cuda:  # allocate the split-K counters and workspace now, never during a graph capture
+            _ops.triton_kernels().reserve(self.w_slab.device)
 
     def compute(self, x: torch.Tensor) -> torch.Tensor:
         m = self.meta

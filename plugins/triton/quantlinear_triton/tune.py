@@ -213,18 +213,19 @@ class Tuner:
 
     def settled(self, p: Problem, x: torch.Tensor) -> dict | None:
         """The configuration already settled for ``x``'s M and device (no dqmm), or None: one dict lookup."""
-        cfg = self._by_m.get((p, x.shape[0], x.device.index))
+        cfg = self._by_m.get((p, x.shape[0], x.get_device()))  # get_device(): an int (-1: CPU), no torch.device built
         if cfg is not None and cfg["kernel"] != "dqmm":
             return cfg
         return None
 
     def get(self, device: torch.device, p: Problem, M: int, run: Callable[[dict], object] | None = None) -> dict:
-        cfg = self._by_m.get((p, M, device.index))
+        di = device.index if device.index is not None else (-1 if device.type == "cpu" else torch.cuda.current_device())
+        cfg = self._by_m.get((p, M, di))
         if cfg is not None:
             return cfg
         cfg = self._get(device, p, M, run)
         if (device, p, bucket(M)) in self._fast and len(self._by_m) < 65536:
-            self._by_m[(p, M, device.index)] = cfg
+            self._by_m[(p, M, di)] = cfg
         return cfg
 
     def _get(self, device: torch.device, p: Problem, M: int, run: Callable[[dict], object] | None) -> dict:

@@ -1,10 +1,11 @@
 """Cross-compile the float-scheme Triton kernels for GPU targets without a GPU (a tool, not a pytest module).
 
-    TRITON_INTERPRET=0 python plugins/triton/tests/fp_compile_check.py [sm90 sm80 gfx942]
+    TRITON_INTERPRET=0 python plugins/triton/tests/fp_compile_check.py [sm90 sm80 gfx942] [--kernels=gemv16,dqmm]
 
 Each launch ``fp_kernels.launch`` / ``quantize_activations`` would make (MXFP4, NVFP4, MXFP8 with every FP8
 decode, FP8_STATIC; fp16/bf16/fp32; GEMV, GEMV with rows, skinny dot, 128x128 dot) is recorded on CPU
-tensors, turned into an ``ASTSource`` with its constexprs and 16-byte divisibility hints, and compiled by
+tensors (``gemv16`` with its PTX path, ``ASM=True``, on CUDA targets; ``dqmm``: its dequantize kernel),
+turned into an ``ASTSource`` with its constexprs and 16-byte divisibility hints, and compiled by
 Triton's own backends (ptxas ships with Triton).  Prints one line per kernel with its shared memory; the
 exit status is the number of failures.  Too slow for the test suite (hundreds of compiles).
 """
@@ -27,14 +28,17 @@ from quantlinear.scheme import PRESETS  # noqa: E402
 from quantlinear_triton import fp_kernels as FK  # noqa: E402
 from quantlinear_triton import fp_packing as P  # noqa: E402
 
-NAMES = ("_fp_gemv_kernel", "_fp_dot_kernel", "_act_quant_kernel", "_fp_dequant_kernel")
+NAMES = ("_fp_gemv_kernel", "_fp_gemv16_kernel", "_fp_dot_kernel", "_act_quant_kernel", "_fp_dequant_kernel")
 TY = {torch.float16: "fp16", torch.bfloat16: "bf16", torch.float32: "fp32", torch.int32: "i32", torch.uint8: "u8"}
 OPTIONS = ("num_warps", "num_stages", "enable_fp_fusion", "waves_per_eu", "matrix_instr_nonkdim", "kpack")
 TARGETS = {"sm90": GPUTarget("cuda", 90, 32), "sm80": GPUTarget("cuda", 80, 32), "gfx942": GPUTarget("hip", "gfx942", 64)}
 CONFIGS = [(1, {"kernel": "gemv", "BM": 1, "BN": 64, "split_k": 4, "warps": 4}),
            (4, {"kernel": "gemv", "BM": 4, "BN": 32, "split_k": 2, "warps": 4}),
            (16, {"kernel": "dot", "BM": 16, "BN": 64, "split_k": 2, "swap": True, "warps": 4, "stages": 3}),
-           (512, {"kernel": "dot", "BM": 128, "BN": 128, "split_k": 1, "swap": True, "warps": 8, "stages": 3})]
+           (512, {"kernel": "dot", "BM": 128, "BN": 128, "split_k": 1, "swap": True, "warps": 8, "stages": 3}),
+           (1, {"kernel": "gemv16", "BM": 1, "BN": 64, "split_k": 4, "warps": 4}),
+           (1, {"kernel": "gemv16", "BM": 1, "BN": 64, "split_k": 4, "warps": 4, "psum": 1}),
+           (512, {"kernel": "dqmm", "BN": 64, "warps": 4})]
 
 
 def record(fn, *args):
@@ -81,15 +85,18 @@ def compile_one(kernel, args, kwargs, target):
                           options=opts)
 
 
-def main(which: list[str]) -> int:
+def main(which: list[str], kinds: set[str] | None = None) -> int:
     K, failures = 4096, 0
-    for name, elems in (("MXFP4", [P.E2M1]), ("NVFP4", [P.E2M1]), ("MXFP8", [P.E4M3, P.E4M3_NV, P.E4M3_B8]), ("FP8_STATIC", [P.E4M3])):
+    for name, elems in (("MXFP4", [P.E2M1]), ("NVFP4", [P.E2M1]), ("MXINT4", [P.E0M4]), ("MXFP8", [P.E4M3, P.E4M3_NV, P.E4M3_B8]),
+                        ("FPW8A16", [P.E4M3_NV]), ("FP8_STATIC", [P.E4M3])):
         sc = PRESETS[name]
         w = fpquant.quantize_float(torch.randn(256, K).to(torch.bfloat16) * 0.05, sc, act_amax=3.0)
         for elem in elems:
             meta, t = P.prepare_float(w, fpquant.act_quant_kind(sc), fp8_elem=elem)
             for dt in (torch.float16, torch.bfloat16, torch.float32):
                 for M, cfg in CONFIGS:
+                    if kinds is not None and cfg["kernel"] not in kinds:
+                        continue
                     x = torch.zeros(M, K, dtype=dt)
                     launches = record(FK.launch, x, t["qweight"], t["scales"], t["row_scales"], torch.zeros(256, dtype=dt),
                                       meta.elem, meta.scale, meta.block, cfg)
@@ -98,6 +105,8 @@ def main(which: list[str]) -> int:
                         if (elem == P.E4M3_NV and tn != "sm90") or (elem == P.E4M3_B8 and tn != "gfx942"):
                             continue  # hardware FP8 decode only where the target has that format
                         for kernel, a, kw in launches:
+                            if "ASM" in kw:
+                                kw = dict(kw, ASM=TARGETS[tn].backend == "cuda")
                             what = f"{name} {P.ELEMENT_NAMES[elem]} {str(dt)[6:]} M={M} {tn} {kernel.__name__}"
                             t0 = time.time()
                             try:
@@ -110,4 +119,6 @@ def main(which: list[str]) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main(sys.argv[1:] or list(TARGETS)))
+    args = [a for a in sys.argv[1:] if not a.startswith("--kernels=")]
+    ks = [a.split("=", 1)[1] for a in sys.argv[1:] if a.startswith("--kernels=")]
+    sys.exit(main(args or list(TARGETS), set(ks[0].split(",")) if ks else None))

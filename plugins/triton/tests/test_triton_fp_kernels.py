@@ -107,6 +107,7 @@ def test_decode_every_code_exact(element):
         assert torch.equal(dequant(meta, t).cpu(), w.dequantize()), (element, mode)
 
 
+@pytest.mark.skipif(GPU, reason="fp8e4b8 (e4m3fnuz) exists on ROCm gfx942 only; CUDA GPUs cannot compile it")
 def test_decode_e4m3fnuz_bytes():
     """gfx942's native path: e4m3fn bytes converted to e4m3fnuz (-0 -> +0) decode to the e4m3fn values."""
     codes = _all_codes("e4m3")
@@ -246,3 +247,76 @@ def test_default_table_and_keys(monkeypatch):
     assert not space.tuning_enabled()  # nothing measured yet: off unless asked
     monkeypatch.setenv("QUANTLINEAR_TOY_FP_TUNE", "1")
     assert space.tuning_enabled() and str(space.shipped_path("sm90")).endswith("fp-sm90.json")
+
+
+# ---- paired-fp16 GEMV and dequantize-then-matmul -----------------------------------------------------------
+GEMV16 = {"kernel": "gemv16", "BM": 1, "BN": 16, "split_k": 1, "warps": 4}
+GEMV16_SPLIT = {"kernel": "gemv16", "BM": 1, "BN": 32, "split_k": 3, "warps": 4}
+GEMV16_P1 = {"kernel": "gemv16", "BM": 1, "BN": 16, "split_k": 2, "warps": 4, "psum": 1}
+DQMM = {"kernel": "dqmm", "BN": 32, "warps": 4}
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.float32] + ([torch.bfloat16] if GPU else []))
+@pytest.mark.parametrize("name,fp8_elem", [("MXFP4", P.E4M3), ("NVFP4", P.E4M3), ("MXINT4", P.E4M3), ("MXFP8", P.E4M3_NV),
+                                           ("FPW8A16", P.E4M3_NV), ("FPW8A16", P.E4M3)])
+def test_gemv16_and_dqmm(dtype, name, fp8_elem):
+    """gemv16 (fp16: the paired decode; its fp32 fallback in the interpreter; other dtypes: the plain GEMV) and dqmm."""
+    K, N = SHAPES[name]
+    w = weights(name, K, N, seed=4)
+    meta, t = packed(w, fp8_elem)
+    W = w.dequantize().to(DEV)
+    bias = torch.randn(N, generator=torch.Generator().manual_seed(3)).to(dtype).to(DEV)
+    for M, cfg, b in [(1, GEMV16, None), (1, GEMV16_SPLIT, bias), (3, GEMV16_SPLIT, None), (2, GEMV16_P1, bias), (1, DQMM, None),
+                      (37, DQMM, bias)]:
+        x = (torch.randn(M, K, generator=torch.Generator().manual_seed(M)) * 3).to(dtype).to(DEV)
+        ref = x.float() @ W.t() + (b.float() if b is not None else 0)
+        assert rel_err(run(meta, t, x, cfg, b), ref) < TOL[dtype], (name, cfg)
+        if cfg is DQMM:  # also with a fresh output (F.linear)
+            y = fk().launch(x, t["qweight"], t["scales"], t["row_scales"], b, meta.elem, meta.scale, meta.block, cfg)
+            assert rel_err(y, ref) < TOL[dtype], (name, cfg)
+    assert fk().launch(x[:0], t["qweight"], t["scales"], t["row_scales"], None, meta.elem, meta.scale, meta.block, DQMM).shape == (0, N)
+
+
+def test_gemv16_split_k_counters_reset():
+    from quantlinear_triton.kernels import counters
+
+    K = 7 * 256
+    w = weights("MXFP4", K, 32, seed=6)
+    meta, t = packed(w)
+    x = torch.randn(2, K, generator=torch.Generator().manual_seed(0)).to(torch.float16).to(DEV)
+    ref = x.float() @ w.dequantize().to(DEV).t()
+    for split in (8, 3, 1):
+        for psum in (4, 1):
+            assert rel_err(run(meta, t, x, dict(GEMV16_SPLIT, split_k=split, psum=psum)), ref) < TOL[torch.float16], split
+            assert int(counters(x.device)[:64].abs().sum()) == 0, split
+
+
+def test_paired_fp16_error_model():
+    """The PTX paths' arithmetic, simulated in torch: the weight as fp16 ``value / 8`` (psum 1) or ``value / 32``
+    (psum 4; FP8: / 512, / 2048), fp16 products with fp16 activations (psum 4: summed in fp16 over 4 consecutive
+    channels of a block), then fp32 with the block scales: within 1e-3 of the fp64 reference and finite for
+    activations up to 1e3 with a 6e4 outlier."""
+    for name in ("MXFP4", "NVFP4", "MXINT4", "MXFP8", "FPW8A16"):
+        K, N = 4096, 64
+        w = weights(name, K, N, seed=9)
+        s = w.scales.float().repeat_interleave(w.block_size, dim=1)[:, :K]
+        if w.global_scale is not None:
+            s = s / w.global_scale.float()
+        for psum in (1, 4):
+            div = (512.0 if w.element == "e4m3" else 8.0) * (4 if psum == 4 else 1)
+            v = (w.values() / div).half()  # exact: every value / div fits fp16
+            assert torch.equal(v.float() * div, w.values())
+            for amp in (1.0, 30.0, 1e3):
+                x = (torch.randn(1, K, generator=torch.Generator().manual_seed(2)) * amp).half()
+                x[0, 5] = 6.0e4  # an outlier activation
+                prod = v * x  # the f16x2 multiply, rounded to fp16
+                if psum == 4:  # fp16 sums of 4 consecutive channels (one block), as the fma.rn.f16x2 chain
+                    q = prod.reshape(N, K // 4, 4)
+                    part = ((q[..., 0] + q[..., 1]) + q[..., 2]) + q[..., 3]
+                    assert torch.isfinite(part).all(), name
+                    y = (part.float() * s[:, ::4]).sum(-1, dtype=torch.float64) * div
+                else:
+                    assert torch.isfinite(prod).all(), name
+                    y = (prod.float() * s).sum(-1, dtype=torch.float64) * div
+                ref = x.double() @ w.dequantize().double().t()
+                assert float((y - ref).abs().max() / ref.abs().max()) < 1e-3, (name, psum, amp)

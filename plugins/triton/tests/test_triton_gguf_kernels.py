@@ -136,6 +136,45 @@ def test_gemv_and_dot_fp16(qtype):
         assert rel(y, ref) < TOL[torch.float16], (qtype, cfg, M)
 
 
+GEMV16 = {"kernel": "gemv16", "BN": 16, "split_k": 1, "warps": 1}
+
+
+@pytest.mark.parametrize("qtype", TYPES)
+def test_gemv16_fp16(qtype):
+    """The paired-fp16 GEMV (its pure-Triton schedule here: ASM is off in the interpreter), both dim orders,
+    split-K, several rows of x per program (a partial last one), a partial K tile for the 32-channel types."""
+    for cfg, M, bias in ((GEMV16, 1, True), (dict(GEMV16, sr=True, BN=8, split_k=2), 1, False),
+                         (dict(GEMV16, sr=False, MR=2, hsum=True), 3, True), (dict(GEMV16, sr=True, MR=4, split_k=2), 2, False)):
+        y, ref = run(qtype, cfg, M, torch.float16, bias)
+        assert rel(y, ref) < TOL[torch.float16], (qtype, cfg, M)
+
+
+@pytest.mark.parametrize("qtype", ["Q4_K", "Q8_0"])
+def test_gemv16_config_runs_gemv_for_other_dtypes(qtype):
+    """A gemv16 configuration on fp32 activations runs the general GEMV with the same tiles (fp32-exact)."""
+    from quantlinear_triton.gguf_kernels import _static_args
+
+    y, ref = run(qtype, dict(GEMV16, MR=2), 1, torch.float32, bias=True)
+    assert rel(y, ref) < TOL[torch.float32]
+    cfg = dict(GEMV16, MR=2)
+    assert _static_args(cfg, qtype, 512, False, torch.float32)[1] == "gemv"
+    assert _static_args(cfg, qtype, 512, False, torch.float16)[1] == "gemv16"
+
+
+def test_gemv16_magic_words():
+    """The fp16 pairs gemv16 subtracts: 1024 + C (and 1024 + 16 C for the 4-bit types' odd fields)."""
+    from quantlinear_triton.gguf_kernels import _zh
+
+    def halves(v):
+        return torch.tensor([v & 0xFFFF, (v >> 16) & 0xFFFF], dtype=torch.int32).to(torch.int16).view(torch.float16).tolist()
+
+    for qtype, c in (("Q4_0", 8), ("Q4_K", 8), ("Q5_K", 16), ("Q6_K", 32), ("Q8_0", 128), ("Q4_1", 8), ("Q5_0", 16)):
+        zh, zh16 = _zh(qtype)
+        assert halves(zh) == [1024.0 + c] * 2, qtype
+        if gp.CODES[qtype][0] == 4:
+            assert halves(zh16) == [1024.0 + 16 * c] * 2, qtype
+
+
 @pytest.mark.parametrize("qtype", ["Q4_K", "Q6_K", "Q5_0"])
 def test_dequantize_kernel_is_llama_cpp_bit_for_bit(qtype):
     from quantlinear_triton.gguf_kernels import dequantize

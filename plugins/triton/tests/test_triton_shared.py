@@ -137,6 +137,9 @@ def test_fast_launch_caches_per_specialization_and_verifies(monkeypatch):
         def data_ptr(self):
             return self.ptr
 
+        def get_device(self):
+            return self.device.index
+
     calls = []
     out = torch.zeros(4)
 
@@ -162,7 +165,7 @@ def test_fast_launch_caches_per_specialization_and_verifies(monkeypatch):
     chain = SimpleNamespace(calls=[])  # an empty HookChain is no hook
     monkeypatch.setattr(fl, "_state", {"ok": True, "knobs": SimpleNamespace(launch_enter_hook=chain, launch_exit_hook=None),
                                        "stream": lambda d: 77})
-    for name in ("_compiled", "_const_cache", "_order_ok"):
+    for name in ("_compiled", "_const_cache", "_order_ok", "_stats"):
         monkeypatch.setattr(fl, name, {})
     monkeypatch.setattr(torch.cuda, "current_device", lambda: 0)
     monkeypatch.setattr(torch.cuda, "is_current_stream_capturing", lambda: False)
@@ -182,6 +185,10 @@ def test_fast_launch_caches_per_specialization_and_verifies(monkeypatch):
     assert a[:7] == (3, 1, 1, 77, "fn-handle", "meta", None) and a[7:9] == (None, None)
     assert a[11:] == (32, 0.5, 1, 2)  # runtime args, then the constexprs in parameter order
     assert go(grid=(5, 2)) == ["direct"] and calls[0][1][:3] == (5, 2, 1)  # a 2-D grid: the launcher gets z = 1
+    assert go(grid=(6,)) == ["direct"] and calls[0][1][:3] == (6, 1, 1)
+    (name, (direct, normal)), = fl.stats().items()  # per kernel: direct / normal launches so far
+    assert (direct, normal) == (4, 2) and "4 direct/2 normal" in fl.stats_line()
+    assert fl.stats(reset=True)[name] == (4, 2) and fl.stats()[name] == (0, 0)
     assert go(ptr=72) == ["jit"]  # not 16-byte aligned: another specialization
     assert go(n=1) == ["jit"] and go(n=40) == ["jit"] and go(n=40) == ["direct"] and go(n=48) == ["direct"]  # ==1, %16 classes
     assert go(consts={"A": 5, "B": 2}) == ["jit"]  # other constexprs: another static key

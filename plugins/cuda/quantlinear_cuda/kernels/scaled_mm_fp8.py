@@ -27,9 +27,30 @@ Constraints (``aten/src/ATen/native/cuda/ScaledBlas.cpp`` ``_scaled_mm_out_cuda`
 be bf16/fp16 matching a bf16/fp16 output, and no bias with an fp32 output.  Activations in fp32 are refused
 (fp32 output forbids the fused bias, and the CUTLASS row-wise kernel rejects fp32 output before PR #187569).
 
+Activation quantization (``act_quant``, fixed at ``prepare``):
+
+* ``triton`` (whenever Triton is installed): the custom op ``torch.ops.quantlinear_cuda.fp8_quant_static``
+  (:mod:`quantlinear_cuda.fp8_act_ops`, kernel :mod:`quantlinear_triton.fp8_act`): one memory-bound launch (reads
+  x once, writes the FP8 codes), bit-exact with the reference for every fp16 / bf16 value (checked exhaustively in
+  Triton's interpreter; tests/test_cuda_scaled_mm_gpu.py checks it on the GPU, eager and compiled).  The torch ops took 159 us at M=4096, K=4096 and 532 us at K=14336 on an H100
+  (2026-11-25), more than the FP8 GEMM saves; one pass over 3 bytes an element is ~20-60 us there.  Being an opaque
+  custom op, ``torch.compile`` keeps its rounding: Inductor fuses plain torch ops and, with its default
+  ``emulate_precision_casts=False``, drops the rounding of the quotient to fp16 / bf16, so the compiled torch form
+  gave codes that differ from the reference on the GPU.
+* ``torch`` (Triton missing): :func:`quantize_static`, the reference's three torch ops (under ``torch.compile`` the
+  explicit form below, exact in eager and on the CPU, not guaranteed under Inductor on a GPU: see above).
+
+The verdict (``explain``) says which is used.
+
 ``torch._scaled_mm`` is an aten op with a meta kernel: ``torch.compile(fullgraph=True)`` and CUDA graphs take the
-whole ``compute`` as is.  ``use_fast_accum`` stays off (Hopper's fast accumulation skips the periodic fp32
-promotion and loses precision on long K).
+whole ``compute`` as is.
+
+Fast accumulation (opt-in): ``QUANTLINEAR_FP8_FAST_ACCUM=1`` (read once per layer at ``prepare``) passes
+``use_fast_accum=True``: Hopper's FP8 tensor cores then skip the periodic promotion of the partial sums to full
+fp32.  Measured on an H100 (torch 2.11, row-wise, fp16 out, GEMM alone, K x N in 4096 x 14336, 8192 x 28672,
+14336 x 4096, M = 1024 / 4096): 1.67-1.89x cuBLAS fp16 ``F.linear`` instead of 1.48-1.76x (slower at K=14336,
+M=1024), but a max relative error vs the exact product of 4.6e-3..9.8e-3 (fp16) / 5.6e-3..1.2e-2 (bf16) instead
+of 3.6e-4..4.9e-4 (fp16) / 2.1e-3..3.3e-3 (bf16, its own rounding).  Off by default.
 
 Test-only: :data:`CPU_STANDS_IN` lets CPU layers stand for CUDA ones (with ``device.device_props`` simulated);
 torch's CPU ``_scaled_mm`` or ``tests/fake_scaled_mm.py`` (a fake of the CUDA op's contract) then runs them.
@@ -43,9 +64,10 @@ import torch
 
 from quantlinear import LayerSpec, QuantLinear, UnsupportedSchemeError, Verdict, fpquant
 from quantlinear.formats import FloatWeights
+from quantlinear_triton.runtime import env_on, triton_available
 
-from .. import device as _device
-from .triton_wna16 import rocm_reason
+from ..fp8_act_ops import FP8_QUANT_OP, how as act_quant_how
+from .common import nvidia_device
 
 #: Test-only: CPU layers stand in for CUDA layers (selection sees a CUDA device; compute runs on the CPU).
 CPU_STANDS_IN: bool = False
@@ -54,9 +76,12 @@ MIN_CAPABILITY = (8, 9)
 #: First torch whose row-wise ``_scaled_mm`` takes fp16 outputs on every path (CUTLASS: PR #166744).
 ROWWISE_MIN_TORCH = (2, 10)
 FP8_MAX = 448.0
+#: Opt-in: ``use_fast_accum=True`` (faster on Hopper, ~10-25x the error; module docstring).  Read at ``prepare``.
+FAST_ACCUM_ENV = "QUANTLINEAR_FP8_FAST_ACCUM"
 
-VERIFIED = ("CPU only, so far: torch 2.13's CPU _scaled_mm and tests/fake_scaled_mm.py (a fake of the CUDA op's checks); "
-            "GPU tests in tests/test_cuda_scaled_mm_gpu.py")
+VERIFIED = ("torch 2.13's CPU _scaled_mm and tests/fake_scaled_mm.py (a fake of the CUDA op's checks); the fused activation "
+            "quantization over every fp16/bf16 value in Triton's interpreter; GPU tests in tests/test_cuda_scaled_mm_gpu.py "
+            "(the GEMM path measured on an H100, 2026-11-25; the fused quantization not yet run on a GPU)")
 
 
 def torch_version() -> tuple[int, int]:
@@ -95,10 +120,11 @@ def choose_plan(per_tensor: bool, version: tuple[int, int] | None = None) -> str
 def quantize_static(x: torch.Tensor, scale: torch.Tensor, qmax: float = FP8_MAX, fp8_dtype: torch.dtype = torch.float8_e4m3fn) -> torch.Tensor:
     """``clamp(x / scale, +-qmax)`` rounded to ``fp8_dtype``: ``fpquant.fp8_static_quantize_input``, bit for bit.
 
+    The fallback where Triton is missing (the layer otherwise runs ``quantlinear_cuda::fp8_quant_static``).
     Eager: the reference's three ops.  Under ``torch.compile`` the quotient is rounded to the promoted dtype
     explicitly (fp32 division, then a cast: what eager's bf16/fp16 division does internally), because Inductor
     fuses the ops and would otherwise keep the fp32 quotient and round it to FP8 once, not twice as the
-    reference does.
+    reference does.  (Inductor on a GPU may still drop that cast: ``emulate_precision_casts=False``.)
     """
     if torch.compiler.is_compiling():
         q = (x.to(torch.float32) / scale.to(torch.float32)).to(torch.promote_types(x.dtype, scale.dtype))
@@ -141,15 +167,10 @@ class FP8ScaledMMLinear(QuantLinear):
 
     @classmethod
     def check(cls, spec: LayerSpec) -> Verdict:
-        reason = rocm_reason() or scaled_mm_reason() or fp8_static_reason(spec)
+        props, reason = nvidia_device(spec)
+        reason = reason or scaled_mm_reason() or fp8_static_reason(spec)
         if reason:
             return Verdict.no(reason)
-        try:
-            props = _device.device_props(spec.device)
-        except Exception as e:
-            return Verdict.no(f"cannot use {spec.device}: {e}")
-        if props.hip:
-            return Verdict.no(f"{props.name} is a ROCm/HIP device; the CUDA plugin does not claim ROCm devices")
         if props.capability < MIN_CAPABILITY:
             return Verdict.no(f"torch._scaled_mm needs FP8 tensor cores, compute capability 8.9 (Ada) or 9.0+; "
                               f"{props.name} is {props.arch}")
@@ -157,18 +178,21 @@ class FP8ScaledMMLinear(QuantLinear):
         if K % 16 or N % 16:
             return Verdict.no(f"torch._scaled_mm needs in_features and out_features to be multiples of 16 "
                               f"(cuBLASLt FP8 operand alignment); got K={K}, N={N}")
+        act = act_quant_how()
         if spec.scheme.group_size == 0:
-            return Verdict.yes("tensor-wise scaled FP8 GEMM")
+            return Verdict.yes(f"tensor-wise scaled FP8 GEMM; {act}")
         plan = choose_plan(False)
         how = "cuBLASLt" if props.capability[0] == 9 else "PyTorch's CUTLASS kernel"
-        return Verdict.yes(f"row-wise scaled FP8 GEMM ({how})" if plan == "rowwise" else
+        return Verdict.yes(f"row-wise scaled FP8 GEMM ({how}); {act}" if plan == "rowwise" else
                            f"tensor-wise FP8 GEMM with the per-channel scale in an fp32 epilogue (torch {torch.__version__} "
-                           f"< {ROWWISE_MIN_TORCH[0]}.{ROWWISE_MIN_TORCH[1]})")
+                           f"< {ROWWISE_MIN_TORCH[0]}.{ROWWISE_MIN_TORCH[1]}); {act}")
 
     def prepare(self, w: FloatWeights) -> None:
         N = self.out_features
         per_tensor = self.spec.scheme.group_size == 0 or all_equal(w.scales)
         self.plan = choose_plan(per_tensor)
+        self.act_quant = "triton" if triton_available() else "torch"
+        self.fast_accum = env_on(FAST_ACCUM_ENV)
         self.register_buffer("w_fp8", w.codes.contiguous())  # uint8 [N, K]; a float8 view per call
         ws = w.scales.to(torch.float32).reshape(N)
         self.register_buffer("w_scale", ws[:1].clone() if self.plan == "tensorwise" else ws.reshape(1, N).contiguous())
@@ -180,16 +204,21 @@ class FP8ScaledMMLinear(QuantLinear):
         self.register_buffer("zero_bias", torch.zeros(N, dtype=torch.float16, device=isc.device) if need_zero else None)
 
     def compute(self, x: torch.Tensor) -> torch.Tensor:
-        x8 = quantize_static(x, self.input_scale)
+        if self.act_quant == "triton":
+            x8 = FP8_QUANT_OP(x, self.input_scale, False)
+        else:
+            x8 = quantize_static(x, self.input_scale)
         w8t = self.w_fp8.view(torch.float8_e4m3fn).t()
-        plan = self.plan
+        plan, fast = self.plan, self.fast_accum
         if plan == "tensorwise":
-            return torch._scaled_mm(x8, w8t, scale_a=self.input_scale_f32, scale_b=self.w_scale, bias=self.bias, out_dtype=x.dtype)
+            return torch._scaled_mm(x8, w8t, scale_a=self.input_scale_f32, scale_b=self.w_scale, bias=self.bias, out_dtype=x.dtype,
+                                    use_fast_accum=fast)
         if plan == "rowwise":
             sa = self.input_scale_f32.reshape(1, 1).expand(x.shape[0], 1).contiguous()
             bias = self.bias if self.bias is not None else self.zero_bias
-            return torch._scaled_mm(x8, w8t, scale_a=sa, scale_b=self.w_scale, bias=bias, out_dtype=x.dtype)
-        y = torch._scaled_mm(x8, w8t, scale_a=self.input_scale_f32, scale_b=self.unit_scale, out_dtype=torch.float32) * self.w_scale
+            return torch._scaled_mm(x8, w8t, scale_a=sa, scale_b=self.w_scale, bias=bias, out_dtype=x.dtype, use_fast_accum=fast)
+        y = torch._scaled_mm(x8, w8t, scale_a=self.input_scale_f32, scale_b=self.unit_scale, out_dtype=torch.float32,
+                             use_fast_accum=fast) * self.w_scale
         if self.bias is not None:
             y = y + self.bias.to(torch.float32)
         return y.to(x.dtype)

@@ -40,7 +40,7 @@ from quantlinear.formats import FloatWeights
 from .. import blockscaled
 from .. import device as _device
 from . import scaled_mm_fp8 as _fp8
-from .triton_wna16 import rocm_reason
+from .common import nvidia_device
 
 MIN_CAPABILITY = (10, 0)
 MX_MIN_TORCH = (2, 7)
@@ -102,15 +102,10 @@ class ScaledMMMXLinear(QuantLinear):
     @classmethod
     def check(cls, spec: LayerSpec) -> Verdict:
         nv = spec.scheme.data_type == "nv_fp"
-        reason = rocm_reason() or scheme_reason(spec) or torch_support_reason(nv)
+        props, reason = nvidia_device(spec)
+        reason = reason or scheme_reason(spec) or torch_support_reason(nv)
         if reason:
             return Verdict.no(reason)
-        try:
-            props = _device.device_props(spec.device)
-        except Exception as e:
-            return Verdict.no(f"cannot use {spec.device}: {e}")
-        if props.hip:
-            return Verdict.no(f"{props.name} is a ROCm/HIP device; the CUDA plugin does not claim ROCm devices")
         if props.capability < MIN_CAPABILITY:
             return Verdict.no(f"needs sm100+ (Blackwell) block-scaled torch._scaled_mm (cuBLASLt {'NVFP4' if nv else 'MXFP8'}); "
                               f"{props.name} is {props.arch}")

@@ -18,8 +18,7 @@ import torch
 from quantlinear import LayerSpec, Verdict
 from quantlinear_triton.layers import TinyGemmBase
 
-from .. import device as _device
-from .triton_wna16 import rocm_reason
+from .common import nvidia_device
 
 
 class TinyGemmLinear(TinyGemmBase):
@@ -30,15 +29,10 @@ class TinyGemmLinear(TinyGemmBase):
 
     @classmethod
     def check(cls, spec: LayerSpec) -> Verdict:
-        reason = rocm_reason() or cls.op_reason()
+        props, reason = nvidia_device(spec)
+        reason = reason or cls.op_reason()
         if reason:
             return Verdict.no(reason)
-        try:
-            props = _device.device_props(spec.device)
-        except Exception as e:
-            return Verdict.no(f"cannot use {spec.device}: {e}")
-        if props.hip:
-            return Verdict.no(f"{props.name} is a ROCm/HIP device; the CUDA plugin does not claim ROCm devices")
         if props.capability < (8, 0):
             return Verdict.no(f"tinygemm needs compute capability 8.0+ ({props.name} is {props.arch})")
         reason = cls.layout_reason(spec)

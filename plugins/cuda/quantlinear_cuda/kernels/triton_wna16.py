@@ -14,54 +14,21 @@ they are one constant (every symmetric checkpoint).  No float copy of the weight
 
 from __future__ import annotations
 
-from dataclasses import replace
+import torch  # noqa: F401  (tests patch torch.version through this module)
 
-import torch
-
-from quantlinear import LayerSpec, Verdict
+from quantlinear import LayerSpec
 from quantlinear_triton.layers import TritonSlabBase
 
-from .. import device as _device
 from .. import ops
+from .common import TritonCudaKernel, rocm_reason  # noqa: F401  (rocm_reason: re-exported for older imports)
 
 
-def rocm_reason() -> str | None:
-    hip = getattr(torch.version, "hip", None)
-    if hip:
-        return f"this is a ROCm build of PyTorch (torch.version.hip={hip}); the CUDA plugin does not run on ROCm devices (use the rocm plugin)"
-    return None
-
-
-class TritonWNA16Linear(TritonSlabBase):
+class TritonWNA16Linear(TritonCudaKernel, TritonSlabBase):
     name = "cuda.triton"
     priority = 60
     device_families = frozenset({"cuda"})
     ops_module = ops
 
     @classmethod
-    def can_implement(cls, spec: LayerSpec) -> Verdict:
-        # Test-only: with TRITON_INTERPRET=1 and the plugin's CPU switch on, CPU layers run
-        # through Triton's interpreter (see quantlinear_cuda.device).
-        if spec.device.type == "cpu" and _device.cpu_interpret_enabled():
-            return super().can_implement(replace(spec, device=torch.device("cuda")))
-        return super().can_implement(spec)
-
-    @classmethod
-    def check(cls, spec: LayerSpec) -> Verdict:
-        reason = rocm_reason()
-        if reason:
-            return Verdict.no(reason)
-        try:
-            props = _device.device_props(spec.device)
-        except Exception as e:
-            return Verdict.no(f"cannot use {spec.device}: {e}")
-        if props.hip:
-            return Verdict.no(f"{props.name} is a ROCm/HIP device; the CUDA plugin does not claim ROCm devices")
-        if not _device.triton_available():
-            return Verdict.no("Triton is not installed (pip install triton, or quantlinear-cuda[triton])")
-        if props.capability < (7, 5):
-            return Verdict.no(f"{props.name} is {props.arch}; the Triton kernels need compute capability 7.5 or newer")
-        if spec.dtype == torch.bfloat16 and props.capability < (8, 0):
-            return Verdict.no(f"bfloat16 tensor-core dot needs compute capability 8.0+ ({props.name} is {props.arch})")
-        reason = cls.slab_reason(spec)
-        return Verdict.no(reason) if reason else Verdict.yes()
+    def layout_reason(cls, spec: LayerSpec) -> str | None:
+        return cls.slab_reason(spec)

@@ -1,0 +1,133 @@
+"""Time the float-scheme kernel variants side by side on one CUDA GPU (H100: well under a minute).
+
+    python plugins/cuda/benchmarks/fp_variants.py results.json [--quick]
+
+For MXFP4, NVFP4, MXINT4, MXFP8 and FPW8A16 (fp16 activations) at (K, N) = (4096, 14336) and
+(8192, 28672), with the kernels imported directly (:mod:`quantlinear_triton.fp_kernels`, not the
+plugin registry):
+
+* M = 1 and M = 16: ``gemv`` (fp32 decode), ``gemv16`` (paired-fp16 decode, fp16 sums of 4 products
+  per block: ``psum`` 4, the default), ``gemv16p1`` (``psum`` 1: each fp16 product to fp32) and, at
+  M = 16, the skinny ``dot`` default;
+* M = 256 and M = 4096: ``dot`` (tensor cores, decode in registers) and ``dqmm`` (dequantize into a
+  temporary, then cuBLAS).
+
+Each call is the whole op (activation quantization where the scheme has it, then the kernel), timed
+with CUDA graphs over enough weight copies to exceed 3x L2 (weights stream from HBM), against the
+floor: the bytes the kernel reads for the weight (codes + scale bytes + row scales) over the copy
+bandwidth measured in the same run.  ``rel err``: max |y - ref| / max |ref| against the fp32 product
+of the scheme's quantized activations and the fp32 dequantized weight.  A table goes to stdout, the
+rows as JSON to argv[1].  ``--quick``: the first shape only.  ``--dry``: no GPU (a check of this
+script): Triton's interpreter on the CPU (``TRITON_INTERPRET=1``), tiny shapes, no timing.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import sys
+import time
+
+import torch
+
+from quantlinear import fpquant
+from quantlinear.benchutil import random_float_weights
+from quantlinear.scheme import get_scheme
+from quantlinear_cuda import device as _device
+from quantlinear_cuda.bench import copy_bandwidth, time_graph
+from quantlinear_cuda.fp_ops import SPACE
+from quantlinear_triton import fp_kernels as FK
+from quantlinear_triton import fp_packing as P
+from quantlinear_triton.fp_tune import FPProblem
+
+SCHEMES = ("MXFP4", "NVFP4", "MXINT4", "MXFP8", "FPW8A16")
+SHAPES = ((4096, 14336), (8192, 28672))
+
+
+def variants(p: FPProblem, props, M: int) -> list[tuple[str, dict]]:
+    if M <= 16:
+        gemv = SPACE.gemv(p, props, min(M, 4), 64)  # the fp32 GEMV (rows blocked by up to 4)
+        g16 = dict(SPACE.gemv(p, props, 1, 64), kernel="gemv16")
+        out = [("gemv", gemv), ("gemv16", g16), ("gemv16p1", dict(g16, psum=1))]
+        if M > 1:
+            out.append(("dot", SPACE.default_config(p, M, props, allow_dqmm=False)))
+        return out
+    return [("dot", SPACE.default_config(p, M, props, allow_dqmm=False)), ("dqmm", {"kernel": "dqmm", "BN": 64, "warps": 4})]
+
+
+def main(path: str, quick: bool = False, dry: bool = False) -> None:
+    global time_graph
+    shapes, ms = SHAPES, (1, 16, 256, 4096)
+    if dry:  # interpreter on the CPU: tiny shapes, every call made once, no timing
+        dev, props, bw = torch.device("cpu"), _device.INTERPRETER_PROPS, 1e12
+        shapes, ms = ((512, 96),), (1, 16, 40)
+
+        def time_graph(fns, **kw):
+            for f in fns:
+                f()
+            return 1.0
+    else:
+        dev = torch.device("cuda")
+        props = _device.device_props(dev)
+        bw = copy_bandwidth(dev)
+    fp8_elem = P.E4M3_NV if props.capability >= (8, 9) else P.E4M3
+    print(f"{props.name} ({props.arch}, {props.sm_count} SMs), copy bandwidth {bw / 1e9:.0f} GB/s, torch {torch.__version__}")
+    dt = torch.float16
+    rows = []
+    t_start = time.time()
+    print(f"{'scheme':8} {'K':>5} {'N':>6} {'M':>5}  {'variant':8} {'us':>9} {'x floor':>8} {'rel err':>8}  config")
+    for K, N in shapes[:1] if quick else shapes:
+        for name in SCHEMES:
+            sc = get_scheme(name)
+            w = random_float_weights(sc, K, N, seed=0)
+            kind = fpquant.act_quant_kind(sc)
+            meta, t = P.prepare_float(w, kind, fp8_elem=fp8_elem)
+            t = {k: (v.to(dev) if v is not None else None) for k, v in t.items()}
+            nbytes = sum(t[k].numel() * t[k].element_size() for k in ("qweight", "scales", "row_scales") if t[k] is not None)
+            copies = max(1, math.ceil(3 * props.l2_bytes / nbytes))
+            sets = [t] + [{k: (v.clone() if v is not None else None) for k, v in t.items()} for _ in range(copies - 1)]
+            W = w.dequantize().to(dev)
+            p = FPProblem(meta.elem, meta.scale, meta.slab, meta.bits, "float16", N, K)
+            floor_us = nbytes / bw * 1e6
+            for M in ms:
+                x = torch.randn(M, K, device=dev, dtype=dt)
+                xr = fpquant.act_qdq(x, sc, weights_to_dev(w, dev)).float() if kind is not None else x.float()
+                ref = xr @ W.t()
+                del xr
+                for vname, cfg in variants(p, props, M):
+                    def call(tt, cfg=cfg, x=x):
+                        xq = FK.quantize_activations(x, meta.act, meta.act_block, tt["act_scale"])
+                        return FK.launch(xq, tt["qweight"], tt["scales"], tt["row_scales"], None, meta.elem, meta.scale,
+                                         meta.block, cfg)
+                    try:
+                        y = call(t)
+                        err = float((y.float() - ref).abs().max() / ref.abs().max())
+                        us = time_graph([lambda tt=tt: call(tt) for tt in (sets if M < 256 else sets[:2])], target_ms=20.0, batches=3)
+                    except Exception as e:  # report, keep going
+                        print(f"{name:8} {K:5} {N:6} {M:5}  {vname:8} FAILED {type(e).__name__}: {str(e)[:200]}", flush=True)
+                        rows.append(dict(scheme=name, K=K, N=N, M=M, variant=vname, error=f"{type(e).__name__}: {e}"[:500]))
+                        continue
+                    cfg_s = " ".join(f"{k}={v}" for k, v in cfg.items())
+                    print(f"{name:8} {K:5} {N:6} {M:5}  {vname:8} {us:9.1f} {us / floor_us:8.2f} {err:8.1e}  {cfg_s}", flush=True)
+                    rows.append(dict(scheme=name, K=K, N=N, M=M, variant=vname, us=us, floor_us=floor_us, x_floor=us / floor_us,
+                                     rel_err=err, config=cfg, copies=copies if M < 256 else min(2, copies)))
+                del x, ref
+            del sets, t, W
+            if not dry:
+                torch.cuda.empty_cache()
+    print(f"total {time.time() - t_start:.0f}s")
+    with open(path, "w") as f:
+        json.dump(dict(device=props.name, arch=props.arch, torch=torch.__version__, copy_bandwidth=bw, dtype="float16", rows=rows),
+                  f, indent=1)
+
+
+def weights_to_dev(w, dev):
+    from quantlinear_cuda.bench import weights_to
+
+    return weights_to(w, dev)
+
+
+if __name__ == "__main__":
+    if len(sys.argv) < 2:
+        sys.exit(__doc__)
+    main(sys.argv[1], "--quick" in sys.argv[2:], "--dry" in sys.argv[2:])

@@ -46,6 +46,7 @@ def profile_eager(out: Path) -> None:
     from quantlinear import LayerSpec, get_scheme
     from quantlinear.benchutil import random_int_weights
     from quantlinear_cuda import ops, tune
+    from quantlinear_cuda.bench import time_eager
     from quantlinear_triton import kernels as tk
     from quantlinear_cuda.kernels.triton_wna16 import TritonWNA16Linear
 
@@ -68,14 +69,9 @@ def profile_eager(out: Path) -> None:
                                          USE_SPLIT=False, EVEN_K=True, MAX_SPLIT=64, num_warps=4, num_stages=2)
 
     def t(fn, n=400):
-        for _ in range(20):
+        for _ in range(17):  # + time_eager's own 3: 20 warm-up calls
             fn()
-        torch.cuda.synchronize()
-        t0 = time.perf_counter()
-        for _ in range(n):
-            fn()
-        torch.cuda.synchronize()
-        return (time.perf_counter() - t0) / n * 1e6
+        return time_eager(fn, n)
 
     args = (x, layer.w_slab, layer.w_scales, layer.w_zeros, layer.bias, m.bits, m.group_size, m.in_features, m.slab, layer.zero_point)
     res = {

@@ -165,15 +165,7 @@ def stage_eager(out: Path) -> list[str]:
     from quantlinear_triton import kernels as tk
     from quantlinear_triton import launch as fl
 
-    def t(fn, n=300):
-        for _ in range(20):
-            fn()
-        torch.cuda.synchronize()
-        t0 = time.perf_counter()
-        for _ in range(n):
-            fn()
-        torch.cuda.synchronize()
-        return (time.perf_counter() - t0) / n * 1e6
+    t = _eager_us
 
     lines = []
     for K, N in ((512, 512), (4096, 14336)):
@@ -257,54 +249,27 @@ def stage_tune(out: Path, keys_re: str, budget_s: float = 1e9) -> list[str]:
     return lines
 
 
-def _time_graph(fns, target_ms: float = 30.0, batches: int = 5) -> float:
-    """Median device time per call (us) of CUDA-graph replays calling every ``fn`` once (as quantlinear_cuda.bench)."""
-    side = torch.cuda.Stream()
-    side.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(side):
-        for f in fns:
-            f()
-    torch.cuda.current_stream().wait_stream(side)
-    torch.cuda.synchronize()
-    g = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(g):
-        for f in fns:
-            f()
-    g.replay()
-    torch.cuda.synchronize()
-    s, e = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-    s.record()
-    g.replay()
-    e.record()
-    e.synchronize()
-    reps = int(min(200, max(2, target_ms / batches / max(s.elapsed_time(e), 1e-3))))
-    res = []
-    for _ in range(batches):
-        s.record()
-        for _ in range(reps):
-            g.replay()
-        e.record()
-        e.synchronize()
-        res.append(s.elapsed_time(e) * 1e3 / (reps * len(fns)))
-    del g
-    return sorted(res)[len(res) // 2]
+def _time_graph(fns) -> float:
+    """Median device time per call (us) of CUDA-graph replays calling every ``fn`` once (quantlinear_cuda.bench, 30 ms)."""
+    from quantlinear_cuda.bench import time_graph
+
+    return time_graph(fns, target_ms=30.0)
+
+
+def _eager_us(fn, n: int = 300) -> float:
+    """Host time per call (us) of ``n`` back-to-back calls after 20 warm-up calls (quantlinear_cuda.bench.time_eager)."""
+    from quantlinear_cuda.bench import time_eager
+
+    for _ in range(17):  # + time_eager's own 3 warm-up calls
+        fn()
+    return time_eager(fn, n)
 
 
 def _copy_bw() -> float:
-    a = torch.empty(1 << 28, dtype=torch.float32, device="cuda").uniform_()
-    b = torch.empty_like(a)
-    for _ in range(3):
-        b.copy_(a)
-    ts = []
-    for _ in range(10):
-        s, e = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        s.record()
-        b.copy_(a)
-        e.record()
-        e.synchronize()
-        ts.append(s.elapsed_time(e) * 1e-3)
-    del a, b
-    return 2 * (1 << 28) * 4 / sorted(ts)[len(ts) // 2]
+    """Device-to-device copy bandwidth in bytes/s (quantlinear_cuda.bench.copy_bandwidth: 1 GiB, median of 10)."""
+    from quantlinear_cuda.bench import copy_bandwidth
+
+    return copy_bandwidth(torch.device("cuda"), 1 << 30, reps=10)
 
 
 def stage_compare(out: Path, old_table: Path) -> list[str]:
@@ -354,8 +319,6 @@ def stage_compare(out: Path, old_table: Path) -> list[str]:
         log(lines[-1])
         (out / "compare.txt").write_text("\n".join(lines) + "\n")
     # eager: wall time per call of back-to-back layer calls vs device time
-    import time as _t
-
     from quantlinear import LayerSpec, get_scheme
     from quantlinear.benchutil import random_int_weights
     from quantlinear_cuda.kernels.triton_wna16 import TritonWNA16Linear
@@ -370,14 +333,7 @@ def stage_compare(out: Path, old_table: Path) -> list[str]:
         Wd = torch.randn(N, K, device="cuda", dtype=torch.float16)
         res = {}
         for name, fn in (("layer", lambda: layer(x)), ("F.linear", lambda: F.linear(x, Wd))):
-            for _ in range(20):
-                fn()
-            torch.cuda.synchronize()
-            t0 = _t.perf_counter()
-            for _ in range(300):
-                fn()
-            torch.cuda.synchronize()
-            eager = (_t.perf_counter() - t0) / 300 * 1e6
+            eager = _eager_us(fn, 300)
             dev = _time_graph([fn])
             res[name] = (eager, dev)
         (le, ld), (fe, fd) = res["layer"], res["F.linear"]

@@ -13,13 +13,9 @@ cache.  Per M: ``gemv16`` (PTX fp16x2 decode) at M = 1 for fp16 4-bit weights, `
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Optional
-
-import torch
-from torch import Tensor
 
 from quantlinear_triton import fp_ops as _shared
-from quantlinear_triton.fp_tune import FPProblem, FPSpace, make_tuner
+from quantlinear_triton.fp_tune import FPSpace, make_tuner
 
 from . import device as _device
 
@@ -33,13 +29,4 @@ SPACE = FPSpace("cuda_fp", Path(__file__).parent / "tuned", lambda d: _device.de
                 dqmm_envs=("QUANTLINEAR_CUDA_DQMM",))
 TUNER = make_tuner(SPACE)
 
-
-def run_fp_gemm(x: Tensor, qweight: Tensor, scales: Optional[Tensor], row_scales: Optional[Tensor], bias: Optional[Tensor],
-                act_scale: Optional[Tensor], in_features: int, elem: int, scale: int, block: int, act: int, act_block: int,
-                problem: FPProblem | None = None) -> Tensor:
-    return _shared.run_fp_gemm(TUNER, x, qweight, scales, row_scales, bias, act_scale, in_features, elem, scale, block, act,
-                               act_block, problem)
-
-
-fp_gemm = _shared.define_fp_gemm("quantlinear_cuda::fp_gemm", run_fp_gemm)
-FP_OP = torch.ops.quantlinear_cuda.fp_gemm
+run_fp_gemm, fp_gemm, FP_OP = _shared.bind_fp_gemm("quantlinear_cuda", TUNER)

@@ -22,3 +22,17 @@ if not GPU:
 def _cuda_plugin_env(monkeypatch):
     for k, v in ENV.items():
         monkeypatch.setenv(k, v)
+
+
+@pytest.fixture
+def reg():
+    """A registry holding only this plugin, with the selection cache cleared before and after."""
+    import quantlinear_cuda.plugin as cuda_plugin
+    from quantlinear import Registry
+    from quantlinear.select import clear_cache
+
+    clear_cache()
+    r = Registry(entry_points=False)
+    r.register(cuda_plugin, "cuda")
+    yield r
+    clear_cache()

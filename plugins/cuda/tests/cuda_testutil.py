@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import torch
 
+from quantlinear_cuda.device import DeviceProps
+
 GPU = torch.cuda.is_available() and not getattr(torch.version, "hip", None)
 DEV = torch.device("cuda") if GPU else torch.device("cpu")
 
@@ -18,3 +20,50 @@ def rel_err(y: torch.Tensor, ref: torch.Tensor) -> float:
 
 #: tolerance on rel_err per activation dtype (fp32 reference, output rounded to the dtype)
 TOL = {torch.float16: 2e-3, torch.float32: 2e-5, torch.bfloat16: 1.6e-2}
+
+
+# ---- CUDA graphs ----------------------------------------------------------------------------------------------
+def capture_graph(fn, *args, warmups=1):
+    """Run ``fn(*args)`` ``warmups`` times on a side stream, then capture one call into a CUDA graph.
+
+    Returns ``(graph, output)``; the graph has not been replayed yet.
+    """
+    s = torch.cuda.Stream()
+    s.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(s):
+        for _ in range(warmups):
+            fn(*args)
+    torch.cuda.current_stream().wait_stream(s)
+    g = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(g):
+        y = fn(*args)
+    return g, y
+
+
+def graph_replay_fresh(layer, x):
+    """Capture ``layer(x)`` in a CUDA graph, refill ``x`` with fresh randoms and the output with NaN,
+    replay twice and synchronize; returns the graph's output tensor."""
+    g, y = capture_graph(layer, x)
+    x.copy_(torch.randn_like(x))
+    y.fill_(float("nan"))
+    g.replay()
+    g.replay()
+    torch.cuda.synchronize()
+    return y
+
+
+# ---- selection with simulated devices -------------------------------------------------------------------------
+SM90 = DeviceProps("NVIDIA H100 80GB HBM3", (9, 0), sm_count=132)
+SM80 = DeviceProps("NVIDIA A100-SXM4-80GB", (8, 0), sm_count=108)
+SM75 = DeviceProps("Tesla T4", (7, 5), sm_count=40)
+SM70 = DeviceProps("Tesla V100", (7, 0), sm_count=80)
+
+
+def simulate(monkeypatch, props, triton=True):
+    """Make the plugin see a device with ``props`` (and Triton available or not); clears the selection cache."""
+    from quantlinear.select import clear_cache
+    from quantlinear_cuda import device as cuda_device
+
+    monkeypatch.setattr(cuda_device, "device_props", lambda device: props)
+    monkeypatch.setattr(cuda_device, "triton_available", lambda: triton)
+    clear_cache()

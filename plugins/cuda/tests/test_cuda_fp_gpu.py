@@ -17,7 +17,7 @@ from quantlinear.testing import Case
 from quantlinear.testing_fp import build_float_layer, float_reference, format_for
 from quantlinear_cuda.bench import weights_to
 
-from cuda_testutil import GPU, rel_err
+from cuda_testutil import GPU, graph_replay_fresh, rel_err
 
 pytestmark = pytest.mark.skipif(not GPU, reason="needs a CUDA GPU")
 
@@ -79,19 +79,7 @@ def test_compile_and_cuda_graph(name):
         ref = float_reference(x, w, spec, b)
         assert rel_err(compiled(x), ref) < TOL[torch.bfloat16], ("compile", M)
         layer(x)  # compile the kernels outside the capture
-        s = torch.cuda.Stream()
-        s.wait_stream(torch.cuda.current_stream())
-        with torch.cuda.stream(s):
-            layer(x)
-        torch.cuda.current_stream().wait_stream(s)
-        g = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(g):
-            y = layer(x)
-        x.copy_(torch.randn_like(x))
-        y.fill_(float("nan"))
-        g.replay()
-        g.replay()
-        torch.cuda.synchronize()
+        y = graph_replay_fresh(layer, x)
         assert rel_err(y, float_reference(x, w, spec, b)) < TOL[torch.bfloat16], ("graph", M)
 
 

@@ -21,14 +21,10 @@ from quantlinear_cuda.device import DeviceProps
 from quantlinear_cuda.kernels.triton_fp import TritonFPLinear
 from quantlinear_triton import fp_packing as P
 
-from cuda_testutil import DEV, GPU, rel_err
+from cuda_testutil import DEV, GPU, SM70, SM75, SM80, SM90, rel_err
 
 OP = torch.ops.quantlinear_cuda.fp_gemm
-SM90 = DeviceProps("NVIDIA H100 80GB HBM3", (9, 0), sm_count=132)
 SM89 = DeviceProps("NVIDIA L4", (8, 9), sm_count=58)
-SM80 = DeviceProps("NVIDIA A100-SXM4-80GB", (8, 0), sm_count=108)
-SM75 = DeviceProps("Tesla T4", (7, 5), sm_count=40)
-SM70 = DeviceProps("Tesla V100", (7, 0), sm_count=80)
 FLOAT_PRESETS = ("MXFP4", "MXFP4_RCEIL", "MXFP8", "MXINT4", "NVFP4", "FPW8A16", "FP8_STATIC")
 TOL = {torch.float16: 1e-2, torch.float32: 1e-4, torch.bfloat16: 2e-2}
 

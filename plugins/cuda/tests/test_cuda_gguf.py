@@ -15,41 +15,21 @@ import pytest
 import torch
 
 import quantlinear_cuda.gguf_ops  # noqa: F401  (registers the op)
-import quantlinear_cuda.plugin as cuda_plugin
-from quantlinear import LayerSpec, Registry, Scheme, select_kernel
+from quantlinear import LayerSpec, Scheme, select_kernel
 from quantlinear.formats.gguf import gguf_scheme
 from quantlinear.gguf_random import random_gguf_weights
-from quantlinear.select import clear_cache
 from quantlinear.testing import Case
 from quantlinear.testing_gguf import GGUFKernelConformance, claimed_gguf_cases, gguf_reference
 from quantlinear_cuda import device as cuda_device
 from quantlinear_cuda.device import DeviceProps
 from quantlinear_cuda.kernels.triton_gguf import TritonGGUFLinear
 
-from cuda_testutil import DEV, GPU, TOL, rel_err
+from cuda_testutil import DEV, GPU, SM70, SM75, SM90, TOL, rel_err, simulate
 
 OP = torch.ops.quantlinear_cuda.gguf_gemm
-SM90 = DeviceProps("NVIDIA H100 80GB HBM3", (9, 0), sm_count=132)
-SM75 = DeviceProps("Tesla T4", (7, 5), sm_count=40)
-SM70 = DeviceProps("Tesla V100", (7, 0), sm_count=80)
 
 
-# ---- selection, with simulated devices ------------------------------------------------------------------
-@pytest.fixture
-def reg():
-    clear_cache()
-    r = Registry(entry_points=False)
-    r.register(cuda_plugin, "cuda")
-    yield r
-    clear_cache()
-
-
-def simulate(monkeypatch, props, triton=True):
-    monkeypatch.setattr(cuda_device, "device_props", lambda device: props)
-    monkeypatch.setattr(cuda_device, "triton_available", lambda: triton)
-    clear_cache()
-
-
+# ---- selection, with simulated devices (the `reg` fixture: conftest.py) ---------------------------------
 def gspec(qtype="Q4_K", dtype=torch.float16, K=4096, N=4096, scheme=None):
     return LayerSpec(scheme or gguf_scheme(qtype), "gguf_" + qtype.lower(), K, N, dtype=dtype, device=torch.device("cuda"))
 

@@ -16,7 +16,7 @@ from quantlinear.formats.gguf import gguf_scheme
 from quantlinear.gguf_quants import dequantize_rows
 from quantlinear.gguf_random import random_gguf_weights
 
-from cuda_testutil import GPU
+from cuda_testutil import GPU, graph_replay_fresh
 
 pytestmark = pytest.mark.skipif(not GPU, reason="needs a CUDA GPU")
 
@@ -107,19 +107,7 @@ def test_cuda_graph_capture():
     for M in (1, 4, 16, 300):  # gemv with split-K, dot with split-K, large dot
         x = torch.randn(M, 2048, device="cuda", dtype=torch.float16)
         layer(x)  # warm (compile) outside the capture
-        s = torch.cuda.Stream()
-        s.wait_stream(torch.cuda.current_stream())
-        with torch.cuda.stream(s):
-            layer(x)
-        torch.cuda.current_stream().wait_stream(s)
-        g = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(g):
-            y = layer(x)
-        x.copy_(torch.randn_like(x))
-        y.fill_(float("nan"))
-        g.replay()
-        g.replay()
-        torch.cuda.synchronize()
+        y = graph_replay_fresh(layer, x)
         assert fro(y, ref(x, W, b)) < FRO[torch.float16], M
 
 

@@ -6,7 +6,7 @@ import torch
 from quantlinear import LayerSpec, Scheme
 from quantlinear.benchutil import BenchOptions, random_int_weights
 
-from cuda_testutil import GPU, TOL, rel_err
+from cuda_testutil import GPU, TOL, graph_replay_fresh, rel_err
 
 pytestmark = pytest.mark.skipif(not GPU, reason="needs a CUDA GPU")
 
@@ -48,19 +48,7 @@ def test_cuda_graph_capture():
     for M in (1, 4, 16, 300):  # gemv, split-K and tensor-core configs
         x = torch.randn(M, 1024, device="cuda", dtype=torch.float16)
         layer(x)  # warm (compile) outside the capture
-        s = torch.cuda.Stream()
-        s.wait_stream(torch.cuda.current_stream())
-        with torch.cuda.stream(s):
-            layer(x)
-        torch.cuda.current_stream().wait_stream(s)
-        g = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(g):
-            y = layer(x)
-        x.copy_(torch.randn_like(x))
-        y.fill_(float("nan"))
-        g.replay()
-        g.replay()
-        torch.cuda.synchronize()
+        y = graph_replay_fresh(layer, x)
         outs[M] = rel_err(y, ref(x, W, b))
     assert all(e < TOL[torch.float16] for e in outs.values()), outs
 

@@ -14,8 +14,7 @@ from dataclasses import replace
 import pytest
 import torch
 
-import quantlinear_cuda.plugin as cuda_plugin
-from quantlinear import PRESETS, LayerSpec, Registry, explain, fpcodes, fpquant, select_kernel
+from quantlinear import PRESETS, LayerSpec, explain, fpcodes, fpquant, select_kernel
 from quantlinear.select import clear_cache
 from quantlinear.testing_fp import FloatKernelConformance, float_reference, format_for, random_float_weights
 from quantlinear_cuda import blockscaled, fp8_act_ops
@@ -92,16 +91,7 @@ def within_one_ulp(y: torch.Tensor, x, w, spec, b) -> bool:
     return bool(((y.double() - ref).abs() <= ref.abs() * ulp + mag * 2.0**-20 + 2.0**-24).all())
 
 
-# ---- FP8: selection --------------------------------------------------------------------------------------------
-@pytest.fixture
-def reg():
-    clear_cache()
-    r = Registry(entry_points=False)
-    r.register(cuda_plugin, "cuda")
-    yield r
-    clear_cache()
-
-
+# ---- FP8: selection (the `reg` fixture: conftest.py) ------------------------------------------------------------
 def test_plan_choice():
     assert choose_plan(True, (2, 6)) == "tensorwise"
     assert choose_plan(False, (2, 10)) == "rowwise"

@@ -13,7 +13,7 @@ import torch
 from quantlinear import PRESETS, LayerSpec, fpquant
 from quantlinear.testing_fp import float_reference, format_for
 
-from cuda_testutil import GPU
+from cuda_testutil import GPU, capture_graph
 
 if GPU:
     from quantlinear_cuda.fp8_act_ops import FP8_QUANT_OP
@@ -153,15 +153,7 @@ def test_cuda_graph_of_the_compiled_layer(dtype):
     x = torch.randn(8, 1024, device=DEV, dtype=dtype)
     torch._dynamo.reset()
     compiled = torch.compile(layer, fullgraph=True)
-    s = torch.cuda.Stream()
-    s.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(s):
-        for _ in range(2):
-            compiled(x)
-    torch.cuda.current_stream().wait_stream(s)
-    g = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(g):
-        y = compiled(x)
+    g, y = capture_graph(compiled, x, warmups=2)
     x.copy_(torch.randn_like(x) * 3)
     g.replay()
     torch.cuda.synchronize()
@@ -173,14 +165,7 @@ def test_cuda_graph_of_the_compiled_layer(dtype):
 def test_cuda_graph(dtype):
     layer, fw, b, _ = fp8_layer(1024, 512, dtype, -1, False)
     x = torch.randn(8, 1024, device=DEV, dtype=dtype)
-    s = torch.cuda.Stream()
-    s.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(s):
-        layer(x)
-    torch.cuda.current_stream().wait_stream(s)
-    g = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(g):
-        y = layer(x)
+    g, y = capture_graph(layer, x)
     x.copy_(torch.randn_like(x) * 3)
     g.replay()
     torch.cuda.synchronize()

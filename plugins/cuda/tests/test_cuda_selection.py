@@ -7,30 +7,12 @@ import pytest
 import torch
 
 import quantlinear_cuda.plugin as cuda_plugin
-from quantlinear import LayerSpec, Registry, Scheme, explain, select_kernel
+from quantlinear import LayerSpec, Scheme, explain, select_kernel
 from quantlinear.select import clear_cache
 from quantlinear_cuda import device as cuda_device
 from quantlinear_cuda.device import DeviceProps
 
-SM90 = DeviceProps("NVIDIA H100 80GB HBM3", (9, 0), sm_count=132)
-SM80 = DeviceProps("NVIDIA A100-SXM4-80GB", (8, 0), sm_count=108)
-SM75 = DeviceProps("Tesla T4", (7, 5), sm_count=40)
-SM70 = DeviceProps("Tesla V100", (7, 0), sm_count=80)
-
-
-@pytest.fixture
-def reg():
-    clear_cache()
-    r = Registry(entry_points=False)
-    r.register(cuda_plugin, "cuda")
-    yield r
-    clear_cache()
-
-
-def simulate(monkeypatch, props, triton=True):
-    monkeypatch.setattr(cuda_device, "device_props", lambda device: props)
-    monkeypatch.setattr(cuda_device, "triton_available", lambda: triton)
-    clear_cache()
+from cuda_testutil import SM70, SM75, SM80, SM90, simulate  # the `reg` fixture: conftest.py
 
 
 def spec(dtype=torch.float16, bits=4, group=128, sym=True, K=4096, N=4096):

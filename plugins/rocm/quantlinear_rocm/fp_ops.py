@@ -11,13 +11,9 @@ first use (off by default).  Registering the op imports no Triton.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Optional
-
-import torch
-from torch import Tensor
 
 from quantlinear_triton import fp_ops as _shared
-from quantlinear_triton.fp_tune import FPProblem, FPSpace, make_tuner
+from quantlinear_triton.fp_tune import FPSpace, make_tuner
 
 from . import device as _device
 
@@ -31,13 +27,4 @@ SPACE = FPSpace("rocm_fp", Path(__file__).parent / "tuned", lambda d: _device.de
                 units=lambda p: p.cu_count, wave=lambda p: p.warp_size, max_shared=_lds, stages=2)
 TUNER = make_tuner(SPACE)
 
-
-def run_fp_gemm(x: Tensor, qweight: Tensor, scales: Optional[Tensor], row_scales: Optional[Tensor], bias: Optional[Tensor],
-                act_scale: Optional[Tensor], in_features: int, elem: int, scale: int, block: int, act: int, act_block: int,
-                problem: FPProblem | None = None) -> Tensor:
-    return _shared.run_fp_gemm(TUNER, x, qweight, scales, row_scales, bias, act_scale, in_features, elem, scale, block, act,
-                               act_block, problem)
-
-
-fp_gemm = _shared.define_fp_gemm("quantlinear_rocm::fp_gemm", run_fp_gemm)
-FP_OP = torch.ops.quantlinear_rocm.fp_gemm
+run_fp_gemm, fp_gemm, FP_OP = _shared.bind_fp_gemm("quantlinear_rocm", TUNER)

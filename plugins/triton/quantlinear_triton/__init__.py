@@ -13,6 +13,7 @@ spaces per architecture, their custom-op namespace and their capability checks.
   table -> tune -> heuristic), parameterized by a plugin's *space*;
 * :mod:`.ops` -- the per-call dispatch and a factory for a plugin's ``wna16_gemm`` custom op;
 * :mod:`.layers` -- the ``prepare``/``compute`` halves of the Triton and tinygemm kernels;
+* :mod:`.scaled_mm` -- the capability declarations of the FP8 ``torch._scaled_mm`` kernels;
 * :mod:`.runtime` -- whether Triton is importable / interpreting, without importing it.
 
 Importing this package imports no Triton.

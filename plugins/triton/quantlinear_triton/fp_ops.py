@@ -1,7 +1,7 @@
 """The per-call path of the float kernels and a factory for a plugin's ``fp_gemm`` custom op.
 
 Each GPU plugin registers its own op (``torch.ops.quantlinear_cuda.fp_gemm``, ...) through
-:func:`define_fp_gemm`, bound to its own tuner.  One op call is the whole layer: activation
+:func:`bind_fp_gemm` (over :func:`define_fp_gemm`), bound to its own tuner.  One op call is the whole layer: activation
 quantization (one launch, when the scheme has it), then the GEMV, ``tl.dot`` or dequantize-then-cuBLAS
 (``dqmm``) path chosen for this M at run time.  The op is opaque to ``torch.compile`` (its fake gives the output's shape
 and dtype, so ``fullgraph=True`` traces without a break) and captures in CUDA/HIP graphs (two
@@ -76,4 +76,23 @@ def define_fp_gemm(qualname: str, run: Callable[..., Tensor]):
     return op
 
 
-__all__ = ["define_fp_gemm", "fp_kernels", "problem_of", "run_fp_gemm"]
+def bind_fp_gemm(namespace: str, tuner: "tune.Tuner"):
+    """A plugin's float op bound to ``tuner``: ``(run_fp_gemm, fp_gemm, FP_OP)``.
+
+    ``run_fp_gemm(x, ..., act_block, problem=None)`` is the per-call path (what the layers call in
+    eager mode), ``fp_gemm`` the custom op ``"<namespace>::fp_gemm"`` running it, ``FP_OP`` its
+    overload packet (``torch.ops.<namespace>.fp_gemm``).
+    """
+
+    def run(x: Tensor, qweight: Tensor, scales: Optional[Tensor], row_scales: Optional[Tensor], bias: Optional[Tensor],
+            act_scale: Optional[Tensor], in_features: int, elem: int, scale: int, block: int, act: int, act_block: int,
+            problem: FPProblem | None = None) -> Tensor:
+        return run_fp_gemm(tuner, x, qweight, scales, row_scales, bias, act_scale, in_features, elem, scale, block, act, act_block,
+                           problem)
+
+    run.__name__ = run.__qualname__ = "run_fp_gemm"
+    op = define_fp_gemm(f"{namespace}::fp_gemm", run)
+    return run, op, getattr(getattr(torch.ops, namespace), "fp_gemm")
+
+
+__all__ = ["bind_fp_gemm", "define_fp_gemm", "fp_kernels", "problem_of", "run_fp_gemm"]

@@ -62,9 +62,10 @@ from dataclasses import replace
 
 import torch
 
-from quantlinear import LayerSpec, QuantLinear, UnsupportedSchemeError, Verdict, fpquant
+from quantlinear import LayerSpec, UnsupportedSchemeError, Verdict, fpquant
 from quantlinear.formats import FloatWeights
 from quantlinear_triton.runtime import env_on, triton_available
+from quantlinear_triton.scaled_mm import FP8ScaledMMBase
 
 from ..fp8_act_ops import FP8_QUANT_OP, how as act_quant_how
 from .common import nvidia_device
@@ -138,18 +139,10 @@ def all_equal(scales: torch.Tensor) -> bool:
     return bool((s == s[0]).all())
 
 
-class FP8ScaledMMLinear(QuantLinear):
+class FP8ScaledMMLinear(FP8ScaledMMBase):
     name = "cuda.fp8_scaled_mm"
     priority = 70
     device_families = frozenset({"cuda"})
-    data_types = frozenset({"fp"})
-    bits = frozenset({8})
-    group_sizes = frozenset({-1, 0})
-    sym = frozenset({True})
-    formats = frozenset({"fp8"})
-    dtypes = frozenset({torch.float16, torch.bfloat16})
-    quantizes_activations = True
-    fuses_bias = True
     verified = VERIFIED
 
     @classmethod

@@ -34,9 +34,10 @@ import torch
 
 from torch import Tensor
 
-from quantlinear import CheckpointError, LayerSpec, QuantLinear, UnsupportedSchemeError, Verdict, fpquant
+from quantlinear import CheckpointError, LayerSpec, UnsupportedSchemeError, Verdict, fpquant
 from quantlinear.formats import FloatWeights
 from quantlinear_triton.runtime import triton_available
+from quantlinear_triton.scaled_mm import FP8ScaledMMBase
 
 from .. import archs
 from .. import device as _device
@@ -103,18 +104,10 @@ def choose_plan(per_tensor: bool, arch: str, dtype: torch.dtype) -> str:
     return "fold"
 
 
-class RocmFP8ScaledMMLinear(QuantLinear):
+class RocmFP8ScaledMMLinear(FP8ScaledMMBase):
     name = "rocm.fp8_scaled_mm"
     priority = 70
     device_families = frozenset({"rocm"})
-    data_types = frozenset({"fp"})
-    bits = frozenset({8})
-    group_sizes = frozenset({-1, 0})
-    sym = frozenset({True})
-    formats = frozenset({"fp8"})
-    dtypes = frozenset({torch.float16, torch.bfloat16})
-    quantizes_activations = True
-    fuses_bias = True
     verified = _device.VERIFIED
 
     @classmethod

@@ -18,7 +18,7 @@ from quantlinear_triton.layers import TinyGemmBase
 
 from .. import archs
 from .. import device as _device
-from .triton_wna16 import arch_verdict
+from .common import arch_verdict
 
 
 class RocmTinyGemmLinear(TinyGemmBase):

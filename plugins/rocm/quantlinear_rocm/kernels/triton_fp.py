@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import torch
 
-from quantlinear import LayerSpec, Verdict
+from quantlinear import LayerSpec
 from quantlinear_triton.fp_layers import FloatTritonBase
 from quantlinear_triton.fp_packing import E4M3, E4M3_B8, E4M3_NV
 
@@ -26,7 +26,7 @@ from .. import archs
 from .. import device as _device
 from .. import fp_ops
 from ..fp8 import e4m3fn_to_e4m3fnuz
-from .triton_wna16 import arch_verdict
+from .common import TritonRocmKernel
 
 
 def fp8_decode_for(arch: str):
@@ -40,7 +40,7 @@ def fp8_decode_for(arch: str):
     return E4M3, None
 
 
-class RocmTritonFPLinear(FloatTritonBase):
+class RocmTritonFPLinear(TritonRocmKernel, FloatTritonBase):
     name = "rocm.triton_fp"
     priority = 60
     device_families = frozenset({"rocm"})
@@ -48,16 +48,8 @@ class RocmTritonFPLinear(FloatTritonBase):
     verified = _device.VERIFIED
 
     @classmethod
-    def check(cls, spec: LayerSpec) -> Verdict:
-        v = arch_verdict(spec, archs.triton_refusal)
-        if not v:
-            return v
-        if not _device.triton_available():
-            return Verdict.no("Triton is not installed (ROCm wheels of PyTorch bring pytorch-triton-rocm)")
-        if spec.device.type == "cpu" and not _device.interpreting():
-            return Verdict.no("a CPU tensor stands in for the ROCm device only under TRITON_INTERPRET=1 (tests)")
-        reason = cls.scheme_reason(spec)
-        return Verdict.no(reason) if reason else Verdict.yes()
+    def layout_reason(cls, spec: LayerSpec) -> str | None:
+        return cls.scheme_reason(spec)
 
     def fp8_decode(self):
         return fp8_decode_for(_device.device_props(self.spec.device).arch)

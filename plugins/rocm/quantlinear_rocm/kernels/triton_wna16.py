@@ -10,27 +10,15 @@ CDNA2/3/4 and RDNA3/4 (:mod:`..tune`), chosen by the gfx architecture of the dev
 
 from __future__ import annotations
 
-import torch
-
-from quantlinear import LayerSpec, Verdict
+from quantlinear import LayerSpec
 from quantlinear_triton.layers import TritonSlabBase
 
-from .. import archs
 from .. import device as _device
 from .. import ops
+from .common import TritonRocmKernel, arch_verdict  # noqa: F401  (arch_verdict: re-exported for older imports)
 
 
-def arch_verdict(spec: LayerSpec, refusal) -> Verdict:
-    """Yes when ``spec.device`` is a ROCm device whose gfx arch ``refusal(arch)`` accepts; otherwise why not."""
-    try:
-        props = _device.device_props(spec.device)
-    except Exception as e:
-        return Verdict.no(f"cannot use {spec.device}: {e}")
-    reason = refusal(props.arch)
-    return Verdict.no(f"{props.name} is {reason}") if reason else Verdict.yes()
-
-
-class RocmTritonLinear(TritonSlabBase):
+class RocmTritonLinear(TritonRocmKernel, TritonSlabBase):
     name = "rocm.triton"
     priority = 60
     device_families = frozenset({"rocm"})
@@ -38,13 +26,5 @@ class RocmTritonLinear(TritonSlabBase):
     verified = _device.VERIFIED
 
     @classmethod
-    def check(cls, spec: LayerSpec) -> Verdict:
-        v = arch_verdict(spec, archs.triton_refusal)
-        if not v:
-            return v
-        if not _device.triton_available():
-            return Verdict.no("Triton is not installed (ROCm wheels of PyTorch bring pytorch-triton-rocm)")
-        if spec.device.type == "cpu" and not _device.interpreting():
-            return Verdict.no("a CPU tensor stands in for the ROCm device only under TRITON_INTERPRET=1 (tests)")
-        reason = cls.slab_reason(spec)
-        return Verdict.no(reason) if reason else Verdict.yes()
+    def layout_reason(cls, spec: LayerSpec) -> str | None:
+        return cls.slab_reason(spec)

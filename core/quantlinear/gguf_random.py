@@ -14,21 +14,22 @@ from __future__ import annotations
 import torch
 
 from .formats import GGUFWeights
+from .gguf_quants import SCALE_FIELDS
 from .gguf_types import GGUF_TYPES
 
-#: qtype -> (byte offsets of (d, second fp16 field or None), largest |integer factor| of a weight,
-#: kind of second field: "dmin" (K-quant min), "m" (Q4_1/Q5_1 offset) or None, signed d)
+#: qtype -> (largest |integer factor| of a weight, kind of the second fp16 field: "dmin" (K-quant min),
+#: "m" (Q4_1/Q5_1 offset) or None, signed d).  The fields' byte offsets are gguf_quants.SCALE_FIELDS.
 _FIELDS = {
-    "Q4_0": ((0, None), 8, None, True),
-    "Q4_1": ((0, 2), 15, "m", False),
-    "Q5_0": ((0, None), 16, None, True),
-    "Q5_1": ((0, 2), 31, "m", False),
-    "Q8_0": ((0, None), 128, None, False),
-    "Q2_K": ((80, 82), 45, "dmin", False),
-    "Q3_K": ((108, None), 128, None, True),
-    "Q4_K": ((0, 2), 945, "dmin", False),
-    "Q5_K": ((0, 2), 1953, "dmin", False),
-    "Q6_K": ((208, None), 4096, None, True),
+    "Q4_0": (8, None, True),
+    "Q4_1": (15, "m", False),
+    "Q5_0": (16, None, True),
+    "Q5_1": (31, "m", False),
+    "Q8_0": (128, None, False),
+    "Q2_K": (45, "dmin", False),
+    "Q3_K": (128, None, True),
+    "Q4_K": (945, "dmin", False),
+    "Q5_K": (1953, "dmin", False),
+    "Q6_K": (4096, None, True),
 }
 
 
@@ -48,7 +49,9 @@ def random_gguf_weights(qtype: str, K: int, N: int, seed: int = 0, amplitude: fl
     g = torch.Generator().manual_seed(seed)
     nb = K // t.block
     blocks = torch.randint(0, 256, (N, nb, t.type_size), generator=g, dtype=torch.int32).to(torch.uint8)
-    (d_off, f2_off), mag, kind, signed = _FIELDS[qtype]
+    mag, kind, signed = _FIELDS[qtype]
+    offsets = [off for _, off in SCALE_FIELDS[qtype]]
+    d_off, f2_off = offsets[0], (offsets[1] if len(offsets) > 1 else None)
     d = amplitude / mag * (0.5 + 0.5 * torch.rand(N, nb, generator=g))
     if signed:
         d = torch.where(torch.rand(N, nb, generator=g) < 0.5, -d, d)

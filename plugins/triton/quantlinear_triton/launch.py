@@ -105,14 +105,6 @@ def clear() -> None:
     _compiled.clear()
 
 
-def _int_class(v: int) -> int:
-    if v == 1:
-        return 1
-    if v < _I32_MIN or v > _I32_MAX:
-        return 3
-    return 2 if v % 16 == 0 else 0
-
-
 def _no_hooks(kr) -> bool:
     """No launch hook is registered (a hook is None, or an empty ``HookChain`` in Triton >= 3.5)."""
     for h in (kr.launch_enter_hook, kr.launch_exit_hook):
@@ -143,7 +135,8 @@ def launch(fn, grid: tuple, tensors: Sequence[torch.Tensor], ints: Sequence[int]
         kr = _state["knobs"]
         if _no_hooks(kr):
             dev = x0.get_device()
-            # the specialization class (as _int_class, inlined: this runs on every launch)
+            # the specialization class: tensors by dtype and 16-byte alignment, ints by == 1 (1), outside int32 (3),
+            # multiple of 16 (2) or neither (0) -- inlined, this runs on every launch
             key = (static_key, dev, tuple([(t.dtype, (t.data_ptr() & 15) == 0) for t in tensors]),
                    tuple([1 if v == 1 else 3 if (v < _I32_MIN or v > _I32_MAX) else 2 if v % 16 == 0 else 0 for v in ints]))
             hit = _compiled.get(key)

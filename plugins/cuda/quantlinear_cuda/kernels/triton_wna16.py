@@ -14,13 +14,11 @@ they are one constant (every symmetric checkpoint).  No float copy of the weight
 
 from __future__ import annotations
 
-import torch  # noqa: F401  (tests patch torch.version through this module)
-
 from quantlinear import LayerSpec
 from quantlinear_triton.layers import TritonSlabBase
 
 from .. import ops
-from .common import TritonCudaKernel, rocm_reason  # noqa: F401  (rocm_reason: re-exported for older imports)
+from .common import TritonCudaKernel
 
 
 class TritonWNA16Linear(TritonCudaKernel, TritonSlabBase):

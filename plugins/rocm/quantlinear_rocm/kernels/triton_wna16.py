@@ -15,7 +15,7 @@ from quantlinear_triton.layers import TritonSlabBase
 
 from .. import device as _device
 from .. import ops
-from .common import TritonRocmKernel, arch_verdict  # noqa: F401  (arch_verdict: re-exported for older imports)
+from .common import TritonRocmKernel
 
 
 class RocmTritonLinear(TritonRocmKernel, TritonSlabBase):

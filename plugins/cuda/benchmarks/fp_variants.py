@@ -7,8 +7,12 @@ For MXFP4, NVFP4, MXINT4, MXFP8 and FPW8A16 (fp16 activations) at (K, N) = (4096
 plugin registry):
 
 * M = 1 and M = 16: ``gemv`` (fp32 decode), ``gemv16`` (paired-fp16 decode, fp16 sums of 4 products
-  per block: ``psum`` 4, the default), ``gemv16p1`` (``psum`` 1: each fp16 product to fp32) and, at
-  M = 16, the skinny ``dot`` default;
+  per block: ``psum`` 4, the default), ``gemv16p1`` (``psum`` 1: each fp16 product to fp32), for the
+  4-bit-activation schemes ``fold`` (the activation block scales folded into the weight's,
+  activations as packed fp16 pairs; ``--sweep``: at M = 1 also a BN / split-K / warps sweep
+  ``f<BN>s<split>w<warps>``), ``g16prev`` / ``foldprev`` (the earlier M = 1 tiles: BN 64, 128 lanes,
+  split-K to ~4 programs per SM)
+  and, at M = 16, the skinny ``dot`` default;
 * M = 256 and M = 4096: ``dot`` (tensor cores, decode in registers) and ``dqmm`` (dequantize into a
   temporary, then cuBLAS).
 
@@ -19,6 +23,8 @@ bandwidth measured in the same run.  ``rel err``: max |y - ref| / max |ref| agai
 of the scheme's quantized activations and the fp32 dequantized weight.  A table goes to stdout, the
 rows as JSON to argv[1].  ``--quick``: the first shape only.  ``--dry``: no GPU (a check of this
 script): Triton's interpreter on the CPU (``TRITON_INTERPRET=1``), tiny shapes, no timing.
+``--schemes=MXFP4,NVFP4``: those schemes only; ``--ms=1,16``: those M only; ``--sweep``: the M = 1
+BN / split / warps sweep of the folded GEMV.
 """
 
 from __future__ import annotations
@@ -42,25 +48,36 @@ from quantlinear_triton.fp_tune import FPProblem
 
 SCHEMES = ("MXFP4", "NVFP4", "MXINT4", "MXFP8", "FPW8A16")
 SHAPES = ((4096, 14336), (8192, 28672))
+SWEEP = "--sweep" in sys.argv
 
 
-def variants(p: FPProblem, props, M: int) -> list[tuple[str, dict]]:
+def variants(p: FPProblem, props, M: int, fold: bool = False) -> list[tuple[str, dict]]:
     if M <= 16:
         gemv = SPACE.gemv(p, props, min(M, 4), 64)  # the fp32 GEMV (rows blocked by up to 4)
-        g16 = dict(SPACE.gemv(p, props, 1, 64), kernel="gemv16")
-        out = [("gemv", gemv), ("gemv16", g16), ("gemv16p1", dict(g16, psum=1))]
+        prev = dict(SPACE.gemv(p, props, 1, 64), kernel="gemv16")  # the earlier M = 1 default (BN 64, ~4 programs a unit)
+        g16 = SPACE.default_config(p, 1, props) if SPACE.gemv16_default(p) else prev
+        out = [("gemv", gemv), ("gemv16", g16), ("g16prev", prev), ("gemv16p1", dict(g16, psum=1))]
+        if fold:  # 4-bit activations folded (gemv16 psum 4 with split activations): the default tiles, then a sweep
+            out += [("fold", dict(g16, fold=1)), ("foldprev", dict(prev, fold=1))]
+            if M == 1 and SWEEP:
+                for BN in (32, 64, 128):
+                    base = SPACE.gemv(p, props, 1, BN)["split_k"]
+                    for sp in sorted({max(1, base // 2), base, min(16, 2 * base)}):
+                        for warps in ((4, 8) if BN == 128 else (4,)):
+                            if (BN, sp, warps) != (64, g16["split_k"], g16["warps"]):
+                                out.append((f"f{BN}s{sp}w{warps}", dict(g16, fold=1, BN=BN, split_k=sp, warps=warps)))
         if M > 1:
             out.append(("dot", SPACE.default_config(p, M, props, allow_dqmm=False)))
         return out
     return [("dot", SPACE.default_config(p, M, props, allow_dqmm=False)), ("dqmm", {"kernel": "dqmm", "BN": 64, "warps": 4})]
 
 
-def main(path: str, quick: bool = False, dry: bool = False) -> None:
+def main(path: str, quick: bool = False, dry: bool = False, schemes: tuple[str, ...] = SCHEMES, ms: tuple[int, ...] | None = None) -> None:
     global time_graph
-    shapes, ms = SHAPES, (1, 16, 256, 4096)
+    shapes, ms = SHAPES, ms or (1, 16, 256, 4096)
     if dry:  # interpreter on the CPU: tiny shapes, every call made once, no timing
         dev, props, bw = torch.device("cpu"), _device.INTERPRETER_PROPS, 1e12
-        shapes, ms = ((512, 96),), (1, 16, 40)
+        shapes, ms = ((512, 96),), tuple(m for m in (1, 16, 40) if m in ms or m == 40 and 256 in ms)
 
         def time_graph(fns, **kw):
             for f in fns:
@@ -77,7 +94,7 @@ def main(path: str, quick: bool = False, dry: bool = False) -> None:
     t_start = time.time()
     print(f"{'scheme':8} {'K':>5} {'N':>6} {'M':>5}  {'variant':8} {'us':>9} {'x floor':>8} {'rel err':>8}  config")
     for K, N in shapes[:1] if quick else shapes:
-        for name in SCHEMES:
+        for name in schemes:
             sc = get_scheme(name)
             w = random_float_weights(sc, K, N, seed=0)
             kind = fpquant.act_quant_kind(sc)
@@ -93,15 +110,23 @@ def main(path: str, quick: bool = False, dry: bool = False) -> None:
                 x = torch.randn(M, K, device=dev, dtype=dt)
                 xr = fpquant.act_qdq(x, sc, weights_to_dev(w, dev)).float() if kind is not None else x.float()
                 ref = xr @ W.t()
+                # the folded variants compute with the fp32 quantized activations (no rounding to fp16)
+                ref32 = (fpquant.act_qdq(x.float(), sc, weights_to_dev(w, dev)) @ W.t()) if kind is not None else ref
                 del xr
-                for vname, cfg in variants(p, props, M):
+                fold = FK.fold_fits(meta.elem, meta.scale, meta.block, meta.act, meta.act_block, dt)
+                for vname, cfg in variants(p, props, M, fold):
                     def call(tt, cfg=cfg, x=x):
+                        if cfg.get("fold"):
+                            xp, xs = FK.quantize_activations_split(x, meta.act, meta.act_block, tt["act_scale"])
+                            return FK.launch(xp, tt["qweight"], tt["scales"], tt["row_scales"], None, meta.elem, meta.scale,
+                                             meta.block, cfg, x_scales=xs)
                         xq = FK.quantize_activations(x, meta.act, meta.act_block, tt["act_scale"])
                         return FK.launch(xq, tt["qweight"], tt["scales"], tt["row_scales"], None, meta.elem, meta.scale,
                                          meta.block, cfg)
                     try:
                         y = call(t)
-                        err = float((y.float() - ref).abs().max() / ref.abs().max())
+                        r = ref32 if cfg.get("fold") else ref
+                        err = float((y.float() - r).abs().max() / r.abs().max())
                         us = time_graph([lambda tt=tt: call(tt) for tt in (sets if M < 256 else sets[:2])], target_ms=20.0, batches=3)
                     except Exception as e:  # report, keep going
                         print(f"{name:8} {K:5} {N:6} {M:5}  {vname:8} FAILED {type(e).__name__}: {str(e)[:200]}", flush=True)
@@ -111,7 +136,7 @@ def main(path: str, quick: bool = False, dry: bool = False) -> None:
                     print(f"{name:8} {K:5} {N:6} {M:5}  {vname:8} {us:9.1f} {us / floor_us:8.2f} {err:8.1e}  {cfg_s}", flush=True)
                     rows.append(dict(scheme=name, K=K, N=N, M=M, variant=vname, us=us, floor_us=floor_us, x_floor=us / floor_us,
                                      rel_err=err, config=cfg, copies=copies if M < 256 else min(2, copies)))
-                del x, ref
+                del x, ref, ref32
             del sets, t, W
             if not dry:
                 torch.cuda.empty_cache()
@@ -130,4 +155,7 @@ def weights_to_dev(w, dev):
 if __name__ == "__main__":
     if len(sys.argv) < 2:
         sys.exit(__doc__)
-    main(sys.argv[1], "--quick" in sys.argv[2:], "--dry" in sys.argv[2:])
+    opts = dict(a[2:].split("=", 1) for a in sys.argv[2:] if a.startswith("--") and "=" in a)
+    main(sys.argv[1], "--quick" in sys.argv[2:], "--dry" in sys.argv[2:],
+         tuple(opts["schemes"].split(",")) if "schemes" in opts else SCHEMES,
+         tuple(int(m) for m in opts["ms"].split(",")) if "ms" in opts else None)

@@ -34,6 +34,11 @@ for stage in ${1//,/ }; do
     sm_variants) timeout 120 python plugins/cuda/benchmarks/scaled_mm_variants.py "$d" 2>&1 | tail -80 ;;
     gguf) OUT="$d" bash plugins/cuda/benchmarks/gguf_device_check.sh 2>&1 | tail -5; cat "$d/summary.txt" | tail -60 ;;
     tests) timeout 240 python -m pytest -q -p no:cacheprovider -rs plugins/cuda/tests plugins/triton/tests > "$d/pytest_all.log" 2>&1; tail -25 "$d/pytest_all.log" ;;
+    peers)  # the peer packages as wheels (carry .whl: gemlite, auto-round for auto_round_extension), then the full W4A16 grid
+         python -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl > "$d/pip.log" 2>&1
+         PYTHONPATH=/tmp/site${PYTHONPATH:+:$PYTHONPATH} timeout ${T_PEERS:-420} python -m quantlinear bench --device cuda --scheme W4A16 \
+                --shapes ${SHAPES:-4096x4096,4096x14336,14336x4096,8192x28672,28672x8192,3072x12288} --m ${MS:-1,4,16,64,256,1024,4096} \
+                --dtype ${DT:-float16} --iters 20 --out "$d/w4_full.json" --plot "$d/w4_full.png" > "$d/w4_full.txt" 2>&1; tail -120 "$d/w4_full.txt" ;;
     bench_w4) timeout ${T_W4:-200} python -m quantlinear bench --device cuda --scheme W4A16 --shapes 4096x14336,8192x28672 \
                 --m 1,16,256,4096 --iters 20 --out "$d/w4.json" > "$d/w4.txt" 2>&1; tail -60 "$d/w4.txt" ;;
   esac

@@ -1,7 +1,8 @@
 #!/usr/bin/env python3
 """One GPU session for the int kernels' speed (issue #4): checks, launch overhead, re-tuning.
 
-    python plugins/cuda/benchmarks/int_perf.py --out DIR [--stages check,eager,tune,compare] [--keys REGEX]
+    python plugins/cuda/benchmarks/int_perf.py --out DIR [--stages check,eager,tune,compare,gtune] [--keys REGEX]
+    python plugins/cuda/benchmarks/int_perf.py --merge DIR/gtune.json   # into tuned/sm90.json (no GPU)
 
 * ``check``: the paired-fp16 GEMV against the fp32 reference on large shapes; the fast launch
   path against the normal ``kernel[grid]`` path (bit-identical outputs) and inside a CUDA graph.
@@ -11,6 +12,14 @@
   candidate's time per key, so old and new kernels are compared in the same run).
 * ``compare``: device time (CUDA graphs over weight copies > L2) of the old table's config vs
   the new one for the large shapes, and cuBLAS fp16.
+* ``gtune``: tuning by the benchmark's own timing -- CUDA-graph replays over rotating weight copies
+  (> 150 MB, so every call reads its weights from HBM), for W4 g128 sym fp16 and bf16 and W8 g128
+  sym fp16, (K, N) in :data:`GT_SHAPES`, M = 1 and 16: every candidate of
+  ``quantlinear_cuda.tune.candidates(p, M, props, wide=True)`` (plus the shipped and the default
+  configuration) is compiled first by ``--gtune-jobs`` worker processes in parallel (Triton's
+  on-disk cache), then timed; DIR/gtune.json (the shipped table's format: ``best_us``, ``config``,
+  ``measured``) is rewritten after every key, so a cut-off run keeps what it measured.  Keys in
+  ``--gtune-resume`` files are skipped; ``--tune-budget`` bounds the stage's seconds.
 
 Every stage ends with ``quantlinear_triton.launch.stats()``: direct (cached launcher) vs normal
 (``kernel[grid]``) launches per kernel.  ``check,eager`` take well under 90 s on an H100.
@@ -31,6 +40,8 @@ from pathlib import Path
 import torch
 
 LARGE = ((4096, 14336), (14336, 4096), (8192, 28672), (28672, 8192))
+#: where make() puts tensors and gtune allocates (a CPU smoke test sets "cpu", with TRITON_INTERPRET=1)
+DEV = "cuda"
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -50,19 +61,19 @@ def parse_key(key: str):
 
 def make(p, M, copies=1, seed=0):
     """Random packed tensors of problem ``p`` (any int32 is a valid code word) and an input."""
-    gen = torch.Generator(device="cuda").manual_seed(seed)
+    gen = torch.Generator(device=DEV).manual_seed(seed)
     dt = getattr(torch, p.dtype)
     KW = p.k_tiles * p.slab
     G = -(-p.K // p.group_size)
     ws = []
     for _ in range(copies):
-        q = torch.randint(-2**31, 2**31 - 1, (p.N, KW), dtype=torch.int32, device="cuda", generator=gen)
+        q = torch.randint(-2**31, 2**31 - 1, (p.N, KW), dtype=torch.int32, device=DEV, generator=gen)
         if p.bits == 3:
             q &= 0x3FFFFFFF
-        s = (torch.rand(G, p.N, device="cuda", generator=gen) * 0.02 + 0.001).half()
-        z = torch.randint(0, 2**p.bits, (G, p.N), device="cuda", generator=gen).to(torch.uint8) if p.has_zeros else None
+        s = (torch.rand(G, p.N, device=DEV, generator=gen) * 0.02 + 0.001).half()
+        z = torch.randint(0, 2**p.bits, (G, p.N), device=DEV, generator=gen).to(torch.uint8) if p.has_zeros else None
         ws.append((q, s, z))
-    x = torch.randn(M, p.K, device="cuda", generator=gen).to(dt)
+    x = torch.randn(M, p.K, device=DEV, generator=gen).to(dt)
     return ws, x
 
 
@@ -151,8 +162,29 @@ def stage_check(out: Path) -> list[str]:
             y = tk.launch(x, q, s, z, None, bits, 32, 128, K, zp, cfg)
             err = float((y.float() - ref).abs().max() / ref.abs().max())
             lines.append(f"check W{bits} {cfg['kernel']:7s} K={K} N={N} asym={asym}: max rel err {err:.2e} {'OK' if err < 1e-3 else 'FAIL'}")
+    # bf16 activations: the paired GEMV (bf16x2 decode, and ``pair: False``: the fp32 decode), fp32 output
+    for (K, N), bits, asym in (((4096, 14336), 4, False), ((14336, 4096), 4, True), ((4096, 4096), 2, False)):
+        p = Problem(bits, 32, 128 if bits == 4 else 256, asym, "bfloat16", N, K)
+        (w,), x = make(p, 1, seed=K + bits)
+        q, s, z = w
+        zp = zero_point(p)
+        W = dequantize_slabs(q, s, z, int(zp), SlabMeta(bits, 32, p.group_size, K, N))
+        ref = x.float() @ W.t()
+        for cfg in ({"kernel": "gemv16", "BN": 64, "split_k": 4, "warps": 4, "stages": 3},
+                    {"kernel": "gemv16", "BN": 64, "split_k": 4, "warps": 4, "stages": 3, "pair": False},
+                    {"kernel": "gemv", "BM": 1, "BN": 64, "split_k": 2, "warps": 4, "stages": 2}):
+            y = tk.launch(x, q, s, z, None, bits, 32, p.group_size, K, zp, cfg, out=torch.empty(1, N, device="cuda"))
+            err = float((y - ref).abs().max() / ref.abs().max())
+            lines.append(f"check bf16 W{bits} {tk_short(cfg)} K={K} N={N} asym={asym}: max rel err (fp32 out) {err:.2e} "
+                         f"{'OK' if err < 1e-3 else 'FAIL'}")
     log("\n".join(lines))
     return lines
+
+
+def tk_short(cfg: dict) -> str:
+    from quantlinear_triton.tune import _short
+
+    return _short(cfg)
 
 
 def stage_eager(out: Path) -> list[str]:
@@ -247,6 +279,226 @@ def stage_tune(out: Path, keys_re: str, budget_s: float = 1e9) -> list[str]:
         log(lines[-1])
         del w, x, q, s, z
     return lines
+
+
+GT_SHAPES = ((4096, 14336), (14336, 4096), (8192, 28672), (28672, 8192), (3072, 12288), (4096, 4096))
+#: (bits, dtype) in the order gtune measures them (the new bf16 kernel first)
+GT_KINDS = ((4, "bfloat16"), (4, "float16"), (8, "float16"))
+
+
+def gtune_keys(keys_re: str = ".", ms=(1, 16)) -> list[str]:
+    from quantlinear_cuda.tune import Problem
+
+    keys = []
+    for M in ms:
+        for bits, dt in GT_KINDS:
+            for K, N in GT_SHAPES:
+                k = Problem(bits, 32, 128, False, dt, N, K).key(M)
+                if any(re.search(rx, k) for rx in keys_re.split(",")):
+                    keys.append(k)
+    return keys
+
+
+def gtune_candidates(key: str, shipped: dict, props) -> list[dict]:
+    from quantlinear_cuda import tune
+    from quantlinear_triton.tune import unique
+
+    p, M = parse_key(key)
+    cands = tune.candidates(p, M, props, wide=True)
+    extra = [tune.default_config(p, M, props)]
+    if key in shipped:
+        extra.insert(0, shipped[key]["config"])
+    return unique(extra + cands)
+
+
+def _copies(p) -> int:
+    wbytes = p.N * p.K * p.bits // 8 + p.N * (p.K // p.group_size) * 2
+    return max(2, -(-150_000_000 // wbytes))
+
+
+_GT_TIMER = None  # a CPU smoke test's stand-in for quantlinear_cuda.bench.time_graph
+
+
+def gtune_worker(path: str) -> int:
+    """Compile (launch once) every (key, config) of the JSON list at ``path``: fills Triton's on-disk cache."""
+    from quantlinear_triton import kernels as tk
+
+    items = json.loads(Path(path).read_text())
+    t0, ok, bad, cur = time.time(), 0, 0, (None, None)
+    for key, cfg in items:
+        if cur[0] != key:
+            cur = (None, None)
+            if DEV == "cuda":
+                torch.cuda.empty_cache()
+            p, M = parse_key(key)
+            (w,), x = make(p, M)
+            cur = (key, (p, M, w, x))
+        p, M, (q, s, z), x = cur[1]
+        try:
+            tk.launch(x, q, s, z, None, p.bits, p.slab, p.group_size, p.K, zero_point(p), cfg)
+            if DEV == "cuda":
+                torch.cuda.synchronize()
+            ok += 1
+        except Exception as e:  # reported again (and skipped) by the timing pass
+            bad += 1
+            print(f"worker {path}: {key} {cfg}: {type(e).__name__}: {str(e)[:200]}", flush=True)
+    print(f"worker {Path(path).name}: {ok} compiled, {bad} failed, {time.time() - t0:.0f}s", flush=True)
+    return 0
+
+
+def _precompile(out: Path, items: list, jobs: int, deadline: float) -> str:
+    """Compile ``items`` ((key, config) pairs) in ``jobs`` worker processes (one compile per kernel variant)."""
+    import subprocess
+
+    groups: dict[str, list] = {}
+    for key, cfg in items:  # one worker per kernel variant (constexprs and options): each variant compiles once
+        p, M = parse_key(key)
+        sig = json.dumps([p.bits, p.dtype, M > 1, {k: v for k, v in cfg.items() if k != "split_k"}, cfg.get("split_k", 1) > 1],
+                         sort_keys=True)
+        groups.setdefault(sig, []).append((key, cfg))
+    shards: list[list] = [[] for _ in range(max(1, jobs))]
+    for g in sorted(groups.values(), key=len, reverse=True):
+        min(shards, key=len).extend(g)
+    procs = []
+    wd = out / "gtune-work"
+    wd.mkdir(exist_ok=True)
+    for i, sh in enumerate(shards):
+        if not sh:
+            continue
+        sh.sort(key=lambda kc: kc[0])  # by key: one set of tensors at a time
+        f = wd / f"shard{i}.json"
+        f.write_text(json.dumps(sh))
+        with open(f.with_suffix(".log"), "w") as fo:  # (a file, not a pipe: a chatty worker never blocks)
+            procs.append((subprocess.Popen([sys.executable, str(Path(__file__).resolve()), "--gtune-worker", str(f)],
+                                           stdout=fo, stderr=subprocess.STDOUT), f.with_suffix(".log")))
+    lines = [f"precompile: {len(items)} configurations in {len(groups)} kernel variants over {len(procs)} workers"]
+    for pr, lf in procs:
+        try:
+            pr.wait(timeout=max(1.0, deadline - time.time()))
+        except subprocess.TimeoutExpired:
+            pr.kill()
+            pr.wait()
+            lines.append(f"({lf.name}: ran past the precompile deadline, killed)")
+        lines += [ln for ln in lf.read_text(errors="replace").splitlines() if ln.startswith("worker")][-6:]
+    return "\n".join(lines)
+
+
+def _gtune_plan(keys_re: str, resume: list[str]):
+    from quantlinear_cuda import device as dev
+
+    props = dev.device_props(torch.device(DEV))
+    shipped = json.loads((ROOT / "quantlinear_cuda" / "tuned" / "sm90.json").read_text())["configs"]
+    done: dict = {}
+    for r in resume:
+        if r and Path(r).is_file():
+            done.update(json.loads(Path(r).read_text()).get("configs", {}))
+    keys = [k for k in gtune_keys(keys_re) if k not in done]
+    return props, shipped, done, keys, {k: gtune_candidates(k, shipped, props) for k in keys}
+
+
+def stage_gprecompile(out: Path, keys_re: str, budget_s: float, jobs: int, resume: list[str]) -> list[str]:
+    """Only the compile phase of ``gtune`` (to overlap it with other CPU-bound work, e.g. the GPU tests)."""
+    t0 = time.time()
+    _, _, done, keys, plan = _gtune_plan(keys_re, resume)
+    n = sum(len(v) for v in plan.values())
+    log(f"gprecompile: {len(keys)} keys ({len(done)} resumed), {n} configurations, {jobs} workers")
+    res = _precompile(out, [(k, c) for k in keys for c in plan[k]], jobs, t0 + budget_s)
+    lines = [res, f"gprecompile: {time.time() - t0:.0f}s"]
+    log("\n".join(lines))
+    return lines
+
+
+def stage_gtune(out: Path, keys_re: str, budget_s: float, jobs: int, resume: list[str], target_ms: float = 15.0) -> list[str]:
+    from quantlinear_cuda import tune
+    from quantlinear_triton import kernels as tk
+    from quantlinear_triton.packing import SlabMeta, dequantize_slabs
+
+    t0 = time.time()
+    props, shipped, done, keys, plan = _gtune_plan(keys_re, resume)
+    n = sum(len(v) for v in plan.values())
+    log(f"gtune: {len(keys)} keys ({len(done)} resumed), {n} timings; precompiling with {jobs} workers")
+    if jobs > 0:
+        log(_precompile(out, [(k, c) for k in keys for c in plan[k]], jobs, t0 + 0.6 * budget_s))
+    log(f"gtune: precompiled in {time.time() - t0:.0f}s")
+    res_path = out / "gtune.json"
+    data = {"version": tune.CACHE_VERSION, "arch": props.arch, "device": props.name, "torch": torch.__version__,
+            "triton": __import__("triton").__version__, "date": time.strftime("%Y-%m-%d"),
+            "timing": f"CUDA graph replays, median of 5 batches (~{target_ms:.0f} ms), over weight copies > 150 MB "
+                      "(quantlinear_cuda.bench.time_graph)",
+            "configs": dict(done)}
+    lines = []
+    from quantlinear_cuda.bench import time_graph
+
+    time_graph = _GT_TIMER or time_graph
+    for key in keys:
+        if time.time() - t0 > budget_s:
+            lines.append(f"gtune: budget of {budget_s:.0f}s spent; {key} and later keys not measured")
+            log(lines[-1])
+            break
+        p, M = parse_key(key)
+        ws, x = make(p, M, copies=_copies(p))
+        zp = zero_point(p)
+        rows = []
+        for cfg in plan[key]:
+            fns = [lambda q=q, s=s, cfg=cfg: tk.launch(x, q, s, None, None, p.bits, p.slab, p.group_size, p.K, zp, cfg) for q, s, _ in ws]
+            try:
+                rows.append((cfg, time_graph(fns, target_ms=target_ms)))
+            except Exception as e:
+                rows.append((cfg, None))
+                log(f"  {tune._tune._short(cfg)}: {type(e).__name__}: {str(e)[:160]}")
+        ok = sorted((r for r in rows if r[1] is not None), key=lambda r: r[1])
+        if not ok:
+            continue
+        best_cfg, best_t = ok[0]
+        q, s, _ = ws[0]
+        W = dequantize_slabs(q, s, None, int(zp), SlabMeta(p.bits, p.slab, p.group_size, p.K, p.N))
+        ref = x.float() @ W.t()
+        y32 = torch.empty(M, p.N, device=DEV, dtype=torch.float32)
+        tk.launch(x, q, s, None, None, p.bits, p.slab, p.group_size, p.K, zp, best_cfg, out=y32)
+        err = float((y32 - ref).abs().max() / ref.abs().max())
+        del W, ref, ws
+        old = shipped.get(key, {}).get("config")
+        old_t = next((t for c, t in rows if c == old), None)
+        dflt = tune.default_config(p, M, props)
+        dflt_t = next((t for c, t in rows if c == dflt), None)
+        data["configs"][key] = {"best_us": round(best_t, 2), "config": best_cfg, "err": float(f"{err:.2e}"),
+                                "measured": [[tune._tune._short(c), round(t, 2) if t is not None else "error"] for c, t in rows]}
+        tmp = res_path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(data, indent=1, sort_keys=True))
+        os.replace(tmp, res_path)
+        shipped_txt = f"shipped {old_t:7.2f} us {tune._tune._short(old)}" if old_t is not None else "shipped -"
+        lines.append(f"gtune {key}: best {best_t:7.2f} us {tune._tune._short(best_cfg)} | {shipped_txt} | default "
+                     f"{dflt_t if dflt_t is None else round(dflt_t, 2)} | err {err:.1e} | {len(ok)}/{len(rows)} ok [{time.time() - t0:.0f}s]")
+        log(lines[-1])
+        for c, t in ok[1:4]:
+            log(f"    next {t:7.2f} us {tune._tune._short(c)}")
+    return lines
+
+
+def merge_gtune(paths: list[str], table: Path | None = None) -> str:
+    """Merge gtune results into the shipped table (``tuned/sm90.json``): each measured key's entry replaced."""
+    table = table or ROOT / "quantlinear_cuda" / "tuned" / "sm90.json"
+    data = json.loads(table.read_text())
+    merged, info = [], {}
+    for path in paths:
+        g = json.loads(Path(path).read_text())
+        info = g
+        for k, v in g["configs"].items():
+            data["configs"][k] = {kk: v[kk] for kk in ("best_us", "config", "measured") if kk in v}
+            merged.append(k)
+    note = data.get("note", "")
+    mark = " Graph-timed entries:"
+    if mark in note:
+        note = note[:note.index(mark)]
+    kinds = sorted({"|".join(k.split("|")[i] for i in (0, 4, 7)) for k in merged})
+    data["note"] = (note.rstrip() + f"{mark} on {info.get('date', '?')} on an {info.get('device', '?')} (torch {info.get('torch', '?')}, "
+                    f"Triton {info.get('triton', '?')}) the {len(merged)} keys of W4/W8 g128 sym with M = 1 and 16 listed by "
+                    f"plugins/cuda/benchmarks/int_perf.py --stages gtune ({', '.join(kinds)}) were re-tuned by "
+                    f"{info.get('timing', 'CUDA-graph timing')}: their 'measured' lists are those times, not L2-flushed do_bench.")
+    tmp = table.with_suffix(".tmp")
+    tmp.write_text(json.dumps(data, indent=1, sort_keys=True) + "\n")
+    os.replace(tmp, table)
+    return f"merged {len(merged)} keys into {table}"
 
 
 def _time_graph(fns) -> float:
@@ -350,7 +602,16 @@ def main() -> int:
     ap.add_argument("--keys", default=".")
     ap.add_argument("--tune-budget", type=float, default=1e9)
     ap.add_argument("--old-table", default=str(ROOT / "benchmarks" / "results" / "sm90-before.json"))
+    ap.add_argument("--gtune-jobs", type=int, default=max(1, min(14, (os.cpu_count() or 2) - 2)))
+    ap.add_argument("--gtune-resume", default="", help="comma-separated gtune.json files whose keys are not measured again")
+    ap.add_argument("--gtune-worker", default=None, help=argparse.SUPPRESS)
+    ap.add_argument("--merge", default=None, help="comma-separated gtune.json files to merge into tuned/sm90.json, then exit")
     args = ap.parse_args()
+    if args.merge:
+        log(merge_gtune(args.merge.split(",")))
+        return 0
+    if args.gtune_worker:
+        return gtune_worker(args.gtune_worker)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     os.environ.setdefault("QUANTLINEAR_CUDA_TUNE_CACHE", str(out / "tune.json"))
@@ -370,6 +631,10 @@ def main() -> int:
                 lines += stage_tune(out, args.keys, args.tune_budget)
             elif stage == "compare":
                 lines += stage_compare(out, Path(args.old_table))
+            elif stage == "gprecompile":
+                lines += stage_gprecompile(out, args.keys, args.tune_budget, args.gtune_jobs, args.gtune_resume.split(","))
+            elif stage == "gtune":
+                lines += stage_gtune(out, args.keys, args.tune_budget, args.gtune_jobs, args.gtune_resume.split(","))
         except Exception as e:
             import traceback
 

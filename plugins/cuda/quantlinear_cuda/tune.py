@@ -8,7 +8,9 @@ measurements, ``tuned/sm90.json``), and the switches ``QUANTLINEAR_CUDA_TUNE``,
 ``QUANTLINEAR_CUDA_DQMM``.
 
 Kernels a configuration can name: ``gemv`` (CUDA cores, decode), ``gemv16`` (the same for 2/4/8-bit
-codes and fp16 activations, dequantizing two codes per instruction in fp16x2; one row of x per
+codes and fp16 activations, dequantizing two codes per instruction in fp16x2, and for 2/4-bit codes
+and bf16 activations, in bf16x2 with fp32 products -- ``pair: False``: the same schedule with the
+exact fp32 decode, no inline assembly; one row of x per
 program: a configuration with ``BM`` > 1 runs ``gemv`` with those tiles), ``dot`` (tensor
 cores, dequantize in registers), ``dot16`` (``dot`` with the fp16x2 dequantization) and ``dqmm`` (large M only: dequantize the layer into a temporary
 float weight, then cuBLAS; the temporary lives for one call; ``QUANTLINEAR_CUDA_DQMM=0``
@@ -43,16 +45,37 @@ def device_props(device: torch.device) -> "_device.DeviceProps":
     return _device.device_props(device)
 
 
+#: code widths of the paired GEMV per activation dtype (as ``quantlinear_triton.kernels.GEMV16_BITS``)
+GEMV16_BITS = {"float16": (2, 4, 8), "bfloat16": (2, 4)}
+
+
 def gemv16_fits(p: Problem) -> bool:
-    """The paired-fp16 GEMV applies: 2/4/8-bit codes, fp16 activations, runs of VPW/2 slabs in one group."""
+    """The paired GEMV applies: 2/4/8-bit codes with fp16 or 2/4-bit codes with bf16 activations, runs of VPW/2 slabs in one group."""
     from quantlinear_triton.packing import slabs_per_group
 
-    return p.bits in (2, 4, 8) and p.dtype == "float16" and slabs_per_group(p.bits, p.slab, p.group_size, p.K) % (16 // p.bits) == 0
+    return p.bits in GEMV16_BITS.get(p.dtype, ()) and slabs_per_group(p.bits, p.slab, p.group_size, p.K) % (16 // p.bits) == 0
 
 
 def dot16_fits(p: Problem) -> bool:
     """The paired-fp16 tensor-core kernel applies: 4-bit codes, fp16 activations, groups of >= 4 slabs."""
-    return p.bits == 4 and gemv16_fits(p)
+    return p.bits == 4 and p.dtype == "float16" and gemv16_fits(p)
+
+
+def tc_fits(p: Problem) -> bool:
+    """The large-M tensor-core kernel (``kernel: tc``, :mod:`quantlinear_triton.kernels_tc`) applies: fp16/bf16, a
+    word's codes split into an even number of planes (every width but 6 bits)."""
+    return p.dtype in ("float16", "bfloat16") and (32 // p.bits) % 2 == 0
+
+
+def tc_config(p: Problem, M: int, sms: int, **over) -> dict:
+    """The tc kernel's measured default: 128 x 128 tiles, a 256-channel k-step, 8 warps, 2 stages, paired
+    dequantization (fp16x2; bf16x2 for bf16), split-K 2 when the output tiles do not fill the GPU once."""
+    cfg = {"kernel": "tc", "BN": 128, "BM": 128, "BK": 256, "warps": 8, "stages": 2, "group_m": 8,
+           "dq": 2 if p.dtype == "bfloat16" else 1, "prefetch": 1, "split_k": 1}
+    cfg.update(over)
+    if "split_k" not in over and -(-p.N // cfg["BN"]) * -(-M // cfg["BM"]) < sms:
+        cfg["split_k"] = 2
+    return cfg
 
 
 def default_config(p: Problem, M: int, props: "_device.DeviceProps", allow_dqmm: bool = True) -> dict:
@@ -67,7 +90,7 @@ def default_config(p: Problem, M: int, props: "_device.DeviceProps", allow_dqmm:
     if b == 1:
         BN = 64
         nb = -(-p.N // BN)
-        if gemv16_fits(p):  # paired-fp16 GEMV: 1.2-1.7x faster than the fp32 GEMV on an H100 (4-bit fp16)
+        if gemv16_fits(p):  # paired GEMV: 1.2-1.7x faster than the fp32 GEMV on an H100 (4-bit fp16)
             return {"kernel": "gemv16", "BM": 1, "BN": BN, "split_k": _split_for(nb, 4 * sms, p.k_tiles), "warps": 4, "stages": 3}
         return {"kernel": "gemv", "BM": 1, "BN": BN, "split_k": _split_for(nb, 4 * sms, p.k_tiles), "warps": 4, "stages": 2}
     if b <= 64:
@@ -78,6 +101,10 @@ def default_config(p: Problem, M: int, props: "_device.DeviceProps", allow_dqmm:
                     "stages": 3, "swap": True, "group_m": 8}
         return {"kernel": "dot", "BM": BM, "BN": BN, "split_k": _split_for(tiles, 2 * sms, p.k_tiles), "warps": 4,
                 "stages": 3, "swap": True, "scale_w": False, "group_m": 8}
+    if tc_fits(p) and (b <= 512 or props.simulated or not allow_dqmm):
+        # the large-M tensor-core kernel (kernels_tc): 1.34-1.65x cuBLAS fp16 at M=256 on an H100, where dot16 took
+        # 2.2-3.0x and dequantize-then-cuBLAS 1.95-2.2x; from M=1024 dequantize-then-cuBLAS is faster (1.31-1.38x vs 1.48+)
+        return tc_config(p, M, sms)
     if b <= 256 or props.simulated or not allow_dqmm:
         BM, BN = 128, 128
         tiles = -(-M // BM) * -(-p.N // BN)
@@ -86,24 +113,38 @@ def default_config(p: Problem, M: int, props: "_device.DeviceProps", allow_dqmm:
     return {"kernel": "dqmm", "BN": 64, "tpp": 4, "warps": 4}
 
 
-def candidates(p: Problem, M: int, props: "_device.DeviceProps") -> list[dict]:
-    """Configurations :func:`tune_problem` measures for one (problem, M bucket)."""
+def candidates(p: Problem, M: int, props: "_device.DeviceProps", wide: bool = False) -> list[dict]:
+    """Configurations :func:`tune_problem` measures for one (problem, M bucket).
+
+    ``wide``: a larger space for offline tuning (``benchmarks/int_perf.py --stages gtune``): at M = 1
+    more split-K values per tile shape (a quarter to four times the heuristic's) and, for bf16, both
+    decodes of the paired GEMV at every tile shape.
+    """
     sms = props.sm_count
     b = bucket(M)
     out: list[dict] = []
 
     def splits(programs: int, target: int, n: int = 3) -> list[int]:
         s = _split_for(programs, target, p.k_tiles)
+        if wide and b == 1:
+            opts = [x for x in (s // 4, s // 2, s, s * 2, s * 4) if 1 <= x <= 32 and p.k_tiles // x >= 2] or [s]
+            return sorted(set(opts + [max(1, s // 2)]))
         opts = [s, max(1, s // 2), min(16, s * 2) if p.k_tiles // (s * 2) >= 2 else s]
         return sorted(set(opts[:n]))
 
     if b == 1 and gemv16_fits(p):
-        # paired-fp16 GEMV (2/4/8-bit fp16): half the dequantization instructions per code
-        for BN, warps, stages in ((16, 4, 2), (32, 4, 2), (32, 4, 3), (64, 4, 3), (64, 4, 4), (64, 8, 3), (128, 4, 3), (128, 8, 3),
-                                  (256, 8, 3)):
+        # paired GEMV (2/4/8-bit fp16, 2/4-bit bf16): two codes per mask/or
+        shapes = ((16, 4, 2), (32, 4, 2), (32, 4, 3), (64, 4, 3), (64, 4, 4), (64, 8, 3), (128, 4, 3), (128, 8, 3), (256, 8, 3))
+        for BN, warps, stages in shapes:
             nb = -(-p.N // BN)
             for sp in splits(nb, 4 * sms):
                 out.append({"kernel": "gemv16", "BM": 1, "BN": BN, "split_k": sp, "warps": warps, "stages": stages})
+        if p.dtype == "bfloat16":
+            # the same schedule with the exact fp32 decode (one mask/or and one FMA per code, no inline assembly)
+            for BN, warps, stages in (shapes if wide else ((32, 4, 2), (64, 4, 3), (128, 8, 3))):
+                nb = -(-p.N // BN)
+                for sp in splits(nb, 4 * sms):
+                    out.append({"kernel": "gemv16", "BM": 1, "BN": BN, "split_k": sp, "warps": warps, "stages": stages, "pair": False})
     if b <= 8:
         for BN, warps in ((16, 4), (32, 4), (64, 4), (128, 8)):
             nb = -(-p.N // BN) * -(-M // b)
@@ -153,6 +194,16 @@ def candidates(p: Problem, M: int, props: "_device.DeviceProps") -> list[dict]:
             for s in sorted({sp, max(1, sp // 2)}):
                 out.append({"kernel": "dot", "BM": BM, "BN": BN, "split_k": s, "warps": warps, "stages": stages, "swap": swap,
                             "scale_w": scale_w, "group_m": 8})
+    if b >= 64 and tc_fits(p):
+        # the large-M tensor-core kernel: its default, 256-token tiles (64- and 128-channel k-steps), split-K 2, and
+        # for bf16 the fp32 dequantization (one rounding per weight instead of two)
+        M0 = max(M, b)
+        out.append(tc_config(p, M0, sms))
+        out.append(tc_config(p, M0, sms, BM=256, BK=64, stages=4))
+        out.append(tc_config(p, M0, sms, BM=256, BK=128, stages=2))
+        out.append(tc_config(p, M0, sms, split_k=2))
+        if p.dtype == "bfloat16":
+            out.append(tc_config(p, M0, sms, dq=0))
     if b >= 64 and p.dtype != "float32" and dqmm_enabled():
         # dequantize into a temporary, then cuBLAS: wins where the GEMM is compute-bound
         out.append({"kernel": "dqmm", "BN": 64, "tpp": 4, "warps": 4})

@@ -120,3 +120,34 @@ def test_defaults_gemv16_and_dqmm(monkeypatch):
     assert SPACE.default_config(layer.problem, 4096, props)["kernel"] == "dqmm"
     monkeypatch.setenv("QUANTLINEAR_CUDA_DQMM", "0")
     assert SPACE.default_config(layer.problem, 4096, props)["kernel"] == "dot"
+
+
+# ---- the folded gemv16 (4-bit activations: block scales folded into the weight's, PTX decode without rescaling) ----
+FOLD_CFGS = [(1, dict(GEMV16, fold=1)), (3, dict(GEMV16, split_k=1, fold=1)),
+             (1, dict(GEMV16, BN=128, split_k=2, warps=8, fold=1))]
+
+
+@pytest.mark.parametrize("name", ["MXFP4", "MXFP4_RCEIL", "NVFP4", "MXINT4"])
+def test_gemv16_fold_on_gpu(name):
+    """quantize_activations_split bit-exact (values x scales == fpquant's fp32 qdq) and the folded gemv16 (PTX)
+    against the fp32 reference within 1e-3, also with activations up to ~1e3; the layer's M = 1 call
+    (run_fp_gemm takes the folded path) against float_reference."""
+    from quantlinear_triton import fp_kernels as fk
+
+    layer, w, b, spec = layer_for(name, torch.float16)
+    m = layer.meta
+    assert fk.fold_fits(m.elem, m.scale, m.block, m.act, m.act_block, torch.float16)
+    for M, cfg in FOLD_CFGS:
+        for amp in (1.5, 1e3):
+            x = (torch.randn(M, K, device="cuda") * amp).to(torch.float16)
+            x32 = fpquant.act_qdq(x.float().cpu(), spec.scheme, weights_to(w, torch.device("cpu"))).cuda()
+            pairs, xs = fk.quantize_activations_split(x, m.act, m.act_block, layer.fp_act_scale)
+            v = fk.unpack_pairs(pairs, m.act_block, K).float()
+            assert torch.equal((v.view(M, -1, m.act_block) * xs[:, :, None]).view(M, K), x32), (name, M)
+            y = fk.launch(pairs, layer.fp_qweight, layer.fp_scales, layer.fp_row_scales, layer.bias, m.elem, m.scale, m.block,
+                          cfg, x_scales=xs)
+            ref = x32 @ w.dequantize().cuda().float().t() + b.float().cuda()
+            err = rel_err(y, ref)
+            assert err < TOL[torch.float16], (name, M, cfg, amp, err)
+    x = (torch.randn(1, K, device="cuda") * 1.5).to(torch.float16)
+    assert rel_err(layer(x), float_reference(x, w, spec, b)) < TOL[torch.float16], name

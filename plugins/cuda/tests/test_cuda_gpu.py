@@ -6,7 +6,7 @@ import torch
 from quantlinear import LayerSpec, Scheme
 from quantlinear.benchutil import BenchOptions, random_int_weights
 
-from cuda_testutil import GPU, TOL, graph_replay_fresh, rel_err
+from cuda_testutil import GPU, TOL, capture_graph, graph_replay_fresh, rel_err
 
 pytestmark = pytest.mark.skipif(not GPU, reason="needs a CUDA GPU")
 
@@ -145,3 +145,39 @@ def test_fast_launch_matches_the_jit_path_and_captures():
         st = fl.stats()
         for name in ("_gemv16_kernel", "_dot16_kernel", "_gemv_kernel", "_dot_kernel", "_dequant_kernel"):
             assert st.get(name, (0, 0))[0] > 0, (name, fl.stats_line())
+
+
+@pytest.mark.parametrize("bits,group,sym,K,N", [(4, 128, True, 4096, 1536), (4, 128, False, 4096, 1024), (4, -1, True, 3072, 512),
+                                                 (2, 256, False, 2048, 512)])
+def test_gemv16_bf16_on_gpu(bits, group, sym, K, N):
+    """gemv16 with bf16 activations (bf16x2 decode, fp32 products; and ``pair: False``, the exact fp32 decode) against an
+    fp32 matmul of the dequantized weight: within 1e-3 of max |ref| with an fp32 output, the bf16 tolerance with bf16 out;
+    fast launch == normal launch and a CUDA-graph replay, bit for bit."""
+    from quantlinear_cuda.kernels.triton_wna16 import TritonWNA16Linear
+    from quantlinear_triton import kernels as tk
+
+    layer, W, _ = build(TritonWNA16Linear, bits, group, sym, K=K, N=N, dtype=torch.bfloat16, seed=K + N)
+    m = layer.meta
+    assert tk.gemv16_fits(bits, m.slab, m.group_size, K, torch.bfloat16) and tk._bf2_ok(torch.empty(1, device="cuda"))
+    g = torch.Generator(device="cuda").manual_seed(bits + K)
+    for M, cfg in [(1, {"kernel": "gemv16", "BN": 64, "split_k": 4, "warps": 4, "stages": 3}),
+                   (1, {"kernel": "gemv16", "BN": 128, "split_k": 1, "warps": 8, "stages": 3}),
+                   (1, {"kernel": "gemv16", "BN": 32, "split_k": 2, "warps": 4, "stages": 2, "pair": False}),
+                   (3, {"kernel": "gemv16", "BN": 16, "split_k": 2, "warps": 4, "stages": 2})]:
+        x = (torch.randn(M, K, device="cuda", generator=g) * 2).to(torch.bfloat16)
+
+        def run(out=None):
+            return tk.launch(x, layer.w_slab, layer.w_scales, layer.w_zeros, None, bits, m.slab, m.group_size, K, layer.zero_point, cfg,
+                             out=out)
+
+        r = ref(x, W, None)
+        y32 = run(torch.full((M, N), float("nan"), device="cuda"))
+        assert rel_err(y32, r) < 1e-3, (cfg, rel_err(y32, r))
+        y = run()
+        assert y.dtype == torch.bfloat16 and rel_err(y, r) < TOL[torch.bfloat16], cfg
+        yg = torch.full_like(y, float("nan"))
+        gr, _ = capture_graph(run, yg)
+        yg.fill_(float("nan"))
+        gr.replay()
+        torch.cuda.synchronize()
+        assert torch.equal(yg, run()), cfg

@@ -238,3 +238,141 @@ def test_split_k_workspace_is_persistent(monkeypatch):
     for c in (dict(GEMV, BN=16, split_k=2), dict(DOT16, split_k=2)):  # 2 x 5 x 64 = 640 elements: grows to 1024
         assert rel_err(run_cfg(layer, x5, c), reference(x5, W, b)) < TOL[torch.float16], c
     assert K._ws[di].numel() == 1024 and K._ws_old == [buf]
+
+
+# ---- bf16 activations in the paired GEMV ---------------------------------------------------------------------
+@pytest.mark.parametrize("bits,group,sym,K,N,bias", [(4, 128, True, 512, 64, True), (4, 128, False, 384, 96, False),
+                                                      (4, -1, False, 224, 64, True), (2, -1, False, 576, 64, True),
+                                                      (2, 256, True, 512, 80, False), (4, 64, True, 256, 64, False),
+                                                      (8, 128, True, 256, 64, False)])
+def test_gemv16_bf16(bits, group, sym, K, N, bias):
+    """gemv16 with bf16 activations (2/4-bit codes; 8-bit and groups shorter than VPW/2 slabs fall back to ``gemv``):
+    the sums against an fp32 output are within 1e-4 of the fp32 reference (compiled: bf16x2 decode, fp32 products;
+    interpreter: the same schedule in fp32), the bf16 output within the bf16 tolerance."""
+    from quantlinear_triton.kernels import _static_args, gemv16_fits, launch
+
+    layer, W, b = make_layer(bits, group, sym, K, N, torch.bfloat16, bias=bias, seed=K + N + 5)
+    m = layer.meta
+    fits = gemv16_fits(bits, m.slab, m.group_size, K, torch.bfloat16)
+    assert fits == ((bits, group) not in ((4, 64), (8, 128)))
+    for M, cfg in [(1, GEMV16), (1, dict(GEMV16, split_k=2, BN=16)), (3, dict(GEMV16, split_k=3)), (1, dict(GEMV16, pair=False))]:
+        st = _static_args(cfg, bits, m.slab, m.group_size, K, layer.w_zeros is not None, bias, False, torch.bfloat16)
+        assert (st[9] is None) == fits and st[1] == "gemv16" and (st[-1].get("BF16") or not fits)
+        x = rand_x(M, K, torch.bfloat16, seed=M + 7)
+        y32 = torch.full((M, N), float("nan"), device=DEV)
+        launch(x, layer.w_slab, layer.w_scales, layer.w_zeros, layer.bias, m.bits, m.slab, m.group_size, K, layer.zero_point, cfg, out=y32)
+        ref = reference(x, W, b)
+        assert rel_err(y32, ref) < 1e-4, (cfg, M, rel_err(y32, ref))
+        assert rel_err(run_cfg(layer, x, cfg), ref) < TOL[torch.bfloat16], (cfg, M)
+
+
+def test_gemv16_fits_and_dot16_by_dtype():
+    from quantlinear_triton.kernels import _bf2_magic, dot16_fits, gemv16_fits
+
+    for bits in (2, 4, 8):
+        assert gemv16_fits(bits, 32, 256, 4096, torch.float16)
+        assert gemv16_fits(bits, 32, 256, 4096, torch.bfloat16) == (bits != 8)
+        assert not gemv16_fits(bits, 32, 256, 4096, torch.float32)
+    assert dot16_fits(4, 32, 128, 4096, torch.float16) and not dot16_fits(4, 32, 128, 4096, torch.bfloat16)
+    # the bf16 pair -(128 + z): 0xC308 for the 4-bit symmetric zero 8 (both halves), 0xC300 for 0
+    assert _bf2_magic(8.0) & 0xFFFFFFFF == 0xC308C308 and _bf2_magic(0.0) & 0xFFFFFFFF == 0xC300C300
+    assert _bf2_magic(2.0) & 0xFFFFFFFF == 0xC302C302 and _bf2_magic(0.5) is None
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_gemv16_launch_names_every_constexpr(dtype):
+    """The direct launcher (quantlinear_triton.launch) passes the constexprs by parameter position: a launch must name
+    every one of the kernel's constexprs (a defaulted one left out fails there, not under the interpreter)."""
+    from quantlinear_triton import kernels as tk
+
+    log = []
+    saved = tk._fast.launch
+    tk._fast.launch = lambda fn, grid, tensors, ints, floats, consts, key, opts, out=None: log.append(
+        (fn, len(tensors) + len(ints) + len(floats), consts))
+    try:
+        for cfg in (GEMV16, dict(GEMV16, split_k=2), dict(GEMV16, pair=False)):
+            tk.launch(torch.zeros(1, 512, dtype=dtype), torch.zeros(64, 64, dtype=torch.int32), torch.ones(4, 64, dtype=torch.float16), None,
+                      None, 4, 32, 128, 512, 8.0, cfg, out=torch.empty(1, 64, dtype=dtype))
+    finally:
+        tk._fast.launch = saved
+    for fn, n_runtime, consts in log:
+        assert fn is tk._gemv16_kernel and set(consts) == set(fn.arg_names[n_runtime:]), (sorted(consts), fn.arg_names[n_runtime:])
+        assert consts["BF16"] == (dtype == torch.bfloat16)
+
+
+def compile_gemv16(bits: int, dtype: torch.dtype, has_zeros: bool, cap: int, cfg: dict | None = None) -> dict:
+    """Compile gemv16 (ASM on) for ``sm<cap>`` the way ``launch`` would launch it; run with TRITON_INTERPRET off."""
+    import triton
+    from triton.backends.compiler import GPUTarget
+    from triton.compiler import ASTSource
+
+    from quantlinear_triton import kernels as tk
+
+    cfg = cfg or dict(GEMV16, split_k=2)
+    K, N = 4096, 256
+    g = 128 if bits >= 4 else 256  # runs of VPW/2 slabs in one group
+    KW = K // (32 // bits)
+    q = torch.zeros(N, KW, dtype=torch.int32)
+    s = torch.ones(K // g, N, dtype=torch.float16)
+    z = torch.zeros(K // g, N, dtype=torch.uint8) if has_zeros else None
+    log = []
+    saved = tk._fast.launch
+    tk._fast.launch = lambda fn, grid, tensors, ints, floats, consts, key, opts, out=None: log.append((fn, tensors, ints, consts, opts))
+    try:
+        tk.launch(torch.zeros(1, K, dtype=dtype), q, s, z, None, bits, 32, g, K, 0.0 if has_zeros else float(1 << (bits - 1)), cfg,
+                  out=torch.empty(1, N, dtype=dtype))
+    finally:
+        tk._fast.launch = saved
+    (fn, tensors, ints, consts, opts), = log
+    consts = dict(consts, ASM=True)
+    consts.setdefault("BF16", False)
+    ty = {torch.float16: "fp16", torch.bfloat16: "bf16", torch.float32: "fp32", torch.int32: "i32", torch.uint8: "u8"}
+    names = fn.arg_names
+    sig, attrs = {}, {}
+    for i, v in enumerate(tensors):
+        sig[names[i]], attrs[(i,)] = "*" + ty[v.dtype], [["tt.divisibility", 16]]
+    for j in range(len(ints)):
+        sig[names[len(tensors) + j]] = "i32"
+    sig[names[len(tensors) + len(ints)]] = "fp32"
+    sig.update({k: "constexpr" for k in consts})
+    c = triton.compile(ASTSource(fn, {n: sig[n] for n in names}, constexprs=consts, attrs=attrs), target=GPUTarget("cuda", cap, 32),
+                       options=opts)
+    ptx = c.asm["ptx"]
+    return {"bits": bits, "dtype": str(dtype), "cap": cap, "zeros": has_zeros, "bf16x2_fma": ptx.count("fma.rn.bf16x2"),
+            "f16x2_fma": ptx.count("fma.rn.f16x2"), "cubin": len(c.asm.get("cubin", b"")), "bf16": consts.get("BF16", False)}
+
+
+BF16_COMPILE_JOBS = [(4, "bfloat16", False, 90), (4, "bfloat16", True, 90), (2, "bfloat16", False, 80), (4, "bfloat16", True, 80),
+                     (4, "float16", False, 90)]
+
+
+def test_gemv16_bf16_compiles_for_sm80_and_sm90():
+    """The bf16x2 inline assembly of gemv16 assembles (ptxas) for sm_80 and sm_90; fp16 keeps its fp16x2 path."""
+    import json
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    pytest.importorskip("triton.backends.nvidia.compiler")
+    env = {k: v for k, v in os.environ.items() if k not in ("TRITON_INTERPRET", "QUANTLINEAR_CUDA_CPU_INTERPRET")}
+    r = subprocess.run([sys.executable, str(Path(__file__)), "compile-gemv16"], env=env, capture_output=True, text=True, timeout=300,
+                       cwd=str(Path(__file__).parent))
+    assert r.returncode == 0, r.stderr[-3000:]
+    res = [json.loads(line) for line in r.stdout.splitlines() if line.startswith("{")]
+    assert len(res) == len(BF16_COMPILE_JOBS)
+    for (bits, dt, zeros, cap), got in zip(BF16_COMPILE_JOBS, res):
+        assert got["cubin"] > 0, got
+        if dt == "bfloat16":
+            assert got["bf16"] and got["bf16x2_fma"] > 0 and got["f16x2_fma"] == 0, got
+        else:
+            assert got["f16x2_fma"] > 0 and got["bf16x2_fma"] == 0, got
+
+
+if __name__ == "__main__":  # the compile check's subprocess (TRITON_INTERPRET off)
+    import json
+    import sys
+
+    if sys.argv[1:] == ["compile-gemv16"]:
+        for bits, dt, zeros, cap in BF16_COMPILE_JOBS:
+            print(json.dumps(compile_gemv16(bits, getattr(torch, dt), zeros, cap)), flush=True)

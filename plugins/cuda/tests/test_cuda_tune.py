@@ -21,12 +21,14 @@ def test_default_and_candidates_are_valid(M):
     cfgs = [tune.default_config(P, M, H100)] + tune.candidates(P, M, H100)
     assert tune.default_config(P, M, H100) == tune.default_config(P, M, H100)  # deterministic
     for c in cfgs:
-        assert c["kernel"] in ("gemv", "gemv16", "dot", "dot16", "dqmm")
+        assert c["kernel"] in ("gemv", "gemv16", "dot", "dot16", "dqmm", "tc")
         if c["kernel"] == "dqmm":
             assert tune.bucket(M) >= 64
             continue
         assert c["split_k"] >= 1 and c["split_k"] & (c["split_k"] - 1) == 0 and c["split_k"] <= 64
-        if c["kernel"] in ("dot", "dot16"):
+        if c["kernel"] == "tc":  # the large-M tensor-core kernel: whole k-steps of planes, tiles of >= 64 tokens
+            assert tune.bucket(M) >= 64 and c["BM"] >= 64 and c["BN"] >= 64 and c["BK"] in (64, 128, 256)
+        elif c["kernel"] in ("dot", "dot16"):
             assert c["BM"] >= 16 and c["BN"] >= 16
         elif c["kernel"] == "gemv16":  # one row per program, M = 1 only
             assert c.get("BM", 1) == 1 and tune.bucket(M) == 1
@@ -38,13 +40,34 @@ def test_default_and_candidates_are_valid(M):
         assert kinds == {"gemv", "dot", "dot16"}
     if 16 <= tune.bucket(M) <= 32:
         assert kinds == {"dot", "dot16"}
-    if M >= 128:
-        assert kinds == {"dot", "dot16", "dqmm"}  # dot16: 4-bit fp16 with groups of >= 4 slabs, as P
+    if M >= 33:
+        assert kinds == {"dot", "dot16", "dqmm", "tc"}  # dot16: 4-bit fp16 with groups of >= 4 slabs, as P
+    if 128 <= M <= 512:  # measured: tc beats dot16 and dequantize-then-cuBLAS at M = 256 (H100)
+        assert tune.default_config(P, M, H100)["kernel"] == "tc"
+    if M >= 1024:  # ... and loses to dequantize-then-cuBLAS from M = 1024
+        assert tune.default_config(P, M, H100)["kernel"] == "dqmm"
     if M == 1:
         assert tune.default_config(P, M, H100)["kernel"] == "gemv16"
         assert tune.default_config(tune.Problem(8, 32, 128, False, "float16", 4096, 4096), 1, H100)["kernel"] == "gemv16"
         assert tune.default_config(tune.Problem(3, 32, 128, False, "float16", 4096, 4096), 1, H100)["kernel"] == "gemv"
-        assert tune.default_config(tune.Problem(4, 32, 128, False, "bfloat16", 4096, 4096), 1, H100)["kernel"] == "gemv"
+        assert tune.default_config(tune.Problem(4, 32, 128, False, "bfloat16", 4096, 4096), 1, H100)["kernel"] == "gemv16"
+        assert tune.default_config(tune.Problem(8, 32, 128, False, "bfloat16", 4096, 4096), 1, H100)["kernel"] == "gemv"
+
+
+def test_bf16_paired_gemv_candidates():
+    """bf16: the paired GEMV (2/4-bit) at M = 1 with both decodes (``pair: False``: the fp32 one); never dot16."""
+    pb = tune.Problem(4, 32, 128, False, "bfloat16", 14336, 4096)
+    assert tune.gemv16_fits(pb) and not tune.dot16_fits(pb) and not tune.gemv16_fits(tune.Problem(8, 32, 128, False, "bfloat16", 4096, 4096))
+    c1 = tune.candidates(pb, 1, H100)
+    assert {c["kernel"] for c in c1} == {"gemv16", "gemv", "dot"}
+    assert any(c.get("pair") is False for c in c1) and any(c["kernel"] == "gemv16" and "pair" not in c for c in c1)
+    for M in (2, 16, 64, 256):
+        assert not any(c["kernel"] in ("gemv16", "dot16") for c in tune.candidates(pb, M, H100))
+    # the wide space (offline graph tuning) holds the default one and more split-K values per tile shape
+    wide = tune.candidates(pb, 1, H100, wide=True)
+    assert len(wide) > len(c1) and all(c in wide for c in c1 if c["kernel"] == "gemv16")
+    assert len({c["split_k"] for c in wide if c["kernel"] == "gemv16" and c["BN"] == 64}) >= 4
+    assert tune.candidates(pb, 16, H100, wide=True) == tune.candidates(pb, 16, H100)
 
 
 def test_problem_key():
@@ -108,7 +131,55 @@ def test_simulated_device_uses_defaults(monkeypatch, tmp_path):
 def test_dqmm_can_be_forbidden(monkeypatch):
     monkeypatch.setenv(tune.ENV_DQMM, "0")
     assert all(c["kernel"] != "dqmm" for c in tune.candidates(P, 4096, H100))
-    assert tune.default_config(P, 4096, H100, allow_dqmm=False)["kernel"] == "dot"
+    # without dequantize-then-cuBLAS, the tensor-core kernel in registers (tc: 1.5-1.8x cuBLAS at M = 4096 on an H100)
+    assert tune.default_config(P, 4096, H100, allow_dqmm=False)["kernel"] == "tc"
+    p6 = tune.Problem(6, 32, 128, False, "float16", 4096, 4096)  # 6-bit codes: no tc (5 planes a word), the register dot
+    assert tune.default_config(p6, 4096, H100, allow_dqmm=False)["kernel"] == "dot"
     monkeypatch.setenv(tune.ENV_DQMM, "1")
     assert tune.default_config(P, 4096, H100)["kernel"] == "dqmm"
     assert any(c["kernel"] == "dqmm" for c in tune.candidates(P, 4096, H100))
+
+
+def test_gtune_stage_smoke(monkeypatch, tmp_path):
+    """benchmarks/int_perf.py's graph tuning end to end on CPU through the interpreter (tiny shape, a stand-in timer,
+    three candidates per key), its compile worker, and the merge into a copy of the shipped table."""
+    import random
+    import sys
+    from pathlib import Path
+
+    from cuda_testutil import GPU
+
+    if GPU:
+        pytest.skip("on a GPU the stage is the benchmark itself")
+    sys.path.insert(0, str(Path(__file__).parents[1] / "benchmarks"))
+    try:
+        import int_perf
+    finally:
+        sys.path.pop(0)
+    from quantlinear_cuda import device as dev
+
+    monkeypatch.setattr(int_perf, "DEV", "cpu")
+    monkeypatch.setattr(int_perf, "GT_SHAPES", ((512, 64),))
+    monkeypatch.setattr(int_perf, "GT_KINDS", ((4, "bfloat16"), (8, "float16")))
+    rnd = random.Random(0)
+    monkeypatch.setattr(int_perf, "_copies", lambda p: 2)
+    monkeypatch.setattr(int_perf, "_GT_TIMER", lambda fns, target_ms: [f() for f in fns] and rnd.uniform(5, 15))
+    monkeypatch.setattr(dev, "device_props", lambda d: H100)
+    full = tune.candidates
+    monkeypatch.setattr(tune, "candidates", lambda p, M, props, wide=False: full(p, M, props, wide)[:3])
+    lines = int_perf.stage_gtune(tmp_path, "M1$", 1e9, 0, [])
+    res = json.loads((tmp_path / "gtune.json").read_text())
+    assert len(lines) == 2 and set(res["configs"]) == {"w4|s32|g128|sym|bfloat16|N64|K512|M1", "w8|s32|g128|sym|float16|N64|K512|M1"}
+    for v in res["configs"].values():
+        assert v["best_us"] == min(t for _, t in v["measured"]) and v["err"] < 1e-4 and v["config"]["kernel"] == "gemv16"
+    (tmp_path / "w.json").write_text(json.dumps([[k, v["config"]] for k, v in res["configs"].items()]))
+    assert int_perf.gtune_worker(str(tmp_path / "w.json")) == 0
+    # resumed keys are not measured again
+    assert int_perf.stage_gtune(tmp_path / "again", "M1$", 1e9, 0, [str(tmp_path / "gtune.json")]) == []
+    table = tmp_path / "sm90.json"
+    table.write_text(tune.shipped_path("sm90").read_text())
+    int_perf.merge_gtune([str(tmp_path / "gtune.json")], table)
+    merged = json.loads(table.read_text())
+    key = "w4|s32|g128|sym|bfloat16|N64|K512|M1"
+    assert merged["configs"][key]["config"] == res["configs"][key]["config"] and "Graph-timed entries" in merged["note"]
+    assert len(merged["configs"]) == len(json.loads(tune.shipped_path("sm90").read_text())["configs"]) + 2

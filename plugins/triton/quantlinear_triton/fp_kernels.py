@@ -14,6 +14,10 @@ bytes ``[G, N]``, a per-row fp32 factor).  No float copy of the weight exists at
   the weight is decoded to ``value / 32`` (``/ 2048``) so that no fp16 product or sum can overflow.
   Without PTX (interpreter, ROCm) the same schedule on exact fp32 values.  ``dqmm`` (large M): the
   weight dequantized into a temporary by ``_fp_dequant_kernel``, then ``F.linear`` (cuBLAS).
+* ``FOLD`` (``gemv16``, psum 4): 4-bit activations
+  as :func:`quantize_activations_split` writes them (unscaled E2M1 values as packed fp16 pairs, fp32
+  block scales folded into the weight's); the PTX decode then needs no power-of-two multiply, and
+  every fp16 product and 4-term sum is exact (``_quad_prod_fold``).
 * ``_fp_dot_kernel`` (larger M; tensor cores / matrix cores): each plane is decoded and scaled in
   fp32, cast to the activation dtype and fed to ``tl.dot`` (fp32 accumulation; ``ieee`` precision
   for fp32 activations).  ``SWAP`` computes ``y^T = W x^T`` so that the skinny M side is the narrow
@@ -22,7 +26,8 @@ bytes ``[G, N]``, a per-row fp32 factor).  No float copy of the weight exists at
   last program of a tile (a counter per tile, the int kernels' persistent buffer, reset by that
   program) reduces them in a fixed order: one launch, deterministic, CUDA-graph safe.
 * ``_act_quant_kernel``: the schemes' activation quantization in one launch, bit-exact with
-  :mod:`quantlinear.fpquant` (see :func:`quantize_activations`).
+  :mod:`quantlinear.fpquant` (see :func:`quantize_activations`; ``SPLIT``: values and block scales
+  apart, :func:`quantize_activations_split`).
 * ``_fp_dequant_kernel``: the fp32 (or half) weight, in the reference's operation order (tests).
 
 Decoding, without tables or conversions: an element's magnitude bits are shifted into the
@@ -42,8 +47,8 @@ import torch
 import triton
 import triton.language as tl
 
-from .fp_packing import A_FP8, A_NONE, E0M4, E2M1, E4M3_NV, S_NONE, bits_of, slab_for
-from .kernels import BACKEND_OPTIONS, COUNTER_SLOTS, MAXS, _asm_ok, _pack_h2, counters
+from .fp_packing import A_FP8, A_MX_E2M1, A_NONE, A_NVFP4, A_RCEIL, E0M4, E2M1, E4M3_NV, S_NONE, bits_of, slab_for
+from .kernels import BACKEND_OPTIONS, COUNTER_SLOTS, MAXS, _asm_ok, _pack_h2, _tile_of, counters
 from .runtime import interpreting
 
 
@@ -170,6 +175,38 @@ def _fp_gemv_kernel(x_ptr, w_ptr, s_ptr, r_ptr, b_ptr, y_ptr, ws_ptr, cnt_ptr, M
                split_k, M, N, False, HAS_ROWS, HAS_BIAS, USE_SPLIT)
 
 
+def _quad_ptx(decode, c: str | None = None) -> str:
+    """PTX of :func:`_quad_prod_h` / :func:`_quad_prod_fold`: words ``$2..$5`` each decoded to an fp16 pair in ``t`` by
+    ``decode(word)``, times ``c`` (a power of two, when given), times the activation pair ``$6..$9``, summed in f16x2
+    into ``s``; the sum's two lanes out as fp32 ``$0``, ``$1``.  ``$10`` / ``$11``: the rotations of 4-bit decodes."""
+    out = "{ .reg .b32 " + ("a, b, t, c, s" if c else "a, b, t, s") + "; .reg .b16 l, h; " + (f"mov.b32 c, {c}; " if c else "")
+    for i in range(4):
+        out += decode(f"${2 + i}") + ("mul.rn.f16x2 t, t, c; " if c else "")
+        out += f"mul.rn.f16x2 s, t, ${6 + i}; " if i == 0 else f"fma.rn.f16x2 s, t, ${6 + i}, s; "
+    return out + "mov.b32 {l, h}, s; cvt.f32.f16 $0, l; cvt.f32.f16 $1, h; }"
+
+
+def _rotated4(mask: str):
+    """4-bit code pair -> fp16 pair: rotate the magnitude bits under ``mask`` (fp16 bits 11-9 for E2M1, 9-7 for E0M4)
+    and the sign bit to bit 15 of each half (funnel shifts by ``$10`` / ``$11``), one lop3 joins them."""
+    return lambda w: (f"shf.l.wrap.b32 a, {w}, {w}, $10; shf.l.wrap.b32 b, {w}, {w}, $11; and.b32 b, b, 0x80008000; "
+                      f"lop3.b32 t, a, {mask}, b, 0xEA; ")
+
+
+def _e4m3_pair(half: str):
+    """Two E4M3 bytes (the word's low or high half) -> fp16 pair by the hardware (sm89+)."""
+    return lambda w: f"mov.b32 {{l, h}}, {w}; cvt.rn.f16x2.e4m3x2 t, {half}; "
+
+
+_QUAD_IO = tl.constexpr("=r,=r,r,r,r,r,r,r,r,r,r,r")
+_QUAD_E2M1 = tl.constexpr(_quad_ptx(_rotated4("0x0E000E00"), "0x60006000"))  # value / 32
+_QUAD_E0M4 = tl.constexpr(_quad_ptx(_rotated4("0x03800380"), "0x64006400"))  # value / 32
+_QUAD_E4M3_LO = tl.constexpr(_quad_ptx(_e4m3_pair("l"), "0x10001000"))  # value / 2048
+_QUAD_E4M3_HI = tl.constexpr(_quad_ptx(_e4m3_pair("h"), "0x10001000"))
+_QUAD_E2M1_FOLD = tl.constexpr(_quad_ptx(_rotated4("0x0E000E00")))  # value * 2**-14, unscaled activations
+_QUAD_E0M4_FOLD = tl.constexpr(_quad_ptx(_rotated4("0x03800380")))  # value * 2**-15
+
+
 # ---- paired-fp16 GEMV (fp16 activations; E2M1, E0M4, E4M3 on sm89+) ---------------------------------------
 @triton.jit
 def _pair_prod_h(w, xp, ELEM: tl.constexpr, HALF: tl.constexpr):
@@ -217,51 +254,34 @@ def _quad_prod_h(w0, w1, w2, w3, x0, x1, x2, x3, ra, rb, ELEM: tl.constexpr, HAL
     fp16 bits 11-9 (E0M4 9-7) and the sign bit to 15 (funnel shifts, the rotation a constant).
     """
     if ELEM == 0:
-        return tl.inline_asm_elementwise(
-            "{ .reg .b32 a, b, t, c, s; .reg .b16 l, h; mov.b32 c, 0x60006000; shf.l.wrap.b32 a, $2, $2, $10; "
-            "shf.l.wrap.b32 b, $2, $2, $11; and.b32 b, b, 0x80008000; lop3.b32 t, a, 0x0E000E00, b, 0xEA; "
-            "mul.rn.f16x2 t, t, c; mul.rn.f16x2 s, t, $6; shf.l.wrap.b32 a, $3, $3, $10; shf.l.wrap.b32 b, $3, "
-            "$3, $11; and.b32 b, b, 0x80008000; lop3.b32 t, a, 0x0E000E00, b, 0xEA; mul.rn.f16x2 t, t, c; "
-            "fma.rn.f16x2 s, t, $7, s; shf.l.wrap.b32 a, $4, $4, $10; shf.l.wrap.b32 b, $4, $4, $11; and.b32 b, "
-            "b, 0x80008000; lop3.b32 t, a, 0x0E000E00, b, 0xEA; mul.rn.f16x2 t, t, c; fma.rn.f16x2 s, t, $8, s; "
-            "shf.l.wrap.b32 a, $5, $5, $10; shf.l.wrap.b32 b, $5, $5, $11; and.b32 b, b, 0x80008000; lop3.b32 t, "
-            "a, 0x0E000E00, b, 0xEA; mul.rn.f16x2 t, t, c; fma.rn.f16x2 s, t, $9, s; mov.b32 {l, h}, s; "
-            "cvt.f32.f16 $0, l; cvt.f32.f16 $1, h; }",
-            "=r,=r,r,r,r,r,r,r,r,r,r,r", [w0, w1, w2, w3, x0, x1, x2, x3, ra, rb], dtype=(tl.float32, tl.float32),
-            is_pure=True, pack=1)
+        asm: tl.constexpr = _QUAD_E2M1
     elif ELEM == 1:
-        return tl.inline_asm_elementwise(
-            "{ .reg .b32 a, b, t, c, s; .reg .b16 l, h; mov.b32 c, 0x64006400; shf.l.wrap.b32 a, $2, $2, $10; "
-            "shf.l.wrap.b32 b, $2, $2, $11; and.b32 b, b, 0x80008000; lop3.b32 t, a, 0x03800380, b, 0xEA; "
-            "mul.rn.f16x2 t, t, c; mul.rn.f16x2 s, t, $6; shf.l.wrap.b32 a, $3, $3, $10; shf.l.wrap.b32 b, $3, "
-            "$3, $11; and.b32 b, b, 0x80008000; lop3.b32 t, a, 0x03800380, b, 0xEA; mul.rn.f16x2 t, t, c; "
-            "fma.rn.f16x2 s, t, $7, s; shf.l.wrap.b32 a, $4, $4, $10; shf.l.wrap.b32 b, $4, $4, $11; and.b32 b, "
-            "b, 0x80008000; lop3.b32 t, a, 0x03800380, b, 0xEA; mul.rn.f16x2 t, t, c; fma.rn.f16x2 s, t, $8, s; "
-            "shf.l.wrap.b32 a, $5, $5, $10; shf.l.wrap.b32 b, $5, $5, $11; and.b32 b, b, 0x80008000; lop3.b32 t, "
-            "a, 0x03800380, b, 0xEA; mul.rn.f16x2 t, t, c; fma.rn.f16x2 s, t, $9, s; mov.b32 {l, h}, s; "
-            "cvt.f32.f16 $0, l; cvt.f32.f16 $1, h; }",
-            "=r,=r,r,r,r,r,r,r,r,r,r,r", [w0, w1, w2, w3, x0, x1, x2, x3, ra, rb], dtype=(tl.float32, tl.float32),
-            is_pure=True, pack=1)
+        asm: tl.constexpr = _QUAD_E0M4
     elif HALF == 0:
-        return tl.inline_asm_elementwise(
-            "{ .reg .b32 a, b, t, c, s; .reg .b16 l, h; mov.b32 c, 0x10001000; mov.b32 {l, h}, $2; "
-            "cvt.rn.f16x2.e4m3x2 t, l; mul.rn.f16x2 t, t, c; mul.rn.f16x2 s, t, $6; mov.b32 {l, h}, $3; "
-            "cvt.rn.f16x2.e4m3x2 t, l; mul.rn.f16x2 t, t, c; fma.rn.f16x2 s, t, $7, s; mov.b32 {l, h}, $4; "
-            "cvt.rn.f16x2.e4m3x2 t, l; mul.rn.f16x2 t, t, c; fma.rn.f16x2 s, t, $8, s; mov.b32 {l, h}, $5; "
-            "cvt.rn.f16x2.e4m3x2 t, l; mul.rn.f16x2 t, t, c; fma.rn.f16x2 s, t, $9, s; mov.b32 {l, h}, s; "
-            "cvt.f32.f16 $0, l; cvt.f32.f16 $1, h; }",
-            "=r,=r,r,r,r,r,r,r,r,r,r,r", [w0, w1, w2, w3, x0, x1, x2, x3, ra, rb], dtype=(tl.float32, tl.float32),
-            is_pure=True, pack=1)
+        asm: tl.constexpr = _QUAD_E4M3_LO
     else:
-        return tl.inline_asm_elementwise(
-            "{ .reg .b32 a, b, t, c, s; .reg .b16 l, h; mov.b32 c, 0x10001000; mov.b32 {l, h}, $2; "
-            "cvt.rn.f16x2.e4m3x2 t, h; mul.rn.f16x2 t, t, c; mul.rn.f16x2 s, t, $6; mov.b32 {l, h}, $3; "
-            "cvt.rn.f16x2.e4m3x2 t, h; mul.rn.f16x2 t, t, c; fma.rn.f16x2 s, t, $7, s; mov.b32 {l, h}, $4; "
-            "cvt.rn.f16x2.e4m3x2 t, h; mul.rn.f16x2 t, t, c; fma.rn.f16x2 s, t, $8, s; mov.b32 {l, h}, $5; "
-            "cvt.rn.f16x2.e4m3x2 t, h; mul.rn.f16x2 t, t, c; fma.rn.f16x2 s, t, $9, s; mov.b32 {l, h}, s; "
-            "cvt.f32.f16 $0, l; cvt.f32.f16 $1, h; }",
-            "=r,=r,r,r,r,r,r,r,r,r,r,r", [w0, w1, w2, w3, x0, x1, x2, x3, ra, rb], dtype=(tl.float32, tl.float32),
-            is_pure=True, pack=1)
+        asm: tl.constexpr = _QUAD_E4M3_HI
+    return tl.inline_asm_elementwise(asm, _QUAD_IO, [w0, w1, w2, w3, x0, x1, x2, x3, ra, rb], dtype=(tl.float32, tl.float32),
+                                     is_pure=True, pack=1)
+
+
+@triton.jit
+def _quad_prod_fold(w0, w1, w2, w3, x0, x1, x2, x3, ra, rb, ELEM: tl.constexpr):
+    """:func:`_quad_prod_h` for unscaled 4-bit activation values (``FOLD``): no power-of-two multiply.
+
+    The activation pairs hold E2M1 grid values (``|v| <= 6``, multiples of 0.5; the block scale is
+    applied in fp32 with the weight's), so the weight lanes are used as read: ``value * 2**-14``
+    (E2M1, 0.5 a subnormal) or ``value * 2**-15`` (E0M4).  Every product is a multiple of ``2**-18``
+    below ``2**-8`` and a sum of four below ``2**-6``: exact in fp16 (subnormals included), so the
+    pair sum is the exact block partial times ``2**-14`` / ``2**-15``.  Per code pair: two funnel
+    shifts, an and, a lop3 and the f16x2 fma.
+    """
+    if ELEM == 0:
+        asm: tl.constexpr = _QUAD_E2M1_FOLD
+    else:
+        asm: tl.constexpr = _QUAD_E0M4_FOLD
+    return tl.inline_asm_elementwise(asm, _QUAD_IO, [w0, w1, w2, w3, x0, x1, x2, x3, ra, rb], dtype=(tl.float32, tl.float32),
+                                     is_pure=True, pack=1)
 
 
 @triton.jit
@@ -274,17 +294,21 @@ def _quarters(v, S4: tl.constexpr):
 
 
 @triton.jit
-def _fp_gemv16_kernel(x_ptr, w_ptr, s_ptr, r_ptr, b_ptr, y_ptr, ws_ptr, cnt_ptr, M, N, K, KW, G, tiles_per_split, split_k,
-                      ELEM: tl.constexpr, BITS: tl.constexpr, SCALE: tl.constexpr, SLAB: tl.constexpr, BN: tl.constexpr,
-                      HAS_ROWS: tl.constexpr, HAS_BIAS: tl.constexpr, USE_SPLIT: tl.constexpr, EVEN_K: tl.constexpr,
-                      ASM: tl.constexpr, PSUM: tl.constexpr):
+def _fp_gemv16_kernel(x_ptr, w_ptr, s_ptr, r_ptr, b_ptr, y_ptr, ws_ptr, cnt_ptr, xs_ptr, M, N, K, KW, G, tiles_per_split,
+                      split_k, ELEM: tl.constexpr, BITS: tl.constexpr, SCALE: tl.constexpr, SLAB: tl.constexpr,
+                      BN: tl.constexpr, HAS_ROWS: tl.constexpr, HAS_BIAS: tl.constexpr, USE_SPLIT: tl.constexpr,
+                      EVEN_K: tl.constexpr, ASM: tl.constexpr, PSUM: tl.constexpr, FOLD: tl.constexpr = False):
     # fp16 activations, one row of x per program (grid dim 1).  A word's two codes at bits 4i.. / 16 + 4i..
     # (planes i and i + 4 of a 4-bit tile) or its bytes 0, 1 / 2, 3 (planes 2i, 2i + 1 of an FP8 tile)
     # are decoded into one fp16 pair and multiplied by the activation pair in one f16x2 instruction
     # (ASM, _pair_prod_h); the products are accumulated in fp32 with their block scales.  PSUM: the
     # products of four words of a row (channels 4q .. 4q + 3 of a plane: one block) are first summed in
     # fp16x2 (_quad_prod_h), so the fp32 conversion and the scale FMA happen once per 4 pairs.  Without
-    # ASM (interpreter, ROCm) the same schedule (the same splits) runs on exact fp32 values.
+    # ASM (interpreter, ROCm) the same schedule (the same splits) runs on exact fp32 values.  FOLD (4-bit
+    # activations, PSUM): x is int32 [M, KW * H], the fp16 pairs (planes i, i + H of each tile) of the
+    # unscaled E2M1 activation values as quantize_activations_split packs them (one block = one plane),
+    # and xs_ptr their fp32 block scales [M, G], folded into the weight's block scale; the pair decode
+    # needs no power-of-two multiply (_quad_prod_fold) and no activation packing.
     VPW: tl.constexpr = 32 // BITS
     H: tl.constexpr = VPW // 2
     T: tl.constexpr = SLAB * VPW
@@ -299,6 +323,7 @@ def _fp_gemv16_kernel(x_ptr, w_ptr, s_ptr, r_ptr, b_ptr, y_ptr, ws_ptr, cnt_ptr,
     t_end = tl.minimum(t_start + tiles_per_split, KW // SLAB)
     w_ptrs = w_ptr + offs_n[:, None] * KW + offs_p[None, :]
     x_row = x_ptr + m * K + offs_p
+    xp_row = x_ptr + m * (KW * H) + offs_p  # FOLD: int32 pairs [M, KW * H]
     w_next = tl.load(w_ptrs + t_start * SLAB, mask=(n_mask & ((offs_n * 0 + t_start) < t_end))[:, None], other=0)
     S4: tl.constexpr = SLAB // 4
     if PSUM:
@@ -319,7 +344,12 @@ def _fp_gemv16_kernel(x_ptr, w_ptr, s_ptr, r_ptr, b_ptr, y_ptr, ws_ptr, cnt_ptr,
                 jb = 2 * i + 1
             ka = t * T + ja * SLAB
             kb = t * T + jb * SLAB
-            if EVEN_K:
+            if FOLD:  # the pairs as the activation kernel packed them (whole tiles, zero-padded)
+                xp = tl.load(xp_row + (t * H + i) * SLAB)
+                if not ASM:
+                    xa = (xp & 0xFFFF).to(tl.uint16).to(tl.float16, bitcast=True)
+                    xb = ((xp >> 16) & 0xFFFF).to(tl.uint16).to(tl.float16, bitcast=True)
+            elif EVEN_K:
                 xa = tl.load(x_row + ka)
                 xb = tl.load(x_row + kb)
             else:
@@ -327,15 +357,22 @@ def _fp_gemv16_kernel(x_ptr, w_ptr, s_ptr, r_ptr, b_ptr, y_ptr, ws_ptr, cnt_ptr,
                 xb = tl.load(x_row + kb, mask=(kb + offs_p) < K, other=0.0)
             if PSUM:
                 if ASM:
-                    x0, x1, x2, x3 = _quarters(_pack_h2(xa, xb)[None, :], S4)
+                    if FOLD:
+                        x0, x1, x2, x3 = _quarters(xp[None, :], S4)
+                    else:
+                        x0, x1, x2, x3 = _quarters(_pack_h2(xa, xb)[None, :], S4)
                     if ELEM == 1:
                         rot_a = (7 - 4 * i) % 32
                     else:
                         rot_a = (9 - 4 * i) % 32
                     ra = tl.full([BN, S4], rot_a, tl.int32)
                     rb = tl.full([BN, S4], (12 - 4 * i) % 32, tl.int32)
-                    lo, hi = _quad_prod_h(w0, w1, w2, w3, tl.broadcast_to(x0, [BN, S4]), tl.broadcast_to(x1, [BN, S4]),
-                                          tl.broadcast_to(x2, [BN, S4]), tl.broadcast_to(x3, [BN, S4]), ra, rb, ELEM, i)
+                    if FOLD:
+                        lo, hi = _quad_prod_fold(w0, w1, w2, w3, tl.broadcast_to(x0, [BN, S4]), tl.broadcast_to(x1, [BN, S4]),
+                                                 tl.broadcast_to(x2, [BN, S4]), tl.broadcast_to(x3, [BN, S4]), ra, rb, ELEM)
+                    else:
+                        lo, hi = _quad_prod_h(w0, w1, w2, w3, tl.broadcast_to(x0, [BN, S4]), tl.broadcast_to(x1, [BN, S4]),
+                                              tl.broadcast_to(x2, [BN, S4]), tl.broadcast_to(x3, [BN, S4]), ra, rb, ELEM, i)
                 else:
                     a0, a1, a2, a3 = _quarters(xa.to(tl.float32)[None, :], S4)
                     b0, b1, b2, b3 = _quarters(xb.to(tl.float32)[None, :], S4)
@@ -357,6 +394,9 @@ def _fp_gemv16_kernel(x_ptr, w_ptr, s_ptr, r_ptr, b_ptr, y_ptr, ws_ptr, cnt_ptr,
                 gb = tl.minimum(t * VPW + jb, G - 1)
                 sa = _block_scale(tl.load(s_ptr + ga * N + offs_n, mask=n_mask, other=0).to(tl.int32), SCALE)
                 sb = _block_scale(tl.load(s_ptr + gb * N + offs_n, mask=n_mask, other=0).to(tl.int32), SCALE)
+                if FOLD:  # the activation blocks' scales (padded planes: x is 0 there)
+                    sa = sa * tl.load(xs_ptr + m * G + ga)
+                    sb = sb * tl.load(xs_ptr + m * G + gb)
                 acc += lo * sa[:, None]  # two FMAs
                 acc += hi * sb[:, None]
             else:
@@ -364,7 +404,12 @@ def _fp_gemv16_kernel(x_ptr, w_ptr, s_ptr, r_ptr, b_ptr, y_ptr, ws_ptr, cnt_ptr,
                 acc += hi
     out = tl.sum(acc, axis=1)[None, :]
     if ASM:  # the pair decode gave value / 8, value / 32 summed (FP8: / 512, / 2048); exact
-        if PSUM:
+        if FOLD:  # value * 2**-14 (E2M1), * 2**-15 (E0M4)
+            if ELEM == 0:
+                out = out * 16384.0
+            else:
+                out = out * 32768.0
+        elif PSUM:
             if BITS == 4:
                 out = out * 32.0
             else:
@@ -391,13 +436,7 @@ def _fp_dot_kernel(x_ptr, w_ptr, s_ptr, r_ptr, b_ptr, y_ptr, ws_ptr, cnt_ptr, M,
     DT = x_ptr.dtype.element_ty
     pid = tl.program_id(0)
     pid_k = tl.program_id(1)
-    num_pid_m = tl.cdiv(M, BM)
-    num_pid_n = tl.cdiv(N, BN)
-    in_group = GROUP_M * num_pid_n
-    first_m = (pid // in_group) * GROUP_M
-    gsize = tl.minimum(num_pid_m - first_m, GROUP_M)
-    pid_m = first_m + (pid % in_group) % gsize
-    pid_n = (pid % in_group) // gsize
+    pid_m, pid_n = _tile_of(pid, M, N, BM, BN, GROUP_M)
     offs_n = pid_n * BN + tl.arange(0, BN)
     offs_m = pid_m * BM + tl.arange(0, BM)
     offs_p = tl.arange(0, SLAB)
@@ -510,8 +549,9 @@ def _recip(d):
 
 
 @triton.jit
-def _mx_qdq(x, EMAX: tl.constexpr, EMIN: tl.constexpr, MAXN: tl.constexpr, UP: tl.constexpr, RCEIL: tl.constexpr):
-    """``fpquant.mx_qdq`` on fp32 blocks ``[NB, BLOCK]`` (``quant_mx`` + ``quant_element``, same fp32 operations).
+def _mx_split(x, EMAX: tl.constexpr, EMIN: tl.constexpr, MAXN: tl.constexpr, UP: tl.constexpr, RCEIL: tl.constexpr):
+    """``fpquant.mx_qdq`` on fp32 blocks ``[NB, BLOCK]`` (``quant_mx`` + ``quant_element``, same fp32 operations),
+    as (element values ``[NB, BLOCK]``, block scales ``2**se`` ``[NB]``): their product is the qdq value, exactly.
 
     Element grid: ``emax``, the private exponent's floor ``EMIN``, ``max_norm`` and ``UP = 2**(mbits - 2)``
     (E2M1: 2, 0, 6, 2; E4M3: 8, -6, 448, 8, as ``MXFP_FORMAT_CACHE``).
@@ -534,12 +574,19 @@ def _mx_qdq(x, EMAX: tl.constexpr, EMIN: tl.constexpr, MAXN: tl.constexpr, UP: t
     r = tl.floor(sc + 0.5) - tl.where(d == 2.0 * tl.floor(d * 0.5), 1.0, 0.0)  # AutoRound's round-half-even
     v = tl.minimum(r * (1.0 / UP) * _pow2(pe), MAXN)
     v = tl.where(t < 0, -v, v)
-    return v * _pow2(se)[:, None]
+    return v, _pow2(se)
 
 
 @triton.jit
-def _nvfp4_qdq(x, gs):
-    """``fpquant.nvfp4_qdq`` on fp32 blocks ``[NB, BLOCK]`` with the global scale ``gs`` ([NB], all equal)."""
+def _mx_qdq(x, EMAX: tl.constexpr, EMIN: tl.constexpr, MAXN: tl.constexpr, UP: tl.constexpr, RCEIL: tl.constexpr):
+    """``fpquant.mx_qdq`` on fp32 blocks ``[NB, BLOCK]``: :func:`_mx_split`'s values times their scales (exact)."""
+    v, sc = _mx_split(x, EMAX, EMIN, MAXN, UP, RCEIL)
+    return v * sc[:, None]
+
+
+@triton.jit
+def _nvfp4_split(x, gs):
+    """``fpquant.nvfp4_qdq`` as (E2M1 values ``[NB, BLOCK]``, fp32 block scales ``[NB]``): ``q * r`` is the qdq value."""
     amax = tl.max(tl.abs(x), axis=1)
     scale = gs * (amax * 0.1666666716337204)  # fp32(1 / 6), as torch multiplies by the Python scalar
     scale = _round_e4m3(tl.minimum(tl.maximum(scale, -448.0), 448.0))
@@ -549,16 +596,45 @@ def _nvfp4_qdq(x, gs):
     q = tl.where(a < 2.0, _rne_int(2.0 * a) * 0.5, tl.where(a < 4.0, _rne_int(a), 2.0 * _rne_int(a * 0.5)))
     q = tl.minimum(q, 6.0)
     q = tl.where(s < 0, -q, tl.where(s > 0, q, 0.0))
-    return q * _recip(out_scale)[:, None]
+    return q, _recip(out_scale)
 
 
 @triton.jit
-def _act_quant_kernel(x_ptr, y_ptr, a_ptr, K, ACT: tl.constexpr, BLOCK: tl.constexpr, NB: tl.constexpr, DIV: tl.constexpr):
+def _nvfp4_qdq(x, gs):
+    """``fpquant.nvfp4_qdq`` on fp32 blocks ``[NB, BLOCK]`` with the global scale ``gs`` ([NB], all equal)."""
+    q, r = _nvfp4_split(x, gs)
+    return q * r[:, None]
+
+
+@triton.jit
+def _act_quant_kernel(x_ptr, y_ptr, a_ptr, xs_ptr, K, G, KT, ACT: tl.constexpr, BLOCK: tl.constexpr, NB: tl.constexpr,
+                      DIV: tl.constexpr, SPLIT: tl.constexpr, VPW: tl.constexpr):
     pid_m = tl.program_id(0)
     offs_b = tl.program_id(1) * NB + tl.arange(0, NB)
     k = offs_b[:, None] * BLOCK + tl.arange(0, BLOCK)[None, :]
     mask = k < K
     x = tl.load(x_ptr + pid_m * K + k, mask=mask, other=0.0).to(tl.float32)
+    if SPLIT:  # 4-bit schemes: the fp32 block scales to xs [M, G], the unscaled values as fp16 pairs to y
+        if ACT == 3:
+            v, sc = _nvfp4_split(x, tl.load(a_ptr + offs_b * 0))
+        else:
+            v, sc = _mx_split(x, 2, 0, 6.0, 2.0, ACT >= 8)
+        tl.store(xs_ptr + pid_m * G + offs_b, sc, mask=offs_b < G)
+        # blocks j and j + H of a tile (VPW blocks; the program holds NB // VPW whole tiles) -> one int32
+        # [tile, i, p]: fp16 bits of block i in the low, of block i + H in the high half
+        H: tl.constexpr = VPW // 2
+        TPP: tl.constexpr = NB // VPW
+        hb = v.to(tl.float16).to(tl.int16, bitcast=True).to(tl.int32) & 0xFFFF
+        lo, hi = tl.split(tl.permute(tl.reshape(hb, [TPP, 2, H, BLOCK]), [0, 2, 3, 1]))
+        tt = tl.program_id(1) * TPP + tl.arange(0, TPP)
+        offs = (tt[:, None, None] * H + tl.arange(0, H)[None, :, None]) * BLOCK + tl.arange(0, BLOCK)[None, None, :]
+        tl.store(y_ptr + pid_m * (KT * H * BLOCK) + offs, lo | (hi << 16), mask=(tt < KT)[:, None, None])
+    else:
+        _act_quant_rest(x, y_ptr, a_ptr, pid_m, offs_b, k, mask, K, ACT, DIV)
+
+
+@triton.jit
+def _act_quant_rest(x, y_ptr, a_ptr, pid_m, offs_b, k, mask, K, ACT: tl.constexpr, DIV: tl.constexpr):
     if ACT == 3:  # NVFP4, static input_global_scale
         v = _nvfp4_qdq(x, tl.load(a_ptr + offs_b * 0))
     elif ACT == 4:  # FP8 static: the E4M3 values of clamp(x / input_scale); the GEMM multiplies by the scale
@@ -602,9 +678,47 @@ def quantize_activations(x: torch.Tensor, act: int, act_block: int, act_scale: t
         block = act_block
     nb = max(1, 512 // block)
     grid = (M, triton.cdiv(triton.cdiv(K, block), nb))
-    _act_quant_kernel[grid](x, y, act_scale if act_scale is not None else x, K, ACT=act, BLOCK=block, NB=nb, DIV=div,
-                            num_warps=4, **_EXACT)
+    _act_quant_kernel[grid](x, y, act_scale if act_scale is not None else x, y, K, 1, 1, ACT=act, BLOCK=block, NB=nb, DIV=div,
+                            SPLIT=False, VPW=1, num_warps=4, **_EXACT)
     return y
+
+
+def fold_fits(elem: int, scale: int, block: int, act: int, act_block: int, dtype: torch.dtype) -> bool:
+    """The folded paired-fp16 GEMV applies: fp16, 4-bit weights and E2M1 activations whose blocks are the weight's."""
+    return (dtype == torch.float16 and elem in (E2M1, E0M4) and scale != S_NONE and act_block == block
+            and (act == A_NVFP4 or act in (A_MX_E2M1, A_MX_E2M1 + A_RCEIL)))
+
+
+def quantize_activations_split(x: torch.Tensor, act: int, act_block: int, act_scale: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+    """The 4-bit activation quantization (MX E2M1, NVFP4) as (value pairs, block scales), one launch.
+
+    The values are E2M1 grid values (exact in fp16), packed as the folded GEMV reads them: int32
+    ``[M, KT * T / 2]`` (``T = 8 * act_block`` channels a tile, ``KT`` tiles, the last zero-padded), word
+    ``(t * 4 + i) * act_block + p`` holding channel ``t*T + i*act_block + p`` in its low and
+    ``t*T + (i+4)*act_block + p`` in its high fp16 half (the weight layout's planes i, i + 4).  A value
+    times its block's scale (fp32 ``[M, K // act_block]``: ``2**e``, NVFP4's ``1 / out_scale``) is, in
+    fp32, exactly ``fpquant.mx_qdq`` / ``nvfp4_qdq`` of ``x`` before its rounding to ``x.dtype``.
+    """
+    M, K = x.shape
+    G = K // act_block
+    T = 8 * act_block
+    KT = -(-K // T)
+    y = torch.empty((M, KT * T // 2), dtype=torch.int32, device=x.device)
+    xs = torch.empty((M, G), dtype=torch.float32, device=x.device)
+    if M == 0:
+        return y, xs
+    nb = max(8, 512 // act_block)
+    grid = (M, triton.cdiv(KT * 8, nb))
+    _act_quant_kernel[grid](x, y, act_scale if act_scale is not None else x, xs, K, G, KT, ACT=act, BLOCK=act_block, NB=nb,
+                            DIV=0, SPLIT=True, VPW=8, num_warps=4, **_EXACT)
+    return y, xs
+
+
+def unpack_pairs(pairs: torch.Tensor, act_block: int, in_features: int) -> torch.Tensor:
+    """Inverse of :func:`quantize_activations_split`'s packing: fp16 ``[M, in_features]`` (tests)."""
+    M = pairs.shape[0]
+    h = pairs.view(M, -1, 4, act_block).view(torch.int16).view(M, -1, 4, act_block, 2)  # little endian: low half first
+    return h.permute(0, 1, 4, 2, 3).reshape(M, -1).view(torch.float16)[:, :in_features]
 
 
 _static: dict[tuple, tuple] = {}
@@ -645,17 +759,24 @@ def _static_args(cfg: dict, elem: int, scale: int, block: int, K: int, has_rows:
 
 
 def launch(x: torch.Tensor, qweight: torch.Tensor, scales: torch.Tensor | None, row_scales: torch.Tensor | None,
-           bias: torch.Tensor | None, elem: int, scale: int, block: int, cfg: dict, out: torch.Tensor | None = None) -> torch.Tensor:
+           bias: torch.Tensor | None, elem: int, scale: int, block: int, cfg: dict, out: torch.Tensor | None = None,
+           x_scales: torch.Tensor | None = None) -> torch.Tensor:
     """``x @ W^T`` (times the row scales, plus bias) with launch configuration ``cfg``.
 
     ``cfg["kernel"]``: ``gemv`` (fp32 decode), ``gemv16`` (paired-fp16 decode; fp16 activations, else
     ``gemv``), ``dot`` (tensor cores) or ``dqmm`` (the weight dequantized into a temporary in ``x.dtype``
-    by :func:`dequantize`, then cuBLAS: ``F.linear``; the temporary lives for this call).
+    by :func:`dequantize`, then cuBLAS: ``F.linear``; the temporary lives for this call).  ``x_scales``: ``x``
+    is :func:`quantize_activations_split`'s values and these its block scales (only ``gemv16`` with ``psum``
+    4 on fp16 4-bit weights, :func:`fold_fits`: the folded GEMV).
     """
     M, K = x.shape
     N, KW = qweight.shape
-    _, kind, BM, BN, split, slab, common = _static_args(cfg, elem, scale, block, K, row_scales is not None, bias is not None,
-                                                        x.dtype)
+    dt = x.dtype
+    if x_scales is not None:  # x: the packed fp16 pairs; the output is fp16
+        K, dt = x_scales.shape[1] * block, torch.float16
+    _, kind, BM, BN, split, slab, common = _static_args(cfg, elem, scale, block, K, row_scales is not None, bias is not None, dt)
+    if x_scales is not None and (kind != "gemv16" or not common["PSUM"]):
+        raise ValueError("split activations (x_scales) need the gemv16 kernel with psum 4")
     if kind == "dqmm":
         if M == 0:
             return out if out is not None else x.new_empty((0, N))
@@ -665,7 +786,7 @@ def launch(x: torch.Tensor, qweight: torch.Tensor, scales: torch.Tensor | None, 
         if bias is not None:
             return torch.addmm(bias, x, W.t(), out=out)
         return torch.mm(x, W.t(), out=out)
-    y = out if out is not None else torch.empty((M, N), dtype=x.dtype, device=x.device)
+    y = out if out is not None else torch.empty((M, N), dtype=dt, device=x.device)
     if M == 0:
         return y
     n_tiles = KW // slab
@@ -691,8 +812,9 @@ def launch(x: torch.Tensor, qweight: torch.Tensor, scales: torch.Tensor | None, 
         _fp_gemv_kernel[(-(-N // BN), -(-M // BM), split)](x, qweight, sp, rp, bp, y, ws, cnt, M, N, K, KW, G, tps, split,
                                                           USE_SPLIT=split > 1, **common)
     elif kind == "gemv16":
-        _fp_gemv16_kernel[(-(-N // BN), M, split)](x, qweight, sp, rp, bp, y, ws, cnt, M, N, K, KW, G, tps, split,
-                                                  USE_SPLIT=split > 1, ASM=_asm_ok(x), **common)
+        _fp_gemv16_kernel[(-(-N // BN), M, split)](x, qweight, sp, rp, bp, y, ws, cnt, x_scales if x_scales is not None else y,
+                                                   M, N, K, KW, G, tps, split, USE_SPLIT=split > 1, ASM=_asm_ok(x),
+                                                   FOLD=x_scales is not None, **common)
     else:
         _fp_dot_kernel[(n_tiles_out, split)](x, qweight, sp, rp, bp, y, ws, cnt, M, N, K, KW, G, tps, split,
                                              USE_SPLIT=split > 1, **common)
@@ -713,4 +835,4 @@ def dequantize(qweight: torch.Tensor, scales: torch.Tensor | None, row_scales: t
     return W
 
 
-__all__ = ["dequantize", "gemv16_fits", "launch", "quantize_activations"]
+__all__ = ["dequantize", "fold_fits", "gemv16_fits", "launch", "quantize_activations", "quantize_activations_split", "unpack_pairs"]

@@ -2,7 +2,9 @@
 
 Each GPU plugin registers its own op (``torch.ops.quantlinear_cuda.fp_gemm``, ...) through
 :func:`bind_fp_gemm` (over :func:`define_fp_gemm`), bound to its own tuner.  One op call is the whole layer: activation
-quantization (one launch, when the scheme has it), then the GEMV, ``tl.dot`` or dequantize-then-cuBLAS
+quantization (one launch, when the scheme has it; for the 4-bit-activation schemes on the fp16 ``gemv16``
+path it writes the unscaled E2M1 values and their block scales, which the folded GEMV multiplies into the
+weight's), then the GEMV, ``tl.dot`` or dequantize-then-cuBLAS
 (``dqmm``) path chosen for this M at run time.  The op is opaque to ``torch.compile`` (its fake gives the output's shape
 and dtype, so ``fullgraph=True`` traces without a break) and captures in CUDA/HIP graphs (two
 launches at most; split-K needs no memset).  Registering an op imports no Triton.
@@ -42,13 +44,26 @@ def run_fp_gemm(tuner: "tune.Tuner", x: Tensor, qweight: Tensor, scales: Optiona
                 act: int, act_block: int, problem: FPProblem | None = None) -> Tensor:
     """Quantize the activations if the scheme says so, choose the configuration for this M, launch."""
     k = fp_kernels()
-    if act != A_NONE:
-        x = k.quantize_activations(x, act, act_block, act_scale)
     if problem is None:
         problem = problem_of(x, qweight, in_features, elem, scale, block)
+    if act != A_NONE and k.fold_fits(elem, scale, block, act, act_block, x.dtype):
+        # 4-bit activations: gemv16 (psum 4, fold not 0) takes the values and their block scales apart
+        x_raw, xq, split = x, [], []
 
-    def run(cfg: dict) -> Tensor:
-        return k.launch(x, qweight, scales, row_scales, bias, elem, scale, block, cfg)
+        def run(cfg: dict) -> Tensor:
+            if cfg["kernel"] == "gemv16" and int(cfg.get("psum", 4)) == 4 and int(cfg.get("fold", 1)):
+                if not split:
+                    split.extend(k.quantize_activations_split(x_raw, act, act_block, act_scale))
+                return k.launch(split[0], qweight, scales, row_scales, bias, elem, scale, block, cfg, x_scales=split[1])
+            if not xq:
+                xq.append(k.quantize_activations(x_raw, act, act_block, act_scale))
+            return k.launch(xq[0], qweight, scales, row_scales, bias, elem, scale, block, cfg)
+    else:
+        if act != A_NONE:
+            x = k.quantize_activations(x, act, act_block, act_scale)
+
+        def run(cfg: dict) -> Tensor:
+            return k.launch(x, qweight, scales, row_scales, bias, elem, scale, block, cfg)
 
     cfg = tuner.get(x.device, problem, x.shape[0], run)
     if cfg["kernel"] == "dqmm" and not tuner.dqmm_enabled():  # a table's dqmm entry, forbidden now

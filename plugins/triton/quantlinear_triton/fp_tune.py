@@ -18,8 +18,11 @@ kernels' H100 table because the loops are the same):
 M         configuration
 ========  =====================================================================================
 1         ``gemv``: BN=64 rows, split-K until ~4 programs per unit, 128 lanes; ``gemv16`` (the
-          paired-fp16 decode with fp16 sums of 4 products, same tiles) instead for fp16 E2M1/E0M4
-          and hardware-decoded E4M3 (sm89+) where the space has ``paired_fp16`` (CUDA)
+          paired-fp16 decode with fp16 sums of 4 products) instead for fp16 E2M1/E0M4 and
+          hardware-decoded E4M3 (sm89+) where the space has ``paired_fp16`` (CUDA): 4-bit codes
+          with 2048-word program tiles (BN=64 with 128 lanes for 32-slabs, BN=128 with 256 lanes
+          for NVFP4's 16-slabs) and split-K until ~8 programs per unit (measured on an H100: the
+          best of a BN / split / warps sweep on both benchmark shapes, within 3%), FP8 as ``gemv``'s
 2..64     ``dot`` with SWAP (W x^T): BM=max(16, M bucket), BN=64, split-K to ~2 programs per unit
 65..128   ``dot`` ``large_tile`` (CUDA 128x128, fp32 64x128; shrunk to fit ``max_shared``),
           split-K (at most 4) to ~1 program per unit
@@ -28,7 +31,10 @@ M         configuration
           ``QUANTLINEAR_CUDA_DQMM`` is not 0; else the large ``dot``
 ========  =====================================================================================
 
-``gemv16`` options: ``psum`` 4 (default) or 1 (every fp16 product converted to fp32 on its own).
+``gemv16`` options: ``psum`` 4 (default) or 1 (every fp16 product converted to fp32 on its own);
+``fold`` 1 (default) / 0: with 4-bit activations (MX E2M1, NVFP4) whose blocks are the weight's, the
+per-call path quantizes them into unscaled values + block scales and the GEMV folds the activation
+scale into the weight's (``fp_kernels.fold_fits``).
 """
 
 from __future__ import annotations
@@ -131,9 +137,9 @@ class FPSpace(_tune.Settings):
         return BM
 
     def gemv(self, p: FPProblem, props, BM: int, BN: int, split: int | None = None, lanes: int = 128,
-             kernel: str = "gemv") -> dict:
+             kernel: str = "gemv", per_unit: int = 4) -> dict:
         nb = -(-p.N // BN)
-        return {"kernel": kernel, "BM": BM, "BN": BN, "split_k": split or split_for(nb, 4 * self.units(props), p.k_tiles),
+        return {"kernel": kernel, "BM": BM, "BN": BN, "split_k": split or split_for(nb, per_unit * self.units(props), p.k_tiles),
                 "warps": self._warps(props, lanes), "stages": 2}
 
     def dot(self, p: FPProblem, props, M: int, BM: int, BN: int, target: int, cap: int = 16, swap: bool = True,
@@ -147,6 +153,9 @@ class FPSpace(_tune.Settings):
     def default_config(self, p: FPProblem, M: int, props, allow_dqmm: bool = True) -> dict:
         u, b = self.units(props), bucket(M)
         if b == 1:
+            if self.gemv16_default(p) and p.bits == 4:  # 2048 words a program-tile, ~8 programs per unit (H100)
+                BN = 64 if p.slab >= 32 else 128
+                return self.gemv(p, props, 1, BN, lanes=2 * BN, kernel="gemv16", per_unit=8)
             return self.gemv(p, props, 1, 64, kernel="gemv16" if self.gemv16_default(p) else "gemv")
         if b <= 64:
             return self.dot(p, props, M, max(16, b), 64, 2 * u)

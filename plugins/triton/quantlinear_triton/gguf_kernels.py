@@ -46,7 +46,7 @@ import triton
 import triton.language as tl
 
 from . import launch as _fast
-from .kernels import _asm_ok, _h2_magic, _pack_h2, _unpack_h2
+from .kernels import _asm_ok, _h2_magic, _pack_h2, _tile_of, _unpack_h2
 from .gguf_packing import CODES, OFFSET, SUB, SUPER, is_kquant
 
 #: Upper bound of split_k.
@@ -536,13 +536,7 @@ def _dot_kernel(x_ptr, qs_ptr, qh_ptr, sm_ptr, bm_ptr, b_ptr, y_ptr, ws_ptr, cnt
     DT = x_ptr.dtype.element_ty
     pid = tl.program_id(0)
     pid_k = tl.program_id(1)
-    num_pid_m = tl.cdiv(M, BM)
-    num_pid_n = tl.cdiv(N, BN)
-    in_group = GROUP_M * num_pid_n
-    first_m = (pid // in_group) * GROUP_M
-    gsize = tl.minimum(num_pid_m - first_m, GROUP_M)
-    pid_m = first_m + (pid % in_group) % gsize
-    pid_n = (pid % in_group) // gsize
+    pid_m, pid_n = _tile_of(pid, M, N, BM, BN, GROUP_M)
     offs_n = pid_n * BN + tl.arange(0, BN)
     offs_m = pid_m * BM + tl.arange(0, BM)
     n_mask = offs_n < N

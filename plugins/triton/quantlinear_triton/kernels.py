@@ -19,8 +19,13 @@ layout (see :mod:`quantlinear_triton.packing`):
   ``j + VPW/2`` of a word sit in its two 16-bit halves, so one mask/or turns both into the fp16
   pair ``1024 + q`` and packed fp16x2 instructions finish the dequantization (PTX inline
   assembly: about half the instructions per code of the fp32 path; the GEMV sums the fp16
-  products of a word's ``VPW / 2`` codes in fp16, then in fp32).  Without CUDA (interpreter,
-  ROCm) the same schedule runs in fp32 (``ASM=False``).
+  products of a word's ``VPW / 2`` codes in fp16, then in fp32).  ``_gemv16_kernel`` also takes
+  bf16 activations with 2/4-bit codes (``BF16``): one mask/or gives the bf16 pair ``128 + q``, one
+  bf16x2 FMA the exact pair ``q - z``, and each half becomes an fp32 by a shift or a mask (a bf16
+  is the high half of an fp32); the products and sums are fp32.  Without CUDA (interpreter,
+  ROCm), or with the configuration key ``pair: False``, the same schedule runs in fp32
+  (``ASM=False``: each code decoded in place, one mask/or and one FMA, no shift; on an H100 this
+  decode and the bf16x2 one are within ~3% of each other for bf16, so tuning measures both).
 
 Launches go through :mod:`quantlinear_triton.launch` (a cached direct launcher; falls back to
 ``kernel[grid]``).
@@ -116,6 +121,17 @@ def counters(device: torch.device) -> torch.Tensor:
         buf = torch.zeros(COUNTER_SLOTS, dtype=torch.int32, device=device)
         _counters[device] = buf
     return buf
+
+
+@triton.jit
+def _tile_of(pid, M, N, BM: tl.constexpr, BN: tl.constexpr, GROUP_M: tl.constexpr):
+    """The output tile ``(pid_m, pid_n)`` of GEMM program ``pid``: ``GROUP_M`` token blocks of one weight block run
+    one after the other, so a weight tile is read from HBM once and reused from L2 (every tensor-core kernel)."""
+    num_pid_m = tl.cdiv(M, BM)
+    in_group = GROUP_M * tl.cdiv(N, BN)
+    first_m = (pid // in_group) * GROUP_M
+    gsize = tl.minimum(num_pid_m - first_m, GROUP_M)
+    return first_m + (pid % in_group) % gsize, (pid % in_group) // gsize
 
 
 @triton.jit
@@ -272,6 +288,45 @@ def _dq_fma_h2(w, xp, acc, zh, BITS: tl.constexpr):
 
 
 @triton.jit
+def _dq_bf2(w, zp, BITS: tl.constexpr):
+    """Per word: the fp32 pair ``(q - z)`` of the codes in the low ``BITS`` bits of each 16-bit half of ``w`` (CUDA, sm_80+).
+
+    ``(w & mask) | 0x43004300`` is the bf16 pair ``128 + q`` exactly (q < 128); one bf16x2 FMA
+    ``t * 1 + zp`` with ``zp`` the bf16 pair ``-(128 + z)`` gives the exact pair ``q - z``; a bf16
+    is the high half of an fp32, so a shift (low lane) and a mask (high lane) make the fp32 values.
+    """
+    if BITS == 2:
+        return tl.inline_asm_elementwise(
+            "{ .reg .b32 t, one; mov.b32 one, 0x3F803F80; lop3.b32 t, $2, 0x00030003, 0x43004300, 0xEA; "
+            "fma.rn.bf16x2 t, t, one, $3; shl.b32 $0, t, 16; and.b32 $1, t, 0xFFFF0000; }",
+            "=r,=r,r,r", [w, zp], dtype=(tl.float32, tl.float32), is_pure=True, pack=1)
+    else:
+        return tl.inline_asm_elementwise(
+            "{ .reg .b32 t, one; mov.b32 one, 0x3F803F80; lop3.b32 t, $2, 0x000F000F, 0x43004300, 0xEA; "
+            "fma.rn.bf16x2 t, t, one, $3; shl.b32 $0, t, 16; and.b32 $1, t, 0xFFFF0000; }",
+            "=r,=r,r,r", [w, zp], dtype=(tl.float32, tl.float32), is_pure=True, pack=1)
+
+
+@triton.jit
+def _bf16_bits(v):
+    """fp32 values -> the int32 holding their bf16 bits in the low half (round to nearest even)."""
+    return v.to(tl.bfloat16).to(tl.int16, bitcast=True).to(tl.int32) & 0xFFFF
+
+
+@triton.jit
+def _zero_pairs_h(z_ptr, ga, gb, N, offs_n, n_mask, zh, HAS_ZEROS: tl.constexpr, BN: tl.constexpr, SLAB: tl.constexpr):
+    """Per row, the fp16 pair ``(1024 + z(ga), 1024 + z(gb))`` as an int32, broadcast over a slab; without zero points
+    the layer's constant pair ``zh`` (the paired-fp16 kernels subtract it from the ``1024 + q`` pairs)."""
+    if HAS_ZEROS:
+        za = (tl.load(z_ptr + ga * N + offs_n, mask=n_mask, other=0).to(tl.float32) + 1024.0).to(tl.float16)
+        zb = (tl.load(z_ptr + gb * N + offs_n, mask=n_mask, other=0).to(tl.float32) + 1024.0).to(tl.float16)
+        zp = tl.broadcast_to(_pack_h2(za, zb)[:, None], [BN, SLAB])
+    else:
+        zp = tl.full([BN, SLAB], zh, tl.int32)
+    return zp
+
+
+@triton.jit
 def _unpack_h2(acc):
     """int32 words holding two fp16 lanes -> (low, high) in fp32."""
     return tl.inline_asm_elementwise(
@@ -283,13 +338,16 @@ def _unpack_h2(acc):
 def _gemv16_kernel(x_ptr, w_ptr, s_ptr, z_ptr, b_ptr, y_ptr, ws_ptr, cnt_ptr,
                    M, N, K, KW, group_size, tiles_per_split, split_k, zh, zmagic,
                    BITS: tl.constexpr, SLAB: tl.constexpr, BN: tl.constexpr, HAS_ZEROS: tl.constexpr, HAS_BIAS: tl.constexpr,
-                   USE_SPLIT: tl.constexpr, EVEN_K: tl.constexpr, MAX_SPLIT: tl.constexpr, ASM: tl.constexpr):
+                   USE_SPLIT: tl.constexpr, EVEN_K: tl.constexpr, MAX_SPLIT: tl.constexpr, ASM: tl.constexpr,
+                   BF16: tl.constexpr = False):
     # 2/4/8-bit codes, fp16 activations, one row of x per program (grid dim 1).  Word p of a tile
     # holds code j (channel t*T + j*SLAB + p) at bits BITS*j: codes j and j + H (H = VPW / 2)
     # sit in the two 16-bit halves, so one mask/or of (w >> BITS*j) dequantizes both into an
     # fp16 pair (ASM: packed fp16x2 arithmetic; the pair's products are summed in fp16 over
     # j < H only, then in fp32).  Channels j < H and j >= H of a tile lie in one group each
-    # (gemv16_fits: runs of H slabs share a group), so each half gets its own scale.  Without
+    # (gemv16_fits: runs of H slabs share a group), so each half gets its own scale.  BF16 (2/4-bit
+    # codes, bf16 activations; ASM): the pair is dequantized in bf16x2 (exact integers q - z), each
+    # half goes to fp32 and the products and sums are fp32 (zh: the bf16 pair -(128 + z)).  Without
     # ASM (interpreter, other backends) the same schedule runs in fp32.
     VPW: tl.constexpr = 32 // BITS
     H: tl.constexpr = VPW // 2
@@ -316,20 +374,26 @@ def _gemv16_kernel(x_ptr, w_ptr, s_ptr, z_ptr, b_ptr, y_ptr, ws_ptr, cnt_ptr,
         sa = tl.load(s_ptr + ga * N + offs_n, mask=n_mask, other=0.0).to(tl.float32)
         sb = tl.load(s_ptr + gb * N + offs_n, mask=n_mask, other=0.0).to(tl.float32)
         if ASM:
-            if HAS_ZEROS:
-                za = (tl.load(z_ptr + ga * N + offs_n, mask=n_mask, other=0).to(tl.float32) + 1024.0).to(tl.float16)
-                zb = (tl.load(z_ptr + gb * N + offs_n, mask=n_mask, other=0).to(tl.float32) + 1024.0).to(tl.float16)
-                zp = tl.broadcast_to(_pack_h2(za, zb)[:, None], [BN, SLAB])
+            if BF16:
+                if HAS_ZEROS:
+                    za = _bf16_bits(-(tl.load(z_ptr + ga * N + offs_n, mask=n_mask, other=0).to(tl.float32) + 128.0))
+                    zb = _bf16_bits(-(tl.load(z_ptr + gb * N + offs_n, mask=n_mask, other=0).to(tl.float32) + 128.0))
+                    zp = tl.broadcast_to((za | (zb << 16))[:, None], [BN, SLAB])
+                else:
+                    zp = tl.full([BN, SLAB], zh, tl.int32)
+                lo = tl.zeros([BN, SLAB], dtype=tl.float32)
+                hi = tl.zeros([BN, SLAB], dtype=tl.float32)
             else:
-                zp = tl.full([BN, SLAB], zh, tl.int32)
-            a16 = tl.zeros([BN, SLAB], dtype=tl.int32)
+                zp = _zero_pairs_h(z_ptr, ga, gb, N, offs_n, n_mask, zh, HAS_ZEROS, BN, SLAB)
+                a16 = tl.zeros([BN, SLAB], dtype=tl.int32)
         else:
             if HAS_ZEROS:
-                zma = (tl.load(z_ptr + ga * N + offs_n, mask=n_mask, other=0).to(tl.float32) + 8388608.0)[:, None]
-                zmb = (tl.load(z_ptr + gb * N + offs_n, mask=n_mask, other=0).to(tl.float32) + 8388608.0)[:, None]
+                zfa = tl.load(z_ptr + ga * N + offs_n, mask=n_mask, other=0).to(tl.float32)[:, None]
+                zfb = tl.load(z_ptr + gb * N + offs_n, mask=n_mask, other=0).to(tl.float32)[:, None]
             else:
-                zma = zmagic
-                zmb = zmagic
+                zfa = zmagic - 8388608.0
+                zfb = zfa
+            w_hi = (w.to(tl.uint32, bitcast=True) >> 16).to(tl.int32, bitcast=True)  # (a logical shift: one instruction)
             lo = tl.zeros([BN, SLAB], dtype=tl.float32)
             hi = tl.zeros([BN, SLAB], dtype=tl.float32)
         for j in tl.static_range(H):
@@ -340,15 +404,29 @@ def _gemv16_kernel(x_ptr, w_ptr, s_ptr, z_ptr, b_ptr, y_ptr, ws_ptr, cnt_ptr,
                 xa = tl.load(x_ptr + m * K + ka + j * SLAB + offs_p, mask=(ka + j * SLAB + offs_p) < K, other=0.0)
                 xb = tl.load(x_ptr + m * K + kb + j * SLAB + offs_p, mask=(kb + j * SLAB + offs_p) < K, other=0.0)
             if ASM:
-                xp = tl.broadcast_to(_pack_h2(xa, xb)[None, :], [BN, SLAB])
-                a16 = _dq_fma_h2(w >> (BITS * j), xp, a16, zp, BITS)
+                if BF16:
+                    da, db = _dq_bf2(w >> (BITS * j), zp, BITS)
+                    lo += da * xa.to(tl.float32)[None, :]
+                    hi += db * xb.to(tl.float32)[None, :]
+                else:
+                    xp = tl.broadcast_to(_pack_h2(xa, xb)[None, :], [BN, SLAB])
+                    a16 = _dq_fma_h2(w >> (BITS * j), xp, a16, zp, BITS)
             else:
-                qa = (((w >> (BITS * j)) & QMASK) | 0x4B000000).to(tl.float32, bitcast=True)
-                qb = (((w >> (BITS * j + 16)) & QMASK) | 0x4B000000).to(tl.float32, bitcast=True)
-                lo += (qa - zma) * xa.to(tl.float32)[None, :]
-                hi += (qb - zmb) * xb.to(tl.float32)[None, :]
+                # codes in place (a code at bits b..b+BITS-1 <= 22, no shift): bits(2**23) | (q << b) is the float
+                # 2**23 + q * 2**b, so (that * 2**-b) - (2**(23-b) + z) is the exact q - z (one mask/or, one FMA);
+                # codes above bit 22 are taken from w_hi = w >> 16.  (zh is bits(2**23) here, a run-time value:
+                # the mask is the instruction's immediate, the magic stays in a register.)
+                qa = ((w & (QMASK << (BITS * j))) | zh).to(tl.float32, bitcast=True)
+                lo += (qa * (2.0 ** -(BITS * j)) - ((2.0 ** (23 - BITS * j)) + zfa)) * xa.to(tl.float32)[None, :]
+                if 16 + BITS * j + BITS <= 23:
+                    qb = ((w & (QMASK << (16 + BITS * j))) | zh).to(tl.float32, bitcast=True)
+                    hi += (qb * (2.0 ** -(16 + BITS * j)) - ((2.0 ** (7 - BITS * j)) + zfb)) * xb.to(tl.float32)[None, :]
+                else:
+                    qb = ((w_hi & (QMASK << (BITS * j))) | zh).to(tl.float32, bitcast=True)
+                    hi += (qb * (2.0 ** -(BITS * j)) - ((2.0 ** (23 - BITS * j)) + zfb)) * xb.to(tl.float32)[None, :]
         if ASM:
-            lo, hi = _unpack_h2(a16)
+            if not BF16:
+                lo, hi = _unpack_h2(a16)
         acc += lo * sa[:, None] + hi * sb[:, None]
     out = tl.sum(acc, axis=1)[None, :]
     offs_m = m + tl.arange(0, 1)
@@ -379,14 +457,7 @@ def _dot16_kernel(x_ptr, w_ptr, s_ptr, z_ptr, b_ptr, y_ptr, ws_ptr, cnt_ptr,
     T: tl.constexpr = SLAB * 8
     pid = tl.program_id(0)
     pid_k = tl.program_id(1)
-    num_pid_m = tl.cdiv(M, BM)
-    num_pid_n = tl.cdiv(N, BN)
-    in_group = GROUP_M * num_pid_n
-    group_id = pid // in_group
-    first_m = group_id * GROUP_M
-    gsize = tl.minimum(num_pid_m - first_m, GROUP_M)
-    pid_m = first_m + (pid % in_group) % gsize
-    pid_n = (pid % in_group) // gsize
+    pid_m, pid_n = _tile_of(pid, M, N, BM, BN, GROUP_M)
 
     offs_n = pid_n * BN + tl.arange(0, BN)
     offs_m = pid_m * BM + tl.arange(0, BM)
@@ -403,6 +474,9 @@ def _dot16_kernel(x_ptr, w_ptr, s_ptr, z_ptr, b_ptr, y_ptr, ws_ptr, cnt_ptr,
     else:
         acc = tl.zeros([BM, BN], dtype=tl.float32)
     w_next = tl.load(w_ptrs + t_start * SLAB, mask=(n_mask & ((offs_n * 0 + t_start) < t_end))[:, None], other=0)
+    # (no split is empty: launch() sizes them; without the assumption the zero-trip path writes the accumulator with
+    # plain moves before the last wgmma wait, and ptxas serializes every wgmma of the kernel -- C7515, seen on sm90)
+    tl.assume(t_end > t_start)
     for t in range(t_start, t_end):
         w = w_next
         w_next = tl.load(w_ptrs + (t + 1) * SLAB, mask=(n_mask & ((offs_n * 0 + t + 1) < t_end))[:, None], other=0)  # prefetch
@@ -413,12 +487,7 @@ def _dot16_kernel(x_ptr, w_ptr, s_ptr, z_ptr, b_ptr, y_ptr, ws_ptr, cnt_ptr,
         sa = tl.load(s_ptr + ga * N + offs_n, mask=n_mask, other=0.0)
         sb = tl.load(s_ptr + gb * N + offs_n, mask=n_mask, other=0.0)
         if ASM:
-            if HAS_ZEROS:
-                za = (tl.load(z_ptr + ga * N + offs_n, mask=n_mask, other=0).to(tl.float32) + 1024.0).to(tl.float16)
-                zb = (tl.load(z_ptr + gb * N + offs_n, mask=n_mask, other=0).to(tl.float32) + 1024.0).to(tl.float16)
-                zp = tl.broadcast_to(_pack_h2(za, zb)[:, None], [BN, SLAB])
-            else:
-                zp = tl.full([BN, SLAB], zh, tl.int32)
+            zp = _zero_pairs_h(z_ptr, ga, gb, N, offs_n, n_mask, zh, HAS_ZEROS, BN, SLAB)
             sp = tl.broadcast_to(_pack_h2(sa.to(tl.float16), sb.to(tl.float16))[:, None], [BN, SLAB])
         else:
             if HAS_ZEROS:
@@ -501,14 +570,7 @@ def _dot_kernel(x_ptr, w_ptr, s_ptr, z_ptr, b_ptr, y_ptr, ws_ptr, cnt_ptr,
     DT = x_ptr.dtype.element_ty
     pid = tl.program_id(0)
     pid_k = tl.program_id(1)
-    num_pid_m = tl.cdiv(M, BM)
-    num_pid_n = tl.cdiv(N, BN)
-    in_group = GROUP_M * num_pid_n
-    group_id = pid // in_group
-    first_m = group_id * GROUP_M
-    gsize = tl.minimum(num_pid_m - first_m, GROUP_M)
-    pid_m = first_m + (pid % in_group) % gsize
-    pid_n = (pid % in_group) // gsize
+    pid_m, pid_n = _tile_of(pid, M, N, BM, BN, GROUP_M)
 
     offs_n = pid_n * BN + tl.arange(0, BN)
     offs_m = pid_m * BM + tl.arange(0, BM)
@@ -525,6 +587,9 @@ def _dot_kernel(x_ptr, w_ptr, s_ptr, z_ptr, b_ptr, y_ptr, ws_ptr, cnt_ptr,
     else:
         acc = tl.zeros([BM, BN], dtype=tl.float32)
     w_next = tl.load(w_ptrs + t_start * SLAB, mask=(n_mask & ((offs_n * 0 + t_start) < t_end))[:, None], other=0)
+    # (no split is empty: launch() sizes them; without the assumption the zero-trip path writes the accumulator with
+    # plain moves before the last wgmma wait, and ptxas serializes every wgmma of the kernel -- C7515, seen on sm90)
+    tl.assume(t_end > t_start)
     for t in range(t_start, t_end):
         w = w_next
         w_next = tl.load(w_ptrs + (t + 1) * SLAB, mask=(n_mask & ((offs_n * 0 + t + 1) < t_end))[:, None], other=0)  # prefetch
@@ -576,14 +641,18 @@ _static: dict[tuple, tuple] = {}
 _skey_ids: dict[tuple, int] = {}
 
 
+#: code widths of the paired GEMV per activation dtype (bf16: ``128 + q`` is exact in bf16 for q < 128 only)
+GEMV16_BITS = {torch.float16: (2, 4, 8), torch.bfloat16: (2, 4)}
+
+
 def gemv16_fits(bits: int, slab: int, group_size: int, K: int, dtype: torch.dtype) -> bool:
-    """Whether the paired-fp16 GEMV (``gemv16``) computes this layer: 2/4/8-bit, fp16, runs of VPW/2 slabs in one group."""
-    return bits in (2, 4, 8) and dtype == torch.float16 and slabs_per_group(bits, slab, group_size, K) % (16 // bits) == 0
+    """Whether the paired GEMV (``gemv16``) computes this layer: 2/4/8-bit fp16 or 2/4-bit bf16, runs of VPW/2 slabs in one group."""
+    return bits in GEMV16_BITS.get(dtype, ()) and slabs_per_group(bits, slab, group_size, K) % (16 // bits) == 0
 
 
 def dot16_fits(bits: int, slab: int, group_size: int, K: int, dtype: torch.dtype) -> bool:
     """Whether the paired-fp16 tensor-core kernel (``dot16``) computes this layer: 4-bit, fp16, groups of >= 4 slabs."""
-    return bits == 4 and gemv16_fits(bits, slab, group_size, K, dtype)
+    return bits == 4 and dtype == torch.float16 and gemv16_fits(bits, slab, group_size, K, dtype)
 
 
 _NATIVE_ASM = getattr(torch.version, "hip", None) is None and not _fast.interpreting()
@@ -592,6 +661,18 @@ _NATIVE_ASM = getattr(torch.version, "hip", None) is None and not _fast.interpre
 def _asm_ok(x: torch.Tensor) -> bool:
     """PTX inline assembly applies: a CUDA tensor, compiled (not interpreted) kernels."""
     return _NATIVE_ASM and x.is_cuda
+
+
+_bf2_dev: dict[int, bool] = {}
+
+
+def _bf2_ok(x: torch.Tensor) -> bool:
+    """The bf16x2 PTX of ``gemv16`` (``fma.rn.bf16x2``: sm_80+) applies on ``x``'s device."""
+    di = x.get_device()
+    ok = _bf2_dev.get(di)
+    if ok is None:
+        ok = _bf2_dev[di] = _asm_ok(x) and torch.cuda.get_device_capability(x.device)[0] >= 8
+    return ok
 
 
 def _static_args(cfg: dict, bits: int, slab: int, group_size: int, K: int, has_zeros: bool, has_bias: bool, is_fp32,
@@ -610,7 +691,8 @@ def _static_args(cfg: dict, bits: int, slab: int, group_size: int, K: int, has_z
     even_k = K % (slab * vpw) == 0
     rows = BM  # gemv16 runs one row of x per program; a configuration with BM > 1 (e.g. an old tuning cache) runs gemv
     if kind == "gemv16":
-        common = dict(BITS=bits, SLAB=slab, BN=BN, HAS_ZEROS=has_zeros, HAS_BIAS=has_bias, EVEN_K=even_k, MAX_SPLIT=MAXS, **opts)
+        common = dict(BITS=bits, SLAB=slab, BN=BN, HAS_ZEROS=has_zeros, HAS_BIAS=has_bias, EVEN_K=even_k, MAX_SPLIT=MAXS,
+                      BF16=dtype == torch.bfloat16, **opts)  # (every constexpr by name: the direct launcher needs them all)
         BM = 1
     elif kind == "dot16":
         common = dict(SLAB=slab, BM=BM, BN=BN, GROUP_M=int(cfg.get("group_m", 8)), SWAP=bool(cfg.get("swap", True)), HAS_ZEROS=has_zeros,
@@ -649,10 +731,28 @@ def _h2_magic(zero_point: float) -> int:
 _h2: dict[float, int] = {}
 
 
+def _bf2_magic(zero_point: float) -> int | None:
+    """The int32 whose two bf16 halves are both ``-(128 + zero_point)``; None where that is not exact in bf16."""
+    v = -(128.0 + zero_point)
+    b = torch.tensor(v, dtype=torch.float32).to(torch.bfloat16)
+    if float(b) != v:
+        return None
+    h = int(b.view(torch.int16).item()) & 0xFFFF
+    w = h | (h << 16)
+    return w - (1 << 32) if w >= (1 << 31) else w
+
+
+_bf2: dict[float, int | None] = {}
+
+
 def launch(x: torch.Tensor, qweight: torch.Tensor, scales: torch.Tensor, zeros: torch.Tensor | None,
            bias: torch.Tensor | None, bits: int, slab: int, group_size: int, in_features: int,
            zero_point: float, cfg: dict, out: torch.Tensor | None = None) -> torch.Tensor:
     """Run one kernel with launch configuration ``cfg`` (see :mod:`quantlinear_triton.tune`)."""
+    if cfg["kernel"] == "tc":  # the large-M tensor-core kernel (its own module; its cfg keys in kernels_tc)
+        from .kernels_tc import launch_tc
+
+        return launch_tc(x, qweight, scales, zeros, bias, bits, slab, group_size, in_features, zero_point, cfg, out)
     M, K = x.shape
     N, KW = qweight.shape
     dt = x.dtype
@@ -692,10 +792,19 @@ def launch(x: torch.Tensor, qweight: torch.Tensor, scales: torch.Tensor, zeros: 
     if kind == "gemv":
         _fast.launch(_gemv_kernel, (-(-N // BN), -(-M // BM), split), tensors, ints, (zmagic,), _with(st, use_split), (skey, use_split), opts, y)
     elif kind == "gemv16":
-        asm = _asm_ok(x)
-        zh = _h2.get(zero_point)
-        if zh is None:
-            zh = _h2[zero_point] = _h2_magic(zero_point)
+        if dt == torch.bfloat16:
+            zh = _bf2.get(zero_point, 0)
+            if zh == 0:
+                zh = _bf2[zero_point] = _bf2_magic(zero_point)
+            # (a zero point that is not exact in bf16: the fp32 schedule; ``pair: False``: the same, to measure)
+            asm = zh is not None and _bf2_ok(x) and bool(cfg.get("pair", True))
+        else:
+            asm = _asm_ok(x) and bool(cfg.get("pair", True))
+            zh = _h2.get(zero_point)
+            if zh is None:
+                zh = _h2[zero_point] = _h2_magic(zero_point)
+        if not asm:
+            zh = 0x4B000000  # the fp32 schedule's magic, bits(2**23)
         _fast.launch(_gemv16_kernel, (-(-N // BN), M, split), tensors, (*ints, zh), (zmagic,), _with(st, use_split, asm),
                      (skey, use_split, asm), opts, y)
     elif kind == "dot16":

@@ -3,7 +3,8 @@
     TRITON_INTERPRET=0 python plugins/triton/tests/fp_compile_check.py [sm90 sm80 gfx942] [--kernels=gemv16,dqmm]
 
 Each launch ``fp_kernels.launch`` / ``quantize_activations`` would make (MXFP4, NVFP4, MXFP8 with every FP8
-decode, FP8_STATIC; fp16/bf16/fp32; GEMV, GEMV with rows, skinny dot, 128x128 dot) is recorded on CPU
+decode, FP8_STATIC; fp16/bf16/fp32; GEMV, GEMV with rows, ``gemv16`` and its folded 4-bit path,
+skinny dot, 128x128 dot) is recorded on CPU
 tensors (``gemv16`` with its PTX path, ``ASM=True``, on CUDA targets; ``dqmm``: its dequantize kernel),
 turned into an ``ASTSource`` with its constexprs and 16-byte divisibility hints, and compiled by
 Triton's own backends (ptxas ships with Triton).  Prints one line per kernel with its shared memory; the
@@ -101,6 +102,14 @@ def main(which: list[str], kinds: set[str] | None = None) -> int:
                     launches = record(FK.launch, x, t["qweight"], t["scales"], t["row_scales"], torch.zeros(256, dtype=dt),
                                       meta.elem, meta.scale, meta.block, cfg)
                     launches += record(FK.quantize_activations, x, meta.act, meta.act_block, t["act_scale"])
+                    if cfg["kernel"] == "gemv16" and cfg.get("psum", 4) == 4 and FK.fold_fits(meta.elem, meta.scale, meta.block, meta.act,
+                                                                                              meta.act_block, dt):
+                        # the folded GEMV: split activations (value pairs + block scales) from one quantization launch
+                        pairs = torch.zeros(M, K // 2, dtype=torch.int32)
+                        xs = torch.zeros(M, K // meta.act_block, dtype=torch.float32)
+                        launches += record(FK.quantize_activations_split, x, meta.act, meta.act_block, t["act_scale"])
+                        launches += record(FK.launch, pairs, t["qweight"], t["scales"], t["row_scales"], torch.zeros(256, dtype=dt),
+                                           meta.elem, meta.scale, meta.block, cfg, None, xs)
                     for tn in which:
                         if (elem == P.E4M3_NV and tn != "sm90") or (elem == P.E4M3_B8 and tn != "gfx942"):
                             continue  # hardware FP8 decode only where the target has that format

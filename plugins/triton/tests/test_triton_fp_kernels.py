@@ -320,3 +320,74 @@ def test_paired_fp16_error_model():
                     y = (prod.float() * s).sum(-1, dtype=torch.float64) * div
                 ref = x.double() @ w.dequantize().double().t()
                 assert float((y - ref).abs().max() / ref.abs().max()) < 1e-3, (name, psum, amp)
+
+
+# ---- 4-bit activations folded into the paired-fp16 GEMV ---------------------------------------------------
+@pytest.mark.parametrize("dtype", [torch.float16, torch.float32])
+def test_act_quant_split_exact(dtype):
+    """quantize_activations_split: values (fp16 pairs, the weight layout's planes i, i + 4) times block scales
+    == fpquant's fp32 qdq exactly; K with a partial last tile (zero pairs past K)."""
+    for K, block in ((416, 32), (176, 16)):
+        x = act_inputs(dtype, K=K)
+        cases = [(P.A_MX_E2M1, None, lambda v: fpquant.mx_qdq(v, "e2m1", block, False)),
+                 (P.A_MX_E2M1 + P.A_RCEIL, None, lambda v: fpquant.mx_qdq(v, "e2m1", block, True))]
+        if block == 16:
+            gs = fpquant.nvfp4_global_scale(torch.tensor(3.0))
+            cases.append((P.A_NVFP4, gs.to(DEV), lambda v: fpquant.nvfp4_qdq(v, gs, 16)))
+        for act, a_scale, ref_fn in cases:
+            pairs, xs = fk().quantize_activations_split(x, act, block, a_scale)
+            T = 8 * block
+            assert pairs.dtype == torch.int32 and pairs.shape == (x.shape[0], -(-K // T) * T // 2)
+            assert xs.dtype == torch.float32 and xs.shape == (x.shape[0], K // block)
+            v = fk().unpack_pairs(pairs.cpu(), block, -(-K // T) * T).float()
+            assert torch.equal(v[:, K:], torch.zeros_like(v[:, K:]))
+            prod = (v[:, :K].reshape(x.shape[0], -1, block) * xs.cpu()[:, :, None]).reshape(x.shape[0], K)
+            assert torch.equal(prod, ref_fn(x.cpu().float())), (K, act)
+            assert float(v.abs().max()) <= 6.0
+
+
+FOLD_CFGS = [(1, dict(GEMV16, fold=1)), (1, dict(GEMV16_SPLIT, fold=1)), (3, dict(GEMV16_SPLIT, fold=1)),
+             (2, dict(GEMV16, fold=1, split_k=2))]
+
+
+@pytest.mark.parametrize("name", ["MXFP4", "NVFP4", "MXINT4", "MXFP4_RCEIL"])
+def test_gemv16_fold(name):
+    """The folded gemv16 (both lane arrangements, split-K, bias, a partial last tile) against the fp32 product
+    of fpquant's fp32 qdq activations and the dequantized weight."""
+    K, N = SHAPES.get(name, SHAPES["MXFP4"])
+    sc = PRESETS[name]
+    g = torch.Generator().manual_seed(11)
+    w = fpquant.quantize_float((torch.randn(N, K, generator=g) * 0.05).to(torch.bfloat16), sc, act_amax=3.0)
+    kind = fpquant.act_quant_kind(sc)
+    meta, t = P.prepare_float(w, kind)
+    t = {k: (v.to(DEV) if v is not None else None) for k, v in t.items()}
+    assert fk().fold_fits(meta.elem, meta.scale, meta.block, meta.act, meta.act_block, torch.float16)
+    assert not fk().fold_fits(meta.elem, meta.scale, meta.block, meta.act, meta.act_block, torch.float32)
+    W = w.dequantize().to(DEV)
+    bias = torch.randn(N, generator=g).to(torch.float16).to(DEV)
+    for M, cfg in FOLD_CFGS:
+        for amp in (1.0, 1e3):
+            x = (torch.randn(M, K, generator=torch.Generator().manual_seed(M)) * amp).to(torch.float16).to(DEV)
+            b = bias if cfg["split_k"] > 1 else None
+            ref = fpquant.act_qdq(x.float().cpu(), sc, w).to(DEV) @ W.t() + (b.float() if b is not None else 0)
+            pairs, xs = fk().quantize_activations_split(x, meta.act, meta.act_block, t["act_scale"])
+            y = fk().launch(pairs, t["qweight"], t["scales"], t["row_scales"], b, meta.elem, meta.scale, meta.block, cfg,
+                            x_scales=xs)
+            assert y.dtype == torch.float16 and y.shape == (M, N)
+            assert rel_err(y, ref) < TOL[torch.float16], (name, M, cfg, amp)
+    with pytest.raises(ValueError):
+        fk().launch(pairs, t["qweight"], t["scales"], t["row_scales"], None, meta.elem, meta.scale, meta.block,
+                    dict(GEMV16, psum=1), x_scales=xs)
+
+
+def test_gemv16_default_tiles():
+    """M = 1 gemv16 for 4-bit codes: 2048-word program tiles, split-K to ~8 programs per unit; FP8 unchanged."""
+    space = fp_tune.FPSpace("toy_fp", "/nonexistent", lambda d: _Props(), units=lambda p: p.sm_count, paired_fp16=True)
+    mx = space.default_config(fp_tune.FPProblem(P.E2M1, P.S_E8M0, 32, 4, "float16", 14336, 4096), 1, _Props())
+    assert (mx["kernel"], mx["BN"], mx["warps"], mx["split_k"]) == ("gemv16", 64, 4, 8)
+    nv = space.default_config(fp_tune.FPProblem(P.E2M1, P.S_E4M3, 16, 4, "float16", 28672, 8192), 1, _Props())
+    assert (nv["kernel"], nv["BN"], nv["warps"], nv["split_k"]) == ("gemv16", 128, 8, 8)
+    f8 = space.default_config(fp_tune.FPProblem(P.E4M3_NV, P.S_NONE, 32, 8, "float16", 14336, 4096), 1, _Props())
+    assert (f8["kernel"], f8["BN"], f8["warps"], f8["split_k"]) == ("gemv16", 64, 4, 4)
+    bf = space.default_config(fp_tune.FPProblem(P.E2M1, P.S_E8M0, 32, 4, "bfloat16", 14336, 4096), 1, _Props())
+    assert bf["kernel"] == "gemv" and bf["BN"] == 64

@@ -3,6 +3,8 @@
 
     python plugins/cuda/benchmarks/tc_pick.py M KxN [KxN ...]
 
+The first row of each shape is the configuration used today (the shipped table's entry, else the heuristic).
+
 Used to fill the shipped table's M=256 entries the tc_variants.py run did not cover (same timing: CUDA-graph replays
 over weight copies > 150 MB, ``int_perf._time_graph``).
 """
@@ -25,7 +27,9 @@ for shape in sys.argv[2:]:
     wb = N * K // 2 + N * (K // 128) * 2
     ws, x = ip.make(p, M, copies=max(2, -(-150_000_000 // wb)))
     rows = []
-    for cfg in [c for c in tune.candidates(p, M, props) if c["kernel"] in ("tc", "dqmm")]:
+    table = json.load(open("plugins/cuda/quantlinear_cuda/tuned/sm90.json"))["configs"]
+    current = table.get(p.key(tune.bucket(M)), {}).get("config") or tune.default_config(p, M, props)
+    for cfg in [current] + [c for c in tune.candidates(p, M, props) if c["kernel"] in ("tc", "dqmm") and c != current]:
         fns = [lambda q=q, s=s, cfg=cfg: tk.launch(x, q, s, None, None, 4, 32, 128, K, 8.0, cfg) for q, s, _ in ws]
         rows.append([tune._tune._short(cfg), round(ip._time_graph(fns), 2), cfg])
         print(json.dumps({"key": p.key(tune.bucket(M)), "row": rows[-1]}), flush=True)

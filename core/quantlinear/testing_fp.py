@@ -144,9 +144,6 @@ def check_float_state_dict_round_trip(case: Case) -> None:
     check_state_dict_round_trip(case, random_float_weights(case.spec, seed=3))
 
 
-
-
-
 class FloatKernelConformance(KernelConformance):
     """Subclass in a test module, set ``kernels`` (and ``device``); pytest does the rest."""
 

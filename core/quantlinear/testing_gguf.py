@@ -111,9 +111,6 @@ def check_gguf_state_dict_round_trip(case: Case) -> None:
     check_state_dict_round_trip(case, _weights(case.spec, 3))
 
 
-
-
-
 class GGUFKernelConformance(KernelConformance):
     """Subclass in a test module, set ``kernels`` (and ``device``); pytest does the rest."""
 

@@ -187,13 +187,24 @@ def tk_short(cfg: dict) -> str:
     return _short(cfg)
 
 
+def _w4_layer(K: int, N: int):
+    """A CUDA W4A16 g128 layer of random weights (the plugin's class), an fp16 input row and a dense fp16 weight of the
+    same shape (the F.linear peer of the eager measurements)."""
+    from quantlinear import LayerSpec, get_scheme
+    from quantlinear.benchutil import random_int_weights
+    from quantlinear_cuda.kernels.triton_wna16 import TritonWNA16Linear
+
+    sc = get_scheme("W4A16")
+    w = random_int_weights(K, N, sc)
+    w.qweight, w.zeros, w.scales = w.qweight.cuda(), w.zeros.cuda(), w.scales.cuda()
+    layer = TritonWNA16Linear.from_weights(LayerSpec(sc, "gptq_v2", K, N, dtype=torch.float16, device=torch.device("cuda")), w)
+    return layer, torch.randn(1, K, device="cuda", dtype=torch.float16), torch.randn(N, K, device="cuda", dtype=torch.float16)
+
+
 def stage_eager(out: Path) -> list[str]:
     import torch.nn.functional as F
 
-    from quantlinear import LayerSpec, get_scheme
-    from quantlinear.benchutil import random_int_weights
     from quantlinear_cuda import ops, tune
-    from quantlinear_cuda.kernels.triton_wna16 import TritonWNA16Linear
     from quantlinear_triton import kernels as tk
     from quantlinear_triton import launch as fl
 
@@ -201,12 +212,7 @@ def stage_eager(out: Path) -> list[str]:
 
     lines = []
     for K, N in ((512, 512), (4096, 14336)):
-        sc = get_scheme("W4A16")
-        w = random_int_weights(K, N, sc)
-        w.qweight, w.zeros, w.scales = w.qweight.cuda(), w.zeros.cuda(), w.scales.cuda()
-        layer = TritonWNA16Linear.from_weights(LayerSpec(sc, "gptq_v2", K, N, dtype=torch.float16, device=torch.device("cuda")), w)
-        x = torch.randn(1, K, device="cuda", dtype=torch.float16)
-        Wd = torch.randn(N, K, device="cuda", dtype=torch.float16)
+        layer, x, Wd = _w4_layer(K, N)
         m = layer.meta
         args = (x, layer.w_slab, layer.w_scales, layer.w_zeros, layer.bias, m.bits, m.group_size, m.in_features, m.slab, layer.zero_point)
         cfg = {"kernel": "gemv", "BM": 1, "BN": 32, "split_k": 1, "warps": 4, "stages": 2}
@@ -571,18 +577,10 @@ def stage_compare(out: Path, old_table: Path) -> list[str]:
         log(lines[-1])
         (out / "compare.txt").write_text("\n".join(lines) + "\n")
     # eager: wall time per call of back-to-back layer calls vs device time
-    from quantlinear import LayerSpec, get_scheme
-    from quantlinear.benchutil import random_int_weights
-    from quantlinear_cuda.kernels.triton_wna16 import TritonWNA16Linear
     from quantlinear_triton import launch as fl
 
     for K, N in LARGE[:2]:
-        sc = get_scheme("W4A16")
-        w = random_int_weights(K, N, sc)
-        w.qweight, w.zeros, w.scales = w.qweight.cuda(), w.zeros.cuda(), w.scales.cuda()
-        layer = TritonWNA16Linear.from_weights(LayerSpec(sc, "gptq_v2", K, N, dtype=torch.float16, device=torch.device("cuda")), w)
-        x = torch.randn(1, K, device="cuda", dtype=torch.float16)
-        Wd = torch.randn(N, K, device="cuda", dtype=torch.float16)
+        layer, x, Wd = _w4_layer(K, N)
         res = {}
         for name, fn in (("layer", lambda: layer(x)), ("F.linear", lambda: F.linear(x, Wd))):
             eager = _eager_us(fn, 300)

@@ -45,15 +45,11 @@ def device_props(device: torch.device) -> "_device.DeviceProps":
     return _device.device_props(device)
 
 
-#: code widths of the paired GEMV per activation dtype (as ``quantlinear_triton.kernels.GEMV16_BITS``)
-GEMV16_BITS = {"float16": (2, 4, 8), "bfloat16": (2, 4)}
-
-
 def gemv16_fits(p: Problem) -> bool:
     """The paired GEMV applies: 2/4/8-bit codes with fp16 or 2/4-bit codes with bf16 activations, runs of VPW/2 slabs in one group."""
-    from quantlinear_triton.packing import slabs_per_group
+    from quantlinear_triton.packing import GEMV16_BITS, slabs_per_group
 
-    return p.bits in GEMV16_BITS.get(p.dtype, ()) and slabs_per_group(p.bits, p.slab, p.group_size, p.K) % (16 // p.bits) == 0
+    return p.bits in GEMV16_BITS.get(getattr(torch, p.dtype), ()) and slabs_per_group(p.bits, p.slab, p.group_size, p.K) % (16 // p.bits) == 0
 
 
 def dot16_fits(p: Problem) -> bool:

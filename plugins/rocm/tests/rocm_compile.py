@@ -3,9 +3,8 @@
 Run as a script (``python rocm_compile.py``, with ``TRITON_INTERPRET`` off: compiling needs real
 ``@triton.jit`` functions): reads a JSON list of jobs on stdin and prints one JSON result per job.
 A job is ``{"arch", "wave", "bits", "group", "sym", "dtype", "M", "K", "N", "cfg"}``.  The launch
-is recorded (the kernels are swapped for recorders while ``quantlinear_triton.kernels.launch``
-runs on CPU tensors), turned into an ``ASTSource`` with the launch's constexprs, 16-byte
-divisibility hints where the JIT would give them, and the compile options (``num_warps``,
+is recorded and turned into an ``ASTSource`` by :mod:`quantlinear_triton.aot` (the launch's constexprs,
+16-byte divisibility hints where the JIT would give them, and the compile options: ``num_warps``,
 ``num_stages`` and the AMD options), and compiled by Triton's HIP backend for
 ``GPUTarget("hip", arch, wave)``.  No GPU is needed; the result is the compiler's own
 ``metadata.shared`` (LDS bytes) and whether the AMDGCN uses MFMA / WMMA instructions.
@@ -18,51 +17,6 @@ import os
 import sys
 
 
-def _record(kernels, args, cfg):
-    log = []
-
-    class Recorder:
-        def __init__(self, fn):
-            self.fn = fn
-
-        def __getitem__(self, grid):
-            return lambda *a, **kw: log.append((self.fn, a, kw))
-
-    names = ("_gemv_kernel", "_dot_kernel", "_dequant_kernel")
-    saved = {n: getattr(kernels, n) for n in names}
-    try:
-        for n in names:
-            setattr(kernels, n, Recorder(saved[n]))
-        kernels.launch(*args, cfg)
-    finally:
-        for n in names:
-            setattr(kernels, n, saved[n])
-    return log
-
-
-def _source(fn, args, kwargs, option_names):
-    import torch
-    from triton.compiler import ASTSource
-
-    ty = {torch.float16: "fp16", torch.bfloat16: "bf16", torch.float32: "fp32", torch.int32: "i32", torch.uint8: "u8", torch.int16: "i16"}
-    sig, consts, attrs, opts = {}, {}, {}, {}
-    for i, (name, v) in enumerate(zip(fn.arg_names, args)):
-        if isinstance(v, torch.Tensor):
-            sig[name], attrs[(i,)] = "*" + ty[v.dtype], [["tt.divisibility", 16]]
-        elif isinstance(v, int):
-            sig[name] = "i32"
-            if v % 16 == 0:
-                attrs[(i,)] = [["tt.divisibility", 16]]
-        else:
-            sig[name] = "fp32"
-    for name, v in kwargs.items():
-        if name in option_names:
-            opts[name] = v
-        else:
-            sig[name], consts[name] = "constexpr", v
-    return ASTSource(fn, {n: sig[n] for n in fn.arg_names}, constexprs=consts, attrs=attrs), opts
-
-
 def compile_job(job: dict) -> list[dict]:
     import torch
     import triton
@@ -70,7 +24,7 @@ def compile_job(job: dict) -> list[dict]:
 
     from quantlinear import Scheme
     from quantlinear.benchutil import random_int_weights
-    from quantlinear_triton import kernels
+    from quantlinear_triton import aot, kernels
     from quantlinear_triton.packing import choose_slab, constant_zero, pack_codes, pack_scales, pack_zeros
 
     sc = Scheme(bits=job["bits"], group_size=job["group"], sym=job["sym"])
@@ -83,8 +37,8 @@ def compile_job(job: dict) -> list[dict]:
     args = (x, pack_codes(w.qweight, sc.bits, slab), pack_scales(w.scales), None if zc is not None else pack_zeros(w.zeros), None,
             sc.bits, slab, g, K, float(zc or 0))
     out = []
-    for fn, a, kw in _record(kernels, args, job["cfg"]):
-        src, opts = _source(fn, a, kw, ("num_warps", "num_stages") + kernels.BACKEND_OPTIONS)
+    for fn, a, kw in aot.record(kernels, ("_gemv_kernel", "_dot_kernel", "_dequant_kernel"), kernels.launch, *args, job["cfg"]):
+        src, opts = aot.source(fn, a, kw, ("num_warps", "num_stages") + kernels.BACKEND_OPTIONS)
         c = triton.compile(src, target=GPUTarget("hip", job["arch"], job["wave"]), options=opts)
         asm = c.asm["amdgcn"]
         out.append({"kernel": fn.__name__, "shared": c.metadata.shared, "num_warps": c.metadata.num_warps,

@@ -22,7 +22,8 @@ M         configuration
           hardware-decoded E4M3 (sm89+) where the space has ``paired_fp16`` (CUDA): 4-bit codes
           with 2048-word program tiles (BN=64 with 128 lanes for 32-slabs, BN=128 with 256 lanes
           for NVFP4's 16-slabs) and split-K until ~8 programs per unit (measured on an H100: the
-          best of a BN / split / warps sweep on both benchmark shapes, within 3%), FP8 as ``gemv``'s
+          best of a BN / split / warps sweep on both benchmark shapes, within 3%); FP8 with ``gemv``'s
+          tiles
 2..64     ``dot`` with SWAP (W x^T): BM=max(16, M bucket), BN=64, split-K to ~2 programs per unit
 65..128   ``dot`` ``large_tile`` (CUDA 128x128, fp32 64x128; shrunk to fit ``max_shared``),
           split-K (at most 4) to ~1 program per unit

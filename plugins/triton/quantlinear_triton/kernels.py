@@ -45,12 +45,14 @@ as before.
 
 from __future__ import annotations
 
+import functools
+
 import torch
 import triton
 import triton.language as tl
 
 from . import launch as _fast
-from .packing import slabs_per_group
+from .packing import GEMV16_BITS, slabs_per_group
 
 #: Upper bound of split_k.
 MAXS = 64
@@ -641,10 +643,6 @@ _static: dict[tuple, tuple] = {}
 _skey_ids: dict[tuple, int] = {}
 
 
-#: code widths of the paired GEMV per activation dtype (bf16: ``128 + q`` is exact in bf16 for q < 128 only)
-GEMV16_BITS = {torch.float16: (2, 4, 8), torch.bfloat16: (2, 4)}
-
-
 def gemv16_fits(bits: int, slab: int, group_size: int, K: int, dtype: torch.dtype) -> bool:
     """Whether the paired GEMV (``gemv16``) computes this layer: 2/4/8-bit fp16 or 2/4-bit bf16, runs of VPW/2 slabs in one group."""
     return bits in GEMV16_BITS.get(dtype, ()) and slabs_per_group(bits, slab, group_size, K) % (16 // bits) == 0
@@ -721,16 +719,16 @@ def _static_args(cfg: dict, bits: int, slab: int, group_size: int, K: int, has_z
     return st
 
 
+@functools.lru_cache(maxsize=256)
 def _h2_magic(zero_point: float) -> int:
-    """The int32 whose two fp16 halves are both ``1024 + zero_point``."""
+    """The int32 whose two fp16 halves are both ``1024 + zero_point`` (cached: looked up on every paired launch)."""
     h = int(torch.tensor(1024.0 + zero_point, dtype=torch.float16).view(torch.int16).item()) & 0xFFFF
     v = h | (h << 16)
     return v - (1 << 32) if v >= (1 << 31) else v
 
 
-_h2: dict[float, int] = {}
 
-
+@functools.lru_cache(maxsize=256)
 def _bf2_magic(zero_point: float) -> int | None:
     """The int32 whose two bf16 halves are both ``-(128 + zero_point)``; None where that is not exact in bf16."""
     v = -(128.0 + zero_point)
@@ -741,8 +739,6 @@ def _bf2_magic(zero_point: float) -> int | None:
     w = h | (h << 16)
     return w - (1 << 32) if w >= (1 << 31) else w
 
-
-_bf2: dict[float, int | None] = {}
 
 
 def launch(x: torch.Tensor, qweight: torch.Tensor, scales: torch.Tensor, zeros: torch.Tensor | None,
@@ -793,25 +789,19 @@ def launch(x: torch.Tensor, qweight: torch.Tensor, scales: torch.Tensor, zeros: 
         _fast.launch(_gemv_kernel, (-(-N // BN), -(-M // BM), split), tensors, ints, (zmagic,), _with(st, use_split), (skey, use_split), opts, y)
     elif kind == "gemv16":
         if dt == torch.bfloat16:
-            zh = _bf2.get(zero_point, 0)
-            if zh == 0:
-                zh = _bf2[zero_point] = _bf2_magic(zero_point)
+            zh = _bf2_magic(zero_point)
             # (a zero point that is not exact in bf16: the fp32 schedule; ``pair: False``: the same, to measure)
             asm = zh is not None and _bf2_ok(x) and bool(cfg.get("pair", True))
         else:
             asm = _asm_ok(x) and bool(cfg.get("pair", True))
-            zh = _h2.get(zero_point)
-            if zh is None:
-                zh = _h2[zero_point] = _h2_magic(zero_point)
+            zh = _h2_magic(zero_point)
         if not asm:
             zh = 0x4B000000  # the fp32 schedule's magic, bits(2**23)
         _fast.launch(_gemv16_kernel, (-(-N // BN), M, split), tensors, (*ints, zh), (zmagic,), _with(st, use_split, asm),
                      (skey, use_split, asm), opts, y)
     elif kind == "dot16":
         asm = _asm_ok(x)
-        zh = _h2.get(zero_point)
-        if zh is None:
-            zh = _h2[zero_point] = _h2_magic(zero_point)
+        zh = _h2_magic(zero_point)
         _fast.launch(_dot16_kernel, (n_tiles_out, split), tensors, (*ints, zh), (zmagic,), _with(st, use_split, asm),
                      (skey, use_split, asm), opts, y)
     else:

@@ -73,9 +73,7 @@ import torch
 import triton
 import triton.language as tl
 
-from .kernels import _dq_pair_h, _pack_h2, _tile_of
-from .kernels import _h2_magic as _k_h2_magic
-from .runtime import interpreting
+from .kernels import COUNTER_SLOTS, _asm_ok, _dq_pair_h, _h2_magic, _pack_h2, _tile_of, _workspace, counters  # (split-K: its persistent buffers)
 
 #: the configuration :func:`launch_tc` uses when none is given (the best single one measured on H100, fp16)
 DEFAULT_CFG = {"BN": 128, "BM": 128, "BK": 256, "warps": 8, "stages": 2, "group_m": 8, "dq": 1, "prefetch": 1, "split_k": 1}
@@ -96,7 +94,6 @@ def default_config(M: int, N: int, dtype: torch.dtype, sm_count: int = 132, bf16
         cfg["split_k"] = 2
     return cfg
 
-_NATIVE_ASM = getattr(torch.version, "hip", None) is None and not interpreting()
 #: the CompiledKernel of the last launch (None under the interpreter): benchmarks read its asm / metadata
 last_compiled = None
 
@@ -338,15 +335,13 @@ def _resolve(cfg: dict | None, bits: int, slab: int, group_size: int, K: int, dt
 
 
 @functools.lru_cache(maxsize=64)
-def _bf2_magic(zero_point: float) -> int:
-    """The int32 whose two bf16 halves are both ``128 + zero_point``."""
+def _bf2_sub_magic(zero_point: float) -> int:
+    """The int32 whose two bf16 halves are both ``128 + zero_point`` (what ``sub.bf16x2`` takes off; the int GEMV's
+    ``kernels._bf2_magic`` is the negated pair, for its ``fma.bf16x2``)."""
     h = int(torch.tensor(128.0 + zero_point, dtype=torch.bfloat16).view(torch.int16).item()) & 0xFFFF
     v = h | (h << 16)
     return v - (1 << 32) if v >= (1 << 31) else v
 
-
-#: the int32 whose two fp16 halves are both ``1024 + zero_point`` (the int kernels' helper, cached per zero point)
-_h2_magic = functools.lru_cache(maxsize=64)(_k_h2_magic)
 
 
 def launch_tc(x: torch.Tensor, qweight: torch.Tensor, scales: torch.Tensor, zeros: torch.Tensor | None,
@@ -361,8 +356,7 @@ def launch_tc(x: torch.Tensor, qweight: torch.Tensor, scales: torch.Tensor, zero
     M, Kx = x.shape
     assert Kx == K and x.is_contiguous()
     N, KW = qweight.shape
-    asm_ok = _NATIVE_ASM and x.is_cuda
-    r = _resolve(cfg, bits, slab, group_size, K, x.dtype, asm_ok)
+    r = _resolve(cfg, bits, slab, group_size, K, x.dtype, _asm_ok(x))
     y = out if out is not None else x.new_empty((M, N))
     if M == 0:
         return y
@@ -373,19 +367,17 @@ def launch_tc(x: torch.Tensor, qweight: torch.Tensor, scales: torch.Tensor, zero
     split = -(-n_steps // sps)
     n_tiles_out = -(-M // r["BM"]) * -(-N // r["BN"])
     if split > 1:
-        from . import kernels as _k  # the persistent split-K workspace and tile counters
-
-        if n_tiles_out > _k.COUNTER_SLOTS or split * M * N >= 2**31:
+        if n_tiles_out > COUNTER_SLOTS or split * M * N >= 2**31:
             split, sps = 1, n_steps
     if split > 1:
         di = x.get_device()
-        ws = _k._workspace(x, di, split * M * N)
-        cnt = _k.counters(x.device)
+        ws = _workspace(x, di, split * M * N)
+        cnt = counters(x.device)
     else:
         ws = cnt = y
     zp = zeros if zeros is not None else scales
     bp = bias if bias is not None else scales
-    zh = _bf2_magic(zero_point) if r["ASM"] == 2 else _h2_magic(zero_point)
+    zh = _bf2_sub_magic(zero_point) if r["ASM"] == 2 else _h2_magic(zero_point)
     even_k = K % (slab * vpw) == 0
     global last_compiled
     last_compiled = _tc_kernel[(n_tiles_out, split)](

@@ -36,6 +36,9 @@ from quantlinear import IntWeights
 #: bits -> codes per int32 word
 VPW = {2: 16, 3: 10, 4: 8, 5: 6, 6: 5, 7: 4, 8: 4}
 
+#: code widths of the paired GEMV (``gemv16``) per activation dtype (bf16: ``128 + q`` is exact in bf16 for q < 128 only)
+GEMV16_BITS = {torch.float16: (2, 4, 8), torch.bfloat16: (2, 4)}
+
 #: 2**23: OR-ing a code into the mantissa of this float gives 2**23 + code exactly
 MAGIC = 8388608.0
 

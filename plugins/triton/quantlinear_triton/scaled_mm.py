@@ -3,14 +3,15 @@
 :class:`FP8ScaledMMBase` holds the capability declarations the CUDA and ROCm ``*.fp8_scaled_mm``
 kernels share (FP8_STATIC: E4M3 weights with one or per-channel scales, static FP8 activations,
 fp16/bf16 activations, bias fused).  It is device-neutral and not a kernel: each plugin's subclass
-adds its name, priority, device family, checks and ``prepare``/``compute``.  Imports no Triton.
+adds its name, priority, device family, checks and ``prepare``/``compute``; :func:`fp8_static_reason` is the
+scheme check they share.  Imports no Triton.
 """
 
 from __future__ import annotations
 
 import torch
 
-from quantlinear import QuantLinear
+from quantlinear import LayerSpec, QuantLinear, UnsupportedSchemeError, fpquant
 
 
 class FP8ScaledMMBase(QuantLinear):
@@ -27,4 +28,18 @@ class FP8ScaledMMBase(QuantLinear):
     fuses_bias = True
 
 
-__all__ = ["FP8ScaledMMBase"]
+def fp8_static_reason(spec: LayerSpec) -> str | None:
+    """Why ``spec`` is not an FP8 x FP8 product with a static per-tensor activation scale (FP8_STATIC); None if it is."""
+    try:
+        kind = fpquant.act_quant_kind(spec.scheme)
+    except UnsupportedSchemeError as e:
+        return str(e)
+    if kind is None:
+        return ("weight-only FP8 (activations stay in 16 bits): there is no FP8 x FP8 product for _scaled_mm "
+                "(quantizing activations would change the numerics)")
+    if kind[0] != "fp8_static":
+        return f"activation quantization {kind[0]} is not static FP8"
+    return None
+
+
+__all__ = ["FP8ScaledMMBase", "fp8_static_reason"]

@@ -4,11 +4,10 @@
 
 Each launch ``fp_kernels.launch`` / ``quantize_activations`` would make (MXFP4, NVFP4, MXFP8 with every FP8
 decode, FP8_STATIC; fp16/bf16/fp32; GEMV, GEMV with rows, ``gemv16`` and its folded 4-bit path,
-skinny dot, 128x128 dot) is recorded on CPU
-tensors (``gemv16`` with its PTX path, ``ASM=True``, on CUDA targets; ``dqmm``: its dequantize kernel),
-turned into an ``ASTSource`` with its constexprs and 16-byte divisibility hints, and compiled by
-Triton's own backends (ptxas ships with Triton).  Prints one line per kernel with its shared memory; the
-exit status is the number of failures.  Too slow for the test suite (hundreds of compiles).
+skinny dot, 128x128 dot) is recorded on CPU tensors (``gemv16`` with its PTX path, ``ASM=True``, on
+CUDA targets; ``dqmm``: its dequantize kernel), turned into an ``ASTSource``
+(:mod:`quantlinear_triton.aot`) and compiled by Triton's own backends (ptxas ships with Triton).
+Prints one line per kernel with its shared memory; the exit status is the number of failures.  Too slow for the test suite (hundreds of compiles).
 """
 
 from __future__ import annotations
@@ -22,15 +21,14 @@ assert os.environ.get("TRITON_INTERPRET", "0") in ("", "0"), "compiling needs TR
 import torch  # noqa: E402
 import triton  # noqa: E402
 from triton.backends.compiler import GPUTarget  # noqa: E402
-from triton.compiler import ASTSource  # noqa: E402
 
 from quantlinear import fpquant  # noqa: E402
 from quantlinear.scheme import PRESETS  # noqa: E402
+from quantlinear_triton import aot  # noqa: E402
 from quantlinear_triton import fp_kernels as FK  # noqa: E402
 from quantlinear_triton import fp_packing as P  # noqa: E402
 
 NAMES = ("_fp_gemv_kernel", "_fp_gemv16_kernel", "_fp_dot_kernel", "_act_quant_kernel", "_fp_dequant_kernel")
-TY = {torch.float16: "fp16", torch.bfloat16: "bf16", torch.float32: "fp32", torch.int32: "i32", torch.uint8: "u8"}
 OPTIONS = ("num_warps", "num_stages", "enable_fp_fusion", "waves_per_eu", "matrix_instr_nonkdim", "kpack")
 TARGETS = {"sm90": GPUTarget("cuda", 90, 32), "sm80": GPUTarget("cuda", 80, 32), "gfx942": GPUTarget("hip", "gfx942", 64)}
 CONFIGS = [(1, {"kernel": "gemv", "BM": 1, "BN": 64, "split_k": 4, "warps": 4}),
@@ -44,46 +42,14 @@ CONFIGS = [(1, {"kernel": "gemv", "BM": 1, "BN": 64, "split_k": 4, "warps": 4}),
 
 def record(fn, *args):
     """The (kernel, args, kwargs) of every launch ``fn(*args)`` makes, without running any."""
-    log = []
-
-    class Recorder:
-        def __init__(self, kernel):
-            self.kernel = kernel
-
-        def __getitem__(self, grid):
-            return lambda *a, **kw: log.append((self.kernel, a, kw))
-
-    saved = {n: getattr(FK, n) for n in NAMES}
-    try:
-        for n in NAMES:
-            setattr(FK, n, Recorder(saved[n]))
-        fn(*args)
-    finally:
-        for n in NAMES:
-            setattr(FK, n, saved[n])
-    return log
+    return aot.record(FK, NAMES, fn, *args)
 
 
 def compile_one(kernel, args, kwargs, target):
-    sig, consts, attrs, opts = {}, {}, {}, {}
-    for i, (name, v) in enumerate(zip(kernel.arg_names, args)):
-        if isinstance(v, torch.Tensor):
-            sig[name], attrs[(i,)] = "*" + TY[v.dtype], [["tt.divisibility", 16]]
-        elif isinstance(v, int):
-            sig[name] = "i32"
-            if v % 16 == 0:
-                attrs[(i,)] = [["tt.divisibility", 16]]
-        else:
-            sig[name] = "fp32"
-    for name, v in kwargs.items():
-        if name in OPTIONS:
-            opts[name] = v
-        else:
-            sig[name], consts[name] = "constexpr", v
+    src, opts = aot.source(kernel, args, kwargs, OPTIONS)
     if target.backend == "hip":
         opts["num_stages"] = 2
-    return triton.compile(ASTSource(kernel, {n: sig[n] for n in kernel.arg_names}, constexprs=consts, attrs=attrs), target=target,
-                          options=opts)
+    return triton.compile(src, target=target, options=opts)
 
 
 def main(which: list[str], kinds: set[str] | None = None) -> int:

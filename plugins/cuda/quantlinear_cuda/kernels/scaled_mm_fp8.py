@@ -62,10 +62,10 @@ from dataclasses import replace
 
 import torch
 
-from quantlinear import LayerSpec, UnsupportedSchemeError, Verdict, fpquant
+from quantlinear import LayerSpec, Verdict
 from quantlinear.formats import FloatWeights
 from quantlinear_triton.runtime import env_on, triton_available
-from quantlinear_triton.scaled_mm import FP8ScaledMMBase
+from quantlinear_triton.scaled_mm import FP8ScaledMMBase, fp8_static_reason
 
 from ..fp8_act_ops import FP8_QUANT_OP, how as act_quant_how
 from .common import nvidia_device
@@ -94,20 +94,6 @@ def torch_version() -> tuple[int, int]:
 def scaled_mm_reason() -> str | None:
     if not hasattr(torch, "_scaled_mm") or not hasattr(torch, "float8_e4m3fn"):
         return f"torch {torch.__version__} has no torch._scaled_mm / float8_e4m3fn"
-    return None
-
-
-def fp8_static_reason(spec: LayerSpec) -> str | None:
-    """Why ``spec`` is not an FP8 x FP8 product with a static per-tensor activation scale (FP8_STATIC)."""
-    try:
-        kind = fpquant.act_quant_kind(spec.scheme)
-    except UnsupportedSchemeError as e:
-        return str(e)
-    if kind is None:
-        return ("weight-only FP8 (activations stay in 16 bits): there is no FP8 x FP8 product for _scaled_mm "
-                "(quantizing activations would change the numerics)")
-    if kind[0] != "fp8_static":
-        return f"activation quantization {kind[0]} is not static FP8"
     return None
 
 

@@ -34,10 +34,10 @@ import torch
 
 from torch import Tensor
 
-from quantlinear import CheckpointError, LayerSpec, UnsupportedSchemeError, Verdict, fpquant
+from quantlinear import CheckpointError, LayerSpec, Verdict
 from quantlinear.formats import FloatWeights
 from quantlinear_triton.runtime import triton_available
-from quantlinear_triton.scaled_mm import FP8ScaledMMBase
+from quantlinear_triton.scaled_mm import FP8ScaledMMBase, fp8_static_reason
 
 from .. import archs
 from .. import device as _device
@@ -112,12 +112,9 @@ class RocmFP8ScaledMMLinear(FP8ScaledMMBase):
 
     @classmethod
     def check(cls, spec: LayerSpec) -> Verdict:
-        try:
-            kind = fpquant.act_quant_kind(spec.scheme)
-        except UnsupportedSchemeError as e:
-            return Verdict.no(str(e))
-        if kind is None or kind[0] != "fp8_static":
-            return Verdict.no("needs static FP8 activations (FP8_STATIC); a weight-only scheme has no FP8 x FP8 product")
+        reason = fp8_static_reason(spec)
+        if reason:
+            return Verdict.no(reason)
         if not hasattr(torch, "_scaled_mm"):
             return Verdict.no(f"torch {torch.__version__} has no torch._scaled_mm")
         try:

@@ -13,8 +13,10 @@ plugin registry):
   ``f<BN>s<split>w<warps>``), ``g16prev`` / ``foldprev`` (the earlier M = 1 tiles: BN 64, 128 lanes,
   split-K to ~4 programs per SM)
   and, at M = 16, the skinny ``dot`` default;
-* M = 256 and M = 4096: ``dot`` (tensor cores, decode in registers) and ``dqmm`` (dequantize into a
-  temporary, then cuBLAS).
+* M >= 64 (e.g. ``--ms=64,256,1024,4096``): ``default`` (the configuration the layer runs: ``tc`` for 65..512 rows on
+  Hopper), ``dot`` (the ``tl.dot`` kernel's large tile, decode in registers), ``dqmm`` (dequantize into a temporary,
+  then cuBLAS), ``cublas`` (the dense fp16 weight) and, with ``--tc-sweep``, ``tc``
+  (:mod:`quantlinear_triton.fp_kernels_tc`) in a few configurations (``tcBK128``, ``tcBM64``, ...).
 
 Each call is the whole op (activation quantization where the scheme has it, then the kernel), timed
 with CUDA graphs over enough weight copies to exceed 3x L2 (weights stream from HBM), against the
@@ -49,6 +51,7 @@ from quantlinear_triton.fp_tune import FPProblem
 SCHEMES = ("MXFP4", "NVFP4", "MXINT4", "MXFP8", "FPW8A16")
 SHAPES = ((4096, 14336), (8192, 28672))
 SWEEP = "--sweep" in sys.argv
+TC_SWEEP = "--tc-sweep" in sys.argv
 
 
 def variants(p: FPProblem, props, M: int, fold: bool = False) -> list[tuple[str, dict]]:
@@ -68,8 +71,26 @@ def variants(p: FPProblem, props, M: int, fold: bool = False) -> list[tuple[str,
                                 out.append((f"f{BN}s{sp}w{warps}", dict(g16, fold=1, BN=BN, split_k=sp, warps=warps)))
         if M > 1:
             out.append(("dot", SPACE.default_config(p, M, props, allow_dqmm=False)))
+        if M > 1 and TC_SWEEP and p.dtype != "float32":  # tc with a padded 64-row tile, and narrower ones
+            base = SPACE.tc_config(p, 64, SPACE.units(props))
+            out += [("tc64", base), ("tc64sk1", dict(base, split_k=1)), ("tc64sk4", dict(base, split_k=4))]
+            for bm in sorted({16, 32} & {max(16, 1 << (M - 1).bit_length()), 32}):
+                out += [(f"tc{bm}", dict(base, BM=bm)), (f"tc{bm}bn64", dict(base, BM=bm, BN=64, warps=4))]
         return out
-    return [("dot", SPACE.default_config(p, M, props, allow_dqmm=False)), ("dqmm", {"kernel": "dqmm", "BN": 64, "warps": 4})]
+    dot = SPACE.dot(p, props, M, *SPACE.large_tile, SPACE.units(props), cap=4, lanes=256)  # the tl.dot kernel's large tile
+    out = [("default", SPACE.default_config(p, M, props)), ("dot", dot), ("dqmm", {"kernel": "dqmm", "BN": 64, "warps": 4})]
+    if p.dtype != "float32" and TC_SWEEP:  # the large-M tensor-core kernel (fp_kernels_tc): the int tc default, variants
+        tiles = -(-M // 128) * -(-p.N // 128)
+        base = {"kernel": "tc", "BN": 128, "BM": 128, "BK": 256, "warps": 8, "stages": 2, "group_m": 8, "prefetch": 1,
+                "split_k": 2 if tiles < props.sm_count else 1}
+        out.append(("tc", base))
+        for name, over in (("tcBK128", {"BK": 128}), ("tcBM64", {"BM": 64}), ("tcBM256", {"BM": 256, "BK": 128, "stages": 2}),
+                           ("tcBN64", {"BN": 64, "warps": 4}), ("tcs3", {"stages": 3}), ("tcsk1", {"split_k": 1}),
+                           ("tcsk2", {"split_k": 2})):
+            cfg = dict(base, **over)
+            if cfg != base and (M >= 256 or cfg["BM"] <= 128):
+                out.append((name, cfg))
+    return out
 
 
 def main(path: str, quick: bool = False, dry: bool = False, schemes: tuple[str, ...] = SCHEMES, ms: tuple[int, ...] | None = None) -> None:
@@ -114,6 +135,12 @@ def main(path: str, quick: bool = False, dry: bool = False, schemes: tuple[str, 
                 ref32 = (fpquant.act_qdq(x.float(), sc, weights_to_dev(w, dev)) @ W.t()) if kind is not None else ref
                 del xr
                 fold = FK.fold_fits(meta.elem, meta.scale, meta.block, meta.act, meta.act_block, dt)
+                if M >= 64 and not dry:  # the cuBLAS peer: the same weight dense in fp16
+                    Wd = [W.to(dt) for _ in range(2)]
+                    us = time_graph([lambda wd=wd: torch.nn.functional.linear(x, wd) for wd in Wd], target_ms=20.0, batches=3)
+                    print(f"{name:8} {K:5} {N:6} {M:5}  {'cublas':8} {us:9.1f} {us / floor_us:8.2f} {'-':>8}  dense fp16 F.linear", flush=True)
+                    rows.append(dict(scheme=name, K=K, N=N, M=M, variant="cublas", us=us, floor_us=floor_us, x_floor=us / floor_us))
+                    del Wd
                 for vname, cfg in variants(p, props, M, fold):
                     def call(tt, cfg=cfg, x=x):
                         if cfg.get("fold"):

@@ -14,7 +14,10 @@ For (K, N) in (4096, 14336), (8192, 28672), (14336, 4096), M in 1, 16, 256, 1024
   included, ``fp8_us``); of dense ``F.linear`` with the same weight in fp16/bf16 (cuBLAS, ``dense_us``); and the
   weight-read floor at the measured copy bandwidth (``copy_bandwidth``).  At M >= 1024 the layer is also timed with
   fast accumulation (``use_fast_accum=True``, what ``QUANTLINEAR_FP8_FAST_ACCUM=1`` selects at ``prepare``; here the
-  flag is switched on the same layer): ``fast_us``, ``fast_speedup``, ``fast_rel_err``.  (The quantization alone
+  flag is switched on the same layer): ``fast_us``, ``fast_speedup``, ``fast_rel_err``.  ``scheme_err`` puts these
+  errors in scale: the exact FP8 product against the product with the unquantized activation (the error the scheme's
+  own activation quantization makes).  For M <= 64 the layer's two paths are also timed alone (``gemv_us``: the Triton
+  FP8 GEMV it runs up to ``small_m`` rows; ``scaled_mm_us``: ``_scaled_mm``), to check where its limit sits.  (The quantization alone
   re-reads the same x each replay, so at the smaller sizes part of it comes from L2.)
 
 Issue #5's target: FP8_STATIC at large M (1024, 4096) at least 1.5x faster than cuBLAS fp16, end to end, with the
@@ -33,7 +36,7 @@ import torch
 import torch.nn.functional as F
 
 SHAPES = ((4096, 14336), (8192, 28672), (14336, 4096))
-MS = (1, 16, 256, 1024, 4096)
+MS = (1, 16, 32, 64, 256, 1024, 4096)
 TARGET = 1.5
 
 
@@ -64,8 +67,9 @@ def numerics(layer, fw, W, x) -> dict:
     ulp = 2.0**-7 if x.dtype == torch.bfloat16 else 2.0**-10
     mag = a.abs() @ W.abs().t()
     off = ((y - ref).abs() > ref.abs() * ulp + mag * 2.0**-12).float().mean()
+    full = x.float() @ W.t()  # the unquantized activation: what the scheme's own activation quantization costs
     return {"rel_err": float((y - ref).abs().max() / ref.abs().max()), "off_ulp_share": float(off), "quant_exact": exact,
-            "_ref": ref}
+            "scheme_err": float((ref - full).abs().max() / full.abs().max()), "_ref": ref}
 
 
 def main() -> None:
@@ -91,7 +95,7 @@ def main() -> None:
     print(f"{props.name}  torch {torch.__version__}  CUDA {torch.version.cuda}  Triton {meta['triton']}  copy bw {bw / 1e9:.0f} GB/s",
           flush=True)
     hdr = (f"{'dtype':>5} {'K':>6} {'N':>6} {'M':>5} {'plan':>8} {'act':>6} {'rel_err':>8} {'off%':>6} {'exact':>5} {'q us':>7} "
-           f"{'q torch':>8} {'fp8 us':>8} {'dense us':>8} {'speedup':>7} {'fast us':>8} {'fast x':>6} {'fast err':>8} {'floor':>7}")
+           f"{'q torch':>8} {'fp8 us':>8} {'dense us':>8} {'speedup':>7} {'fast us':>8} {'fast x':>6} {'fast err':>8} {'floor':>7} {'scheme':>8}")
     print(hdr)
     rows = []
     t0 = time.time()
@@ -106,6 +110,15 @@ def main() -> None:
                 t_q = time_graph([lambda: FP8_QUANT_OP(x, layer.input_scale, False)])
                 t_qt = time_graph([lambda: fpquant.fp8_static_quantize_input(x, layer.input_scale)])
                 t_fp8 = time_graph([lambda: layer(x)])
+                paths = {"gemv_us": None, "scaled_mm_us": None}
+                if M <= 64 and layer.slab:  # both paths of the layer, to place its small-M limit
+                    limit = layer.small_m
+                    try:
+                        for key, lim in (("gemv_us", 1 << 30), ("scaled_mm_us", 0)):
+                            layer.small_m = lim
+                            paths[key] = time_graph([lambda: layer(x)])
+                    finally:
+                        layer.small_m = limit
                 t_dense = time_graph([lambda: F.linear(x, Wd)])
                 fast = {"fast_us": None, "fast_speedup": None, "fast_rel_err": None}
                 if M >= 1024:
@@ -120,13 +133,15 @@ def main() -> None:
                 floor = (N * K + M * K * x.element_size() + M * N * x.element_size()) / bw * 1e6
                 row = {"dtype": str(dtype).replace("torch.", ""), "K": K, "N": N, "M": M, "plan": layer.plan,
                        "act_quant": layer.act_quant, **num, "q_us": t_q, "q_torch_us": t_qt, "fp8_us": t_fp8, "dense_us": t_dense,
-                       "speedup": t_dense / t_fp8, **fast, "floor_us": floor}
+                       "speedup": t_dense / t_fp8, **fast, **paths, "small_m": layer.small_m, "floor_us": floor}
                 rows.append(row)
                 fs = (f"{fast['fast_us']:>8.1f} {fast['fast_speedup']:>5.2f}x {fast['fast_rel_err']:>8.1e}" if fast["fast_us"] else
                       f"{'-':>8} {'-':>6} {'-':>8}")
                 print(f"{row['dtype']:>5} {K:>6} {N:>6} {M:>5} {layer.plan:>8} {layer.act_quant:>6} {num['rel_err']:>8.1e} "
                       f"{100 * num['off_ulp_share']:>5.2f}% {'yes' if num['quant_exact'] else 'NO':>5} {t_q:>7.1f} {t_qt:>8.1f} "
-                      f"{t_fp8:>8.1f} {t_dense:>8.1f} {row['speedup']:>6.2f}x {fs} {floor:>7.1f}", flush=True)
+                      f"{t_fp8:>8.1f} {t_dense:>8.1f} {row['speedup']:>6.2f}x {fs} {floor:>7.1f} {num['scheme_err']:>8.1e}"
+                      + (f"  gemv {paths['gemv_us']:.1f} / _scaled_mm {paths['scaled_mm_us']:.1f}" if paths["gemv_us"] else ""),
+                      flush=True)
                 x = ref = None
             layer = fw = W = Wd = None  # free this shape's tensors before the next one is built
             torch.cuda.empty_cache()
@@ -140,6 +155,7 @@ def main() -> None:
                "target_met_fast_accum": met_fast, "worst_large_m_fp16_speedup_fast_accum": worst_fast,
                "quant_bit_exact_all": all(r["quant_exact"] for r in rows),
                "max_rel_err": max(r["rel_err"] for r in rows), "max_rel_err_fast_accum": max(fast_errs, default=None),
+               "min_scheme_err": min(r["scheme_err"] for r in rows),
                "seconds": time.time() - t0}
     print(f"issue #5 target (fp16, M >= 1024, >= {TARGET}x cuBLAS fp16, end to end): default {'MET' if met else 'NOT MET'} "
           f"(worst {worst:.2f}x); fast accum {'MET' if met_fast else 'NOT MET'} (worst {worst_fast:.2f}x)")

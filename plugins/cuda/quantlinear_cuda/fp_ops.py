@@ -5,8 +5,8 @@ binds them to the CUDA float space (:class:`quantlinear_triton.fp_tune.FPSpace` 
 plugin's device properties: SM count, 32-lane warps; 64x64 large tiles below sm80, whose 64 KiB
 of shared memory the 128x128 tile exceeds).  Switches: ``QUANTLINEAR_CUDA_FP_TUNE=1`` tunes on
 first use (off by default), ``QUANTLINEAR_CUDA_FP_TUNE_CACHE`` moves or disables the user
-cache.  Per M: ``gemv16`` (PTX fp16x2 decode) at M = 1 for fp16 4-bit weights, ``dqmm``
-(dequantize into a temporary, then cuBLAS) in the 256+ M buckets; ``QUANTLINEAR_CUDA_DQMM=0`` (or
+cache.  Per M: ``gemv16`` (PTX fp16x2 decode) at M = 1 for fp16 4-bit weights, ``tc`` (the register-A
+tensor-core kernel) for 65..512 rows on Hopper, ``dqmm`` (dequantize into a temporary, then cuBLAS) from 1024; ``QUANTLINEAR_CUDA_DQMM=0`` (or
 ``QUANTLINEAR_CUDA_FP_DQMM=0``) forbids ``dqmm``.  Registering the op imports no Triton.
 """
 
@@ -24,9 +24,15 @@ def _max_shared(props) -> int | None:
     return 64 * 1024 if props.capability < (8, 0) else None
 
 
+def _hopper(props) -> bool:
+    """The float ``tc`` kernel's tiles (up to 128 KiB of shared memory for the activation pipeline) were measured on
+    sm90 only; elsewhere the M > 64 buckets keep ``dot`` / ``dqmm``."""
+    return props.capability[0] == 9
+
+
 SPACE = FPSpace("cuda_fp", Path(__file__).parent / "tuned", lambda d: _device.device_props(d),
                 units=lambda p: p.sm_count, max_shared=_max_shared, paired_fp16=True, dqmm=True,
-                dqmm_envs=("QUANTLINEAR_CUDA_DQMM",))
+                dqmm_envs=("QUANTLINEAR_CUDA_DQMM",), tc=_hopper)
 TUNER = make_tuner(SPACE)
 
 run_fp_gemm, fp_gemm, FP_OP = _shared.bind_fp_gemm("quantlinear_cuda", TUNER)

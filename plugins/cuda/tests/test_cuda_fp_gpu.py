@@ -1,7 +1,7 @@
 """``cuda.triton_fp`` on real hardware: skipped without a CUDA GPU.
 
-Every float preset, fp16 and bf16, the GEMV (M = 1), skinny ``tl.dot`` (M = 16) and large-tile
-(M = 300) paths against the fp32 reference: the fpquant-quantized activations times the fp32
+Every float preset, fp16 and bf16, the GEMV (M = 1), skinny ``tl.dot`` (M = 16) and the tensor-core ``tc`` kernel
+(M = 48 with split-K, M = 300; Hopper; elsewhere the large ``tl.dot`` tile) paths against the fp32 reference: the fpquant-quantized activations times the fp32
 dequantized weight (``quantlinear.testing_fp.float_reference``).  Tolerance: 1e-3 of max |ref|,
 plus in bf16 the output's own rounding (up to 2**-9 relative per element, so 2**-8 leaves room
 for a reference value next to a rounding boundary).  Then the activation kernel bit for bit
@@ -48,7 +48,7 @@ VARIANTS = [(n, False) for n in SCHEMES] + [(n, True) for n in SCHEMES if not PR
 @pytest.mark.parametrize("name,weight_only", VARIANTS)
 def test_every_scheme_both_paths(name, dtype, weight_only):
     layer, w, b, spec = layer_for(name, dtype, weight_only=weight_only)
-    for M in (1, 16, 300):
+    for M in (1, 16, 48, 300):
         x = (torch.randn(M, K, device="cuda") * 1.5).to(dtype)
         err = rel_err(layer(x), float_reference(x, w, spec, b))
         assert err < TOL[dtype], (name, dtype, M, err)

@@ -14,7 +14,7 @@ from dataclasses import replace
 import pytest
 import torch
 
-from quantlinear import PRESETS, LayerSpec, explain, fpcodes, fpquant, select_kernel
+from quantlinear import PRESETS, LayerSpec, QuantLinearError, explain, fpcodes, fpquant, select_kernel
 from quantlinear.select import clear_cache
 from quantlinear.testing_fp import FloatKernelConformance, float_reference, format_for, random_float_weights
 from quantlinear_cuda import blockscaled, fp8_act_ops
@@ -23,6 +23,7 @@ from quantlinear_cuda.device import DeviceProps
 from quantlinear_cuda.kernels import scaled_mm_fp8 as fp8mod
 from quantlinear_cuda.kernels.scaled_mm_fp8 import FP8ScaledMMLinear, choose_plan
 from quantlinear_cuda.kernels.scaled_mm_mx import ScaledMMMXLinear
+from quantlinear_triton.fp_packing import pack_slabs
 
 from fake_scaled_mm import FakeContractError, FakeCuda, blocked_offset, fake_cuda_scaled_mm, unswizzle
 
@@ -48,9 +49,14 @@ MX_PRESETS = ("MXFP4", "MXFP4_RCEIL", "MXFP8", "MXFP8_RCEIL", "MXINT4", "NVFP4")
 
 
 @contextlib.contextmanager
-def stand_in(props: DeviceProps = SM90, version: tuple[int, int] | None = None):
-    """CPU layers play CUDA layers on a device with ``props`` (and torch ``version``, when given)."""
+def stand_in(props: DeviceProps = SM90, version: tuple[int, int] | None = None, small_m: int = 0):
+    """CPU layers play CUDA layers on a device with ``props`` (and torch ``version``, when given).
+
+    ``small_m``: the FP8 layer's small-M limit (its Triton GEMV path); 0 here by default, so these tests see
+    ``_scaled_mm`` at every M (the GEMV has its own tests below; bf16 cannot run it in Triton's interpreter).
+    """
     with pytest.MonkeyPatch.context() as mp:
+        mp.setenv(fp8mod.SMALL_M_ENV, str(small_m))
         mp.setattr(cuda_device, "device_props", lambda device: props)
         mp.setattr(fp8mod, "CPU_STANDS_IN", True)
         if version is not None:
@@ -200,6 +206,49 @@ def test_fp8_against_fake_cuda_op(props, cublas, path, dtype):
                 assert call["path"] == path
                 if dtype == torch.float16:
                     assert call["bias_dtype"] == torch.float16  # the zero bias when the layer has none
+
+
+# ---- FP8: small M through the Triton GEMV, on the same bytes -------------------------------------------------
+@pytest.mark.parametrize("K", [256, 160])
+def test_small_m_takes_the_triton_gemv_on_the_same_bytes(K):
+    """M <= the limit: cuda.triton_fp's FP8 GEMV; above: _scaled_mm on the same weight bytes (slab order) with the
+    activation codes written in that order.  fp16 (the interpreter's bf16 loads are wrong; bf16 runs on the GPU)."""
+    fake = FakeCuda(torch=(2, 11))
+    with stand_in(SM90, (2, 11), small_m=4), fake_cuda_scaled_mm(fake):
+        for bias in (False, True):
+            spec = fp8_spec(-1, torch.float16, K=K, N=80, bias=bias)
+            layer, w, b = build(FP8ScaledMMLinear, spec, seed=K)
+            assert layer.small_m == 4 and layer.slab == 32
+            assert layer.w_fp8.shape == (80, 256)  # K padded to whole 128-channel tiles
+            words = layer.w_fp8.view(torch.int32)
+            assert torch.equal(words, pack_slabs(w.codes, 8, 32))  # the GEMV's words: no second copy of the weight
+            for M in (1, 4, 5, 19):
+                x = (torch.randn(M, K, generator=torch.Generator().manual_seed(M)) * 3).to(torch.float16)
+                x[0, :3] = torch.tensor([1e4, -1e4, 0.0])
+                n = len(fake.calls)
+                y = layer(x)
+                assert len(fake.calls) == n + (M > 4), M  # _scaled_mm only above the limit
+                assert within_one_ulp(y, x, w, spec, b), (K, bias, M)
+
+
+def test_slab_ordered_activation_codes():
+    x = (torch.randn(3, 160) * 3).to(torch.float16)
+    s = torch.tensor([0.25])
+    ref = fpquant.fp8_static_quantize_input(x, s).view(torch.uint8)
+    got = fp8_act_ops.FP8_QUANT_OP(x, s, False, 32)
+    assert got.shape == (3, 256)
+    assert torch.equal(got.view(torch.uint8), pack_slabs(ref, 8, 32).view(torch.uint8))  # the weight's byte order, zero padded
+    torch.library.opcheck(fp8_act_ops.FP8_QUANT_OP, (x, s, False, 32))
+
+
+def test_small_m_switch(monkeypatch):
+    monkeypatch.setenv(fp8mod.SMALL_M_ENV, "lots")
+    with pytest.raises(QuantLinearError, match="QUANTLINEAR_FP8_SMALL_M"):
+        fp8mod.small_m_limit()
+    monkeypatch.setenv(fp8mod.SMALL_M_ENV, "0")
+    assert fp8mod.small_m_limit() == 0
+    monkeypatch.delenv(fp8mod.SMALL_M_ENV)
+    assert fp8mod.small_m_limit() == fp8mod.SMALL_M
 
 
 # ---- FP8: the fused activation quantization op and fast accumulation -----------------------------------------

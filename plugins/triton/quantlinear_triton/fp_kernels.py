@@ -764,11 +764,17 @@ def launch(x: torch.Tensor, qweight: torch.Tensor, scales: torch.Tensor | None, 
     """``x @ W^T`` (times the row scales, plus bias) with launch configuration ``cfg``.
 
     ``cfg["kernel"]``: ``gemv`` (fp32 decode), ``gemv16`` (paired-fp16 decode; fp16 activations, else
-    ``gemv``), ``dot`` (tensor cores) or ``dqmm`` (the weight dequantized into a temporary in ``x.dtype``
+    ``gemv``), ``dot`` (tensor cores), ``tc`` (the large-M tensor-core kernel, :mod:`.fp_kernels_tc`) or ``dqmm`` (the weight dequantized into a temporary in ``x.dtype``
     by :func:`dequantize`, then cuBLAS: ``F.linear``; the temporary lives for this call).  ``x_scales``: ``x``
     is :func:`quantize_activations_split`'s values and these its block scales (only ``gemv16`` with ``psum``
     4 on fp16 4-bit weights, :func:`fold_fits`: the folded GEMV).
     """
+    if cfg["kernel"] == "tc":  # the large-M tensor-core kernel (its own module)
+        if x_scales is not None:
+            raise ValueError("split activations (x_scales) need the gemv16 kernel with psum 4")
+        from .fp_kernels_tc import launch_tc
+
+        return launch_tc(x, qweight, scales, row_scales, bias, elem, scale, block, cfg, out)
     M, K = x.shape
     N, KW = qweight.shape
     dt = x.dtype

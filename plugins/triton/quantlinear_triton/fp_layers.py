@@ -79,17 +79,28 @@ class FloatTritonBase(QuantLinear):
             fp_ops.fp_kernels().counters(self.fp_qweight.device)
 
     def compute(self, x: torch.Tensor) -> torch.Tensor:
-        m = self.meta
-        if not torch.compiler.is_compiling() and type(x) is torch.Tensor and not x.is_meta:
-            # eager: skip the dispatcher round trip (same code the op runs)
-            return self.ops_module.run_fp_gemm(x, self.fp_qweight, self.fp_scales, self.fp_row_scales, self.bias, self.fp_act_scale,
-                                               m.in_features, m.elem, m.scale, m.block, m.act, m.act_block, self.problem)
-        return self.ops_module.FP_OP(x, self.fp_qweight, self.fp_scales, self.fp_row_scales, self.bias, self.fp_act_scale,
-                                     m.in_features, m.elem, m.scale, m.block, m.act, m.act_block)
+        return run_float(self.ops_module, x, self.meta, self.problem, self.fp_qweight, self.fp_scales, self.fp_row_scales,
+                         self.bias, self.fp_act_scale)
 
     def packed_bytes(self) -> int:
         """Bytes the kernels read per call for the weight (codes, block scales, row scales)."""
         return sum(t.numel() * t.element_size() for t in (self.fp_qweight, self.fp_scales, self.fp_row_scales) if t is not None)
 
 
-__all__ = ["FloatTritonBase"]
+def run_float(ops_module: ModuleType, x: torch.Tensor, m, problem: FPProblem, qweight: torch.Tensor, scales, row_scales,
+              bias, act_scale) -> torch.Tensor:
+    """One call of the float kernels on prepared tensors (:func:`.fp_packing.prepare_float`): in eager mode the
+    plugin's implementation directly, under ``torch.compile`` (or for tensor subclasses / meta tensors) its custom op.
+
+    Shared by :class:`FloatTritonBase` and the layers that keep the same tensors for a second path (the CUDA FP8
+    ``_scaled_mm`` layer runs its small-M calls here).
+    """
+    if not torch.compiler.is_compiling() and type(x) is torch.Tensor and not x.is_meta:
+        # eager: skip the dispatcher round trip (same code the op runs)
+        return ops_module.run_fp_gemm(x, qweight, scales, row_scales, bias, act_scale, m.in_features, m.elem, m.scale, m.block,
+                                      m.act, m.act_block, problem)
+    return ops_module.FP_OP(x, qweight, scales, row_scales, bias, act_scale, m.in_features, m.elem, m.scale, m.block, m.act,
+                            m.act_block)
+
+
+__all__ = ["FloatTritonBase", "run_float"]

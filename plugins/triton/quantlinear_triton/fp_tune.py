@@ -11,8 +11,7 @@ The machinery is :mod:`quantlinear_triton.tune`'s (memory -> user cache -> shipp
   and a benchmark should not spend minutes tuning on first use.  Tables go to
   ``~/.cache/quantlinear/<family>-tune-<arch>.json`` and ship as ``tuned/fp-<arch>.json``.
 
-Default table (per M bucket; ``units`` = SMs or CUs; not measured yet, shaped after the int
-kernels' H100 table because the loops are the same):
+Default table (per M bucket; ``units`` = SMs or CUs; shaped after the int kernels' H100 table where not measured):
 
 ========  =====================================================================================
 M         configuration
@@ -24,12 +23,18 @@ M         configuration
           for NVFP4's 16-slabs) and split-K until ~8 programs per unit (measured on an H100: the
           best of a BN / split / warps sweep on both benchmark shapes, within 3%); FP8 with ``gemv``'s
           tiles
-2..64     ``dot`` with SWAP (W x^T): BM=max(16, M bucket), BN=64, split-K to ~2 programs per unit
-65..128   ``dot`` ``large_tile`` (CUDA 128x128, fp32 64x128; shrunk to fit ``max_shared``),
+2..512    ``tc`` (:mod:`.fp_kernels_tc`, the register-A wgmma kernel) where the space's ``tc`` predicate takes
+          the device (CUDA: Hopper, where it was measured) and the activations are fp16 / bf16:
+          :meth:`FPSpace.tc_config` (H100, MXFP4 / NVFP4 / MXFP8 / FPW8A16, two shapes: 0.7-1.5x the time of the
+          ``dot`` kernel at M = 4..32, e.g. NVFP4 M = 16 38.5 us instead of 72.1 us on 4096 x 14336; 0.7-1.2x
+          cuBLAS fp16 at M = 64, 1.0-1.15x at M = 128, 1.4-1.6x at M = 256, where ``dot`` took 0.7-2.1x, 1.1-3.9x,
+          1.9-4.0x and ``dqmm`` 2.3-2.9x)
+2..64     otherwise ``dot`` with SWAP (W x^T): BM=max(16, M bucket), BN=64, split-K to ~2 programs per unit
+65..128   otherwise ``dot`` ``large_tile`` (CUDA 128x128, fp32 64x128; shrunk to fit ``max_shared``),
           split-K (at most 4) to ~1 program per unit
-> 128     ``dqmm`` (the 256+ buckets: dequantize into a temporary, then cuBLAS) where the space has
-          ``dqmm`` (CUDA), the device is real and ``QUANTLINEAR_<FAMILY>_DQMM`` /
-          ``QUANTLINEAR_CUDA_DQMM`` is not 0; else the large ``dot``
+> 128     otherwise (and from 1024 rows on CUDA) ``dqmm`` (dequantize into a temporary, then cuBLAS; 1.4-1.6x
+          cuBLAS at M = 1024, where ``tc`` took 1.6-2.1x) where the space has ``dqmm`` (CUDA), the device is
+          real and ``QUANTLINEAR_<FAMILY>_DQMM`` / ``QUANTLINEAR_CUDA_DQMM`` is not 0; else the large ``dot``
 ========  =====================================================================================
 
 ``gemv16`` options: ``psum`` 4 (default) or 1 (every fp16 product converted to fp32 on its own);
@@ -102,8 +107,11 @@ class FPSpace(_tune.Settings):
                  units: Callable[[Any], int], wave: Callable[[Any], int] = lambda p: 32,
                  max_shared: Callable[[Any], int | None] = lambda p: None, large_tile: tuple[int, int] = (128, 128),
                  stages: int = 3, extra: Callable[[Any, dict], dict] | None = None, paired_fp16: bool = False,
-                 dqmm: bool = False, dqmm_envs: tuple[str, ...] = ()) -> None:
+                 dqmm: bool = False, dqmm_envs: tuple[str, ...] = (), tc: Callable[[Any], bool] | None = None) -> None:
         super().__init__(family, tuned_dir)
+        #: where the large-M tensor-core kernel (:mod:`.fp_kernels_tc`, register-A wgmma) is the default for 65..512
+        #: rows and a tuning candidate: a predicate of the device properties (the devices it was measured on)
+        self.tc = tc or (lambda props: False)
         #: ``gemv16`` (PTX fp16x2 decode) is the M = 1 default for fp16 4-bit codes
         self.paired_fp16 = paired_fp16
         #: dequantize-then-BLAS may be chosen for large M; ``dqmm_envs``: more switches that forbid it with "0"
@@ -158,12 +166,33 @@ class FPSpace(_tune.Settings):
                 BN = 64 if p.slab >= 32 else 128
                 return self.gemv(p, props, 1, BN, lanes=2 * BN, kernel="gemv16", per_unit=8)
             return self.gemv(p, props, 1, 64, kernel="gemv16" if self.gemv16_default(p) else "gemv")
+        if b <= 512 and p.dtype != "float32" and self.tc(props):
+            return self.tc_config(p, b, u)
         if b <= 64:
             return self.dot(p, props, M, max(16, b), 64, 2 * u)
         if b >= 256 and allow_dqmm and not props.simulated and self.dqmm_enabled():
             return {"kernel": "dqmm", "BN": 64, "warps": 4}
         BM, BN = self.large_tile if p.dtype != "float32" else (self.large_tile[0] // 2, self.large_tile[1])
         return self.dot(p, props, M, BM, BN, u, cap=4, lanes=256)
+
+    @staticmethod
+    def tc_config(p: FPProblem, b: int, units: int, **over) -> dict:
+        """The tc kernel's measured default (H100, fp_variants.py --tc-sweep, 2026-11-26) for M bucket ``b``.
+
+        Rows: 16-row tiles up to 16 rows, 64 up to 64, then all of the bucket's rows in one tile (128, or 256 with
+        128-channel k-steps from M = 256).  Weight rows a program: 128 (8 warps), but 64 (4 warps) for codes other
+        than 32-channel-block 4-bit ones (NVFP4, FP8) at M <= 16 and M = 128.  Split-K 2 up to 64 rows when the
+        128-row blocks of N do not fill the GPU once.
+        """
+        wide = p.bits == 4 and p.slab >= 32
+        narrow = (b <= 16 or b == 128) and not wide
+        cfg = {"kernel": "tc", "BN": 64 if narrow else 128, "BM": 16 if b <= 16 else min(max(b, 64), 256),
+               "BK": 256 if b <= 128 else 128, "warps": 4 if narrow else 8, "stages": 2, "group_m": 8, "prefetch": 1,
+               "split_k": 1}
+        if b <= 64 and -(-p.N // 128) < units:
+            cfg["split_k"] = 2
+        cfg.update(over)
+        return cfg
 
     def candidates(self, p: FPProblem, M: int, props) -> list[dict]:
         u, b = self.units(props), bucket(M)
@@ -184,6 +213,10 @@ class FPSpace(_tune.Settings):
                     out.append(self.dot(p, props, M, BM, BN, u, cap=4, swap=swap, lanes=lanes))
             if self.dqmm_enabled():
                 out.append({"kernel": "dqmm", "BN": 64, "warps": 4})
+            if p.dtype != "float32" and self.tc(props):
+                base = self.tc_config(p, b, u)
+                out += [base, dict(base, BN=64, warps=4), dict(base, BN=128, warps=8), dict(base, BM=64, BK=256),
+                        dict(base, stages=3), dict(base, split_k=2)]
         return unique(out)
 
 

@@ -171,6 +171,46 @@ def _step_operands(w_ptrs, s_ptr, z_ptr, i, jh, K, N, offs_n, n_mask, SPT: tl.co
 
 
 @triton.jit
+def _tc_coords(M, N, KW, steps_per_split, SLAB: tl.constexpr, SPT: tl.constexpr, HS: tl.constexpr, HALF: tl.constexpr,
+               BK: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr, GROUP_M: tl.constexpr):
+    """A program's output tile and K range (shared with :mod:`.fp_kernels_tc`): weight rows ``offs_n``, tokens
+    ``offs_m``, slab words ``offs_p``, the x^T row -> channel offsets ``koff`` of a k-step (two runs of ``HS`` channels,
+    ``HALF * SLAB`` apart), the masks, and the k-steps ``[s_start, s_end)``."""
+    pid_m, pid_n = _tile_of(tl.program_id(0), M, N, BM, BN, GROUP_M)
+    offs_n = pid_n * BN + tl.arange(0, BN)
+    offs_m = pid_m * BM + tl.arange(0, BM)
+    offs_p = tl.arange(0, SLAB)
+    offs_c = tl.arange(0, BK)
+    koff = (offs_c // HS) * (HALF * SLAB) + offs_c % HS  # x^T row c -> channel offset from klo
+    n_steps = (KW // SLAB) * SPT
+    s_start = tl.program_id(1) * steps_per_split
+    s_end = tl.minimum(s_start + steps_per_split, n_steps)
+    return offs_n, offs_m, offs_p, koff, offs_n < N, offs_m < M, s_start, s_end
+
+
+@triton.jit
+def _load_xt(x_ptrs, klo, koff, K, m_mask, EVEN_K: tl.constexpr, EVEN_M: tl.constexpr):
+    """The ``[BK, BM]`` x^T tile of the k-step starting at channel ``klo`` (zeros past M and K)."""
+    if EVEN_K and EVEN_M:
+        xt = tl.load(x_ptrs + klo)
+    elif EVEN_K:
+        xt = tl.load(x_ptrs + klo, mask=m_mask[None, :], other=0.0)
+    else:
+        xt = tl.load(x_ptrs + klo, mask=m_mask[None, :] & ((klo + koff) < K)[:, None], other=0.0)
+    return xt
+
+
+@triton.jit
+def _mma(wd, xt, acc):
+    """``acc += wd @ xt`` (fp32 operands: ieee precision, no tf32)."""
+    if xt.dtype == tl.float32:
+        acc = tl.dot(wd, xt, acc, input_precision="ieee")
+    else:
+        acc = tl.dot(wd, xt, acc)
+    return acc
+
+
+@triton.jit
 def _tc_kernel(x_ptr, w_ptr, s_ptr, z_ptr, b_ptr, y_ptr, ws_ptr, cnt_ptr,
                M, N, K, KW, steps_per_split, split_k, zh, zmagic,
                BITS: tl.constexpr, SLAB: tl.constexpr, PL: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr,
@@ -199,21 +239,9 @@ def _tc_kernel(x_ptr, w_ptr, s_ptr, z_ptr, b_ptr, y_ptr, ws_ptr, cnt_ptr,
     SPT: tl.constexpr = VPW // PL  # k-steps per tile
     QMASK: tl.constexpr = (1 << BITS) - 1
     DT = x_ptr.dtype.element_ty
-    pid = tl.program_id(0)
-    pid_k = tl.program_id(1)
-    pid_m, pid_n = _tile_of(pid, M, N, BM, BN, GROUP_M)
-
-    offs_n = pid_n * BN + tl.arange(0, BN)
-    offs_m = pid_m * BM + tl.arange(0, BM)
-    offs_p = tl.arange(0, SLAB)
-    offs_c = tl.arange(0, BK)
-    koff = (offs_c // HS) * (HALF * SLAB) + offs_c % HS  # x^T row c -> channel offset from klo
+    offs_n, offs_m, offs_p, koff, n_mask, m_mask, s_start, s_end = _tc_coords(M, N, KW, steps_per_split, SLAB, SPT, HS, HALF,
+                                                                              BK, BM, BN, GROUP_M)
     jh = tl.arange(0, H)
-    n_mask = offs_n < N
-    m_mask = offs_m < M
-    n_steps = (KW // SLAB) * SPT
-    s_start = pid_k * steps_per_split
-    s_end = tl.minimum(s_start + steps_per_split, n_steps)
     tl.assume(s_end > s_start)  # never an empty split (launch_tc): no zero-trip path to the final wgmma wait
     w_ptrs = w_ptr + offs_n[:, None] * KW + offs_p[None, :]
     x_ptrs = x_ptr + offs_m[None, :] * K + koff[:, None]  # [BK, BM]: x^T
@@ -253,19 +281,12 @@ def _tc_kernel(x_ptr, w_ptr, s_ptr, z_ptr, b_ptr, y_ptr, ws_ptr, cnt_ptr,
                 wh = ((qh - zmagic) * sh[:, :, None]).to(DT)
         # [BN, H, SLAB] x 2 -> [BN, 2, H, SLAB] -> [BN, BK]: x^T rows c (channels klo + koff[c])
         wd = tl.reshape(tl.permute(tl.join(wl, wh), (0, 3, 1, 2)), [BN, BK])
-        if EVEN_K and EVEN_M:
-            xt = tl.load(x_ptrs + klo)
-        elif EVEN_K:
-            xt = tl.load(x_ptrs + klo, mask=m_mask[None, :], other=0.0)
-        else:
-            xt = tl.load(x_ptrs + klo, mask=m_mask[None, :] & ((klo + koff) < K)[:, None], other=0.0)
+        xt = _load_xt(x_ptrs, klo, koff, K, m_mask, EVEN_K, EVEN_M)
         if PREFETCH:  # the next step's words and scales (the last iteration reloads its own: harmless)
             words, sl, sh, zl, zhh = _step_operands(w_ptrs, s_ptr, z_ptr, tl.minimum(i + 1, s_end - 1), jh, K, N, offs_n, n_mask, SPT, T, HS, HALF, SLAB, H, GROUPS, GS, HAS_ZEROS, EVEN_N)
-        if DT == tl.float32:
-            acc = tl.dot(wd, xt, acc, input_precision="ieee")
-        else:
-            acc = tl.dot(wd, xt, acc)
-    _store(acc, offs_m, offs_n, m_mask, n_mask, y_ptr, b_ptr, ws_ptr, cnt_ptr, pid, pid_k, split_k, M, N, HAS_BIAS, USE_SPLIT)
+        acc = _mma(wd, xt, acc)
+    _store(acc, offs_m, offs_n, m_mask, n_mask, y_ptr, b_ptr, ws_ptr, cnt_ptr, tl.program_id(0), tl.program_id(1), split_k, M, N,
+           HAS_BIAS, USE_SPLIT)
 
 
 @triton.jit

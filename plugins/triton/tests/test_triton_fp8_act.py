@@ -103,3 +103,32 @@ def test_empty_and_fallback():
     assert_same_codes(fp8_act.quantize_static(x, st.double()), fpquant.fp8_static_quantize_input(x, st.double()))
     assert not fp8_act.usable(x.reshape(2, 2, 32), st) and fp8_act.usable(x, st)
     assert_same_codes(fp8_act.quantize_static(x.reshape(2, 2, 32), st).reshape(4, 32), fpquant.fp8_static_quantize_input(x, st))
+
+
+@pytest.mark.parametrize("xdt", [torch.float16, torch.bfloat16])
+def test_slab_order(xdt):
+    """``slab=32``: the same codes in the byte order of slab words (every value; odd K padded with code 0; strides)."""
+    x = every_value(xdt)
+    for s in SCALES[:3]:
+        st = torch.tensor([s], device=DEV)
+        ref = fpquant.fp8_static_quantize_input(x, st)
+        assert_same_codes(fp8_act.quantize_static(x, st, slab=32), fp8_act.to_slab_order(ref.contiguous(), 32))
+    for K in (100, 3000):
+        wide = (torch.randn(5, K + 48) * 4).to(xdt).to(DEV)
+        for v in (wide[:, :K].contiguous(), wide[:, 48:]):
+            y = fp8_act.quantize_static(v, st, slab=32)
+            assert y.shape == (5, fp8_act.slab_width(K, 32)) == (5, -(-K // 128) * 128)
+            assert_same_codes(y, fp8_act.to_slab_order(fpquant.fp8_static_quantize_input(v, st).contiguous(), 32))
+            assert not bool(y.view(torch.uint8).view(5, -1, 32, 4).transpose(2, 3).reshape(5, -1)[:, K:].any())  # padding: 0
+
+
+@pytest.mark.skipif(DEV.type != "cuda" or not fp8_act.native_ok(torch.empty(1, device=DEV)),
+                    reason="the hardware E4M3 conversion needs an NVIDIA GPU of sm_89+")
+@pytest.mark.parametrize("xdt", [torch.float16, torch.bfloat16])
+def test_native_conversion_equals_the_bit_path(xdt):
+    """cvt.rn.satfinite.e4m3x2.f32 (and cvt.rn.bf16.f32) give the bit path's codes for every value (NaN: a NaN)."""
+    x = every_value(xdt)
+    for s in SCALES:
+        for sdt in (torch.float32, xdt):
+            st = torch.tensor([s], dtype=sdt, device=DEV)
+            assert_same_codes(fp8_act.quantize_static(x, st, native=True), fp8_act.quantize_static(x, st, native=False))

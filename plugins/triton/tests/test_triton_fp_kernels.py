@@ -277,6 +277,66 @@ def test_gemv16_and_dqmm(dtype, name, fp8_elem):
     assert fk().launch(x[:0], t["qweight"], t["scales"], t["row_scales"], None, meta.elem, meta.scale, meta.block, DQMM).shape == (0, N)
 
 
+TC = {"kernel": "tc", "BN": 32, "BM": 16, "BK": 64, "warps": 4, "stages": 2, "split_k": 1}
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.float32] + ([torch.bfloat16] if GPU else []))
+@pytest.mark.parametrize("name,fp8_elem", [("MXFP4", P.E4M3), ("NVFP4", P.E4M3), ("MXINT4", P.E4M3), ("MXFP8", P.E4M3_NV),
+                                           ("FPW8A16", P.E4M3)])
+def test_tc_kernel(dtype, name, fp8_elem):
+    """The large-M tensor-core kernel: odd N and M, K with a partial last tile, k-steps of 2..8 planes, split-K (the
+    last split shorter), no prefetch, bias and row scales; the counters are left at zero."""
+    from quantlinear_triton.kernels import counters
+
+    K, N = SHAPES[name]
+    w = weights(name, K, N, seed=5)
+    meta, t = packed(w, fp8_elem)
+    W = w.dequantize().to(DEV)
+    bias = torch.randn(N, generator=torch.Generator().manual_seed(4)).to(dtype).to(DEV)
+    for M, over, b in [(19, {}, None), (5, {"BK": 256, "split_k": 3}, bias), (33, {"BK": 32, "prefetch": 0, "BM": 32}, bias),
+                       (16, {"split_k": 2, "BN": 16}, None)]:
+        x = (torch.randn(M, K, generator=torch.Generator().manual_seed(M)) * 3).to(dtype).to(DEV)
+        ref = x.float() @ W.t() + (b.float() if b is not None else 0)
+        assert rel_err(run(meta, t, x, dict(TC, **over), b), ref) < TOL[dtype], (name, over)
+        assert int(counters(x.device)[:64].abs().sum()) == 0
+    assert fk().launch(x[:0], t["qweight"], t["scales"], t["row_scales"], None, meta.elem, meta.scale, meta.block, TC).shape == (0, N)
+
+
+def test_tc_planes_per_step():
+    from quantlinear_triton.fp_kernels_tc import planes_per_step
+
+    assert [planes_per_step(4, 32, bk) for bk in (32, 64, 128, 256, 512)] == [2, 2, 4, 8, 8]
+    assert [planes_per_step(8, 32, bk) for bk in (64, 128, 256)] == [2, 4, 4]
+    assert planes_per_step(4, 16, 128) == 8
+
+
+def test_tc_is_the_hopper_default_for_65_to_512_rows():
+    class Hopper(_Props):
+        capability = (9, 0)
+
+    class Ampere(_Props):
+        capability, arch = (8, 0), "sm80"
+
+    space = fp_tune.FPSpace("toy_fp", "/nonexistent", lambda d: Hopper(), units=lambda p: p.sm_count, dqmm=True,
+                            tc=lambda props: props.capability[0] == 9)
+    mx = fp_tune.FPProblem(P.E2M1, P.S_E8M0, 32, 4, "float16", 4096, 4096)
+    nv = fp_tune.FPProblem(P.E2M1, P.S_E4M3, 16, 4, "bfloat16", 4096, 4096)
+    assert [space.default_config(mx, m, Hopper())["kernel"] for m in (1, 2, 16, 33, 64, 128, 512, 1024)] == \
+        ["gemv", "tc", "tc", "tc", "tc", "tc", "tc", "dqmm"]
+    c16, c64 = space.default_config(mx, 16, Hopper()), space.default_config(mx, 40, Hopper())
+    c128, c256 = space.default_config(mx, 100, Hopper()), space.default_config(nv, 256, Hopper())
+    assert (c16["BN"], c16["BM"], c64["BN"], c64["BM"], c64["split_k"]) == (128, 16, 128, 64, 2)  # 32 row blocks < 132 SMs
+    assert (space.default_config(nv, 3, Hopper())["BN"], space.default_config(nv, 3, Hopper())["BM"]) == (64, 16)
+    assert (c128["BN"], c128["BM"], c128["BK"], c128["split_k"]) == (128, 128, 256, 1)
+    assert (c256["BN"], c256["BM"], c256["BK"]) == (128, 256, 128)
+    assert space.default_config(nv, 128, Hopper())["BN"] == 64  # 16-channel blocks: 64 rows a program
+    assert space.default_config(replace(mx, dtype="float32"), 256, Hopper())["kernel"] == "dqmm"
+    assert space.default_config(mx, 256, Ampere())["kernel"] == "dqmm"  # measured on Hopper only
+    assert space.default_config(mx, 16, Ampere())["kernel"] == "dot"
+    assert "tc" in {c["kernel"] for c in space.candidates(mx, 256, Hopper())}
+    assert "tc" not in {c["kernel"] for c in space.candidates(mx, 256, Ampere())}
+
+
 def test_gemv16_split_k_counters_reset():
     from quantlinear_triton.kernels import counters
 

@@ -42,6 +42,17 @@ Activation quantization (``act_quant``, fixed at ``prepare``):
 
 The verdict (``explain``) says which is used.
 
+Small M (``small_m``, at most :data:`SMALL_M` = 16 rows, ``QUANTLINEAR_FP8_SMALL_M`` to change, 0 to turn off):
+cuBLASLt's FP8 GEMM is slow for decode-sized M (H100, 2026-11-25: 52.6 us at M=1 on K x N = 14336 x 4096, slower
+than the dense fp16 GEMM's 45.4 us, and 29.6 us on 4096 x 14336 where the weight-read floor is 19.7 us).  Those calls
+run ``cuda.triton_fp``'s FP8 GEMV instead (its own bit-exact activation quantization, exact FP8 x FP8 products in
+fp32, the weight scale times the input scale as one fp32 row scale, one rounding: the same arithmetic up to the
+order of the fp32 sums).  Both paths read one copy of the weight: ``w_fp8`` holds the GEMV's slab words as bytes
+(:func:`quantlinear_triton.fp_packing.pack_slabs`; K padded to whole 128-channel tiles), and the GEMM path
+quantizes the activation straight into the same channel order (``fp8_quant_static(..., slab=32)``): a GEMM over K
+does not depend on the order of K when both operands share it.  Where the Triton kernel cannot run the layer
+(no Triton), ``w_fp8`` keeps the checkpoint's order and every M takes ``_scaled_mm``.
+
 ``torch._scaled_mm`` is an aten op with a meta kernel: ``torch.compile(fullgraph=True)`` and CUDA graphs take the
 whole ``compute`` as is.
 
@@ -58,17 +69,21 @@ torch's CPU ``_scaled_mm`` or ``tests/fake_scaled_mm.py`` (a fake of the CUDA op
 
 from __future__ import annotations
 
+import os
 from dataclasses import replace
 
 import torch
 
-from quantlinear import LayerSpec, Verdict
+from quantlinear import LayerSpec, QuantLinearError, Verdict, fpquant
 from quantlinear.formats import FloatWeights
+from quantlinear_triton.fp_layers import run_float
 from quantlinear_triton.runtime import env_on, triton_available
 from quantlinear_triton.scaled_mm import FP8ScaledMMBase, fp8_static_reason
 
+from .. import fp_ops
 from ..fp8_act_ops import FP8_QUANT_OP, how as act_quant_how
 from .common import nvidia_device
+from .triton_fp import TritonFPLinear, fp8_decode_for
 
 #: Test-only: CPU layers stand in for CUDA layers (selection sees a CUDA device; compute runs on the CPU).
 CPU_STANDS_IN: bool = False
@@ -79,10 +94,24 @@ ROWWISE_MIN_TORCH = (2, 10)
 FP8_MAX = 448.0
 #: Opt-in: ``use_fast_accum=True`` (faster on Hopper, ~10-25x the error; module docstring).  Read at ``prepare``.
 FAST_ACCUM_ENV = "QUANTLINEAR_FP8_FAST_ACCUM"
+#: Calls with at most this many rows run the Triton FP8 GEMV instead of ``_scaled_mm`` (module docstring); read at
+#: ``prepare`` from ``QUANTLINEAR_FP8_SMALL_M`` (0: always ``_scaled_mm``).
+SMALL_M = 16
+SMALL_M_ENV = "QUANTLINEAR_FP8_SMALL_M"
+
+
+def small_m_limit() -> int:
+    """The largest M the small-M path takes (``QUANTLINEAR_FP8_SMALL_M``, default :data:`SMALL_M`)."""
+    raw = os.environ.get(SMALL_M_ENV, "").strip()
+    try:
+        return max(0, int(raw)) if raw else SMALL_M
+    except ValueError:
+        raise QuantLinearError(f"{SMALL_M_ENV}={raw!r}: expected a number of rows (0 turns the small-M path off)") from None
 
 VERIFIED = ("torch 2.13's CPU _scaled_mm and tests/fake_scaled_mm.py (a fake of the CUDA op's checks); the fused activation "
-            "quantization over every fp16/bf16 value in Triton's interpreter; GPU tests in tests/test_cuda_scaled_mm_gpu.py "
-            "(the GEMM path measured on an H100, 2026-11-25; the fused quantization not yet run on a GPU)")
+            "quantization over every fp16/bf16 value in Triton's interpreter; on an H100 (2026-11-26): the fused "
+            "quantization (hardware E4M3 conversion) for every fp16/bf16 value, the small-M GEMV and the slab-ordered "
+            "_scaled_mm path in tests/test_cuda_scaled_mm_gpu.py and test_triton_fp8_act.py")
 
 
 def torch_version() -> tuple[int, int]:
@@ -158,6 +187,9 @@ class FP8ScaledMMLinear(FP8ScaledMMBase):
             return Verdict.no(f"torch._scaled_mm needs in_features and out_features to be multiples of 16 "
                               f"(cuBLASLt FP8 operand alignment); got K={K}, N={N}")
         act = act_quant_how()
+        lim = small_m_limit()
+        if lim and triton_available() and TritonFPLinear.can_implement(spec):
+            act += f"; M <= {lim}: cuda.triton_fp's FP8 GEMV on the same weight bytes"
         if spec.scheme.group_size == 0:
             return Verdict.yes(f"tensor-wise scaled FP8 GEMM; {act}")
         plan = choose_plan(False)
@@ -172,7 +204,11 @@ class FP8ScaledMMLinear(FP8ScaledMMBase):
         self.plan = choose_plan(per_tensor)
         self.act_quant = "triton" if triton_available() else "torch"
         self.fast_accum = env_on(FAST_ACCUM_ENV)
-        self.register_buffer("w_fp8", w.codes.contiguous())  # uint8 [N, K]; a float8 view per call
+        self.small_m, self.slab = 0, 0
+        if self.act_quant == "triton" and small_m_limit() and TritonFPLinear.can_implement(self.spec):
+            self._prepare_gemv(w)  # w_fp8: the GEMV's slab words as bytes (one copy for both paths)
+        else:
+            self.register_buffer("w_fp8", w.codes.contiguous())  # uint8 [N, K]; a float8 view per call
         ws = w.scales.to(torch.float32).reshape(N)
         self.register_buffer("w_scale", ws[:1].clone() if self.plan == "tensorwise" else ws.reshape(1, N).contiguous())
         isc = w.input_scale.reshape(1)
@@ -182,9 +218,29 @@ class FP8ScaledMMLinear(FP8ScaledMMBase):
         need_zero = self.plan == "rowwise" and self.bias is None and self.spec.dtype == torch.float16
         self.register_buffer("zero_bias", torch.zeros(N, dtype=torch.float16, device=isc.device) if need_zero else None)
 
+    def _prepare_gemv(self, w: FloatWeights) -> None:
+        """Set up the small-M path: ``cuda.triton_fp``'s FP8 GEMV (activation quantization included) on the same bytes."""
+        from quantlinear_triton.fp_packing import prepare_float
+        from quantlinear_triton.fp_tune import FPProblem
+        from quantlinear_triton.ops import dtype_name
+
+        meta, t = prepare_float(w, fpquant.act_quant_kind(self.spec.scheme), fp8_elem=fp8_decode_for(self.spec))
+        self.meta, self.slab, self.small_m = meta, meta.slab, small_m_limit()
+        self.problem = FPProblem(meta.elem, meta.scale, meta.slab, meta.bits, dtype_name(self.spec.dtype), meta.out_features,
+                                 meta.in_features)
+        self.register_buffer("w_fp8", t["qweight"].view(torch.uint8))  # [N, K padded to 128]: channels in slab order
+        self.register_buffer("gemv_row_scales", t["row_scales"])  # weight scale x input scale, fp32 [N]
+        if self.w_fp8.is_cuda:  # the GEMV's split-K counters: allocated now, never during a graph capture
+            from quantlinear_triton import fp_ops as shared_fp_ops
+
+            shared_fp_ops.fp_kernels().counters(self.w_fp8.device)
+
     def compute(self, x: torch.Tensor) -> torch.Tensor:
+        if x.shape[0] <= self.small_m:
+            return run_float(fp_ops, x, self.meta, self.problem, self.w_fp8.view(torch.int32), None, self.gemv_row_scales,
+                             self.bias, self.input_scale)
         if self.act_quant == "triton":
-            x8 = FP8_QUANT_OP(x, self.input_scale, False)
+            x8 = FP8_QUANT_OP(x, self.input_scale, False, self.slab)
         else:
             x8 = quantize_static(x, self.input_scale)
         w8t = self.w_fp8.view(torch.float8_e4m3fn).t()

@@ -35,12 +35,16 @@ class TritonFPLinear(TritonCudaKernel, FloatTritonBase):
         return cls.scheme_reason(spec)
 
     def fp8_decode(self):
-        """Hardware e4m3 conversion where it exists (sm89+), the exact bit decode before.
+        return fp8_decode_for(self.spec), None
 
-        ``QUANTLINEAR_CUDA_FP8_DECODE=bits`` forces the bit decode (to compare the two on a GPU:
-        the conversion runs on a slower pipe, the bit decode on the integer units).
-        """
-        if os.environ.get("QUANTLINEAR_CUDA_FP8_DECODE", "").strip().lower() == "bits":
-            return E4M3, None
-        props = _device.device_props(self.spec.device)
-        return (E4M3_NV if props.capability >= (8, 9) else E4M3), None
+
+def fp8_decode_for(spec: LayerSpec) -> int:
+    """How FP8 weight elements of ``spec``'s layer are decoded: hardware e4m3 conversion where it exists (sm89+), the
+    exact bit decode before (also used by ``cuda.fp8_scaled_mm``'s small-M GEMV).
+
+    ``QUANTLINEAR_CUDA_FP8_DECODE=bits`` forces the bit decode (to compare the two on a GPU: the conversion runs on a
+    slower pipe, the bit decode on the integer units).
+    """
+    if os.environ.get("QUANTLINEAR_CUDA_FP8_DECODE", "").strip().lower() == "bits":
+        return E4M3
+    return E4M3_NV if _device.device_props(spec.device).capability >= (8, 9) else E4M3

@@ -1,0 +1,160 @@
+"""Tensor-core kernel for the float / microscaling schemes at large M (prefill), built like the int ``tc`` kernel.
+
+Same weight layout and arguments as :mod:`quantlinear_triton.fp_kernels` (codes slab-interleaved in int32 words
+``[N, KW]``: word ``p`` of tile ``t`` holds, at bits ``BITS*j``, the code of channel ``k = t*T + j*SLAB + p``; block
+scale bytes ``[G, N]`` with one scale per (row, plane) -- a plane of a tile is exactly one scale block; fp32 row scales
+``[N]`` applied at the end).  ``_fp_tc_kernel`` computes ``y^T = W x^T``, one ``[BN, BM]`` output tile per program,
+with the structure of :mod:`quantlinear_triton.kernels_tc` (see there for why each piece is there):
+
+* a k-step decodes ``PL`` of a tile's ``VPW`` planes, the low planes ``s*H + jh`` and the high planes
+  ``VPW/2 + s*H + jh`` (``H = PL/2``), each half as ``[BN, H, SLAB]``, multiplied by its block scale in fp32 (exact:
+  the element times an E8M0 power of two or an E4M3 scale), rounded once to the activation dtype, and the halves
+  joined to the ``[BN, BK]`` A operand (``join -> permute -> reshape``), which Triton keeps in registers in the
+  wgmma layout; the ``[BK, BM]`` x^T tile is loaded in the same channel order as the shared-memory B operand;
+* one ``tl.dot`` per k-step (nothing else touches the accumulator) and ``tl.assume`` on a non-empty K range (else
+  ptxas serializes every wgmma);
+* the next step's words and scale bytes are loaded one step ahead into registers;
+* split-K reduces through the int kernels' persistent workspace and tile counters; the row scales and the bias are
+  applied by the reducing program (:func:`quantlinear_triton.fp_kernels._fp_finish`).
+
+The element decode is :func:`quantlinear_triton.fp_kernels._decode` (bit moves and one power-of-two multiply, or the
+hardware's E4M3 conversion), so a tile's operand is, value for value, what the ``dot`` kernel feeds its per-plane
+dots; only the fp32 summation order differs.  The whole K range of a tile is one ``tl.dot`` of ``BK = PL*SLAB``
+channels instead of ``VPW`` dots of ``SLAB`` channels each.
+
+Launch configuration (``cfg``, :func:`launch_tc`): ``BN`` (weight rows per program: 64 a warpgroup), ``BM`` (tokens:
+the wgmma N), ``BK`` (channels per k-step, rounded to a power-of-two number of planes dividing VPW, at least 2),
+``warps``, ``stages`` (x^T pipeline depth), ``group_m``, ``prefetch`` (1), ``split_k``.
+"""
+
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+from .fp_kernels import _block_scale, _decode, _fp_finish
+from .fp_packing import S_NONE, bits_of, slab_for
+from .kernels import COUNTER_SLOTS, _workspace, counters
+from .kernels_tc import _load_xt, _mma, _tc_coords
+
+DEFAULT_CFG = {"BN": 128, "BM": 128, "BK": 256, "warps": 8, "stages": 2, "group_m": 8, "prefetch": 1, "split_k": 1}
+
+
+@triton.jit
+def _step_operands(w_ptrs, s_ptr, i, jh, N, G, offs_n, n_mask, SPT: tl.constexpr, VPW: tl.constexpr, SLAB: tl.constexpr,
+                   H: tl.constexpr, SCALE: tl.constexpr, EVEN_N: tl.constexpr):
+    """Words ``[BN, SLAB]`` of k-step ``i``'s tile and the block scale bytes of its low / high planes (``[BN, H]``)."""
+    t = i // SPT
+    if EVEN_N:
+        words = tl.load(w_ptrs + t * SLAB)
+    else:
+        words = tl.load(w_ptrs + t * SLAB, mask=n_mask[:, None], other=0)
+    if SCALE != 0:
+        gl = tl.minimum(t * VPW + (i % SPT) * H + jh, G - 1)
+        gh = tl.minimum(t * VPW + VPW // 2 + (i % SPT) * H + jh, G - 1)
+        bl = tl.load(s_ptr + gl[None, :] * N + offs_n[:, None], mask=n_mask[:, None], other=0).to(tl.int32)
+        bh = tl.load(s_ptr + gh[None, :] * N + offs_n[:, None], mask=n_mask[:, None], other=0).to(tl.int32)
+    else:
+        bl = tl.zeros([words.shape[0], H], dtype=tl.int32)
+        bh = bl
+    return words, bl, bh
+
+
+@triton.jit
+def _fp_tc_kernel(x_ptr, w_ptr, s_ptr, r_ptr, b_ptr, y_ptr, ws_ptr, cnt_ptr, M, N, K, KW, G, steps_per_split, split_k,
+                  ELEM: tl.constexpr, BITS: tl.constexpr, SCALE: tl.constexpr, SLAB: tl.constexpr, PL: tl.constexpr,
+                  BM: tl.constexpr, BN: tl.constexpr, GROUP_M: tl.constexpr, PREFETCH: tl.constexpr,
+                  HAS_ROWS: tl.constexpr, HAS_BIAS: tl.constexpr, USE_SPLIT: tl.constexpr, EVEN_K: tl.constexpr,
+                  EVEN_N: tl.constexpr, EVEN_M: tl.constexpr):
+    VPW: tl.constexpr = 32 // BITS
+    T: tl.constexpr = SLAB * VPW
+    BK: tl.constexpr = PL * SLAB
+    H: tl.constexpr = PL // 2
+    HS: tl.constexpr = H * SLAB
+    HALF: tl.constexpr = VPW // 2
+    SPT: tl.constexpr = VPW // PL  # k-steps per tile
+    DT = x_ptr.dtype.element_ty
+    offs_n, offs_m, offs_p, koff, n_mask, m_mask, s_start, s_end = _tc_coords(M, N, KW, steps_per_split, SLAB, SPT, HS, HALF,
+                                                                              BK, BM, BN, GROUP_M)
+    jh = tl.arange(0, H)
+    tl.assume(s_end > s_start)  # never an empty split (launch_tc): no zero-trip path to the final wgmma wait
+    w_ptrs = w_ptr + offs_n[:, None] * KW + offs_p[None, :]
+    x_ptrs = x_ptr + offs_m[None, :] * K + koff[:, None]  # [BK, BM]: x^T
+    acc = tl.zeros([BN, BM], dtype=tl.float32)
+    if PREFETCH:
+        words, bl, bh = _step_operands(w_ptrs, s_ptr, s_start, jh, N, G, offs_n, n_mask, SPT, VPW, SLAB, H, SCALE, EVEN_N)
+    for i in range(s_start, s_end):
+        t = i // SPT
+        klo = t * T + (i % SPT) * HS
+        if not PREFETCH:
+            words, bl, bh = _step_operands(w_ptrs, s_ptr, i, jh, N, G, offs_n, n_mask, SPT, VPW, SLAB, H, SCALE, EVEN_N)
+        jl = (i % SPT) * H + jh  # low planes; the high planes are jl + HALF
+        dl = _decode(words[:, None, :] >> (jl * BITS)[None, :, None], ELEM)  # [BN, H, SLAB], exact fp32
+        dh = _decode(words[:, None, :] >> ((HALF + jl) * BITS)[None, :, None], ELEM)
+        if SCALE != 0:
+            dl = dl * _block_scale(bl, SCALE)[:, :, None]
+            dh = dh * _block_scale(bh, SCALE)[:, :, None]
+        # [BN, H, SLAB] x 2 -> [BN, 2, H, SLAB] -> [BN, BK]: x^T rows c (channels klo + koff[c])
+        wd = tl.reshape(tl.permute(tl.join(dl.to(DT), dh.to(DT)), (0, 3, 1, 2)), [BN, BK])
+        xt = _load_xt(x_ptrs, klo, koff, K, m_mask, EVEN_K, EVEN_M)
+        if PREFETCH:  # the next step's words and scales (the last iteration reloads its own: harmless)
+            words, bl, bh = _step_operands(w_ptrs, s_ptr, tl.minimum(i + 1, s_end - 1), jh, N, G, offs_n, n_mask, SPT, VPW,
+                                           SLAB, H, SCALE, EVEN_N)
+        acc = _mma(wd, xt, acc)
+    _fp_finish(acc, offs_m, offs_n, m_mask, n_mask, y_ptr, r_ptr, b_ptr, ws_ptr, cnt_ptr, tl.program_id(0), tl.program_id(1),
+               split_k, M, N, True, HAS_ROWS, HAS_BIAS, USE_SPLIT)
+
+
+def planes_per_step(bits: int, slab: int, BK: int) -> int:
+    """``PL``: the largest power of two <= BK / SLAB dividing the planes of a word, at least 2."""
+    vpw = 32 // bits
+    pl = max(2, min(vpw, BK // slab))
+    while pl > 2 and (vpw % pl or pl & (pl - 1)):
+        pl -= 1
+    return pl
+
+
+def launch_tc(x: torch.Tensor, qweight: torch.Tensor, scales: torch.Tensor | None, row_scales: torch.Tensor | None,
+              bias: torch.Tensor | None, elem: int, scale: int, block: int, cfg: dict | None = None,
+              out: torch.Tensor | None = None) -> torch.Tensor:
+    """``x @ W^T`` (times the row scales, plus bias) by ``_fp_tc_kernel``; arguments as :func:`fp_kernels.launch`.
+
+    x ``[M, K]`` fp16 / bf16 (fp32 works: ieee dots) contiguous.  Returns y ``[M, N]`` in x's dtype.
+    """
+    c = dict(DEFAULT_CFG)
+    c.update(cfg or {})
+    M, K = x.shape
+    assert x.is_contiguous()
+    N, KW = qweight.shape
+    bits, slab = bits_of(elem), slab_for(scale, block)
+    pl = planes_per_step(bits, slab, int(c["BK"]))
+    vpw = 32 // bits
+    y = out if out is not None else x.new_empty((M, N))
+    if M == 0:
+        return y
+    BM, BN = int(c["BM"]), int(c["BN"])
+    n_steps = (KW // slab) * (vpw // pl)
+    split = max(1, min(int(c.get("split_k", 1)), n_steps))
+    sps = -(-n_steps // split)
+    split = -(-n_steps // sps)  # no empty splits: the kernel assumes a non-empty K range
+    n_tiles_out = -(-M // BM) * -(-N // BN)
+    if split > 1 and (n_tiles_out > COUNTER_SLOTS or split * M * N >= 2**31):
+        split, sps = 1, n_steps
+    if split > 1:
+        ws = _workspace(x, x.get_device(), split * M * N)
+        cnt = counters(x.device)
+    else:
+        ws = cnt = y
+    G = K // block if scale != S_NONE else 1
+    _fp_tc_kernel[(n_tiles_out, split)](
+        x, qweight, scales if scales is not None else qweight, row_scales if row_scales is not None else y,
+        bias if bias is not None else y, y, ws, cnt, M, N, K, KW, G, sps, split,
+        ELEM=elem, BITS=bits, SCALE=scale, SLAB=slab, PL=pl, BM=BM, BN=BN, GROUP_M=int(c.get("group_m", 8)),
+        PREFETCH=bool(c.get("prefetch", 1)), HAS_ROWS=row_scales is not None, HAS_BIAS=bias is not None,
+        USE_SPLIT=split > 1, EVEN_K=K % (slab * vpw) == 0, EVEN_N=N % BN == 0, EVEN_M=M % BM == 0,
+        num_warps=int(c.get("warps", 8)), num_stages=int(c.get("stages", 2)))
+    return y
+
+
+__all__ = ["DEFAULT_CFG", "launch_tc", "planes_per_step"]

@@ -52,6 +52,8 @@ SCHEMES = ("MXFP4", "NVFP4", "MXINT4", "MXFP8", "FPW8A16")
 SHAPES = ((4096, 14336), (8192, 28672))
 SWEEP = "--sweep" in sys.argv
 TC_SWEEP = "--tc-sweep" in sys.argv
+#: ``--dtype=bfloat16``: bf16 activations (default fp16; the fp16-only ``gemv16`` / ``fold`` variants then run the GEMV)
+DTYPE = getattr(torch, next((a.split("=", 1)[1] for a in sys.argv if a.startswith("--dtype=")), "float16"))
 
 
 def variants(p: FPProblem, props, M: int, fold: bool = False) -> list[tuple[str, dict]]:
@@ -70,7 +72,7 @@ def variants(p: FPProblem, props, M: int, fold: bool = False) -> list[tuple[str,
                             if (BN, sp, warps) != (64, g16["split_k"], g16["warps"]):
                                 out.append((f"f{BN}s{sp}w{warps}", dict(g16, fold=1, BN=BN, split_k=sp, warps=warps)))
         if M > 1:
-            out.append(("dot", SPACE.default_config(p, M, props, allow_dqmm=False)))
+            out.append(("default", SPACE.default_config(p, M, props, allow_dqmm=False)))
         if M > 1 and TC_SWEEP and p.dtype != "float32":  # tc with a padded 64-row tile, and narrower ones
             base = SPACE.tc_config(p, 64, SPACE.units(props))
             out += [("tc64", base), ("tc64sk1", dict(base, split_k=1)), ("tc64sk4", dict(base, split_k=4))]
@@ -110,7 +112,7 @@ def main(path: str, quick: bool = False, dry: bool = False, schemes: tuple[str, 
         bw = copy_bandwidth(dev)
     fp8_elem = P.E4M3_NV if props.capability >= (8, 9) else P.E4M3
     print(f"{props.name} ({props.arch}, {props.sm_count} SMs), copy bandwidth {bw / 1e9:.0f} GB/s, torch {torch.__version__}")
-    dt = torch.float16
+    dt = DTYPE
     rows = []
     t_start = time.time()
     print(f"{'scheme':8} {'K':>5} {'N':>6} {'M':>5}  {'variant':8} {'us':>9} {'x floor':>8} {'rel err':>8}  config")
@@ -125,7 +127,7 @@ def main(path: str, quick: bool = False, dry: bool = False, schemes: tuple[str, 
             copies = max(1, math.ceil(3 * props.l2_bytes / nbytes))
             sets = [t] + [{k: (v.clone() if v is not None else None) for k, v in t.items()} for _ in range(copies - 1)]
             W = w.dequantize().to(dev)
-            p = FPProblem(meta.elem, meta.scale, meta.slab, meta.bits, "float16", N, K)
+            p = FPProblem(meta.elem, meta.scale, meta.slab, meta.bits, str(dt).split(".")[1], N, K)
             floor_us = nbytes / bw * 1e6
             for M in ms:
                 x = torch.randn(M, K, device=dev, dtype=dt)
@@ -138,7 +140,7 @@ def main(path: str, quick: bool = False, dry: bool = False, schemes: tuple[str, 
                 if M >= 64 and not dry:  # the cuBLAS peer: the same weight dense in fp16
                     Wd = [W.to(dt) for _ in range(2)]
                     us = time_graph([lambda wd=wd: torch.nn.functional.linear(x, wd) for wd in Wd], target_ms=20.0, batches=3)
-                    print(f"{name:8} {K:5} {N:6} {M:5}  {'cublas':8} {us:9.1f} {us / floor_us:8.2f} {'-':>8}  dense fp16 F.linear", flush=True)
+                    print(f"{name:8} {K:5} {N:6} {M:5}  {'cublas':8} {us:9.1f} {us / floor_us:8.2f} {'-':>8}  dense {dt} F.linear", flush=True)
                     rows.append(dict(scheme=name, K=K, N=N, M=M, variant="cublas", us=us, floor_us=floor_us, x_floor=us / floor_us))
                     del Wd
                 for vname, cfg in variants(p, props, M, fold):
@@ -169,7 +171,7 @@ def main(path: str, quick: bool = False, dry: bool = False, schemes: tuple[str, 
                 torch.cuda.empty_cache()
     print(f"total {time.time() - t_start:.0f}s")
     with open(path, "w") as f:
-        json.dump(dict(device=props.name, arch=props.arch, torch=torch.__version__, copy_bandwidth=bw, dtype="float16", rows=rows),
+        json.dump(dict(device=props.name, arch=props.arch, torch=torch.__version__, copy_bandwidth=bw, dtype=str(dt).split(".")[1], rows=rows),
                   f, indent=1)
 
 

@@ -684,8 +684,10 @@ def quantize_activations(x: torch.Tensor, act: int, act_block: int, act_scale: t
 
 
 def fold_fits(elem: int, scale: int, block: int, act: int, act_block: int, dtype: torch.dtype) -> bool:
-    """The folded paired-fp16 GEMV applies: fp16, 4-bit weights and E2M1 activations whose blocks are the weight's."""
-    return (dtype == torch.float16 and elem in (E2M1, E0M4) and scale != S_NONE and act_block == block
+    """The folded paired-fp16 GEMV applies: fp16 or bf16 layers (the activation values it multiplies are E2M1, exact
+    in fp16 either way; a bf16 layer gets its output in bf16), 4-bit weights and E2M1 activations whose blocks are the
+    weight's."""
+    return (dtype in (torch.float16, torch.bfloat16) and elem in (E2M1, E0M4) and scale != S_NONE and act_block == block
             and (act == A_NVFP4 or act in (A_MX_E2M1, A_MX_E2M1 + A_RCEIL)))
 
 
@@ -778,7 +780,7 @@ def launch(x: torch.Tensor, qweight: torch.Tensor, scales: torch.Tensor | None, 
     M, K = x.shape
     N, KW = qweight.shape
     dt = x.dtype
-    if x_scales is not None:  # x: the packed fp16 pairs; the output is fp16
+    if x_scales is not None:  # x: the packed fp16 pairs; the output is fp16 (or ``out``'s dtype: a bf16 layer's)
         K, dt = x_scales.shape[1] * block, torch.float16
     _, kind, BM, BN, split, slab, common = _static_args(cfg, elem, scale, block, K, row_scales is not None, bias is not None, dt)
     if x_scales is not None and (kind != "gemv16" or not common["PSUM"]):

@@ -12,6 +12,7 @@ launches at most; split-K needs no memset).  Registering an op imports no Triton
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Callable, Optional
 
 import torch
@@ -47,14 +48,20 @@ def run_fp_gemm(tuner: "tune.Tuner", x: Tensor, qweight: Tensor, scales: Optiona
     if problem is None:
         problem = problem_of(x, qweight, in_features, elem, scale, block)
     if act != A_NONE and k.fold_fits(elem, scale, block, act, act_block, x.dtype):
-        # 4-bit activations: gemv16 (psum 4, fold not 0) takes the values and their block scales apart
+        # 4-bit activations: gemv16 (psum 4, fold not 0) takes the values and their block scales apart.  The values
+        # are E2M1 whatever x's dtype, so bf16 layers run the same fp16-pair GEMV (fp16's configuration at M = 1)
+        # and only the output is bf16
         x_raw, xq, split = x, [], []
+        if x.dtype != torch.float16 and x.shape[0] == 1:
+            problem = replace(problem, dtype="float16")
 
         def run(cfg: dict) -> Tensor:
             if cfg["kernel"] == "gemv16" and int(cfg.get("psum", 4)) == 4 and int(cfg.get("fold", 1)):
                 if not split:
                     split.extend(k.quantize_activations_split(x_raw, act, act_block, act_scale))
-                return k.launch(split[0], qweight, scales, row_scales, bias, elem, scale, block, cfg, x_scales=split[1])
+                out = None if x_raw.dtype == torch.float16 else x_raw.new_empty((x_raw.shape[0], qweight.shape[0]))
+                return k.launch(split[0], qweight, scales, row_scales, bias, elem, scale, block, cfg, out=out,
+                                x_scales=split[1])
             if not xq:
                 xq.append(k.quantize_activations(x_raw, act, act_block, act_scale))
             return k.launch(xq[0], qweight, scales, row_scales, bias, elem, scale, block, cfg)

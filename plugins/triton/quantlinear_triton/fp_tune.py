@@ -213,10 +213,11 @@ class FPSpace(_tune.Settings):
                     out.append(self.dot(p, props, M, BM, BN, u, cap=4, swap=swap, lanes=lanes))
             if self.dqmm_enabled():
                 out.append({"kernel": "dqmm", "BN": 64, "warps": 4})
-            if p.dtype != "float32" and self.tc(props):
-                base = self.tc_config(p, b, u)
-                out += [base, dict(base, BN=64, warps=4), dict(base, BN=128, warps=8), dict(base, BM=64, BK=256),
-                        dict(base, stages=3), dict(base, split_k=2)]
+        if 2 <= b <= 512 and p.dtype != "float32" and self.tc(props):
+            base = self.tc_config(p, b, u)
+            out += [base, dict(base, BN=64, warps=4), dict(base, BN=128, warps=8), dict(base, stages=3),
+                    dict(base, split_k=1 if base["split_k"] > 1 else 2)]
+            out += [dict(base, BM=64, BK=256)] if b >= 64 else [dict(base, BM=64)]
         return unique(out)
 
 

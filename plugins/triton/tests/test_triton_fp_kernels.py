@@ -334,6 +334,7 @@ def test_tc_is_the_hopper_default_for_65_to_512_rows():
     assert space.default_config(mx, 256, Ampere())["kernel"] == "dqmm"  # measured on Hopper only
     assert space.default_config(mx, 16, Ampere())["kernel"] == "dot"
     assert "tc" in {c["kernel"] for c in space.candidates(mx, 256, Hopper())}
+    assert "tc" in {c["kernel"] for c in space.candidates(mx, 4, Hopper())} and c16 in space.candidates(mx, 16, Hopper())
     assert "tc" not in {c["kernel"] for c in space.candidates(mx, 256, Ampere())}
 
 
@@ -422,6 +423,7 @@ def test_gemv16_fold(name):
     meta, t = P.prepare_float(w, kind)
     t = {k: (v.to(DEV) if v is not None else None) for k, v in t.items()}
     assert fk().fold_fits(meta.elem, meta.scale, meta.block, meta.act, meta.act_block, torch.float16)
+    assert fk().fold_fits(meta.elem, meta.scale, meta.block, meta.act, meta.act_block, torch.bfloat16)
     assert not fk().fold_fits(meta.elem, meta.scale, meta.block, meta.act, meta.act_block, torch.float32)
     W = w.dequantize().to(DEV)
     bias = torch.randn(N, generator=g).to(torch.float16).to(DEV)
@@ -435,6 +437,10 @@ def test_gemv16_fold(name):
                             x_scales=xs)
             assert y.dtype == torch.float16 and y.shape == (M, N)
             assert rel_err(y, ref) < TOL[torch.float16], (name, M, cfg, amp)
+            # a bf16 layer: the same E2M1 pairs and fp16-pair arithmetic, the output stored in bf16
+            yb = fk().launch(pairs, t["qweight"], t["scales"], t["row_scales"], b, meta.elem, meta.scale, meta.block, cfg,
+                             out=torch.empty((M, N), dtype=torch.bfloat16, device=DEV), x_scales=xs)
+            assert yb.dtype == torch.bfloat16 and rel_err(yb, ref) < TOL[torch.bfloat16], (name, M, cfg, amp)
     with pytest.raises(ValueError):
         fk().launch(pairs, t["qweight"], t["scales"], t["row_scales"], None, meta.elem, meta.scale, meta.block,
                     dict(GEMV16, psum=1), x_scales=xs)

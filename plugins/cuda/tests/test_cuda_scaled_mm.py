@@ -53,7 +53,8 @@ def stand_in(props: DeviceProps = SM90, version: tuple[int, int] | None = None, 
     """CPU layers play CUDA layers on a device with ``props`` (and torch ``version``, when given).
 
     ``small_m``: the FP8 layer's small-M limit (its Triton GEMV path); 0 here by default, so these tests see
-    ``_scaled_mm`` at every M (the GEMV has its own tests below; bf16 cannot run it in Triton's interpreter).
+    ``_scaled_mm`` at every M (on the slab-ordered bytes; the GEMV has its own tests below; bf16 cannot run it in
+    Triton's interpreter).
     """
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv(fp8mod.SMALL_M_ENV, str(small_m))
@@ -239,6 +240,17 @@ def test_slab_ordered_activation_codes():
     assert got.shape == (3, 256)
     assert torch.equal(got.view(torch.uint8), pack_slabs(ref, 8, 32).view(torch.uint8))  # the weight's byte order, zero padded
     torch.library.opcheck(fp8_act_ops.FP8_QUANT_OP, (x, s, False, 32))
+
+
+def test_small_m_switch_keeps_the_layout():
+    """QUANTLINEAR_FP8_SMALL_M only routes calls: the prepared bytes (and so a prepared state dict) are the same."""
+    with stand_in(SM90, (2, 11), small_m=0):
+        off, w, _ = build(FP8ScaledMMLinear, fp8_spec(-1, torch.float16, K=160, N=80))
+    with stand_in(SM90, (2, 11), small_m=16):
+        on, _, _ = build(FP8ScaledMMLinear, fp8_spec(-1, torch.float16, K=160, N=80))
+    assert (off.small_m, on.small_m, off.slab) == (0, 16, 32)
+    assert torch.equal(off.w_fp8, on.w_fp8) and torch.equal(off.w_fp8.view(torch.int32), pack_slabs(w.codes, 8, 32))
+    assert off.state_dict().keys() == on.state_dict().keys()
 
 
 def test_small_m_switch(monkeypatch):

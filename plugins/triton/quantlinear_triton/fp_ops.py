@@ -12,6 +12,7 @@ launches at most; split-K needs no memset).  Registering an op imports no Triton
 
 from __future__ import annotations
 
+import functools
 from dataclasses import replace
 from typing import Callable, Optional
 
@@ -40,6 +41,12 @@ def problem_of(x: Tensor, qweight: Tensor, in_features: int, elem: int, scale: i
     return FPProblem(elem, scale, slab_for(scale, block), bits_of(elem), dtype_name(x.dtype), qweight.shape[0], in_features)
 
 
+@functools.lru_cache(maxsize=256)
+def _as_fp16(problem: FPProblem) -> FPProblem:
+    """``problem`` with fp16 activations (made once per layer shape: the eager path runs on every call)."""
+    return replace(problem, dtype="float16")
+
+
 def run_fp_gemm(tuner: "tune.Tuner", x: Tensor, qweight: Tensor, scales: Optional[Tensor], row_scales: Optional[Tensor],
                 bias: Optional[Tensor], act_scale: Optional[Tensor], in_features: int, elem: int, scale: int, block: int,
                 act: int, act_block: int, problem: FPProblem | None = None) -> Tensor:
@@ -53,7 +60,7 @@ def run_fp_gemm(tuner: "tune.Tuner", x: Tensor, qweight: Tensor, scales: Optiona
         # and only the output is bf16
         x_raw, xq, split = x, [], []
         if x.dtype != torch.float16 and x.shape[0] == 1:
-            problem = replace(problem, dtype="float16")
+            problem = _as_fp16(problem)
 
         def run(cfg: dict) -> Tensor:
             if cfg["kernel"] == "gemv16" and int(cfg.get("psum", 4)) == 4 and int(cfg.get("fold", 1)):

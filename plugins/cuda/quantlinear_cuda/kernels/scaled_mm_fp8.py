@@ -51,7 +51,8 @@ order of the fp32 sums).  Both paths read one copy of the weight: ``w_fp8`` hold
 (:func:`quantlinear_triton.fp_packing.pack_slabs`; K padded to whole 128-channel tiles), and the GEMM path
 quantizes the activation straight into the same channel order (``fp8_quant_static(..., slab=32)``): a GEMM over K
 does not depend on the order of K when both operands share it.  Where the Triton kernel cannot run the layer
-(no Triton), ``w_fp8`` keeps the checkpoint's order and every M takes ``_scaled_mm``.
+(no Triton), ``w_fp8`` keeps the checkpoint's order and every M takes ``_scaled_mm``.  (``QUANTLINEAR_FP8_SMALL_M=0``
+only routes every M to ``_scaled_mm``; the bytes stay in slab order.)
 
 ``torch._scaled_mm`` is an aten op with a meta kernel: ``torch.compile(fullgraph=True)`` and CUDA graphs take the
 whole ``compute`` as is.
@@ -205,8 +206,10 @@ class FP8ScaledMMLinear(FP8ScaledMMBase):
         self.act_quant = "triton" if triton_available() else "torch"
         self.fast_accum = env_on(FAST_ACCUM_ENV)
         self.small_m, self.slab = 0, 0
-        if self.act_quant == "triton" and small_m_limit() and TritonFPLinear.can_implement(self.spec):
-            self._prepare_gemv(w)  # w_fp8: the GEMV's slab words as bytes (one copy for both paths)
+        if self.act_quant == "triton" and TritonFPLinear.can_implement(self.spec):
+            # w_fp8: the GEMV's slab words as bytes (one copy for both paths).  The layout depends on what is installed
+            # and on the device, never on QUANTLINEAR_FP8_SMALL_M, so a prepared state dict means the same either way
+            self._prepare_gemv(w)
         else:
             self.register_buffer("w_fp8", w.codes.contiguous())  # uint8 [N, K]; a float8 view per call
         ws = w.scales.to(torch.float32).reshape(N)

@@ -22,7 +22,7 @@ bytes ``[G, N]``, a per-row fp32 factor).  No float copy of the weight exists at
   fp32, cast to the activation dtype and fed to ``tl.dot`` (fp32 accumulation; ``ieee`` precision
   for fp32 activations).  ``SWAP`` computes ``y^T = W x^T`` so that the skinny M side is the narrow
   side of the instruction, as the int kernels do.
-* Both split K over programs where N alone gives too few: partials go to an fp32 workspace and the
+* Both split K over programs where N alone gives too few: partials go to the int kernels' persistent fp32 workspace and the
   last program of a tile (a counter per tile, the int kernels' persistent buffer, reset by that
   program) reduces them in a fixed order: one launch, deterministic, CUDA-graph safe.
 * ``_act_quant_kernel``: the schemes' activation quantization in one launch, bit-exact with
@@ -48,7 +48,7 @@ import triton
 import triton.language as tl
 
 from .fp_packing import A_FP8, A_MX_E2M1, A_NONE, A_NVFP4, A_RCEIL, E0M4, E2M1, E4M3_NV, S_NONE, bits_of, slab_for
-from .kernels import BACKEND_OPTIONS, COUNTER_SLOTS, MAXS, _asm_ok, _pack_h2, _tile_of, counters
+from .kernels import BACKEND_OPTIONS, COUNTER_SLOTS, MAXS, _asm_ok, _pack_h2, _tile_of, _workspace, counters
 from .runtime import interpreting
 
 
@@ -808,7 +808,7 @@ def launch(x: torch.Tensor, qweight: torch.Tensor, scales: torch.Tensor | None, 
     else:
         tps = n_tiles
     if split > 1:
-        ws = torch.empty((split, M, N), dtype=torch.float32, device=x.device)
+        ws = _workspace(x, x.get_device(), split * M * N)  # the int kernels' persistent buffer: no per-call allocation
         cnt = counters(x.device)
     else:
         ws = cnt = y

@@ -46,7 +46,7 @@ import triton
 import triton.language as tl
 
 from . import launch as _fast
-from .kernels import _asm_ok, _h2_magic, _pack_h2, _tile_of, _unpack_h2
+from .kernels import _asm_ok, _h2_magic, _pack_h2, _tile_of, _unpack_h2, _workspace
 from .gguf_packing import CODES, OFFSET, SUB, SUPER, is_kquant
 
 #: Upper bound of split_k.
@@ -683,7 +683,7 @@ def launch(x: torch.Tensor, qs: torch.Tensor, qh: torch.Tensor | None, sm: torch
         grid = (n_out, split, 1)
         fn = _dot_kernel
     if split > 1:
-        ws = torch.empty((split, M, N), dtype=torch.float32, device=x.device)
+        ws = _workspace(x, x.get_device(), split * M * N)  # the int kernels' persistent buffer: no per-call allocation
         cnt = counters(x.device)
     else:
         ws = cnt = y

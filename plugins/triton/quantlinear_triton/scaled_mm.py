@@ -3,8 +3,9 @@
 :class:`FP8ScaledMMBase` holds the capability declarations the CUDA and ROCm ``*.fp8_scaled_mm``
 kernels share (FP8_STATIC: E4M3 weights with one or per-channel scales, static FP8 activations,
 fp16/bf16 activations, bias fused).  It is device-neutral and not a kernel: each plugin's subclass
-adds its name, priority, device family, checks and ``prepare``/``compute``; :func:`fp8_static_reason` is the
-scheme check they share.  Imports no Triton.
+adds its name, priority, device family, checks and ``prepare``/``compute``.  Shared with them: :func:`fp8_static_reason`
+(the scheme check), :func:`define_fp8_quant_static` (each plugin's activation quantization op) and
+:func:`quantize_static` (its torch fallback).  Imports no Triton.
 """
 
 from __future__ import annotations
@@ -42,4 +43,50 @@ def fp8_static_reason(spec: LayerSpec) -> str | None:
     return None
 
 
-__all__ = ["FP8ScaledMMBase", "fp8_static_reason"]
+def quantize_static(x: torch.Tensor, scale: torch.Tensor, qmax: float = 448.0,
+                    fp8_dtype: torch.dtype = torch.float8_e4m3fn) -> torch.Tensor:
+    """``clamp(x / scale, +-qmax).to(fp8_dtype)``: ``fpquant.fp8_static_quantize_input``, bit for bit (the torch form).
+
+    The fallback where Triton is missing (the layers otherwise run their plugin's ``fp8_quant_static`` op).  Eager:
+    the reference's three ops.  Under ``torch.compile`` the quotient is rounded to the promoted dtype explicitly (fp32
+    division, then a cast: what eager's bf16/fp16 division does internally), because Inductor fuses the ops and would
+    otherwise keep the fp32 quotient and round it to FP8 once, not twice as the reference does.  (Inductor on a GPU
+    may still drop that cast: ``emulate_precision_casts=False``.)
+    """
+    if torch.compiler.is_compiling():
+        q = (x.to(torch.float32) / scale.to(torch.float32)).to(torch.promote_types(x.dtype, scale.dtype))
+    else:
+        q = x / scale
+    return torch.clamp(q, -qmax, qmax).to(fp8_dtype)
+
+
+def define_fp8_quant_static(qualname: str):
+    """Register ``qualname`` (``"<namespace>::fp8_quant_static"``) as a plugin's activation quantization custom op.
+
+    ``op(x, scale, fnuz=False, slab=0)`` is ``clamp(x / scale, +-448).to(float8_e4m3fn)`` (``fnuz``: ``+-224``,
+    ``float8_e4m3fnuz``; ``slab`` > 0: the byte order of slab words, K padded to whole tiles), bit-exact with the
+    reference, in one Triton launch (:mod:`quantlinear_triton.fp8_act`, imported on the first call).  Being opaque to
+    ``torch.compile``, Inductor cannot drop the rounding of the quotient to the promoted dtype; ``fullgraph=True``
+    traces through its fake.  Registering it imports no Triton.
+    """
+
+    def fp8_quant_static(x: torch.Tensor, scale: torch.Tensor, fnuz: bool = False, slab: int = 0) -> torch.Tensor:
+        from . import fp8_act
+
+        return fp8_act.quantize_static(x, scale, fnuz, slab=slab)
+
+    fp8_quant_static.__doc__ = ("``clamp(x / scale, +-qmax)`` in FP8, bit-exact with the reference (one Triton launch); "
+                                "``slab`` > 0: columns in the byte order of slab words, K padded to whole tiles")
+    op = torch.library.custom_op(qualname, mutates_args=())(fp8_quant_static)
+
+    @op.register_fake
+    def _fake(x, scale, fnuz=False, slab=0):
+        torch._check(x.dim() == 2, lambda: f"x must be 2-D, got {x.dim()}-D")
+        torch._check(scale.numel() == 1, lambda: "the static input scale must have one element")
+        K = x.shape[1] if not slab else (x.shape[1] + 4 * slab - 1) // (4 * slab) * (4 * slab)
+        return x.new_empty((x.shape[0], K), dtype=torch.float8_e4m3fnuz if fnuz else torch.float8_e4m3fn)
+
+    return op
+
+
+__all__ = ["FP8ScaledMMBase", "define_fp8_quant_static", "fp8_static_reason", "quantize_static"]

@@ -79,7 +79,7 @@ from quantlinear import LayerSpec, QuantLinearError, Verdict, fpquant
 from quantlinear.formats import FloatWeights
 from quantlinear_triton.fp_layers import run_float
 from quantlinear_triton.runtime import env_on, triton_available
-from quantlinear_triton.scaled_mm import FP8ScaledMMBase, fp8_static_reason
+from quantlinear_triton.scaled_mm import FP8ScaledMMBase, fp8_static_reason, quantize_static
 
 from .. import fp_ops
 from ..fp8_act_ops import FP8_QUANT_OP, how as act_quant_how
@@ -132,22 +132,6 @@ def choose_plan(per_tensor: bool, version: tuple[int, int] | None = None) -> str
     if per_tensor:
         return "tensorwise"
     return "rowwise" if (version or torch_version()) >= ROWWISE_MIN_TORCH else "fold"
-
-
-def quantize_static(x: torch.Tensor, scale: torch.Tensor, qmax: float = FP8_MAX, fp8_dtype: torch.dtype = torch.float8_e4m3fn) -> torch.Tensor:
-    """``clamp(x / scale, +-qmax)`` rounded to ``fp8_dtype``: ``fpquant.fp8_static_quantize_input``, bit for bit.
-
-    The fallback where Triton is missing (the layer otherwise runs ``quantlinear_cuda::fp8_quant_static``).
-    Eager: the reference's three ops.  Under ``torch.compile`` the quotient is rounded to the promoted dtype
-    explicitly (fp32 division, then a cast: what eager's bf16/fp16 division does internally), because Inductor
-    fuses the ops and would otherwise keep the fp32 quotient and round it to FP8 once, not twice as the
-    reference does.  (Inductor on a GPU may still drop that cast: ``emulate_precision_casts=False``.)
-    """
-    if torch.compiler.is_compiling():
-        q = (x.to(torch.float32) / scale.to(torch.float32)).to(torch.promote_types(x.dtype, scale.dtype))
-    else:
-        q = x / scale
-    return torch.clamp(q, -qmax, qmax).to(fp8_dtype)
 
 
 def all_equal(scales: torch.Tensor) -> bool:

@@ -32,12 +32,10 @@ from __future__ import annotations
 
 import torch
 
-from torch import Tensor
-
 from quantlinear import CheckpointError, LayerSpec, Verdict
 from quantlinear.formats import FloatWeights
 from quantlinear_triton.runtime import triton_available
-from quantlinear_triton.scaled_mm import FP8ScaledMMBase, fp8_static_reason
+from quantlinear_triton.scaled_mm import FP8ScaledMMBase, define_fp8_quant_static, fp8_static_reason, quantize_static
 
 from .. import archs
 from .. import device as _device
@@ -60,33 +58,8 @@ def rocm_version() -> tuple[int, int]:
     return int(major), int(minor)
 
 
-def quantize_static(x: torch.Tensor, scale: torch.Tensor, qmax: float, fp8_dtype: torch.dtype) -> torch.Tensor:
-    """``clamp(x / scale, +-qmax)`` in FP8 with the reference's double rounding (quotient in the promoted dtype first),
-    kept explicit under ``torch.compile``, whose fusion would otherwise round the fp32 quotient to FP8 only once."""
-    if torch.compiler.is_compiling():
-        q = (x.to(torch.float32) / scale.to(torch.float32)).to(torch.promote_types(x.dtype, scale.dtype))
-    else:
-        q = x / scale
-    return torch.clamp(q, -qmax, qmax).to(fp8_dtype)
-
-
-def _fp8_quant_static(x: Tensor, scale: Tensor, fnuz: bool = False) -> Tensor:
-    from quantlinear_triton import fp8_act  # imports Triton: on first use only
-
-    return fp8_act.quantize_static(x, scale, fnuz)
-
-
-#: ``clamp(x / scale, +-448).to(e4m3fn)`` (``fnuz``: ``+-224``, e4m3fnuz) in one Triton launch, bit-exact.
-fp8_quant_static = torch.library.custom_op("quantlinear_rocm::fp8_quant_static", mutates_args=())(_fp8_quant_static)
-
-
-@fp8_quant_static.register_fake
-def _fp8_quant_static_fake(x, scale, fnuz=False):
-    torch._check(x.dim() == 2, lambda: f"x must be 2-D, got {x.dim()}-D")
-    torch._check(scale.numel() == 1, lambda: "the static input scale must have one element")
-    return x.new_empty(x.shape, dtype=torch.float8_e4m3fnuz if fnuz else torch.float8_e4m3fn)
-
-
+#: ``clamp(x / scale, +-448).to(e4m3fn)`` (``fnuz``: ``+-224``, e4m3fnuz) in one Triton launch, bit-exact (shared factory).
+fp8_quant_static = define_fp8_quant_static("quantlinear_rocm::fp8_quant_static")
 FP8_QUANT_OP = torch.ops.quantlinear_rocm.fp8_quant_static
 
 

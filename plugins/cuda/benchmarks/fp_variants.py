@@ -26,7 +26,8 @@ of the scheme's quantized activations and the fp32 dequantized weight.  A table 
 rows as JSON to argv[1].  ``--quick``: the first shape only.  ``--dry``: no GPU (a check of this
 script): Triton's interpreter on the CPU (``TRITON_INTERPRET=1``), tiny shapes, no timing.
 ``--schemes=MXFP4,NVFP4``: those schemes only; ``--ms=1,16``: those M only; ``--sweep``: the M = 1
-BN / split / warps sweep of the folded GEMV.
+BN / split / warps sweep of the folded GEMV; ``--split-sweep``: the default configuration at split-K 1/2/4/8 (M > 1);
+``--shapes=14336x4096,...``: other (K, N) shapes; ``--dtype=bfloat16``.
 """
 
 from __future__ import annotations
@@ -52,11 +53,18 @@ SCHEMES = ("MXFP4", "NVFP4", "MXINT4", "MXFP8", "FPW8A16")
 SHAPES = ((4096, 14336), (8192, 28672))
 SWEEP = "--sweep" in sys.argv
 TC_SWEEP = "--tc-sweep" in sys.argv
+SPLIT_SWEEP = "--split-sweep" in sys.argv
+#: ``--shapes=KxN,...``: other shapes than SHAPES
+SHAPES_ARG = next((tuple(tuple(int(v) for v in kn.split("x")) for kn in a.split("=", 1)[1].split(","))
+                   for a in sys.argv if a.startswith("--shapes=")), None)
 #: ``--dtype=bfloat16``: bf16 activations (default fp16; the fp16-only ``gemv16`` / ``fold`` variants then run the GEMV)
 DTYPE = getattr(torch, next((a.split("=", 1)[1] for a in sys.argv if a.startswith("--dtype=")), "float16"))
 
 
 def variants(p: FPProblem, props, M: int, fold: bool = False) -> list[tuple[str, dict]]:
+    if SPLIT_SWEEP and M > 1:  # the default configuration at split-K 1, 2, 4, 8
+        base = SPACE.default_config(p, M, props)
+        return [("default", base)] + [(f"split{s}", dict(base, split_k=s)) for s in (1, 2, 4, 8) if s != base.get("split_k")]
     if M <= 16:
         gemv = SPACE.gemv(p, props, min(M, 4), 64)  # the fp32 GEMV (rows blocked by up to 4)
         prev = dict(SPACE.gemv(p, props, 1, 64), kernel="gemv16")  # the earlier M = 1 default (BN 64, ~4 programs a unit)
@@ -98,6 +106,8 @@ def variants(p: FPProblem, props, M: int, fold: bool = False) -> list[tuple[str,
 def main(path: str, quick: bool = False, dry: bool = False, schemes: tuple[str, ...] = SCHEMES, ms: tuple[int, ...] | None = None) -> None:
     global time_graph
     shapes, ms = SHAPES, ms or (1, 16, 256, 4096)
+    if SHAPES_ARG:
+        shapes = SHAPES_ARG
     if dry:  # interpreter on the CPU: tiny shapes, every call made once, no timing
         dev, props, bw = torch.device("cpu"), _device.INTERPRETER_PROPS, 1e12
         shapes, ms = ((512, 96),), tuple(m for m in (1, 16, 40) if m in ms or m == 40 and 256 in ms)

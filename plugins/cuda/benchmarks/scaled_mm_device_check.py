@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """GPU check of ``cuda.fp8_scaled_mm`` (FP8_STATIC through ``torch._scaled_mm``): numerics and speed vs cuBLAS fp16/bf16.
 
-    python plugins/cuda/benchmarks/scaled_mm_device_check.py OUT_DIR [--quick]
+    python plugins/cuda/benchmarks/scaled_mm_device_check.py OUT_DIR [--quick] [--shapes=KxN,...] [--ms=1,16,...]
 
 For (K, N) in (4096, 14336), (8192, 28672), (14336, 4096), M in 1, 16, 256, 1024, 4096 and fp16 / bf16:
 
@@ -75,6 +75,9 @@ def numerics(layer, fw, W, x) -> dict:
 def main() -> None:
     out = Path(sys.argv[1] if len(sys.argv) > 1 and not sys.argv[1].startswith("-") else ".")
     quick = "--quick" in sys.argv
+    opts = dict(a[2:].split("=", 1) for a in sys.argv[1:] if a.startswith("--") and "=" in a)
+    shapes = tuple(tuple(int(v) for v in kn.split("x")) for kn in opts["shapes"].split(",")) if "shapes" in opts else SHAPES
+    ms = tuple(int(m) for m in opts["ms"].split(",")) if "ms" in opts else MS
     out.mkdir(parents=True, exist_ok=True)
     from quantlinear import fpquant
     from quantlinear_cuda.bench import copy_bandwidth, time_graph
@@ -100,10 +103,10 @@ def main() -> None:
     rows = []
     t0 = time.time()
     for dtype in (torch.float16, torch.bfloat16):
-        for K, N in SHAPES[:1] if quick else SHAPES:
+        for K, N in shapes[:1] if quick else shapes:
             layer, fw, W = build(K, N, dtype, dev)
             Wd = W.to(dtype)
-            for M in MS[::2] if quick else MS:
+            for M in ms[::2] if quick else ms:
                 x = torch.randn(M, K, device=dev, dtype=dtype)
                 num = numerics(layer, fw, W, x)
                 ref = num.pop("_ref")

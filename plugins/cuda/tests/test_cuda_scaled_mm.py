@@ -260,7 +260,10 @@ def test_small_m_switch(monkeypatch):
     monkeypatch.setenv(fp8mod.SMALL_M_ENV, "0")
     assert fp8mod.small_m_limit() == 0
     monkeypatch.delenv(fp8mod.SMALL_M_ENV)
-    assert fp8mod.small_m_limit() == fp8mod.SMALL_M
+    assert fp8mod.small_m_limit(4096, 14336) == fp8mod.SMALL_M == 16
+    assert fp8mod.small_m_limit(14336, 4096) == fp8mod.SMALL_M_K_HEAVY == 32  # more inputs than outputs
+    monkeypatch.setenv(fp8mod.SMALL_M_ENV, "8")
+    assert fp8mod.small_m_limit(14336, 4096) == 8
 
 
 # ---- FP8: the fused activation quantization op and fast accumulation -----------------------------------------

@@ -64,11 +64,11 @@ def test_numerics(dtype, gs, bias):
 
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
 def test_small_m_gemv_and_slab_ordered_scaled_mm(dtype):
-    """M <= 16 runs cuda.triton_fp's FP8 GEMV, larger M _scaled_mm on the same bytes (slab order, K=1040 padded to
-    1152), both within an ulp of the exact result; the same codes and weight either side of the limit."""
+    """M <= 32 (K > N here) runs cuda.triton_fp's FP8 GEMV, larger M _scaled_mm on the same bytes (slab order,
+    K=1040 padded to 1152), both within an ulp of the exact result; the same codes and weight either side of the limit."""
     layer, fw, b, _ = fp8_layer(1040, 384, dtype, -1, True)
-    assert layer.small_m == 16 and layer.slab == 32 and layer.w_fp8.shape == (384, 1152)
-    for M in (1, 5, 16, 17, 64):
+    assert layer.small_m == 32 and layer.slab == 32 and layer.w_fp8.shape == (384, 1152)
+    for M in (1, 5, 16, 32, 33, 64):
         x = torch.randn(M, 1040, device=DEV, dtype=dtype) * 2
         x[0, :4] = torch.tensor([1e4, -1e4, 0.0, -0.0])
         check_close(layer(x), x, fw, b, dtype)

@@ -177,20 +177,27 @@ class FPSpace(_tune.Settings):
 
     @staticmethod
     def tc_config(p: FPProblem, b: int, units: int, **over) -> dict:
-        """The tc kernel's measured default (H100, fp_variants.py --tc-sweep, 2026-11-26) for M bucket ``b``.
+        """The tc kernel's measured default (H100, fp_variants.py --tc-sweep / --split-sweep, 2026-11-26) for M bucket
+        ``b``.
 
         Rows: 16-row tiles up to 16 rows, 64 up to 64, then all of the bucket's rows in one tile (128, or 256 with
         128-channel k-steps from M = 256).  Weight rows a program: 128 (8 warps), but 64 (4 warps) for codes other
-        than 32-channel-block 4-bit ones (NVFP4, FP8) at M <= 16 and M = 128.  Split-K 2 up to 64 rows when the
-        128-row blocks of N do not fill the GPU once.
+        than 32-channel-block 4-bit ones (NVFP4, FP8) at M <= 16 and M = 128.  Split-K: the largest power of two
+        (at most 8) that keeps programs x BN within 2.5 (M <= 64) or 1.2 (beyond) waves of 128-row programs -- e.g.
+        at M = 256 split 4 on 14336 x 4096 (32 output tiles), 2 on 28672 x 8192, 1 on 4096 x 14336: within 18% of
+        the best of 1/2/4/8 on 48 measured cells (4 shapes, MXFP4 / NVFP4 / FPW8A16, M = 16..256; mean 1.3%), where
+        a fixed split left the K-heavy shapes 2-4.5x behind.
         """
         wide = p.bits == 4 and p.slab >= 32
         narrow = (b <= 16 or b == 128) and not wide
         cfg = {"kernel": "tc", "BN": 64 if narrow else 128, "BM": 16 if b <= 16 else min(max(b, 64), 256),
                "BK": 256 if b <= 128 else 128, "warps": 4 if narrow else 8, "stages": 2, "group_m": 8, "prefetch": 1,
                "split_k": 1}
-        if b <= 64 and -(-p.N // 128) < units:
-            cfg["split_k"] = 2
+        tiles = -(-p.N // cfg["BN"]) * -(-b // cfg["BM"])
+        budget = (2.5 if b <= 64 else 1.2) * units * 128 / cfg["BN"]
+        steps = -(-p.K // cfg["BK"])
+        while cfg["split_k"] < 8 and tiles * cfg["split_k"] * 2 <= budget and steps // (cfg["split_k"] * 2) >= 2:
+            cfg["split_k"] *= 2
         cfg.update(over)
         return cfg
 

@@ -325,9 +325,13 @@ def test_tc_is_the_hopper_default_for_65_to_512_rows():
         ["gemv", "tc", "tc", "tc", "tc", "tc", "tc", "dqmm"]
     c16, c64 = space.default_config(mx, 16, Hopper()), space.default_config(mx, 40, Hopper())
     c128, c256 = space.default_config(mx, 100, Hopper()), space.default_config(nv, 256, Hopper())
-    assert (c16["BN"], c16["BM"], c64["BN"], c64["BM"], c64["split_k"]) == (128, 16, 128, 64, 2)  # 32 row blocks < 132 SMs
+    assert (c16["BN"], c16["BM"], c64["BN"], c64["BM"]) == (128, 16, 128, 64)
+    # split-K fills ~2.5 waves of 128-row programs up to 64 rows, ~1.2 beyond: 32 output tiles (N = 4096) -> 8, 4
+    assert (c16["split_k"], c64["split_k"], c128["split_k"], c256["split_k"]) == (8, 8, 4, 4)
+    wide = replace(mx, N=14336, K=4096)  # 112 tiles: 2 up to 64 rows, none beyond
+    assert [space.default_config(wide, m, Hopper())["split_k"] for m in (16, 64, 128, 256)] == [2, 2, 1, 1]
     assert (space.default_config(nv, 3, Hopper())["BN"], space.default_config(nv, 3, Hopper())["BM"]) == (64, 16)
-    assert (c128["BN"], c128["BM"], c128["BK"], c128["split_k"]) == (128, 128, 256, 1)
+    assert (c128["BN"], c128["BM"], c128["BK"]) == (128, 128, 256)
     assert (c256["BN"], c256["BM"], c256["BK"]) == (128, 256, 128)
     assert space.default_config(nv, 128, Hopper())["BN"] == 64  # 16-channel blocks: 64 rows a program
     assert space.default_config(replace(mx, dtype="float32"), 256, Hopper())["kernel"] == "dqmm"

@@ -35,8 +35,7 @@ import triton.language as tl
 
 from .fp_kernels import _block_scale, _decode, _fp_finish
 from .fp_packing import S_NONE, bits_of, slab_for
-from .kernels import COUNTER_SLOTS, _workspace, counters
-from .kernels_tc import _load_xt, _mma, _tc_coords
+from .kernels_tc import _load_xt, _mma, _tc_coords, planes_per_step, split_plan
 
 DEFAULT_CFG = {"BN": 128, "BM": 128, "BK": 256, "warps": 8, "stages": 2, "group_m": 8, "prefetch": 1, "split_k": 1}
 
@@ -106,15 +105,6 @@ def _fp_tc_kernel(x_ptr, w_ptr, s_ptr, r_ptr, b_ptr, y_ptr, ws_ptr, cnt_ptr, M, 
                split_k, M, N, True, HAS_ROWS, HAS_BIAS, USE_SPLIT)
 
 
-def planes_per_step(bits: int, slab: int, BK: int) -> int:
-    """``PL``: the largest power of two <= BK / SLAB dividing the planes of a word, at least 2."""
-    vpw = 32 // bits
-    pl = max(2, min(vpw, BK // slab))
-    while pl > 2 and (vpw % pl or pl & (pl - 1)):
-        pl -= 1
-    return pl
-
-
 def launch_tc(x: torch.Tensor, qweight: torch.Tensor, scales: torch.Tensor | None, row_scales: torch.Tensor | None,
               bias: torch.Tensor | None, elem: int, scale: int, block: int, cfg: dict | None = None,
               out: torch.Tensor | None = None) -> torch.Tensor:
@@ -134,18 +124,8 @@ def launch_tc(x: torch.Tensor, qweight: torch.Tensor, scales: torch.Tensor | Non
     if M == 0:
         return y
     BM, BN = int(c["BM"]), int(c["BN"])
-    n_steps = (KW // slab) * (vpw // pl)
-    split = max(1, min(int(c.get("split_k", 1)), n_steps))
-    sps = -(-n_steps // split)
-    split = -(-n_steps // sps)  # no empty splits: the kernel assumes a non-empty K range
     n_tiles_out = -(-M // BM) * -(-N // BN)
-    if split > 1 and (n_tiles_out > COUNTER_SLOTS or split * M * N >= 2**31):
-        split, sps = 1, n_steps
-    if split > 1:
-        ws = _workspace(x, x.get_device(), split * M * N)
-        cnt = counters(x.device)
-    else:
-        ws = cnt = y
+    split, sps, ws, cnt = split_plan(x, y, (KW // slab) * (vpw // pl), int(c.get("split_k", 1)), n_tiles_out)
     G = K // block if scale != S_NONE else 1
     _fp_tc_kernel[(n_tiles_out, split)](
         x, qweight, scales if scales is not None else qweight, row_scales if row_scales is not None else y,
@@ -157,4 +137,4 @@ def launch_tc(x: torch.Tensor, qweight: torch.Tensor, scales: torch.Tensor | Non
     return y
 
 
-__all__ = ["DEFAULT_CFG", "launch_tc", "planes_per_step"]
+__all__ = ["DEFAULT_CFG", "launch_tc"]

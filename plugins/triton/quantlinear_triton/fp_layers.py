@@ -73,10 +73,7 @@ class FloatTritonBase(QuantLinear):
         self.register_buffer("fp_scales", t["scales"])
         self.register_buffer("fp_row_scales", t["row_scales"])
         self.register_buffer("fp_act_scale", t["act_scale"])
-        self.problem = FPProblem(meta.elem, meta.scale, meta.slab, meta.bits, dtype_name(self.spec.dtype), meta.out_features,
-                                 meta.in_features)
-        if self.fp_qweight.is_cuda:  # allocate the split-K counters now, never during a graph capture
-            fp_ops.fp_kernels().counters(self.fp_qweight.device)
+        self.problem = layer_problem(meta, self.spec.dtype, self.fp_qweight.device)
 
     def compute(self, x: torch.Tensor) -> torch.Tensor:
         return run_float(self.ops_module, x, self.meta, self.problem, self.fp_qweight, self.fp_scales, self.fp_row_scales,
@@ -85,6 +82,15 @@ class FloatTritonBase(QuantLinear):
     def packed_bytes(self) -> int:
         """Bytes the kernels read per call for the weight (codes, block scales, row scales)."""
         return sum(t.numel() * t.element_size() for t in (self.fp_qweight, self.fp_scales, self.fp_row_scales) if t is not None)
+
+
+def layer_problem(meta, dtype: torch.dtype, device: torch.device) -> FPProblem:
+    """The tuning key of a prepared layer (:func:`.fp_packing.prepare_float`'s ``meta``, activations in ``dtype``),
+    with the split-K counters of a CUDA ``device`` allocated now, never during a graph capture.  Shared by
+    :class:`FloatTritonBase` and the layers that run the float kernels as a second path."""
+    if device.type == "cuda":
+        fp_ops.fp_kernels().counters(device)
+    return FPProblem(meta.elem, meta.scale, meta.slab, meta.bits, dtype_name(dtype), meta.out_features, meta.in_features)
 
 
 def run_float(ops_module: ModuleType, x: torch.Tensor, m, problem: FPProblem, qweight: torch.Tensor, scales, row_scales,
@@ -103,4 +109,4 @@ def run_float(ops_module: ModuleType, x: torch.Tensor, m, problem: FPProblem, qw
                             m.act_block)
 
 
-__all__ = ["FloatTritonBase", "run_float"]
+__all__ = ["FloatTritonBase", "layer_problem", "run_float"]

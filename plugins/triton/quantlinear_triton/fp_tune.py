@@ -109,8 +109,8 @@ class FPSpace(_tune.Settings):
                  stages: int = 3, extra: Callable[[Any, dict], dict] | None = None, paired_fp16: bool = False,
                  dqmm: bool = False, dqmm_envs: tuple[str, ...] = (), tc: Callable[[Any], bool] | None = None) -> None:
         super().__init__(family, tuned_dir)
-        #: where the large-M tensor-core kernel (:mod:`.fp_kernels_tc`, register-A wgmma) is the default for 65..512
-        #: rows and a tuning candidate: a predicate of the device properties (the devices it was measured on)
+        #: where the tensor-core kernel (:mod:`.fp_kernels_tc`, register-A wgmma) is the default for 2..512 rows and a
+        #: tuning candidate: a predicate of the device properties (the devices it was measured on)
         self.tc = tc or (lambda props: False)
         #: ``gemv16`` (PTX fp16x2 decode) is the M = 1 default for fp16 4-bit codes
         self.paired_fp16 = paired_fp16
@@ -185,8 +185,8 @@ class FPSpace(_tune.Settings):
         than 32-channel-block 4-bit ones (NVFP4, FP8) at M <= 16 and M = 128.  Split-K: the largest power of two
         (at most 8) that keeps programs x BN within 2.5 (M <= 64) or 1.2 (beyond) waves of 128-row programs -- e.g.
         at M = 256 split 4 on 14336 x 4096 (32 output tiles), 2 on 28672 x 8192, 1 on 4096 x 14336: within 18% of
-        the best of 1/2/4/8 on 48 measured cells (4 shapes, MXFP4 / NVFP4 / FPW8A16, M = 16..256; mean 1.3%), where
-        a fixed split left the K-heavy shapes 2-4.5x behind.
+        the best of 1/2/4/8 on 60 measured cells (4 shapes, MXFP4 / NVFP4 / FPW8A16, M = 16..512; at the best split
+        on 50), where a split of at most 2 left the K-heavy shapes 2-4.5x behind.
         """
         wide = p.bits == 4 and p.slab >= 32
         narrow = (b <= 16 or b == 128) and not wide

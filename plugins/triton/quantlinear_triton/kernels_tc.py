@@ -323,17 +323,39 @@ def tc_fits(bits: int) -> bool:
     return (32 // bits) % 2 == 0
 
 
+def planes_per_step(bits: int, slab: int, BK: int) -> int:
+    """``PL``: the largest power of two <= BK / SLAB dividing the VPW planes of a word, at least 2 (the k-step of this
+    module's kernel and of :mod:`.fp_kernels_tc`)."""
+    vpw = 32 // bits
+    pl = max(2, BK // slab)
+    while pl > 2 and (vpw % pl or pl & (pl - 1)):
+        pl -= 1
+    if vpw % pl or pl & (pl - 1):
+        raise ValueError(f"kernels_tc: no k-step for {bits}-bit codes (VPW {vpw})")
+    return pl
+
+
+def split_plan(x: torch.Tensor, y: torch.Tensor, n_steps: int, split_k: int, n_tiles_out: int) -> tuple:
+    """``(split, steps per split, workspace, counters)`` of a tc launch: no empty split (the kernels assume a non-empty
+    K range); no split where the tile counters or int32 offsets would not cover it; partials in the persistent
+    workspace of :mod:`.kernels` (``y`` stands in for both when there is no split)."""
+    M, N = y.shape
+    split = max(1, min(split_k, n_steps))
+    sps = -(-n_steps // split)
+    split = -(-n_steps // sps)
+    if split > 1 and (n_tiles_out > COUNTER_SLOTS or split * M * N >= 2**31):
+        split, sps = 1, n_steps
+    if split == 1:
+        return split, sps, y, y
+    return split, sps, _workspace(x, x.get_device(), split * M * N), counters(x.device)
+
+
 def _resolve(cfg: dict | None, bits: int, slab: int, group_size: int, K: int, dtype: torch.dtype, asm_ok: bool) -> dict:
     """The effective constexprs/options of ``cfg`` for one layer."""
     c = dict(DEFAULT_CFG)
     c.update(cfg or {})
     vpw = 32 // bits
-    # planes per k-step: the largest power of two <= BK / SLAB dividing VPW, at least 2
-    pl = max(2, int(c["BK"]) // slab)
-    while pl > 2 and (vpw % pl or pl & (pl - 1)):
-        pl -= 1
-    if vpw % pl or pl & (pl - 1):
-        raise ValueError(f"kernels_tc: no k-step for {bits}-bit codes (VPW {vpw})")
+    pl = planes_per_step(bits, slab, int(c["BK"]))
     T = slab * vpw
     hs = pl // 2 * slab
     per_channel = group_size >= K
@@ -382,20 +404,8 @@ def launch_tc(x: torch.Tensor, qweight: torch.Tensor, scales: torch.Tensor, zero
     if M == 0:
         return y
     vpw = 32 // bits
-    n_steps = (KW // slab) * (vpw // r["PL"])
-    split = max(1, min(r["split_k"], n_steps))
-    sps = -(-n_steps // split)
-    split = -(-n_steps // sps)
     n_tiles_out = -(-M // r["BM"]) * -(-N // r["BN"])
-    if split > 1:
-        if n_tiles_out > COUNTER_SLOTS or split * M * N >= 2**31:
-            split, sps = 1, n_steps
-    if split > 1:
-        di = x.get_device()
-        ws = _workspace(x, di, split * M * N)
-        cnt = counters(x.device)
-    else:
-        ws = cnt = y
+    split, sps, ws, cnt = split_plan(x, y, (KW // slab) * (vpw // r["PL"]), r["split_k"], n_tiles_out)
     zp = zeros if zeros is not None else scales
     bp = bias if bias is not None else scales
     zh = _bf2_sub_magic(zero_point) if r["ASM"] == 2 else _h2_magic(zero_point)

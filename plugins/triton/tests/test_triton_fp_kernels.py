@@ -303,7 +303,7 @@ def test_tc_kernel(dtype, name, fp8_elem):
 
 
 def test_tc_planes_per_step():
-    from quantlinear_triton.fp_kernels_tc import planes_per_step
+    from quantlinear_triton.kernels_tc import planes_per_step
 
     assert [planes_per_step(4, 32, bk) for bk in (32, 64, 128, 256, 512)] == [2, 2, 4, 8, 8]
     assert [planes_per_step(8, 32, bk) for bk in (64, 128, 256)] == [2, 4, 4]

@@ -78,7 +78,7 @@ import torch
 
 from quantlinear import LayerSpec, QuantLinearError, Verdict, fpquant
 from quantlinear.formats import FloatWeights
-from quantlinear_triton.fp_layers import run_float
+from quantlinear_triton.fp_layers import layer_problem, run_float
 from quantlinear_triton.runtime import env_on, triton_available
 from quantlinear_triton.scaled_mm import FP8ScaledMMBase, fp8_static_reason, quantize_static
 
@@ -212,19 +212,12 @@ class FP8ScaledMMLinear(FP8ScaledMMBase):
     def _prepare_gemv(self, w: FloatWeights) -> None:
         """Set up the small-M path: ``cuda.triton_fp``'s FP8 GEMV (activation quantization included) on the same bytes."""
         from quantlinear_triton.fp_packing import prepare_float
-        from quantlinear_triton.fp_tune import FPProblem
-        from quantlinear_triton.ops import dtype_name
 
         meta, t = prepare_float(w, fpquant.act_quant_kind(self.spec.scheme), fp8_elem=fp8_decode_for(self.spec))
         self.meta, self.slab, self.small_m = meta, meta.slab, small_m_limit(self.in_features, self.out_features)
-        self.problem = FPProblem(meta.elem, meta.scale, meta.slab, meta.bits, dtype_name(self.spec.dtype), meta.out_features,
-                                 meta.in_features)
         self.register_buffer("w_fp8", t["qweight"].view(torch.uint8))  # [N, K padded to 128]: channels in slab order
         self.register_buffer("gemv_row_scales", t["row_scales"])  # weight scale x input scale, fp32 [N]
-        if self.w_fp8.is_cuda:  # the GEMV's split-K counters: allocated now, never during a graph capture
-            from quantlinear_triton import fp_ops as shared_fp_ops
-
-            shared_fp_ops.fp_kernels().counters(self.w_fp8.device)
+        self.problem = layer_problem(meta, self.spec.dtype, self.w_fp8.device)
 
     def compute(self, x: torch.Tensor) -> torch.Tensor:
         if x.shape[0] <= self.small_m:

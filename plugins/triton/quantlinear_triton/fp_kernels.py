@@ -48,7 +48,8 @@ import triton
 import triton.language as tl
 
 from .fp_packing import A_FP8, A_MX_E2M1, A_NONE, A_NVFP4, A_RCEIL, E0M4, E2M1, E4M3_NV, S_NONE, bits_of, slab_for
-from .kernels import BACKEND_OPTIONS, COUNTER_SLOTS, MAXS, _asm_ok, _pack_h2, _tile_of, _workspace, counters
+from . import launch as _fast
+from .kernels import BACKEND_OPTIONS, COUNTER_SLOTS, MAXS, _asm_ok, _pack_h2, _pdl_enter, _tile_of, _workspace, counters, pdl_ok
 from .runtime import interpreting
 
 
@@ -128,7 +129,7 @@ def _fp_finish(acc, offs_m, offs_n, m_mask, n_mask, y_ptr, r_ptr, b_ptr, ws_ptr,
 def _fp_gemv_kernel(x_ptr, w_ptr, s_ptr, r_ptr, b_ptr, y_ptr, ws_ptr, cnt_ptr, M, N, K, KW, G, tiles_per_split, split_k,
                     ELEM: tl.constexpr, BITS: tl.constexpr, SCALE: tl.constexpr, SLAB: tl.constexpr,
                     BM: tl.constexpr, BN: tl.constexpr, HAS_ROWS: tl.constexpr, HAS_BIAS: tl.constexpr,
-                    USE_SPLIT: tl.constexpr, EVEN_K: tl.constexpr):
+                    USE_SPLIT: tl.constexpr, EVEN_K: tl.constexpr, PDL: tl.constexpr = False):
     VPW: tl.constexpr = 32 // BITS
     T: tl.constexpr = SLAB * VPW
     pid_n = tl.program_id(0)
@@ -144,6 +145,7 @@ def _fp_gemv_kernel(x_ptr, w_ptr, s_ptr, r_ptr, b_ptr, y_ptr, ws_ptr, cnt_ptr, M
     t_end = tl.minimum(t_start + tiles_per_split, KW // SLAB)
     w_ptrs = w_ptr + offs_n[:, None] * KW + offs_p[None, :]
     x_ptrs = x_ptr + offs_m[:, None] * K + offs_p[None, :]
+    _pdl_enter(PDL)
     w_next = tl.load(w_ptrs + t_start * SLAB, mask=(n_mask & ((offs_n * 0 + t_start) < t_end))[:, None], other=0)
     if BM == 1:
         acc = tl.zeros([BN, SLAB], dtype=tl.float32)  # one FMA per weight; rows reduced after the loop
@@ -297,7 +299,8 @@ def _quarters(v, S4: tl.constexpr):
 def _fp_gemv16_kernel(x_ptr, w_ptr, s_ptr, r_ptr, b_ptr, y_ptr, ws_ptr, cnt_ptr, xs_ptr, M, N, K, KW, G, tiles_per_split,
                       split_k, ELEM: tl.constexpr, BITS: tl.constexpr, SCALE: tl.constexpr, SLAB: tl.constexpr,
                       BN: tl.constexpr, HAS_ROWS: tl.constexpr, HAS_BIAS: tl.constexpr, USE_SPLIT: tl.constexpr,
-                      EVEN_K: tl.constexpr, ASM: tl.constexpr, PSUM: tl.constexpr, FOLD: tl.constexpr = False):
+                      EVEN_K: tl.constexpr, ASM: tl.constexpr, PSUM: tl.constexpr, FOLD: tl.constexpr = False,
+                      PDL: tl.constexpr = False):
     # fp16 activations, one row of x per program (grid dim 1).  A word's two codes at bits 4i.. / 16 + 4i..
     # (planes i and i + 4 of a 4-bit tile) or its bytes 0, 1 / 2, 3 (planes 2i, 2i + 1 of an FP8 tile)
     # are decoded into one fp16 pair and multiplied by the activation pair in one f16x2 instruction
@@ -324,6 +327,7 @@ def _fp_gemv16_kernel(x_ptr, w_ptr, s_ptr, r_ptr, b_ptr, y_ptr, ws_ptr, cnt_ptr,
     w_ptrs = w_ptr + offs_n[:, None] * KW + offs_p[None, :]
     x_row = x_ptr + m * K + offs_p
     xp_row = x_ptr + m * (KW * H) + offs_p  # FOLD: int32 pairs [M, KW * H]
+    _pdl_enter(PDL)
     w_next = tl.load(w_ptrs + t_start * SLAB, mask=(n_mask & ((offs_n * 0 + t_start) < t_end))[:, None], other=0)
     S4: tl.constexpr = SLAB // 4
     if PSUM:
@@ -608,7 +612,8 @@ def _nvfp4_qdq(x, gs):
 
 @triton.jit
 def _act_quant_kernel(x_ptr, y_ptr, a_ptr, xs_ptr, K, G, KT, ACT: tl.constexpr, BLOCK: tl.constexpr, NB: tl.constexpr,
-                      DIV: tl.constexpr, SPLIT: tl.constexpr, VPW: tl.constexpr):
+                      DIV: tl.constexpr, SPLIT: tl.constexpr, VPW: tl.constexpr, PDL: tl.constexpr = False):
+    _pdl_enter(PDL)
     pid_m = tl.program_id(0)
     offs_b = tl.program_id(1) * NB + tl.arange(0, NB)
     k = offs_b[:, None] * BLOCK + tl.arange(0, BLOCK)[None, :]
@@ -656,6 +661,19 @@ def _act_quant_rest(x, y_ptr, a_ptr, pid_m, offs_b, k, mask, K, ACT: tl.constexp
 _DIV_CODES = {torch.float32: 0, torch.float16: 1, torch.bfloat16: 2}
 #: compile options of the activation kernel: no FMA contraction (its rounding must be fpquant's)
 _EXACT = {} if interpreting() else {"enable_fp_fusion": False}
+_act_variants: dict[tuple, tuple] = {}
+
+
+def _act_launch(grid, x, y, a, xs, K, G, KT, act, block, nb, div, split, vpw) -> None:
+    """One launch of ``_act_quant_kernel`` (through the cached launcher; with PDL where :func:`pdl_ok`)."""
+    pdl = pdl_ok(x)
+    key = (act, block, nb, div, split, vpw, pdl)
+    v = _act_variants.get(key)
+    if v is None:
+        consts = dict(ACT=act, BLOCK=block, NB=nb, DIV=div, SPLIT=split, VPW=vpw, PDL=pdl)
+        opts = dict(num_warps=4, **_EXACT, **({"launch_pdl": True} if pdl else {}))
+        v = _act_variants[key] = (consts, ("fp_actq", *key), opts)
+    _fast.launch(_act_quant_kernel, grid, (x, y, a, xs), (K, G, KT), (), v[0], v[1], v[2], y)
 
 
 def quantize_activations(x: torch.Tensor, act: int, act_block: int, act_scale: torch.Tensor | None) -> torch.Tensor:
@@ -678,8 +696,7 @@ def quantize_activations(x: torch.Tensor, act: int, act_block: int, act_scale: t
         block = act_block
     nb = max(1, 512 // block)
     grid = (M, triton.cdiv(triton.cdiv(K, block), nb))
-    _act_quant_kernel[grid](x, y, act_scale if act_scale is not None else x, y, K, 1, 1, ACT=act, BLOCK=block, NB=nb, DIV=div,
-                            SPLIT=False, VPW=1, num_warps=4, **_EXACT)
+    _act_launch(grid, x, y, act_scale if act_scale is not None else x, y, K, 1, 1, act, block, nb, div, False, 1)
     return y
 
 
@@ -711,8 +728,7 @@ def quantize_activations_split(x: torch.Tensor, act: int, act_block: int, act_sc
         return y, xs
     nb = max(8, 512 // act_block)
     grid = (M, triton.cdiv(KT * 8, nb))
-    _act_quant_kernel[grid](x, y, act_scale if act_scale is not None else x, xs, K, G, KT, ACT=act, BLOCK=act_block, NB=nb,
-                            DIV=0, SPLIT=True, VPW=8, num_warps=4, **_EXACT)
+    _act_launch(grid, x, y, act_scale if act_scale is not None else x, xs, K, G, KT, act, act_block, nb, 0, True, 8)
     return y, xs
 
 
@@ -731,9 +747,25 @@ def gemv16_fits(elem: int, dtype: torch.dtype) -> bool:
     return dtype == torch.float16 and elem in (E2M1, E0M4, E4M3_NV)
 
 
-def _static_args(cfg: dict, elem: int, scale: int, block: int, K: int, has_rows: bool, has_bias: bool, dtype: torch.dtype) -> tuple:
+_OPTION_NAMES = frozenset(("num_warps", "num_stages", "launch_pdl", *BACKEND_OPTIONS))
+_skey_ids: dict[tuple, tuple] = {}
+
+
+def _launch_consts(st: tuple, **extra) -> tuple[dict, tuple]:
+    """The constexprs of static arguments ``st`` plus the per-call ones (``USE_SPLIT``, ...), and their static key;
+    built once per variant."""
+    variants = st[10]
+    k = tuple(extra.items())
+    v = variants.get(k)
+    if v is None:
+        v = variants[k] = (dict(st[7], **extra), (st[9], k))
+    return v
+
+
+def _static_args(cfg: dict, elem: int, scale: int, block: int, K: int, has_rows: bool, has_bias: bool, dtype: torch.dtype,
+                 pdl: bool = False) -> tuple:
     """The launch arguments that do not depend on M, computed once per (config, layer kind)."""
-    key = (id(cfg), elem, scale, block, K, has_rows, has_bias, dtype)
+    key = (id(cfg), elem, scale, block, K, has_rows, has_bias, dtype, pdl)
     st = _static.get(key)
     if st is not None and st[0] is cfg:  # st holds cfg, so its id cannot be reused meanwhile
         return st
@@ -749,11 +781,19 @@ def _static_args(cfg: dict, elem: int, scale: int, block: int, K: int, has_rows:
         common["BM"] = BM
     else:  # psum 4 (default): fp16 sums of four products per block before fp32; 1: every product to fp32
         common["PSUM"] = int(cfg.get("psum", 4)) == 4 and slab >= 16
+    if kind in ("gemv", "gemv16"):
+        common["PDL"] = bool(pdl)
+        if pdl:
+            common["launch_pdl"] = True
     common.update({k: int(cfg[k]) for k in BACKEND_OPTIONS if k in cfg})
     if kind == "dot":
         common.update(GROUP_M=int(cfg.get("group_m", 8)), SWAP=bool(cfg.get("swap", True)), IEEE=dtype == torch.float32)
     split = 1 if kind == "dqmm" else int(cfg.get("split_k", 1))
-    st = (cfg, kind, BM, BN, split, slab, common)
+    opts = {k: v for k, v in common.items() if k in _OPTION_NAMES}
+    consts = {k: v for k, v in common.items() if k not in _OPTION_NAMES}
+    # (interned: hashed on every launch; prefixed: other modules' static keys share the launcher cache)
+    skey = _skey_ids.setdefault((kind, *sorted(common.items())), ("fp", len(_skey_ids)))
+    st = (cfg, kind, BM, BN, split, slab, common, consts, opts, skey, {})
     if len(_static) > 4096:
         _static.clear()
     _static[key] = st
@@ -782,7 +822,8 @@ def launch(x: torch.Tensor, qweight: torch.Tensor, scales: torch.Tensor | None, 
     dt = x.dtype
     if x_scales is not None:  # x: the packed fp16 pairs; the output is fp16 (or ``out``'s dtype: a bf16 layer's)
         K, dt = x_scales.shape[1] * block, torch.float16
-    _, kind, BM, BN, split, slab, common = _static_args(cfg, elem, scale, block, K, row_scales is not None, bias is not None, dt)
+    st = _static_args(cfg, elem, scale, block, K, row_scales is not None, bias is not None, dt, pdl_ok(x))
+    _, kind, BM, BN, split, slab, common, _, opts = st[:9]
     if x_scales is not None and (kind != "gemv16" or not common["PSUM"]):
         raise ValueError("split activations (x_scales) need the gemv16 kernel with psum 4")
     if kind == "dqmm":
@@ -816,16 +857,18 @@ def launch(x: torch.Tensor, qweight: torch.Tensor, scales: torch.Tensor | None, 
     sp = scales if scales is not None else qweight
     rp = row_scales if row_scales is not None else y
     bp = bias if bias is not None else y
+    ints = (M, N, K, KW, G, tps, split)
     if kind == "gemv":
-        _fp_gemv_kernel[(-(-N // BN), -(-M // BM), split)](x, qweight, sp, rp, bp, y, ws, cnt, M, N, K, KW, G, tps, split,
-                                                          USE_SPLIT=split > 1, **common)
+        consts, skey = _launch_consts(st, USE_SPLIT=split > 1)
+        _fast.launch(_fp_gemv_kernel, (-(-N // BN), -(-M // BM), split), (x, qweight, sp, rp, bp, y, ws, cnt), ints, (),
+                     consts, skey, opts, y)
     elif kind == "gemv16":
-        _fp_gemv16_kernel[(-(-N // BN), M, split)](x, qweight, sp, rp, bp, y, ws, cnt, x_scales if x_scales is not None else y,
-                                                   M, N, K, KW, G, tps, split, USE_SPLIT=split > 1, ASM=_asm_ok(x),
-                                                   FOLD=x_scales is not None, **common)
+        consts, skey = _launch_consts(st, USE_SPLIT=split > 1, ASM=_asm_ok(x), FOLD=x_scales is not None)
+        _fast.launch(_fp_gemv16_kernel, (-(-N // BN), M, split),
+                     (x, qweight, sp, rp, bp, y, ws, cnt, x_scales if x_scales is not None else y), ints, (), consts, skey, opts, y)
     else:
-        _fp_dot_kernel[(n_tiles_out, split)](x, qweight, sp, rp, bp, y, ws, cnt, M, N, K, KW, G, tps, split,
-                                             USE_SPLIT=split > 1, **common)
+        consts, skey = _launch_consts(st, USE_SPLIT=split > 1)
+        _fast.launch(_fp_dot_kernel, (n_tiles_out, split), (x, qweight, sp, rp, bp, y, ws, cnt), ints, (), consts, skey, opts, y)
     return y
 
 

@@ -52,7 +52,16 @@ import triton
 import triton.language as tl
 
 from . import launch as _fast
+from .runtime import env_on
 from .packing import GEMV16_BITS, slabs_per_group
+
+try:  # grid dependency control (programmatic dependent launch, sm90+; Triton >= 3.3)
+    from triton.language.extra.cuda import gdc_launch_dependents as _gdc_launch_dependents
+    from triton.language.extra.cuda import gdc_wait as _gdc_wait
+
+    HAS_GDC = True
+except ImportError:  # pragma: no cover - older Triton
+    HAS_GDC = False
 
 #: Upper bound of split_k.
 MAXS = 64
@@ -137,6 +146,19 @@ def _tile_of(pid, M, N, BM: tl.constexpr, BN: tl.constexpr, GROUP_M: tl.constexp
 
 
 @triton.jit
+def _pdl_enter(PDL: tl.constexpr):
+    """First statement of a kernel launched with programmatic dependent launch (``PDL``; see :func:`pdl_ok`): wait
+    until the previous kernel of the stream has finished and its writes are visible, then let the next kernel launch.
+
+    Such a kernel is scheduled while its predecessor drains, and its successor (if it is launched the same way) while
+    it runs; as nothing is read or written before the wait, the result is the one of an ordinary launch.
+    """
+    if PDL:
+        _gdc_wait()
+        _gdc_launch_dependents()
+
+
+@triton.jit
 def _finish(acc, offs_m, offs_n, m_mask, n_mask, y_ptr, b_ptr, ws_ptr, cnt_ptr, tile_id, pid_k, split_k, M, N,
             N_IS_DIM0: tl.constexpr, HAS_BIAS: tl.constexpr, USE_SPLIT: tl.constexpr, MAX_SPLIT: tl.constexpr):
     """Store ``acc`` (+ bias) into y, reducing split-K partials through the workspace."""
@@ -178,7 +200,7 @@ def _gemv_kernel(x_ptr, w_ptr, s_ptr, z_ptr, b_ptr, y_ptr, ws_ptr, cnt_ptr,
                  BITS: tl.constexpr, VPW: tl.constexpr, SLAB: tl.constexpr, SPG: tl.constexpr,
                  BM: tl.constexpr, BN: tl.constexpr,
                  HAS_ZEROS: tl.constexpr, HAS_BIAS: tl.constexpr, USE_SPLIT: tl.constexpr,
-                 EVEN_K: tl.constexpr, MAX_SPLIT: tl.constexpr):
+                 EVEN_K: tl.constexpr, MAX_SPLIT: tl.constexpr, PDL: tl.constexpr = False):
     # Everything stays 2-D [BN, SLAB] in the layout of the weight load: x slabs broadcast
     # along rows, products accumulate element-wise (one FMA per weight, no shuffles), the
     # scale multiplies a group's partial sums once, and rows are reduced after the K loop.
@@ -195,6 +217,7 @@ def _gemv_kernel(x_ptr, w_ptr, s_ptr, z_ptr, b_ptr, y_ptr, ws_ptr, cnt_ptr,
     t_start = pid_k * tiles_per_split
     t_end = tl.minimum(t_start + tiles_per_split, n_tiles)
     w_ptrs = w_ptr + offs_n[:, None] * KW + offs_p[None, :]
+    _pdl_enter(PDL)
     w_next = tl.load(w_ptrs + t_start * SLAB, mask=(n_mask & ((offs_n * 0 + t_start) < t_end))[:, None], other=0)
     if BM == 1:
         m = pid_m
@@ -341,7 +364,7 @@ def _gemv16_kernel(x_ptr, w_ptr, s_ptr, z_ptr, b_ptr, y_ptr, ws_ptr, cnt_ptr,
                    M, N, K, KW, group_size, tiles_per_split, split_k, zh, zmagic,
                    BITS: tl.constexpr, SLAB: tl.constexpr, BN: tl.constexpr, HAS_ZEROS: tl.constexpr, HAS_BIAS: tl.constexpr,
                    USE_SPLIT: tl.constexpr, EVEN_K: tl.constexpr, MAX_SPLIT: tl.constexpr, ASM: tl.constexpr,
-                   BF16: tl.constexpr = False):
+                   BF16: tl.constexpr = False, PDL: tl.constexpr = False):
     # 2/4/8-bit codes, fp16 activations, one row of x per program (grid dim 1).  Word p of a tile
     # holds code j (channel t*T + j*SLAB + p) at bits BITS*j: codes j and j + H (H = VPW / 2)
     # sit in the two 16-bit halves, so one mask/or of (w >> BITS*j) dequantizes both into an
@@ -367,6 +390,7 @@ def _gemv16_kernel(x_ptr, w_ptr, s_ptr, z_ptr, b_ptr, y_ptr, ws_ptr, cnt_ptr,
     t_end = tl.minimum(t_start + tiles_per_split, n_tiles)
     w_ptrs = w_ptr + offs_n[:, None] * KW + offs_p[None, :]
     acc = tl.zeros([BN, SLAB], dtype=tl.float32)
+    _pdl_enter(PDL)
     for t in range(t_start, t_end):
         w = tl.load(w_ptrs + t * SLAB, mask=n_mask[:, None], other=0, eviction_policy="evict_first")
         ka = t * T
@@ -673,10 +697,28 @@ def _bf2_ok(x: torch.Tensor) -> bool:
     return ok
 
 
+_pdl_dev: dict[int, bool] = {}
+
+
+def pdl_ok(x: torch.Tensor) -> bool:
+    """Whether the decode kernels launch on ``x``'s device with programmatic dependent launch.
+
+    CUDA sm_90+ (``griddepcontrol``), compiled kernels, a Triton that exposes it, and ``QUANTLINEAR_PDL`` not ``0``.
+    The GEMVs (and the activation-quantization kernel before the float ones) are then scheduled while the previous
+    kernel drains instead of after it: 0.3-1.5 us less per call on an H100 (``benchmarks/pdl_probe.py``).
+    """
+    di = x.get_device()
+    ok = _pdl_dev.get(di)
+    if ok is None:
+        ok = _pdl_dev[di] = (HAS_GDC and _asm_ok(x) and torch.cuda.get_device_capability(x.device)[0] >= 9
+                             and env_on("QUANTLINEAR_PDL", "1"))
+    return ok
+
+
 def _static_args(cfg: dict, bits: int, slab: int, group_size: int, K: int, has_zeros: bool, has_bias: bool, is_fp32,
-                 dtype: torch.dtype | None = None) -> tuple:
+                 dtype: torch.dtype | None = None, pdl: bool = False) -> tuple:
     """The launch arguments that do not depend on M, computed once per (config, layer kind)."""
-    key = (id(cfg), bits, slab, group_size, K, has_zeros, has_bias, is_fp32, dtype)
+    key = (id(cfg), bits, slab, group_size, K, has_zeros, has_bias, is_fp32, dtype, pdl)
     st = _static.get(key)
     if st is not None and st[0] is cfg:  # st holds cfg, so its id cannot be reused meanwhile
         return st
@@ -686,11 +728,14 @@ def _static_args(cfg: dict, bits: int, slab: int, group_size: int, K: int, has_z
     split = 1 if kind == "dqmm" else int(cfg.get("split_k", 1))
     opts = dict(num_warps=int(cfg.get("warps", 4)), num_stages=int(cfg.get("stages", 2)))
     opts.update({k: int(cfg[k]) for k in BACKEND_OPTIONS if k in cfg})
+    pdl = pdl and kind in ("gemv", "gemv16")
+    if pdl:
+        opts["launch_pdl"] = True
     even_k = K % (slab * vpw) == 0
     rows = BM  # gemv16 runs one row of x per program; a configuration with BM > 1 (e.g. an old tuning cache) runs gemv
     if kind == "gemv16":
         common = dict(BITS=bits, SLAB=slab, BN=BN, HAS_ZEROS=has_zeros, HAS_BIAS=has_bias, EVEN_K=even_k, MAX_SPLIT=MAXS,
-                      BF16=dtype == torch.bfloat16, **opts)  # (every constexpr by name: the direct launcher needs them all)
+                      BF16=dtype == torch.bfloat16, PDL=pdl, **opts)  # (every constexpr by name: the direct launcher needs them all)
         BM = 1
     elif kind == "dot16":
         common = dict(SLAB=slab, BM=BM, BN=BN, GROUP_M=int(cfg.get("group_m", 8)), SWAP=bool(cfg.get("swap", True)), HAS_ZEROS=has_zeros,
@@ -698,6 +743,8 @@ def _static_args(cfg: dict, bits: int, slab: int, group_size: int, K: int, has_z
     else:
         common = dict(BITS=bits, VPW=vpw, SLAB=slab, SPG=slabs_per_group(bits, slab, group_size, K), BM=BM, BN=BN,
                       HAS_ZEROS=has_zeros, HAS_BIAS=has_bias, EVEN_K=even_k, MAX_SPLIT=MAXS, **opts)
+        if kind == "gemv":
+            common["PDL"] = pdl
     if kind == "dot":
         common.update(GROUP_M=int(cfg.get("group_m", 8)), SWAP=bool(cfg.get("swap", True)), SCALE_W=bool(cfg.get("scale_w", False)),
                       IEEE=is_fp32)
@@ -752,7 +799,7 @@ def launch(x: torch.Tensor, qweight: torch.Tensor, scales: torch.Tensor, zeros: 
     M, K = x.shape
     N, KW = qweight.shape
     dt = x.dtype
-    st = _static_args(cfg, bits, slab, group_size, K, zeros is not None, bias is not None, dt == torch.float32, dt)
+    st = _static_args(cfg, bits, slab, group_size, K, zeros is not None, bias is not None, dt == torch.float32, dt, pdl_ok(x))
     kind, BM, BN, split, opts, skey, common = st[1], st[2], st[3], st[4], st[6], st[7], st[10]
     if st[9] is not None:  # a paired-fp16 configuration this layer does not fit
         return launch(x, qweight, scales, zeros, bias, bits, slab, group_size, in_features, zero_point, st[9], out)

@@ -200,3 +200,73 @@ def test_fast_launch_caches_per_specialization_and_verifies(monkeypatch):
     bad = True
     assert go() == ["direct", "jit"] and fl._state["ok"] is False and "disagreed" in fl.status()
     assert go() == ["jit"]
+
+
+@pytest.mark.skipif(not interpreting(), reason="imports the kernels module under the interpreter")
+def test_programmatic_dependent_launch_only_for_the_decode_kernels_on_sm90(monkeypatch):
+    """The GEMVs launch with PDL (``launch_pdl`` and the ``PDL`` constexpr) where ``pdl_ok``; other kernels never."""
+    from quantlinear_triton import kernels
+
+    x = torch.zeros(1, 512)
+    assert not kernels.pdl_ok(x)  # CPU / interpreter: never
+    for cap, env, expected in (((9, 0), "1", True), ((10, 0), "1", True), ((8, 9), "1", False), ((9, 0), "0", False)):
+        kernels._pdl_dev.clear()
+        monkeypatch.setattr(kernels, "_asm_ok", lambda t: True)
+        monkeypatch.setattr(torch.cuda, "get_device_capability", lambda d=None, c=cap: c)
+        monkeypatch.setenv("QUANTLINEAR_PDL", env)
+        assert kernels.pdl_ok(x) is (expected and kernels.HAS_GDC), (cap, env)
+    kernels._pdl_dev.clear()
+    for kind, extra in (("gemv16", {}), ("gemv", {}), ("dot", {"swap": True, "group_m": 8}), ("dot16", {"swap": True, "group_m": 8})):
+        cfg = {"kernel": kind, "BM": 1 if kind.startswith("gemv") else 16, "BN": 32, "split_k": 2, "warps": 4, "stages": 2, **extra}
+        st = kernels._static_args(cfg, 4, 32, 128, 512, False, False, False, torch.float16, True)
+        opts, consts = st[6], st[5]
+        decode = kind in ("gemv", "gemv16")
+        assert opts.get("launch_pdl", False) is decode and consts.get("PDL", False) is decode, kind
+        plain = kernels._static_args(cfg, 4, 32, 128, 512, False, False, False, torch.float16, False)
+        assert "launch_pdl" not in plain[6] and not plain[5].get("PDL", False)
+
+
+@pytest.mark.skipif(not interpreting(), reason="the fp kernels module under the interpreter")
+def test_float_decode_and_activation_kernels_take_pdl(monkeypatch):
+    from quantlinear_triton import fp_kernels as FK
+    from quantlinear_triton import fp_packing as P
+
+    for kind in ("gemv16", "gemv", "dot"):
+        cfg = {"kernel": kind, "BM": 1 if kind != "dot" else 16, "BN": 32, "split_k": 2, "warps": 4, "stages": 2}
+        common = FK._static_args(cfg, P.E2M1, P.S_E8M0, 32, 512, False, False, torch.float16, True)[6]
+        assert common.get("launch_pdl", False) is (kind != "dot") and common.get("PDL", False) is (kind != "dot")
+        assert "launch_pdl" not in FK._static_args(cfg, P.E2M1, P.S_E8M0, 32, 512, False, False, torch.float16, False)[6]
+    seen = []
+    monkeypatch.setattr(FK, "pdl_ok", lambda x: True)
+    monkeypatch.setattr(FK, "_act_quant_kernel", type("K", (), {"__getitem__": lambda self, g: lambda *a, **kw: seen.append(kw)})())
+    FK.quantize_activations_split(torch.zeros(1, 512), P.A_MX_E2M1, 32, None)
+    FK.quantize_activations(torch.zeros(1, 512), P.A_MX_E2M1, 32, None)
+    assert [(kw["PDL"], kw["launch_pdl"]) for kw in seen] == [(True, True), (True, True)]
+
+
+_PDL_COMPILE = """
+import torch, triton
+from triton.backends.compiler import GPUTarget
+from quantlinear_triton import aot, kernels
+x, q, s = torch.zeros(1, 512, dtype=torch.float16), torch.zeros(64, 64, dtype=torch.int32), torch.ones(4, 64, dtype=torch.float16)
+cfg = {"kernel": "gemv16", "BM": 1, "BN": 32, "split_k": 2, "warps": 4, "stages": 2}
+for pdl in (True, False):
+    st = kernels._static_args(cfg, 4, 32, 128, 512, False, False, False, torch.float16, pdl)
+    args = (x, q, s, s, s, x, torch.zeros(64), torch.zeros(64, dtype=torch.int32), 1, 64, 512, 64, 128, 1, 2, 0x64086408, 8388616.0)
+    src, opts = aot.source(kernels._gemv16_kernel, args, dict(st[5], USE_SPLIT=True, ASM=True), ())
+    ptx = triton.compile(src, target=GPUTarget("cuda", 90, 32), options=dict(num_warps=4, num_stages=2)).asm["ptx"]
+    print(pdl, "griddepcontrol.wait" in ptx, "griddepcontrol.launch_dependents" in ptx)
+"""
+
+
+def test_pdl_gemv_cross_compiles_for_sm90_with_griddepcontrol():
+    """With PDL the GEMV's sm90 PTX waits on the previous grid and then releases the next one; without, neither.
+    (A compile without a GPU: Triton ships ptxas; in a subprocess, as the interpreter cannot compile.)"""
+    import os
+    import subprocess
+    import sys
+
+    env = dict(os.environ, TRITON_INTERPRET="0")
+    r = subprocess.run([sys.executable, "-c", _PDL_COMPILE], capture_output=True, text=True, timeout=300, env=env)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert r.stdout.split("\n")[:2] == ["True True True", "False False False"], r.stdout

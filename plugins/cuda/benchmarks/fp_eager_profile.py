@@ -10,7 +10,6 @@ top of a cProfile of 200 whole calls.  Used to find what the eager float path sp
 import cProfile
 import pstats
 import sys
-import time
 
 import torch
 
@@ -18,20 +17,14 @@ from quantlinear import fpquant
 from quantlinear.benchutil import random_float_weights
 from quantlinear.scheme import get_scheme
 from quantlinear_cuda import fp_ops
+from quantlinear_cuda.bench import time_eager
 from quantlinear_triton import fp_kernels as FK
 from quantlinear_triton import fp_packing as P
 from quantlinear_triton import launch as L
 
 
 def per_call(fn, n=200):
-    for _ in range(5):
-        fn()
-    torch.cuda.synchronize()
-    t = time.perf_counter()
-    for _ in range(n):
-        fn()
-    torch.cuda.synchronize()
-    return (time.perf_counter() - t) / n * 1e6
+    return time_eager(fn, n)
 
 
 for name in sys.argv[1:] or ["MXFP4", "FPW8A16"]:

@@ -82,6 +82,18 @@ def _block_scale(b, SCALE: tl.constexpr):
     return v
 
 
+@triton.jit
+def _e8m0_times(b, xs):
+    """E8M0 scale bytes ``b`` (int32 ``[BN]``) times ``xs``, an fp32 power of two ``2**-127 .. 2**127`` (an MX activation
+    block scale), as one integer multiply-add per byte: ``2**(b - 127) * 2**(e - 127)`` has the exponent field
+    ``b + e - 127`` (``e`` the E8M0 code of ``xs``: its bits >> 23, also for the subnormal ``2**-127``).  Exact where
+    the product is a normal fp32; products below ``2**-126`` (contributions under ~1e-36) become 0 instead of a
+    subnormal, products of ``2**128`` and more (which overflow fp32 either way) NaN instead of inf.
+    """
+    addend = ((xs.to(tl.int32, bitcast=True) >> 23) - 127) << 23  # once per block, for all rows
+    return tl.maximum(b * 8388608 + addend, 0).to(tl.float32, bitcast=True)
+
+
 # ---- the end of a GEMM tile: split-K reduction, row scale, bias, store ------------------------------
 @triton.jit
 def _fp_store(acc, offs, mask, offs_n, n_mask, y_ptr, r_ptr, b_ptr,
@@ -300,7 +312,7 @@ def _fp_gemv16_kernel(x_ptr, w_ptr, s_ptr, r_ptr, b_ptr, y_ptr, ws_ptr, cnt_ptr,
                       split_k, ELEM: tl.constexpr, BITS: tl.constexpr, SCALE: tl.constexpr, SLAB: tl.constexpr,
                       BN: tl.constexpr, HAS_ROWS: tl.constexpr, HAS_BIAS: tl.constexpr, USE_SPLIT: tl.constexpr,
                       EVEN_K: tl.constexpr, ASM: tl.constexpr, PSUM: tl.constexpr, FOLD: tl.constexpr = False,
-                      PDL: tl.constexpr = False):
+                      PDL: tl.constexpr = False, EVEN_N: tl.constexpr = False):
     # fp16 activations, one row of x per program (grid dim 1).  A word's two codes at bits 4i.. / 16 + 4i..
     # (planes i and i + 4 of a 4-bit tile) or its bytes 0, 1 / 2, 3 (planes 2i, 2i + 1 of an FP8 tile)
     # are decoded into one fp16 pair and multiplied by the activation pair in one f16x2 instruction
@@ -327,6 +339,10 @@ def _fp_gemv16_kernel(x_ptr, w_ptr, s_ptr, r_ptr, b_ptr, y_ptr, ws_ptr, cnt_ptr,
     w_ptrs = w_ptr + offs_n[:, None] * KW + offs_p[None, :]
     x_row = x_ptr + m * K + offs_p
     xp_row = x_ptr + m * (KW * H) + offs_p  # FOLD: int32 pairs [M, KW * H]
+    if EVEN_N:  # E8M0 scale bytes read without a mask (rows past N: the last row's; never stored)
+        s_row = s_ptr + offs_n
+    else:
+        s_row = s_ptr + tl.minimum(offs_n, N - 1)
     _pdl_enter(PDL)
     w_next = tl.load(w_ptrs + t_start * SLAB, mask=(n_mask & ((offs_n * 0 + t_start) < t_end))[:, None], other=0)
     S4: tl.constexpr = SLAB // 4
@@ -396,11 +412,15 @@ def _fp_gemv16_kernel(x_ptr, w_ptr, s_ptr, r_ptr, b_ptr, y_ptr, ws_ptr, cnt_ptr,
             if SCALE != 0:
                 ga = tl.minimum(t * VPW + ja, G - 1)  # padded planes: any valid block (x is 0 there)
                 gb = tl.minimum(t * VPW + jb, G - 1)
-                sa = _block_scale(tl.load(s_ptr + ga * N + offs_n, mask=n_mask, other=0).to(tl.int32), SCALE)
-                sb = _block_scale(tl.load(s_ptr + gb * N + offs_n, mask=n_mask, other=0).to(tl.int32), SCALE)
-                if FOLD:  # the activation blocks' scales (padded planes: x is 0 there)
-                    sa = sa * tl.load(xs_ptr + m * G + ga)
-                    sb = sb * tl.load(xs_ptr + m * G + gb)
+                if FOLD and SCALE == 1:  # E8M0 times a power-of-two activation scale: the product's exponent field
+                    sa = _e8m0_times(tl.load(s_row + ga * N).to(tl.int32), tl.load(xs_ptr + m * G + ga))
+                    sb = _e8m0_times(tl.load(s_row + gb * N).to(tl.int32), tl.load(xs_ptr + m * G + gb))
+                else:
+                    sa = _block_scale(tl.load(s_ptr + ga * N + offs_n, mask=n_mask, other=0).to(tl.int32), SCALE)
+                    sb = _block_scale(tl.load(s_ptr + gb * N + offs_n, mask=n_mask, other=0).to(tl.int32), SCALE)
+                    if FOLD:  # the activation blocks' scales (padded planes: x is 0 there)
+                        sa = sa * tl.load(xs_ptr + m * G + ga)
+                        sb = sb * tl.load(xs_ptr + m * G + gb)
                 acc += lo * sa[:, None]  # two FMAs
                 acc += hi * sb[:, None]
             else:
@@ -863,7 +883,7 @@ def launch(x: torch.Tensor, qweight: torch.Tensor, scales: torch.Tensor | None, 
         _fast.launch(_fp_gemv_kernel, (-(-N // BN), -(-M // BM), split), (x, qweight, sp, rp, bp, y, ws, cnt), ints, (),
                      consts, skey, opts, y)
     elif kind == "gemv16":
-        consts, skey = _launch_consts(st, USE_SPLIT=split > 1, ASM=_asm_ok(x), FOLD=x_scales is not None)
+        consts, skey = _launch_consts(st, USE_SPLIT=split > 1, ASM=_asm_ok(x), FOLD=x_scales is not None, EVEN_N=N % BN == 0)
         _fast.launch(_fp_gemv16_kernel, (-(-N // BN), M, split),
                      (x, qweight, sp, rp, bp, y, ws, cnt, x_scales if x_scales is not None else y), ints, (), consts, skey, opts, y)
     else:

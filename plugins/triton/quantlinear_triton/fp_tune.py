@@ -19,10 +19,10 @@ M         configuration
 1         ``gemv``: BN=64 rows, split-K until ~4 programs per unit, 128 lanes; ``gemv16`` (the
           paired-fp16 decode with fp16 sums of 4 products) instead for fp16 E2M1/E0M4 and
           hardware-decoded E4M3 (sm89+) where the space has ``paired_fp16`` (CUDA): 4-bit codes
-          with 2048-word program tiles (BN=64 with 128 lanes for 32-slabs, BN=128 with 256 lanes
-          for NVFP4's 16-slabs) and split-K until ~8 programs per unit (measured on an H100: the
-          best of a BN / split / warps sweep on both benchmark shapes, within 3%); FP8 with ``gemv``'s
-          tiles
+          with BN=128 rows and 256 lanes and split-K until ~8 programs per unit (measured on an H100:
+          the best of a BN / split / warps sweep on the benchmark shapes; MX's 32-slabs used BN=64 /
+          128 lanes until their scale path became one integer multiply-add, after which 128 rows
+          were 1-6% faster); FP8 with ``gemv``'s tiles
 2..512    ``tc`` (:mod:`.fp_kernels_tc`, the register-A wgmma kernel) where the space's ``tc`` predicate takes
           the device (CUDA: Hopper, where it was measured) and the activations are fp16 / bf16:
           :meth:`FPSpace.tc_config` (H100, MXFP4 / NVFP4 / MXFP8 / FPW8A16, two shapes: 0.7-1.5x the time of the
@@ -162,9 +162,8 @@ class FPSpace(_tune.Settings):
     def default_config(self, p: FPProblem, M: int, props, allow_dqmm: bool = True) -> dict:
         u, b = self.units(props), bucket(M)
         if b == 1:
-            if self.gemv16_default(p) and p.bits == 4:  # 2048 words a program-tile, ~8 programs per unit (H100)
-                BN = 64 if p.slab >= 32 else 128
-                return self.gemv(p, props, 1, BN, lanes=2 * BN, kernel="gemv16", per_unit=8)
+            if self.gemv16_default(p) and p.bits == 4:  # 128 rows, 256 lanes, ~8 programs per unit (H100)
+                return self.gemv(p, props, 1, 128, lanes=256, kernel="gemv16", per_unit=8)
             return self.gemv(p, props, 1, 64, kernel="gemv16" if self.gemv16_default(p) else "gemv")
         if b <= 512 and p.dtype != "float32" and self.tc(props):
             return self.tc_config(p, b, u)

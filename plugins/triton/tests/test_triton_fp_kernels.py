@@ -412,7 +412,8 @@ def test_act_quant_split_exact(dtype):
 
 
 FOLD_CFGS = [(1, dict(GEMV16, fold=1)), (1, dict(GEMV16_SPLIT, fold=1)), (3, dict(GEMV16_SPLIT, fold=1)),
-             (2, dict(GEMV16, fold=1, split_k=2))]
+             (2, dict(GEMV16, fold=1, split_k=2)),
+             (1, dict(GEMV16, fold=1, BN=8))]  # N a multiple of BN: the scale bytes read without a row clamp
 
 
 @pytest.mark.parametrize("name", ["MXFP4", "NVFP4", "MXINT4", "MXFP4_RCEIL"])
@@ -451,10 +452,10 @@ def test_gemv16_fold(name):
 
 
 def test_gemv16_default_tiles():
-    """M = 1 gemv16 for 4-bit codes: 2048-word program tiles, split-K to ~8 programs per unit; FP8 unchanged."""
+    """M = 1 gemv16 for 4-bit codes: 128-row program tiles with 256 lanes, split-K to ~8 programs per unit; FP8 unchanged."""
     space = fp_tune.FPSpace("toy_fp", "/nonexistent", lambda d: _Props(), units=lambda p: p.sm_count, paired_fp16=True)
     mx = space.default_config(fp_tune.FPProblem(P.E2M1, P.S_E8M0, 32, 4, "float16", 14336, 4096), 1, _Props())
-    assert (mx["kernel"], mx["BN"], mx["warps"], mx["split_k"]) == ("gemv16", 64, 4, 8)
+    assert (mx["kernel"], mx["BN"], mx["warps"], mx["split_k"]) == ("gemv16", 128, 8, 8)
     nv = space.default_config(fp_tune.FPProblem(P.E2M1, P.S_E4M3, 16, 4, "float16", 28672, 8192), 1, _Props())
     assert (nv["kernel"], nv["BN"], nv["warps"], nv["split_k"]) == ("gemv16", 128, 8, 8)
     f8 = space.default_config(fp_tune.FPProblem(P.E4M3_NV, P.S_NONE, 32, 8, "float16", 14336, 4096), 1, _Props())

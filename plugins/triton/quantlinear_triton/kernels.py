@@ -705,7 +705,8 @@ def pdl_ok(x: torch.Tensor) -> bool:
 
     CUDA sm_90+ (``griddepcontrol``), compiled kernels, a Triton that exposes it, and ``QUANTLINEAR_PDL`` not ``0``.
     The GEMVs (and the activation-quantization kernel before the float ones) are then scheduled while the previous
-    kernel drains instead of after it: 0.3-1.5 us less per call on an H100 (``benchmarks/pdl_probe.py``).
+    kernel drains instead of after it: 0.1-0.5 us less per int W4 GEMV and 1.0-1.3 us per MXFP4 / NVFP4 call
+    (activation kernel + GEMV) at M = 1 on an H100 (``benchmarks/pdl_probe.py``).
     """
     di = x.get_device()
     ok = _pdl_dev.get(di)

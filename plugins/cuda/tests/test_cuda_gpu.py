@@ -181,3 +181,29 @@ def test_gemv16_bf16_on_gpu(bits, group, sym, K, N):
         gr.replay()
         torch.cuda.synchronize()
         assert torch.equal(yg, run()), cfg
+
+
+@pytest.mark.parametrize("bits,group,sym", [(4, 128, True), (4, 128, False), (8, 128, True), (8, 64, False), (2, 256, False)])
+def test_gemv16_fp16_large_activations_do_not_overflow(bits, group, sym):
+    """The paired-fp16 GEMV sums ``VPW / 2`` products in fp16: with the codes scaled by ``2**-k`` no product or partial sum
+    overflows for any finite fp16 activation (unscaled, W8 overflowed from |x| ~ 256 and W4 from ~2048).  Activations with
+    outliers up to 30000 and tiny ones (1e-3) against an fp32 matmul of the dequantized weight."""
+    from quantlinear_cuda.kernels.triton_wna16 import TritonWNA16Linear
+    from quantlinear_triton import kernels as tk
+
+    K, N = 2048, 512
+    layer, W, _ = build(TritonWNA16Linear, bits, group, sym, K=K, N=N, seed=7 * bits)
+    m = layer.meta
+    assert tk.gemv16_fits(bits, m.slab, m.group_size, K, torch.float16)
+    g = torch.Generator(device="cuda").manual_seed(bits)
+    cfg = {"kernel": "gemv16", "BN": 32, "split_k": 2, "warps": 4, "stages": 2}
+    for scale, outlier in ((1.0, 30000.0), (1.0, 3000.0), (1e-3, 0.0), (40.0, 500.0)):
+        x = torch.randn(1, K, device="cuda", generator=g) * scale
+        if outlier:
+            x[0, ::97] = outlier * torch.sign(torch.randn(x[0, ::97].shape, device="cuda", generator=g))
+        x = x.to(torch.float16)
+        y = tk.launch(x, layer.w_slab, layer.w_scales, layer.w_zeros, None, bits, m.slab, m.group_size, K, layer.zero_point, cfg,
+                      out=torch.empty((1, N), device="cuda"))  # fp32 output: the kernel's error alone
+        r = ref(x, W, None)
+        assert torch.isfinite(y).all(), (bits, scale, outlier)
+        assert rel_err(y, r) < 1e-3, (bits, scale, outlier, rel_err(y, r))

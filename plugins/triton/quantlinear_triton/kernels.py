@@ -291,25 +291,35 @@ def _pack_h2(a, b):
     return tl.inline_asm_elementwise("mov.b32 $0, {$1, $2};", "=r,h,h", [a, b], dtype=tl.int32, is_pure=True, pack=1)
 
 
-@triton.jit
-def _dq_fma_h2(w, xp, acc, zh, BITS: tl.constexpr):
-    """Per word: ``acc += (q - z) * x`` on two fp16 lanes; q = the low ``BITS`` bits of each 16-bit half of ``w``.
+#: log2 of the power of two the paired-fp16 GEMV scales its codes down by: ``H * (2**BITS - 1) * 2**-k <= 1`` (H = the
+#: products summed in fp16), so no fp16 product or partial sum can overflow for any finite fp16 activation
+H2_SHIFT = {2: 5, 4: 6, 8: 9}
 
-    ``(w & mask) | 0x64006400`` is the pair of halves ``1024 + q`` exactly (q < 1024); subtracting
-    the pair ``1024 + z`` gives the exact ``q - z``; one fp16x2 FMA multiplies by the activation pair.
+
+@triton.jit
+def _dq_fma_h2(w, xp, acc, zn, BITS: tl.constexpr):
+    """Per word: ``acc += (q - z) * 2**-k * x`` on two fp16 lanes; q = the low ``BITS`` bits of each 16-bit half of ``w``.
+
+    ``(w & mask) | 0x64006400`` is the pair of halves ``1024 + q`` exactly (q < 1024); one FMA with ``2**-k`` and the
+    pair ``zn = -(1024 + z) * 2**-k`` gives the exact ``(q - z) * 2**-k`` (``k`` = :data:`H2_SHIFT`: the codes scaled
+    down so that a sum of ``VPW / 2`` products of any finite fp16 activations stays below 65504; the caller multiplies
+    the sum back by ``2**k``); one fp16x2 FMA multiplies by the activation pair.
     """
     if BITS == 8:
         return tl.inline_asm_elementwise(
-            "{ .reg .b32 t; lop3.b32 t, $1, 0x00FF00FF, 0x64006400, 0xEA; sub.f16x2 t, t, $4; fma.rn.f16x2 $0, t, $2, $3; }",
-            "=r,r,r,r,r", [w, xp, acc, zh], dtype=tl.int32, is_pure=True, pack=1)
+            "{ .reg .b32 t, c; mov.b32 c, 0x18001800; lop3.b32 t, $1, 0x00FF00FF, 0x64006400, 0xEA; "
+            "fma.rn.f16x2 t, t, c, $4; fma.rn.f16x2 $0, t, $2, $3; }",
+            "=r,r,r,r,r", [w, xp, acc, zn], dtype=tl.int32, is_pure=True, pack=1)
     elif BITS == 2:
         return tl.inline_asm_elementwise(
-            "{ .reg .b32 t; lop3.b32 t, $1, 0x00030003, 0x64006400, 0xEA; sub.f16x2 t, t, $4; fma.rn.f16x2 $0, t, $2, $3; }",
-            "=r,r,r,r,r", [w, xp, acc, zh], dtype=tl.int32, is_pure=True, pack=1)
+            "{ .reg .b32 t, c; mov.b32 c, 0x28002800; lop3.b32 t, $1, 0x00030003, 0x64006400, 0xEA; "
+            "fma.rn.f16x2 t, t, c, $4; fma.rn.f16x2 $0, t, $2, $3; }",
+            "=r,r,r,r,r", [w, xp, acc, zn], dtype=tl.int32, is_pure=True, pack=1)
     else:
         return tl.inline_asm_elementwise(
-            "{ .reg .b32 t; lop3.b32 t, $1, 0x000F000F, 0x64006400, 0xEA; sub.f16x2 t, t, $4; fma.rn.f16x2 $0, t, $2, $3; }",
-            "=r,r,r,r,r", [w, xp, acc, zh], dtype=tl.int32, is_pure=True, pack=1)
+            "{ .reg .b32 t, c; mov.b32 c, 0x24002400; lop3.b32 t, $1, 0x000F000F, 0x64006400, 0xEA; "
+            "fma.rn.f16x2 t, t, c, $4; fma.rn.f16x2 $0, t, $2, $3; }",
+            "=r,r,r,r,r", [w, xp, acc, zn], dtype=tl.int32, is_pure=True, pack=1)
 
 
 @triton.jit
@@ -378,6 +388,7 @@ def _gemv16_kernel(x_ptr, w_ptr, s_ptr, z_ptr, b_ptr, y_ptr, ws_ptr, cnt_ptr,
     H: tl.constexpr = VPW // 2
     QMASK: tl.constexpr = (1 << BITS) - 1
     T: tl.constexpr = SLAB * VPW
+    KSCALE: tl.constexpr = 0.03125 if BITS == 2 else (0.001953125 if BITS == 8 else 0.015625)  # 2**-H2_SHIFT[BITS]
     pid_n = tl.program_id(0)
     m = tl.program_id(1)
     pid_k = tl.program_id(2)
@@ -410,7 +421,12 @@ def _gemv16_kernel(x_ptr, w_ptr, s_ptr, z_ptr, b_ptr, y_ptr, ws_ptr, cnt_ptr,
                 lo = tl.zeros([BN, SLAB], dtype=tl.float32)
                 hi = tl.zeros([BN, SLAB], dtype=tl.float32)
             else:
-                zp = _zero_pairs_h(z_ptr, ga, gb, N, offs_n, n_mask, zh, HAS_ZEROS, BN, SLAB)
+                if HAS_ZEROS:  # the pairs -(1024 + z) * 2**-k (_dq_fma_h2)
+                    za = (-(tl.load(z_ptr + ga * N + offs_n, mask=n_mask, other=0).to(tl.float32) + 1024.0) * KSCALE).to(tl.float16)
+                    zb = (-(tl.load(z_ptr + gb * N + offs_n, mask=n_mask, other=0).to(tl.float32) + 1024.0) * KSCALE).to(tl.float16)
+                    zp = tl.broadcast_to(_pack_h2(za, zb)[:, None], [BN, SLAB])
+                else:
+                    zp = tl.full([BN, SLAB], zh, tl.int32)
                 a16 = tl.zeros([BN, SLAB], dtype=tl.int32)
         else:
             if HAS_ZEROS:
@@ -455,6 +471,9 @@ def _gemv16_kernel(x_ptr, w_ptr, s_ptr, z_ptr, b_ptr, y_ptr, ws_ptr, cnt_ptr,
                 lo, hi = _unpack_h2(a16)
         acc += lo * sa[:, None] + hi * sb[:, None]
     out = tl.sum(acc, axis=1)[None, :]
+    if ASM:
+        if not BF16:  # the paired-fp16 sums were of (q - z) * 2**-k
+            out = out * (1.0 / KSCALE)
     offs_m = m + tl.arange(0, 1)
     m_mask = offs_m < M
     tile_id = m * num_pid_n + pid_n
@@ -777,6 +796,14 @@ def _h2_magic(zero_point: float) -> int:
 
 
 @functools.lru_cache(maxsize=256)
+def _h2_neg_magic(zero_point: float, bits: int) -> int:
+    """The int32 whose two fp16 halves are both ``-(1024 + zero_point) * 2**-k`` (``k`` = :data:`H2_SHIFT`: the GEMV's)."""
+    h = int(torch.tensor(-(1024.0 + zero_point) * 2.0 ** -H2_SHIFT[bits], dtype=torch.float16).view(torch.int16).item()) & 0xFFFF
+    v = h | (h << 16)
+    return v - (1 << 32) if v >= (1 << 31) else v
+
+
+@functools.lru_cache(maxsize=256)
 def _bf2_magic(zero_point: float) -> int | None:
     """The int32 whose two bf16 halves are both ``-(128 + zero_point)``; None where that is not exact in bf16."""
     v = -(128.0 + zero_point)
@@ -842,7 +869,7 @@ def launch(x: torch.Tensor, qweight: torch.Tensor, scales: torch.Tensor, zeros: 
             asm = zh is not None and _bf2_ok(x) and bool(cfg.get("pair", True))
         else:
             asm = _asm_ok(x) and bool(cfg.get("pair", True))
-            zh = _h2_magic(zero_point)
+            zh = _h2_neg_magic(zero_point, bits)
         if not asm:
             zh = 0x4B000000  # the fp32 schedule's magic, bits(2**23)
         _fast.launch(_gemv16_kernel, (-(-N // BN), M, split), tensors, (*ints, zh), (zmagic,), _with(st, use_split, asm),

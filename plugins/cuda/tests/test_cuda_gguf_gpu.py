@@ -166,26 +166,23 @@ def test_gemv16_variants(qtype):
     assert all(e < FRO[torch.float16] for e in errs.values()), errs
 
 
-#: fp16 partial sums of the GGUF paired-fp16 GEMV overflow for activations this large (known; its codes are not yet
-#: scaled down as the int GEMV's are, and it sums x in fp16 per sub-block): measured on the H100, 2026-11-26
-_GGUF_FP16_OVERFLOW = {"Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q8_0", "Q4_K", "Q5_K"}
-
-
 @pytest.mark.parametrize("outlier", [3000.0, 20000.0])
 @pytest.mark.parametrize("qtype", TYPES)
-def test_gemv16_large_activations(qtype, outlier, request):
-    """The paired-fp16 GEMV with activation outliers (every 97th channel at +-outlier) and with tiny activations (1e-3):
-    finite and within the fp16 tolerance of the fp32 reference.  |x| = 20000 overflows the fp16 sums of seven types
-    (strict xfail: it fails today and must be noticed when it is fixed)."""
-    if outlier > 10000 and qtype in _GGUF_FP16_OVERFLOW:
-        request.applymarker(pytest.mark.xfail(strict=True, reason="GGUF gemv16 fp16 sums overflow for |x| ~ 20000"))
+def test_gemv16_large_activations(qtype, outlier):
+    """The paired-fp16 GEMV with activation outliers (every 97th channel at +-outlier; a block of 32 at 2000, whose sum
+    alone passes 65504) and with tiny activations (1e-3): finite and within the fp16 tolerance of the fp32 reference, in
+    both fp16 summation orders (``hsum``).  Before the codes were scaled by ``2**-KSH``, |x| = 20000 gave inf on seven
+    of the eight types."""
     layer, W, _ = build(qtype, seed=5)
     g = torch.Generator(device="cuda").manual_seed(3)
-    cfg, _ = PATHS["gemv16"]
-    for scale, out in ((1.0, outlier), (1e-3, 0.0)):
-        x = torch.randn(1, 2048, device="cuda", generator=g) * scale
-        if out:
-            x[0, ::97] = out * torch.sign(torch.randn(x[0, ::97].shape, device="cuda", generator=g))
-        x = x.to(torch.float16)
-        y = launch(layer, x, cfg)
-        assert fro(y, ref(x, W, None)) < FRO[torch.float16], (qtype, scale, out, fro(y, ref(x, W, None)))
+    base, _ = PATHS["gemv16"]
+    for cfg in (base, dict(base, hsum=True)):
+        for scale, out in ((1.0, outlier), (1e-3, 0.0), (1.0, -2000.0)):
+            x = torch.randn(1, 2048, device="cuda", generator=g) * scale
+            if out > 0:
+                x[0, ::97] = out * torch.sign(torch.randn(x[0, ::97].shape, device="cuda", generator=g))
+            elif out < 0:
+                x[0, 64:96] = -out
+            x = x.to(torch.float16)
+            y = launch(layer, x, cfg)
+            assert fro(y, ref(x, W, None)) < FRO[torch.float16], (qtype, cfg, scale, out, fro(y, ref(x, W, None)))

@@ -18,8 +18,9 @@ type only changes constexprs (low/high code bits, the symmetric offset, where th
 * ``_gemv16_kernel`` (fp16 activations, small M; the default at M = 1): the same tiles with ``MR``
   rows of x per program, codes decoded two at a time as fp16 pairs.  Fields ``f`` and ``f + FPW/2``
   of a word sit in its two 16-bit halves, so one ``lop3`` (mask | 0x6400) gives the pair
-  ``1024 + u`` and one ``sub.f16x2`` the exact ``u - C`` (``C``: the symmetric offset, or
-  ``2**(bits-1)`` for the types with a min, which keeps the fp16 sums small); each row of x then
+  ``1024 + u`` and one ``fma.f16x2`` the exact ``(u - C) * 2**-k`` (``C``: the symmetric offset, or
+  ``2**(bits-1)`` for the types with a min, which keeps the fp16 sums small; ``k``: :func:`gemv16_shift`, so that
+  no fp16 product or sum can overflow for any finite fp16 activation); each row of x then
   costs one ``fma.f16x2`` per pair.  4-bit codes skip every other shift (bits 4-7 decode to
   ``16 (u - C)``, taken with x / 16); Q6_K / Q8_0 take all products with x / 16 (fp16 range).  A
   word's pairs are summed in fp16 (4 products; ``hsum``: the sub-block's words too, 16), then in
@@ -46,7 +47,7 @@ import triton
 import triton.language as tl
 
 from . import launch as _fast
-from .kernels import _asm_ok, _h2_magic, _pack_h2, _tile_of, _unpack_h2, _workspace
+from .kernels import _asm_ok, _h2_neg_magic, _pack_h2, _tile_of, _unpack_h2, _workspace
 from .gguf_packing import CODES, OFFSET, SUB, SUPER, is_kquant
 
 #: Upper bound of split_k.
@@ -245,28 +246,30 @@ def _gemv_kernel(x_ptr, qs_ptr, qh_ptr, sm_ptr, bm_ptr, b_ptr, y_ptr, ws_ptr, cn
 
 
 @triton.jit
-def _h2_dec(w, zh, MSEL: tl.constexpr):
-    """Per word: the fp16 pair ``(q_lo - c, q_hi - c)`` of the codes the mask picks in each 16-bit half of ``w`` (CUDA).
+def _h2_dec(w, zn, kc, MSEL: tl.constexpr):
+    """Per word: the fp16 pair ``(q_lo - c, q_hi - c) * 2**-k`` of the codes the mask picks in each 16-bit half of ``w`` (CUDA).
 
-    ``(w & mask) | 0x64006400`` is the pair ``1024 + q`` exactly (q < 1024); subtracting the pair ``zh``
-    (``1024 + c`` twice) gives the exact ``q - c``.  ``MSEL``: 0 keeps bits 0-3 of each half (a 4-bit code
-    with others above it), 1 bits 4-7 (the pair is then ``16 * (q - c)`` for ``zh`` = ``1024 + 16 c``), 2 bits
-    0-7 (Q8_0, or a code already isolated), 3 none (``w`` is the pair ``1024 + q`` already).
+    ``(w & mask) | 0x64006400`` is the pair ``1024 + q`` exactly (q < 1024); one FMA with ``kc`` (the pair ``2**-k``)
+    and ``zn`` (``-(1024 + c) * 2**-k`` twice) gives the exact ``(q - c) * 2**-k``: the codes scaled down so that the
+    GEMV's fp16 sums cannot overflow (``KSH``).  ``MSEL``: 0 keeps bits 0-3 of each half (a 4-bit code with others above
+    it), 1 bits 4-7 (the pair is then ``16 * (q - c) * 2**-k`` for ``zn`` from ``1024 + 16 c``), 2 bits 0-7 (Q8_0, or a
+    code already isolated), 3 none (``w`` is the pair ``1024 + q`` already).
     """
     if MSEL == 0:
         return tl.inline_asm_elementwise(
-            "{ .reg .b32 t; lop3.b32 t, $1, 0x000F000F, 0x64006400, 0xEA; sub.f16x2 $0, t, $2; }",
-            "=r,r,r", [w, zh], dtype=tl.int32, is_pure=True, pack=1)
+            "{ .reg .b32 t; lop3.b32 t, $1, 0x000F000F, 0x64006400, 0xEA; fma.rn.f16x2 $0, t, $3, $2; }",
+            "=r,r,r,r", [w, zn, kc], dtype=tl.int32, is_pure=True, pack=1)
     elif MSEL == 1:
         return tl.inline_asm_elementwise(
-            "{ .reg .b32 t; lop3.b32 t, $1, 0x00F000F0, 0x64006400, 0xEA; sub.f16x2 $0, t, $2; }",
-            "=r,r,r", [w, zh], dtype=tl.int32, is_pure=True, pack=1)
+            "{ .reg .b32 t; lop3.b32 t, $1, 0x00F000F0, 0x64006400, 0xEA; fma.rn.f16x2 $0, t, $3, $2; }",
+            "=r,r,r,r", [w, zn, kc], dtype=tl.int32, is_pure=True, pack=1)
     elif MSEL == 2:
         return tl.inline_asm_elementwise(
-            "{ .reg .b32 t; lop3.b32 t, $1, 0x00FF00FF, 0x64006400, 0xEA; sub.f16x2 $0, t, $2; }",
-            "=r,r,r", [w, zh], dtype=tl.int32, is_pure=True, pack=1)
+            "{ .reg .b32 t; lop3.b32 t, $1, 0x00FF00FF, 0x64006400, 0xEA; fma.rn.f16x2 $0, t, $3, $2; }",
+            "=r,r,r,r", [w, zn, kc], dtype=tl.int32, is_pure=True, pack=1)
     else:  # the pair 1024 + q is already there
-        return tl.inline_asm_elementwise("sub.f16x2 $0, $1, $2;", "=r,r,r", [w, zh], dtype=tl.int32, is_pure=True, pack=1)
+        return tl.inline_asm_elementwise("fma.rn.f16x2 $0, $1, $3, $2;", "=r,r,r,r", [w, zn, kc], dtype=tl.int32, is_pure=True,
+                                         pack=1)
 
 
 @triton.jit
@@ -321,12 +324,12 @@ def _gemv16_kernel(x_ptr, qs_ptr, qh_ptr, sm_ptr, bm_ptr, b_ptr, y_ptr, ws_ptr, 
                    LB: tl.constexpr, HB: tl.constexpr, OFF: tl.constexpr, HAS_MIN: tl.constexpr, KQ: tl.constexpr,
                    Q6: tl.constexpr, SUBS: tl.constexpr, R: tl.constexpr, RT: tl.constexpr, MR: tl.constexpr,
                    HAS_BIAS: tl.constexpr, USE_SPLIT: tl.constexpr, EVEN: tl.constexpr, ASM: tl.constexpr, SR: tl.constexpr,
-                   HSUM: tl.constexpr):
+                   HSUM: tl.constexpr, KSH: tl.constexpr):
     # The GEMV for fp16 activations with paired-fp16 decoding, ``MR`` rows of x per program (the
     # weights are read and decoded once for all of them).  Same tiles as _gemv_kernel, one more
     # leading dim: tensors are [MR, R, RT, SUBS, WPS] (x rows, weight rows, sub-blocks, words).
     # Fields f and f + FPW/2 of a word sit in its two 16-bit halves, so one mask/or (ASM) turns
-    # both codes into the fp16 pair 1024 + u and one sub.f16x2 into the exact u - C (C: the
+    # both codes into the fp16 pair 1024 + u and one fma.f16x2 into the exact (u - C) * 2**-KSH (C: the
     # symmetric offset, or 2**(bits-1) for the types with a min, to keep the sums small); each
     # x row then costs one fp16x2 FMA per pair (4-bit odd fields: bits 4-7 unshifted, 16 (u - C)
     # times x / 16; Q6_K / Q8_0: every product with x / 16).  A word's FPW/2 pairs are summed in
@@ -350,8 +353,10 @@ def _gemv16_kernel(x_ptr, qs_ptr, qh_ptr, sm_ptr, bm_ptr, b_ptr, y_ptr, ws_ptr, 
     MSEL: tl.constexpr = 3 if HB > 0 else (2 if LB == 8 else 0)
     NIB: tl.constexpr = LB == 4 and HB == 0  # 4-bit codes alone in their word: fields 2k + 1 need no shift
     MASK: tl.constexpr = (1 << BITS) - 1
-    # |u - C| up to 32 (Q6_K) / 128 (Q8_0): products with x / 16 keep fp16 sums finite up to |x| ~ 8192 / 2048
+    # |u - C| up to 32 (Q6_K) / 128 (Q8_0): products with x / 16; the codes also scaled by 2**-KSH (gemv16_shift) so that
+    # no fp16 product or sum can overflow for any finite fp16 x
     XS: tl.constexpr = BITS >= 6
+    KC: tl.constexpr = ((15 - KSH) << 10) * 65537  # the fp16 pair 2**-KSH
     pid_n = tl.program_id(0)
     pid_m = tl.program_id(1)
     pid_k = tl.program_id(2)
@@ -436,13 +441,13 @@ def _gemv16_kernel(x_ptr, qs_ptr, qh_ptr, sm_ptr, bm_ptr, b_ptr, y_ptr, ws_ptr, 
                     pw = pw | 0x64006400
             if ASM:
                 xp = _pack_h2(xa, xb)
-                if HAS_MIN:
-                    x16 = _h2_add(x16, xp)
+                if HAS_MIN:  # sum(x) / 4 (at most HF = 4 terms: no overflow)
+                    x16 = _h2_fma(xp, tl.full(xp.shape, 0x34003400, tl.int32), x16)
                 if NIB and f % 2 == 1:
-                    d = _h2_dec(pw, tl.full(pw.shape, zh16, tl.int32), 1)
+                    d = _h2_dec(pw, tl.full(pw.shape, zh16, tl.int32), tl.full(pw.shape, KC, tl.int32), 1)
                     xp = _h2_sixteenth(xp)
                 else:
-                    d = _h2_dec(pw, tl.full(pw.shape, zh, tl.int32), MSEL)
+                    d = _h2_dec(pw, tl.full(pw.shape, zh, tl.int32), tl.full(pw.shape, KC, tl.int32), MSEL)
                     if XS:
                         xp = _h2_sixteenth(xp)
                 a16 = _h2_fma(tl.broadcast_to(d, a16.shape), tl.broadcast_to(xp, a16.shape), a16)
@@ -461,7 +466,7 @@ def _gemv16_kernel(x_ptr, qs_ptr, qh_ptr, sm_ptr, bm_ptr, b_ptr, y_ptr, ws_ptr, 
             lo, hi = _unpack_h2(a16)
             if HAS_MIN:
                 xl, xh = _unpack_h2(x16)
-                X = xl + xh
+                X = (xl + xh) * 4.0
         if EVEN:
             mmask = n_ok
         else:
@@ -475,9 +480,9 @@ def _gemv16_kernel(x_ptr, qs_ptr, qh_ptr, sm_ptr, bm_ptr, b_ptr, y_ptr, ws_ptr, 
         sm_ptrs += SUBS * SM_STEP
         bm_ptrs += 1
         A, B, A_hi = _scales(smv, bmv, HAS_MIN, KQ, Q6)
-        if ASM and XS:  # the products were taken with x / 16
-            As = A * 16.0
-            As_hi = A_hi * 16.0
+        if ASM:  # the products were of codes * 2**-KSH (and with x / 16 where XS)
+            As = A * (2.0 ** KSH * (16.0 if XS else 1.0))
+            As_hi = A_hi * (2.0 ** KSH * (16.0 if XS else 1.0))
         else:
             As = A
             As_hi = A_hi
@@ -632,7 +637,8 @@ def _static_args(cfg: dict, qtype: str, K: int, has_bias: bool, dtype: torch.dty
         BM, BN = (int(cfg.get("MR", 1)) if kind == "gemv16" else 1), R * rt
         consts.update(SUBS=TILE_SUBS, R=R, RT=rt, EVEN=NSUB % TILE_SUBS == 0)
         if kind == "gemv16":
-            consts.update(MR=BM, SR=bool(cfg.get("sr", SR_DEFAULT)), HSUM=bool(cfg.get("hsum", False)))
+            hsum = bool(cfg.get("hsum", False))
+            consts.update(MR=BM, SR=bool(cfg.get("sr", SR_DEFAULT)), HSUM=hsum, KSH=gemv16_shift(qtype, hsum))
     elif kind == "dot":
         BM, BN = int(cfg["BM"]), int(cfg["BN"])
         consts.update(BM=BM, BN=BN, GROUP_M=int(cfg.get("group_m", 8)), IEEE=is_fp32)
@@ -695,23 +701,35 @@ def launch(x: torch.Tensor, qs: torch.Tensor, qh: torch.Tensor | None, sm: torch
     if kind == "gemv":
         ints = (M, N, K, NSUB, per, split, 1)
     elif kind == "gemv16":
-        ints = (M, N, K, NSUB, per, split, 1, *_zh(qtype))
+        ints = (M, N, K, NSUB, per, split, 1, *_zh(qtype, consts["KSH"]))
     else:
         ints = (M, N, K, NSUB, per, split)
     _fast.launch(fn, grid, tensors, ints, (), c, (skey, use_split, asm), opts, y)
     return y
 
 
-_zhs: dict[str, tuple[int, int]] = {}
+def gemv16_shift(qtype: str, hsum: bool) -> int:
+    """``k`` of the paired-fp16 GEMV: its fp16 sums take ``P`` products (``FPW / 2`` a word; ``hsum``: a sub-block's
+    words too) of codes ``|u - C| <= 2**(bits - 1)`` (/ 16 where the activations are taken / 16), so codes scaled by
+    ``2**-k`` with ``2**k = P * max |u - C|`` keep every sum of any finite fp16 activations below 65504."""
+    _, LB, HB, _ = CODES[qtype]
+    bits = LB + HB
+    products = (32 // LB) // 2 * (LB if hsum else 1)
+    dmax = (1 << (bits - 1)) // (16 if bits >= 6 else 1)
+    return (products * dmax).bit_length() - 1
 
 
-def _zh(qtype: str) -> tuple[int, int]:
-    """The int32 words whose fp16 halves are both ``1024 + C`` / ``1024 + 16 C`` (``C``: what gemv16 subtracts from a code)."""
-    v = _zhs.get(qtype)
+_zhs: dict[tuple[str, int], tuple[int, int]] = {}
+
+
+def _zh(qtype: str, shift: int) -> tuple[int, int]:
+    """The int32 words whose fp16 halves are both ``-(1024 + C) * 2**-shift`` / ``-(1024 + 16 C) * 2**-shift`` (``C``: what
+    gemv16 subtracts from a code)."""
+    v = _zhs.get((qtype, shift))
     if v is None:
         _, LB, HB, _ = CODES[qtype]
         c = OFFSET.get(qtype, 1 << (LB + HB - 1))
-        v = _zhs[qtype] = (_h2_magic(float(c)), _h2_magic(16.0 * c) if LB + HB == 4 else 0)
+        v = _zhs[(qtype, shift)] = (_h2_neg_magic(float(c), shift), _h2_neg_magic(16.0 * c, shift) if LB + HB == 4 else 0)
     return v
 
 

@@ -796,9 +796,9 @@ def _h2_magic(zero_point: float) -> int:
 
 
 @functools.lru_cache(maxsize=256)
-def _h2_neg_magic(zero_point: float, bits: int) -> int:
-    """The int32 whose two fp16 halves are both ``-(1024 + zero_point) * 2**-k`` (``k`` = :data:`H2_SHIFT`: the GEMV's)."""
-    h = int(torch.tensor(-(1024.0 + zero_point) * 2.0 ** -H2_SHIFT[bits], dtype=torch.float16).view(torch.int16).item()) & 0xFFFF
+def _h2_neg_magic(zero_point: float, shift: int) -> int:
+    """The int32 whose two fp16 halves are both ``-(1024 + zero_point) * 2**-shift`` (the paired GEMVs' scaled zero pair)."""
+    h = int(torch.tensor(-(1024.0 + zero_point) * 2.0 ** -shift, dtype=torch.float16).view(torch.int16).item()) & 0xFFFF
     v = h | (h << 16)
     return v - (1 << 32) if v >= (1 << 31) else v
 
@@ -869,7 +869,7 @@ def launch(x: torch.Tensor, qweight: torch.Tensor, scales: torch.Tensor, zeros: 
             asm = zh is not None and _bf2_ok(x) and bool(cfg.get("pair", True))
         else:
             asm = _asm_ok(x) and bool(cfg.get("pair", True))
-            zh = _h2_neg_magic(zero_point, bits)
+            zh = _h2_neg_magic(zero_point, H2_SHIFT[bits])
         if not asm:
             zh = 0x4B000000  # the fp32 schedule's magic, bits(2**23)
         _fast.launch(_gemv16_kernel, (-(-N // BN), M, split), tensors, (*ints, zh), (zmagic,), _with(st, use_split, asm),

@@ -162,17 +162,25 @@ def test_gemv16_config_runs_gemv_for_other_dtypes(qtype):
 
 
 def test_gemv16_magic_words():
-    """The fp16 pairs gemv16 subtracts: 1024 + C (and 1024 + 16 C for the 4-bit types' odd fields)."""
-    from quantlinear_triton.gguf_kernels import _zh
+    """The fp16 pairs gemv16 adds after scaling the codes by 2**-k: -(1024 + C) * 2**-k (and -(1024 + 16 C) * 2**-k for the
+    4-bit types' odd fields), with k such that a fp16 sum of the products of any finite fp16 activations cannot overflow."""
+    from quantlinear_triton.gguf_kernels import _zh, gemv16_shift
 
     def halves(v):
         return torch.tensor([v & 0xFFFF, (v >> 16) & 0xFFFF], dtype=torch.int32).to(torch.int16).view(torch.float16).tolist()
 
-    for qtype, c in (("Q4_0", 8), ("Q4_K", 8), ("Q5_K", 16), ("Q6_K", 32), ("Q8_0", 128), ("Q4_1", 8), ("Q5_0", 16)):
-        zh, zh16 = _zh(qtype)
-        assert halves(zh) == [1024.0 + c] * 2, qtype
-        if gp.CODES[qtype][0] == 4:
-            assert halves(zh16) == [1024.0 + 16 * c] * 2, qtype
+    for qtype, c, k, k_hsum in (("Q4_0", 8, 5, 7), ("Q4_K", 8, 5, 7), ("Q5_K", 16, 6, 8), ("Q6_K", 32, 3, 5), ("Q8_0", 128, 4, 7),
+                                ("Q4_1", 8, 5, 7), ("Q5_0", 16, 6, 8)):
+        assert (gemv16_shift(qtype, False), gemv16_shift(qtype, True)) == (k, k_hsum), qtype
+        for shift in (k, k_hsum):
+            zh, zh16 = _zh(qtype, shift)
+            assert halves(zh) == [-(1024.0 + c) * 2.0 ** -shift] * 2, qtype
+            if gp.CODES[qtype][0] == 4:
+                assert halves(zh16) == [-(1024.0 + 16 * c) * 2.0 ** -shift] * 2, qtype
+        # the bound: products per fp16 sum x max |u - C| (the activations / 16 for 6- and 8-bit codes) x 2**-k <= 1
+        LB, HB = gp.CODES[qtype][1], gp.CODES[qtype][2]
+        dmax = 2 ** (LB + HB - 1) / (16 if LB + HB >= 6 else 1)
+        assert (32 // LB) // 2 * dmax * 2.0 ** -k <= 1 and (32 // LB) // 2 * LB * dmax * 2.0 ** -k_hsum <= 1, qtype
 
 
 @pytest.mark.parametrize("qtype", ["Q4_K", "Q6_K", "Q5_0"])

@@ -47,7 +47,7 @@ import triton
 import triton.language as tl
 
 from . import launch as _fast
-from .kernels import _asm_ok, _h2_neg_magic, _pack_h2, _tile_of, _unpack_h2, _workspace
+from .kernels import _asm_ok, _h2_neg_magic, _h2_pow2_neg, _pack_h2, _tile_of, _unpack_h2, _workspace
 from .gguf_packing import CODES, OFFSET, SUB, SUPER, is_kquant
 
 #: Upper bound of split_k.
@@ -356,7 +356,6 @@ def _gemv16_kernel(x_ptr, qs_ptr, qh_ptr, sm_ptr, bm_ptr, b_ptr, y_ptr, ws_ptr, 
     # |u - C| up to 32 (Q6_K) / 128 (Q8_0): products with x / 16; the codes also scaled by 2**-KSH (gemv16_shift) so that
     # no fp16 product or sum can overflow for any finite fp16 x
     XS: tl.constexpr = BITS >= 6
-    KC: tl.constexpr = ((15 - KSH) << 10) * 65537  # the fp16 pair 2**-KSH
     pid_n = tl.program_id(0)
     pid_m = tl.program_id(1)
     pid_k = tl.program_id(2)
@@ -444,10 +443,10 @@ def _gemv16_kernel(x_ptr, qs_ptr, qh_ptr, sm_ptr, bm_ptr, b_ptr, y_ptr, ws_ptr, 
                 if HAS_MIN:  # sum(x) / 4 (at most HF = 4 terms: no overflow)
                     x16 = _h2_fma(xp, tl.full(xp.shape, 0x34003400, tl.int32), x16)
                 if NIB and f % 2 == 1:
-                    d = _h2_dec(pw, tl.full(pw.shape, zh16, tl.int32), tl.full(pw.shape, KC, tl.int32), 1)
+                    d = _h2_dec(pw, tl.full(pw.shape, zh16, tl.int32), _h2_pow2_neg(pw, KSH), 1)
                     xp = _h2_sixteenth(xp)
                 else:
-                    d = _h2_dec(pw, tl.full(pw.shape, zh, tl.int32), tl.full(pw.shape, KC, tl.int32), MSEL)
+                    d = _h2_dec(pw, tl.full(pw.shape, zh, tl.int32), _h2_pow2_neg(pw, KSH), MSEL)
                     if XS:
                         xp = _h2_sixteenth(xp)
                 a16 = _h2_fma(tl.broadcast_to(d, a16.shape), tl.broadcast_to(xp, a16.shape), a16)

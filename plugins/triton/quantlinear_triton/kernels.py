@@ -297,29 +297,32 @@ H2_SHIFT = {2: 5, 4: 6, 8: 9}
 
 
 @triton.jit
-def _dq_fma_h2(w, xp, acc, zn, BITS: tl.constexpr):
+def _h2_pow2_neg(like, KSH: tl.constexpr):
+    """``like``-shaped int32 words holding the fp16 pair ``2**-KSH`` (KSH <= 14: a normal fp16)."""
+    return tl.full(like.shape, ((15 - KSH) << 10) * 65537, tl.int32)
+
+
+@triton.jit
+def _dq_fma_h2(w, xp, acc, zn, kc, BITS: tl.constexpr):
     """Per word: ``acc += (q - z) * 2**-k * x`` on two fp16 lanes; q = the low ``BITS`` bits of each 16-bit half of ``w``.
 
-    ``(w & mask) | 0x64006400`` is the pair of halves ``1024 + q`` exactly (q < 1024); one FMA with ``2**-k`` and the
-    pair ``zn = -(1024 + z) * 2**-k`` gives the exact ``(q - z) * 2**-k`` (``k`` = :data:`H2_SHIFT`: the codes scaled
-    down so that a sum of ``VPW / 2`` products of any finite fp16 activations stays below 65504; the caller multiplies
-    the sum back by ``2**k``); one fp16x2 FMA multiplies by the activation pair.
+    ``(w & mask) | 0x64006400`` is the pair of halves ``1024 + q`` exactly (q < 1024); one FMA with ``kc`` (the pair
+    ``2**-k``, :func:`_h2_pow2_neg`) and ``zn = -(1024 + z) * 2**-k`` gives the exact ``(q - z) * 2**-k`` (``k`` =
+    :data:`H2_SHIFT`: the codes scaled down so that a sum of ``VPW / 2`` products of any finite fp16 activations stays
+    below 65504; the caller multiplies the sum back by ``2**k``); one fp16x2 FMA multiplies by the activation pair.
     """
     if BITS == 8:
         return tl.inline_asm_elementwise(
-            "{ .reg .b32 t, c; mov.b32 c, 0x18001800; lop3.b32 t, $1, 0x00FF00FF, 0x64006400, 0xEA; "
-            "fma.rn.f16x2 t, t, c, $4; fma.rn.f16x2 $0, t, $2, $3; }",
-            "=r,r,r,r,r", [w, xp, acc, zn], dtype=tl.int32, is_pure=True, pack=1)
+            "{ .reg .b32 t; lop3.b32 t, $1, 0x00FF00FF, 0x64006400, 0xEA; fma.rn.f16x2 t, t, $5, $4; fma.rn.f16x2 $0, t, $2, $3; }",
+            "=r,r,r,r,r,r", [w, xp, acc, zn, kc], dtype=tl.int32, is_pure=True, pack=1)
     elif BITS == 2:
         return tl.inline_asm_elementwise(
-            "{ .reg .b32 t, c; mov.b32 c, 0x28002800; lop3.b32 t, $1, 0x00030003, 0x64006400, 0xEA; "
-            "fma.rn.f16x2 t, t, c, $4; fma.rn.f16x2 $0, t, $2, $3; }",
-            "=r,r,r,r,r", [w, xp, acc, zn], dtype=tl.int32, is_pure=True, pack=1)
+            "{ .reg .b32 t; lop3.b32 t, $1, 0x00030003, 0x64006400, 0xEA; fma.rn.f16x2 t, t, $5, $4; fma.rn.f16x2 $0, t, $2, $3; }",
+            "=r,r,r,r,r,r", [w, xp, acc, zn, kc], dtype=tl.int32, is_pure=True, pack=1)
     else:
         return tl.inline_asm_elementwise(
-            "{ .reg .b32 t, c; mov.b32 c, 0x24002400; lop3.b32 t, $1, 0x000F000F, 0x64006400, 0xEA; "
-            "fma.rn.f16x2 t, t, c, $4; fma.rn.f16x2 $0, t, $2, $3; }",
-            "=r,r,r,r,r", [w, xp, acc, zn], dtype=tl.int32, is_pure=True, pack=1)
+            "{ .reg .b32 t; lop3.b32 t, $1, 0x000F000F, 0x64006400, 0xEA; fma.rn.f16x2 t, t, $5, $4; fma.rn.f16x2 $0, t, $2, $3; }",
+            "=r,r,r,r,r,r", [w, xp, acc, zn, kc], dtype=tl.int32, is_pure=True, pack=1)
 
 
 @triton.jit
@@ -349,12 +352,14 @@ def _bf16_bits(v):
 
 
 @triton.jit
-def _zero_pairs_h(z_ptr, ga, gb, N, offs_n, n_mask, zh, HAS_ZEROS: tl.constexpr, BN: tl.constexpr, SLAB: tl.constexpr):
-    """Per row, the fp16 pair ``(1024 + z(ga), 1024 + z(gb))`` as an int32, broadcast over a slab; without zero points
-    the layer's constant pair ``zh`` (the paired-fp16 kernels subtract it from the ``1024 + q`` pairs)."""
+def _zero_pairs_h(z_ptr, ga, gb, N, offs_n, n_mask, zh, HAS_ZEROS: tl.constexpr, BN: tl.constexpr, SLAB: tl.constexpr,
+                  MUL: tl.constexpr = 1.0):
+    """Per row, the fp16 pair ``(1024 + z(ga), 1024 + z(gb)) * MUL`` as an int32, broadcast over a slab; without zero
+    points the layer's constant pair ``zh``.  ``dot16`` subtracts the pair from the ``1024 + q`` pairs (MUL 1); the GEMV
+    adds it after scaling them by ``2**-k`` (MUL ``-2**-k``: exact, 1024 + z has at most 11 significant bits)."""
     if HAS_ZEROS:
-        za = (tl.load(z_ptr + ga * N + offs_n, mask=n_mask, other=0).to(tl.float32) + 1024.0).to(tl.float16)
-        zb = (tl.load(z_ptr + gb * N + offs_n, mask=n_mask, other=0).to(tl.float32) + 1024.0).to(tl.float16)
+        za = ((tl.load(z_ptr + ga * N + offs_n, mask=n_mask, other=0).to(tl.float32) + 1024.0) * MUL).to(tl.float16)
+        zb = ((tl.load(z_ptr + gb * N + offs_n, mask=n_mask, other=0).to(tl.float32) + 1024.0) * MUL).to(tl.float16)
         zp = tl.broadcast_to(_pack_h2(za, zb)[:, None], [BN, SLAB])
     else:
         zp = tl.full([BN, SLAB], zh, tl.int32)
@@ -374,7 +379,7 @@ def _gemv16_kernel(x_ptr, w_ptr, s_ptr, z_ptr, b_ptr, y_ptr, ws_ptr, cnt_ptr,
                    M, N, K, KW, group_size, tiles_per_split, split_k, zh, zmagic,
                    BITS: tl.constexpr, SLAB: tl.constexpr, BN: tl.constexpr, HAS_ZEROS: tl.constexpr, HAS_BIAS: tl.constexpr,
                    USE_SPLIT: tl.constexpr, EVEN_K: tl.constexpr, MAX_SPLIT: tl.constexpr, ASM: tl.constexpr,
-                   BF16: tl.constexpr = False, PDL: tl.constexpr = False):
+                   BF16: tl.constexpr = False, PDL: tl.constexpr = False, KSH: tl.constexpr = 6):
     # 2/4/8-bit codes, fp16 activations, one row of x per program (grid dim 1).  Word p of a tile
     # holds code j (channel t*T + j*SLAB + p) at bits BITS*j: codes j and j + H (H = VPW / 2)
     # sit in the two 16-bit halves, so one mask/or of (w >> BITS*j) dequantizes both into an
@@ -388,7 +393,7 @@ def _gemv16_kernel(x_ptr, w_ptr, s_ptr, z_ptr, b_ptr, y_ptr, ws_ptr, cnt_ptr,
     H: tl.constexpr = VPW // 2
     QMASK: tl.constexpr = (1 << BITS) - 1
     T: tl.constexpr = SLAB * VPW
-    KSCALE: tl.constexpr = 0.03125 if BITS == 2 else (0.001953125 if BITS == 8 else 0.015625)  # 2**-H2_SHIFT[BITS]
+    KSCALE: tl.constexpr = 1.0 / (1 << KSH)  # the codes' scale in the paired-fp16 sums (H2_SHIFT)
     pid_n = tl.program_id(0)
     m = tl.program_id(1)
     pid_k = tl.program_id(2)
@@ -421,12 +426,7 @@ def _gemv16_kernel(x_ptr, w_ptr, s_ptr, z_ptr, b_ptr, y_ptr, ws_ptr, cnt_ptr,
                 lo = tl.zeros([BN, SLAB], dtype=tl.float32)
                 hi = tl.zeros([BN, SLAB], dtype=tl.float32)
             else:
-                if HAS_ZEROS:  # the pairs -(1024 + z) * 2**-k (_dq_fma_h2)
-                    za = (-(tl.load(z_ptr + ga * N + offs_n, mask=n_mask, other=0).to(tl.float32) + 1024.0) * KSCALE).to(tl.float16)
-                    zb = (-(tl.load(z_ptr + gb * N + offs_n, mask=n_mask, other=0).to(tl.float32) + 1024.0) * KSCALE).to(tl.float16)
-                    zp = tl.broadcast_to(_pack_h2(za, zb)[:, None], [BN, SLAB])
-                else:
-                    zp = tl.full([BN, SLAB], zh, tl.int32)
+                zp = _zero_pairs_h(z_ptr, ga, gb, N, offs_n, n_mask, zh, HAS_ZEROS, BN, SLAB, -KSCALE)  # -(1024 + z) * 2**-k
                 a16 = tl.zeros([BN, SLAB], dtype=tl.int32)
         else:
             if HAS_ZEROS:
@@ -452,7 +452,7 @@ def _gemv16_kernel(x_ptr, w_ptr, s_ptr, z_ptr, b_ptr, y_ptr, ws_ptr, cnt_ptr,
                     hi += db * xb.to(tl.float32)[None, :]
                 else:
                     xp = tl.broadcast_to(_pack_h2(xa, xb)[None, :], [BN, SLAB])
-                    a16 = _dq_fma_h2(w >> (BITS * j), xp, a16, zp, BITS)
+                    a16 = _dq_fma_h2(w >> (BITS * j), xp, a16, zp, _h2_pow2_neg(zp, KSH), BITS)
             else:
                 # codes in place (a code at bits b..b+BITS-1 <= 22, no shift): bits(2**23) | (q << b) is the float
                 # 2**23 + q * 2**b, so (that * 2**-b) - (2**(23-b) + z) is the exact q - z (one mask/or, one FMA);
@@ -755,7 +755,7 @@ def _static_args(cfg: dict, bits: int, slab: int, group_size: int, K: int, has_z
     rows = BM  # gemv16 runs one row of x per program; a configuration with BM > 1 (e.g. an old tuning cache) runs gemv
     if kind == "gemv16":
         common = dict(BITS=bits, SLAB=slab, BN=BN, HAS_ZEROS=has_zeros, HAS_BIAS=has_bias, EVEN_K=even_k, MAX_SPLIT=MAXS,
-                      BF16=dtype == torch.bfloat16, PDL=pdl, **opts)  # (every constexpr by name: the direct launcher needs them all)
+                      BF16=dtype == torch.bfloat16, PDL=pdl, KSH=H2_SHIFT.get(bits, 0), **opts)  # (every constexpr by name: the direct launcher needs them all)
         BM = 1
     elif kind == "dot16":
         common = dict(SLAB=slab, BM=BM, BN=BN, GROUP_M=int(cfg.get("group_m", 8)), SWAP=bool(cfg.get("swap", True)), HAS_ZEROS=has_zeros,
@@ -786,21 +786,24 @@ def _static_args(cfg: dict, bits: int, slab: int, group_size: int, K: int, has_z
     return st
 
 
+def _h2_pair(value: float) -> int:
+    """The (signed) int32 whose two fp16 halves are both ``value`` rounded to fp16."""
+    h = int(torch.tensor(value, dtype=torch.float16).view(torch.int16).item()) & 0xFFFF
+    v = h | (h << 16)
+    return v - (1 << 32) if v >= (1 << 31) else v
+
+
 @functools.lru_cache(maxsize=256)
 def _h2_magic(zero_point: float) -> int:
     """The int32 whose two fp16 halves are both ``1024 + zero_point`` (cached: looked up on every paired launch)."""
-    h = int(torch.tensor(1024.0 + zero_point, dtype=torch.float16).view(torch.int16).item()) & 0xFFFF
-    v = h | (h << 16)
-    return v - (1 << 32) if v >= (1 << 31) else v
+    return _h2_pair(1024.0 + zero_point)
 
 
 
 @functools.lru_cache(maxsize=256)
 def _h2_neg_magic(zero_point: float, shift: int) -> int:
     """The int32 whose two fp16 halves are both ``-(1024 + zero_point) * 2**-shift`` (the paired GEMVs' scaled zero pair)."""
-    h = int(torch.tensor(-(1024.0 + zero_point) * 2.0 ** -shift, dtype=torch.float16).view(torch.int16).item()) & 0xFFFF
-    v = h | (h << 16)
-    return v - (1 << 32) if v >= (1 << 31) else v
+    return _h2_pair(-(1024.0 + zero_point) * 2.0 ** -shift)
 
 
 @functools.lru_cache(maxsize=256)
@@ -869,7 +872,7 @@ def launch(x: torch.Tensor, qweight: torch.Tensor, scales: torch.Tensor, zeros: 
             asm = zh is not None and _bf2_ok(x) and bool(cfg.get("pair", True))
         else:
             asm = _asm_ok(x) and bool(cfg.get("pair", True))
-            zh = _h2_neg_magic(zero_point, H2_SHIFT[bits])
+            zh = _h2_neg_magic(zero_point, common["KSH"])
         if not asm:
             zh = 0x4B000000  # the fp32 schedule's magic, bits(2**23)
         _fast.launch(_gemv16_kernel, (-(-N // BN), M, split), tensors, (*ints, zh), (zmagic,), _with(st, use_split, asm),

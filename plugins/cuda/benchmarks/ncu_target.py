@@ -1,12 +1,27 @@
 #!/usr/bin/env python3
-"""A few launches of one M = 1 GEMV for Nsight Compute (``ncu --kernel-name regex:gemv16 python ncu_target.py int|MXFP4|NVFP4 K N``)."""
+"""A few launches of one decode kernel for Nsight Compute.
+
+    ncu --kernel-name regex:gemv16 python ncu_target.py int|MXFP4|NVFP4 K N      (M = 1, the shipped configuration)
+    ncu --kernel-name regex:mmv python ncu_target.py mmv K N M R WARPS PF        (the tensor-core decode kernel)
+"""
 import sys
 
 import torch
 
 sys.path.insert(0, "plugins/cuda/benchmarks")
 which, K, N = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
-if which == "int":
+if which == "mmv":
+    import int_perf as ip
+    from quantlinear_cuda import tune
+    from quantlinear_triton import kernels_mmv as km
+
+    M, R, W, pf = (int(a) for a in sys.argv[4:8])
+    p = tune.Problem(4, 32, 128, False, "float16", N, K)
+    ws, x = ip.make(p, M, copies=6)
+    for i in range(12):
+        q, s, _ = ws[i % 6]
+        km.launch_mmv(x, q, s, None, None, 128, 8.0, dict(R=R, warps=W, pf=bool(pf)))
+elif which == "int":
     import json
 
     import int_perf as ip

@@ -57,6 +57,33 @@ def dot16_fits(p: Problem) -> bool:
     return p.bits == 4 and p.dtype == "float16" and gemv16_fits(p)
 
 
+def mmv_fits(p: Problem, props: "_device.DeviceProps") -> bool:
+    """The tensor-core decode kernel (``kernel: mmv``, :mod:`quantlinear_triton.kernels_mmv`) applies: 4-bit codes in
+    32-word slabs, fp16, groups of a multiple of 128 (or one per row), an sm_80+ GPU running compiled kernels
+    (not the interpreter's simulated device: the Gluon kernel does not interpret)."""
+    from quantlinear_triton import kernels_mmv
+
+    return (not props.simulated and not props.hip and props.capability >= (8, 0)
+            and kernels_mmv.fits(p.bits, p.slab, p.group_size, p.K, getattr(torch, p.dtype), 1))
+
+
+def mmv_config(p: Problem, M: int) -> dict:
+    """``mmv``'s measured default for M = 2..8 (H100, ``benchmarks/mmv_check.py --sweep``,
+    results/h100-mmv-sweep-2026-11-26.json): the best or within 4% of the best shape on six layer shapes."""
+    if p.N <= 4096:
+        return {"kernel": "mmv", "R": 1, "warps": 8, "pf": True}
+    if p.N <= 8192:
+        return {"kernel": "mmv", "R": 4, "warps": 8, "pf": False}
+    if p.N <= 16384:
+        return {"kernel": "mmv", "R": 1, "warps": 4, "pf": True}
+    return {"kernel": "mmv", "R": 2, "warps": 4, "pf": False}
+
+
+#: the ``mmv`` shapes :func:`candidates` offers the tuner (R, warps, pf)
+MMV_SHAPES = ((1, 4, False), (1, 4, True), (1, 8, True), (2, 4, False), (2, 4, True), (2, 8, True), (4, 4, False),
+              (4, 8, False))
+
+
 def tc_fits(p: Problem) -> bool:
     """The large-M tensor-core kernel (``kernel: tc``, :mod:`quantlinear_triton.kernels_tc`) applies: fp16/bf16, a
     word's codes split into an even number of planes (every width but 6 bits)."""
@@ -89,6 +116,9 @@ def default_config(p: Problem, M: int, props: "_device.DeviceProps", allow_dqmm:
         if gemv16_fits(p):  # paired GEMV: 1.2-1.7x faster than the fp32 GEMV on an H100 (4-bit fp16)
             return {"kernel": "gemv16", "BM": 1, "BN": BN, "split_k": _split_for(nb, 4 * sms, p.k_tiles), "warps": 4, "stages": 3}
         return {"kernel": "gemv", "BM": 1, "BN": BN, "split_k": _split_for(nb, 4 * sms, p.k_tiles), "warps": 4, "stages": 2}
+    if b <= 8 and mmv_fits(p, props):
+        # the tensor-core decode kernel: 1.3-2.0x faster than dot16 / gemv at M = 4 and 8 on an H100
+        return mmv_config(p, M)
     if b <= 64:
         BM, BN = max(16, b), 64
         tiles = -(-M // BM) * -(-p.N // BN)
@@ -156,6 +186,9 @@ def candidates(p: Problem, M: int, props: "_device.DeviceProps", wide: bool = Fa
             for sp in splits(tiles, 2 * sms, 2):
                 out.append({"kernel": "dot", "BM": BM, "BN": BN, "split_k": sp, "warps": warps, "stages": 3, "swap": swap,
                             "scale_w": False, "group_m": 8})
+    if b <= 16 and mmv_fits(p, props):
+        for R, warps, pf in MMV_SHAPES:
+            out.append({"kernel": "mmv", "R": R, "warps": warps, "pf": pf})
     if 2 <= b <= 64 and dot16_fits(p):
         BM = max(16, b)
         # (BN=32 swapped and BN=64 unswapped compile to mma.sync on sm90; BN>=64 swapped to wgmma, which

@@ -222,10 +222,11 @@ def test_split_k_workspace_is_persistent(monkeypatch):
     buffers it replaced stay alive (a CUDA graph captured earlier may still use them)."""
     from quantlinear_triton import kernels as K
 
+    layer, W, b = make_layer(4, 128, True, 512, 64, torch.float16, seed=3)
+    # (after the layer: on a GPU its constructor reserves the device's workspace at the real minimum size)
     monkeypatch.setattr(K, "_ws", {})
     monkeypatch.setattr(K, "_ws_old", [])
     monkeypatch.setattr(K, "WORKSPACE_MIN", 64)
-    layer, W, b = make_layer(4, 128, True, 512, 64, torch.float16, seed=3)
     x = rand_x(1, 512, torch.float16)
     di = x.get_device()
     cfg = dict(GEMV16, split_k=2, BN=16)

@@ -21,7 +21,10 @@ def test_default_and_candidates_are_valid(M):
     cfgs = [tune.default_config(P, M, H100)] + tune.candidates(P, M, H100)
     assert tune.default_config(P, M, H100) == tune.default_config(P, M, H100)  # deterministic
     for c in cfgs:
-        assert c["kernel"] in ("gemv", "gemv16", "dot", "dot16", "dqmm", "tc")
+        assert c["kernel"] in ("gemv", "gemv16", "dot", "dot16", "dqmm", "tc", "mmv")
+        if c["kernel"] == "mmv":  # the tensor-core decode kernel: 16-row groups, M <= 16
+            assert tune.bucket(M) <= 16 and c["R"] in (1, 2, 4) and c["warps"] in (4, 8)
+            continue
         if c["kernel"] == "dqmm":
             assert tune.bucket(M) >= 64
             continue
@@ -37,8 +40,11 @@ def test_default_and_candidates_are_valid(M):
     kinds = {c["kernel"] for c in tune.candidates(P, M, H100)}
     # the GEMV/GEMM threshold is measured: small buckets offer both kernels to the tuner
     if 2 <= tune.bucket(M) <= 8:
-        assert kinds == {"gemv", "dot", "dot16"}
-    if 16 <= tune.bucket(M) <= 32:
+        assert kinds == {"gemv", "dot", "dot16", "mmv"}
+        assert tune.default_config(P, M, H100)["kernel"] == "mmv"
+    if tune.bucket(M) == 16:  # mmv is offered up to 16 rows; dot16 stays the default there
+        assert kinds == {"dot", "dot16", "mmv"} and tune.default_config(P, M, H100)["kernel"] == "dot16"
+    if tune.bucket(M) == 32:
         assert kinds == {"dot", "dot16"}
     if M >= 33:
         assert kinds == {"dot", "dot16", "dqmm", "tc"}  # dot16: 4-bit fp16 with groups of >= 4 slabs, as P
@@ -47,6 +53,7 @@ def test_default_and_candidates_are_valid(M):
     if M >= 1024:  # ... and loses to dequantize-then-cuBLAS from M = 1024
         assert tune.default_config(P, M, H100)["kernel"] == "dqmm"
     if M == 1:
+        assert "mmv" in kinds  # offered to the tuner; the paired GEMV stays the default
         assert tune.default_config(P, M, H100)["kernel"] == "gemv16"
         assert tune.default_config(tune.Problem(8, 32, 128, False, "float16", 4096, 4096), 1, H100)["kernel"] == "gemv16"
         assert tune.default_config(tune.Problem(3, 32, 128, False, "float16", 4096, 4096), 1, H100)["kernel"] == "gemv"
@@ -183,3 +190,24 @@ def test_gtune_stage_smoke(monkeypatch, tmp_path):
     key = "w4|s32|g128|sym|bfloat16|N64|K512|M1"
     assert merged["configs"][key]["config"] == res["configs"][key]["config"] and "Graph-timed entries" in merged["note"]
     assert len(merged["configs"]) == len(json.loads(tune.shipped_path("sm90").read_text())["configs"]) + 2
+
+
+def test_mmv_is_offered_only_where_it_runs():
+    """The tensor-core decode kernel: 4-bit fp16 with 128-multiple groups on a real sm_80+ GPU (not the interpreter)."""
+    from quantlinear_cuda.device import INTERPRETER_PROPS
+
+    def offered(p, props, M=4):
+        return any(c["kernel"] == "mmv" for c in tune.candidates(p, M, props))
+
+    A100 = DeviceProps("NVIDIA A100", (8, 0), sm_count=108)
+    T4 = DeviceProps("Tesla T4", (7, 5), sm_count=40)
+    assert offered(P, H100) and offered(P, A100)
+    assert not offered(P, T4) and not offered(P, INTERPRETER_PROPS)
+    assert tune.default_config(P, 4, T4)["kernel"] == "dot16"
+    for other in (tune.Problem(4, 32, 64, False, "float16", 4096, 4096),   # groups of 64: the pair's halves differ
+                  tune.Problem(4, 32, 128, False, "bfloat16", 4096, 4096),
+                  tune.Problem(8, 32, 128, False, "float16", 4096, 4096),
+                  tune.Problem(4, 16, 128, False, "float16", 4096, 4096)):
+        assert not offered(other, H100), other
+    assert offered(tune.Problem(4, 32, 4096, True, "float16", 1024, 4096), H100)  # one group per row
+    assert not offered(P, H100, M=17)

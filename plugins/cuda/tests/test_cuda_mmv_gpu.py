@@ -1,0 +1,86 @@
+"""The tensor-core decode kernel (``mmv``) on a real GPU: every shape class it takes, through the layer and directly."""
+
+import pytest
+import torch
+
+from cuda_testutil import GPU, TOL, graph_replay_fresh, rel_err
+from test_cuda_gpu import build, ref
+
+pytestmark = pytest.mark.skipif(not GPU or torch.cuda.get_device_capability()[0] < 8 if GPU else True,
+                                reason="needs an sm_80+ CUDA GPU")
+
+
+@pytest.fixture
+def no_tuning(monkeypatch):
+    from quantlinear_cuda import tune
+
+    monkeypatch.setenv(tune.ENV_TUNE, "0")
+    monkeypatch.setattr(tune, "TUNER", tune.Tuner())
+
+
+@pytest.mark.parametrize("group,sym,K,N,bias", [(128, True, 1024, 512, False), (128, False, 1024, 512, True),
+                                                 (256, False, 1536, 1040, True), (-1, True, 2048, 768, False),
+                                                 (128, True, 1152, 784, True), (128, False, 4224, 200, False)])
+def test_layer_takes_mmv_from_m2_to_m8(no_tuning, group, sym, K, N, bias):
+    from quantlinear_triton import launch as fl
+    from quantlinear_cuda.kernels.triton_wna16 import TritonWNA16Linear
+
+    layer, W, b = build(TritonWNA16Linear, 4, group, sym, K=K, N=N, bias=bias)
+    g = torch.Generator(device="cuda").manual_seed(K + N)
+    before = fl.stats().get("_mmv_kernel", (0, 0))
+    for M in (2, 3, 5, 8):
+        x = torch.randn(M, K, device="cuda", dtype=torch.float16, generator=g)
+        assert rel_err(layer(x), ref(x, W, b)) < 1e-3, M
+    after = fl.stats().get("_mmv_kernel", (0, 0))
+    assert sum(after) - sum(before) >= 4  # (one launch per call; the first direct launch is also checked by a normal one)
+
+
+@pytest.mark.parametrize("cfg", [dict(R=r, warps=w, pf=pf) for r, w, pf in
+                                 ((1, 4, False), (1, 8, True), (2, 4, True), (2, 8, False), (4, 4, False))])
+@pytest.mark.parametrize("sym", [True, False])
+def test_every_configuration_and_m_up_to_16(cfg, sym):
+    from quantlinear_triton import kernels as tk
+    from quantlinear_cuda.kernels.triton_wna16 import TritonWNA16Linear
+
+    layer, W, b = build(TritonWNA16Linear, 4, 128, sym, K=2304, N=528, bias=True)
+    g = torch.Generator(device="cuda").manual_seed(7)
+    for M in (1, 4, 9, 16):
+        x = torch.randn(M, 2304, device="cuda", dtype=torch.float16, generator=g)
+        y = tk.launch(x, layer.w_slab, layer.w_scales, layer.w_zeros, layer.bias, 4, layer.meta.slab, 128, 2304,
+                      layer.zero_point, dict(kernel="mmv", **cfg))
+        assert rel_err(y, ref(x, W, b)) < 1e-3, (M, cfg)
+
+
+def test_large_and_tiny_activations():
+    from quantlinear_cuda.kernels.triton_wna16 import TritonWNA16Linear
+
+    layer, W, b = build(TritonWNA16Linear, 4, 128, False, K=1024, N=512)
+    x = torch.randn(4, 1024, device="cuda")
+    x[:, ::97] = 30000.0
+    for scale in (1.0, 1e-3):
+        xs = (x * scale).half()
+        assert rel_err(layer(xs), ref(xs, W, b)) < 1e-3, scale
+
+
+def test_graph_capture_and_compile(no_tuning):
+    from quantlinear_cuda.kernels.triton_wna16 import TritonWNA16Linear
+
+    layer, W, b = build(TritonWNA16Linear, 4, 128, True, K=1024, N=512, bias=True)
+    x = torch.randn(4, 1024, device="cuda", dtype=torch.float16)
+    layer(x)
+    assert rel_err(graph_replay_fresh(layer, x), ref(x, W, b)) < TOL[torch.float16]
+    f = torch.compile(lambda t: layer(t) * 0.5, fullgraph=True)
+    for M in (3, 6):
+        xm = torch.randn(M, 1024, device="cuda", dtype=torch.float16)
+        assert rel_err(f(xm), ref(xm, W, b) * 0.5) < TOL[torch.float16]
+
+
+def test_bf16_layers_do_not_take_it(no_tuning):
+    from quantlinear_triton import launch as fl
+    from quantlinear_cuda.kernels.triton_wna16 import TritonWNA16Linear
+
+    layer, W, b = build(TritonWNA16Linear, 4, 128, True, K=1024, N=512, dtype=torch.bfloat16)
+    before = sum(fl.stats().get("_mmv_kernel", (0, 0)))
+    x = torch.randn(4, 1024, device="cuda", dtype=torch.bfloat16)
+    assert rel_err(layer(x), ref(x, W, b)) < TOL[torch.bfloat16]
+    assert sum(fl.stats().get("_mmv_kernel", (0, 0))) == before

@@ -59,7 +59,7 @@ def dot16_fits(p: Problem) -> bool:
 
 def mmv_fits(p: Problem, props: "_device.DeviceProps") -> bool:
     """The tensor-core decode kernel (``kernel: mmv``, :mod:`quantlinear_triton.kernels_mmv`) applies: 4-bit codes in
-    32-word slabs, fp16, groups of a multiple of 128 (or one per row), an sm_80+ GPU running compiled kernels
+    32-word slabs, fp16, groups of 128 x 2^k channels (or one per row), an sm_80+ GPU running compiled kernels
     (not the interpreter's simulated device: the Gluon kernel does not interpret)."""
     from quantlinear_triton import kernels_mmv
 
@@ -67,21 +67,30 @@ def mmv_fits(p: Problem, props: "_device.DeviceProps") -> bool:
             and kernels_mmv.fits(p.bits, p.slab, p.group_size, p.K, getattr(torch, p.dtype), 1))
 
 
-def mmv_config(p: Problem, M: int) -> dict:
-    """``mmv``'s measured default for M = 2..8 (H100, ``benchmarks/mmv_check.py --sweep``,
-    results/h100-mmv-sweep-2026-11-26.json): the best or within 4% of the best shape on six layer shapes."""
-    if p.N <= 4096:
-        return {"kernel": "mmv", "R": 1, "warps": 8, "pf": True}
-    if p.N <= 8192:
-        return {"kernel": "mmv", "R": 4, "warps": 8, "pf": False}
-    if p.N <= 16384:
-        return {"kernel": "mmv", "R": 1, "warps": 4, "pf": True}
-    return {"kernel": "mmv", "R": 2, "warps": 4, "pf": False}
+def mmv_config(p: Problem, M: int, sms: int, **over) -> dict:
+    """``mmv``'s default: 4 warps of 16 rows sharing each K tile's staged activations, K split until there are about
+    2 programs per multiprocessor.  On an H100 (``benchmarks/mmv_check.py --sweep``, 24 cells: six shapes, M = 2, 4,
+    8, 16; results/h100-mmv-sweep4-2026-11-26.json) it is within 7.4% of the best candidate everywhere, 2.5% on
+    geometric mean; 8 warps at the same rule were 7% / 30% off."""
+    cfg = {"kernel": "mmv", "R": 1, "warps": 4, "pf": True}
+    cfg.update(over)
+    if "split_k" not in cfg:
+        cfg["split_k"] = _split_for(-(-p.N // (16 * cfg["R"] * cfg["warps"])), 2 * sms, p.k_tiles)
+    return cfg
 
 
-#: the ``mmv`` shapes :func:`candidates` offers the tuner (R, warps, pf)
-MMV_SHAPES = ((1, 4, False), (1, 4, True), (1, 8, True), (2, 4, False), (2, 4, True), (2, 8, True), (4, 4, False),
-              (4, 8, False))
+def mmv_candidates(p: Problem, M: int, sms: int) -> list[dict]:
+    """What the tuner measures of ``mmv``: 8 and 4 warps at their default split, half and twice it, and 2 row groups
+    per warp."""
+    out = []
+    for warps in (8, 4):
+        d = mmv_config(p, M, sms, warps=warps)
+        out.append(d)
+        for sp in (d["split_k"] // 2, d["split_k"] * 2):
+            if 1 <= sp and p.k_tiles // sp >= 2:
+                out.append(dict(d, split_k=sp))
+    out.append(mmv_config(p, M, sms, R=2, warps=4))
+    return _tune.unique(out)
 
 
 def tc_fits(p: Problem) -> bool:
@@ -116,9 +125,9 @@ def default_config(p: Problem, M: int, props: "_device.DeviceProps", allow_dqmm:
         if gemv16_fits(p):  # paired GEMV: 1.2-1.7x faster than the fp32 GEMV on an H100 (4-bit fp16)
             return {"kernel": "gemv16", "BM": 1, "BN": BN, "split_k": _split_for(nb, 4 * sms, p.k_tiles), "warps": 4, "stages": 3}
         return {"kernel": "gemv", "BM": 1, "BN": BN, "split_k": _split_for(nb, 4 * sms, p.k_tiles), "warps": 4, "stages": 2}
-    if b <= 8 and mmv_fits(p, props):
-        # the tensor-core decode kernel: 1.3-2.0x faster than dot16 / gemv at M = 4 and 8 on an H100
-        return mmv_config(p, M)
+    if b <= 16 and mmv_fits(p, props):
+        # the tensor-core decode kernel: 1.1-2.0x faster than dot16 / dot at M = 2..16 on an H100
+        return mmv_config(p, M, sms)
     if b <= 64:
         BM, BN = max(16, b), 64
         tiles = -(-M // BM) * -(-p.N // BN)
@@ -187,8 +196,7 @@ def candidates(p: Problem, M: int, props: "_device.DeviceProps", wide: bool = Fa
                 out.append({"kernel": "dot", "BM": BM, "BN": BN, "split_k": sp, "warps": warps, "stages": 3, "swap": swap,
                             "scale_w": False, "group_m": 8})
     if b <= 16 and mmv_fits(p, props):
-        for R, warps, pf in MMV_SHAPES:
-            out.append({"kernel": "mmv", "R": R, "warps": warps, "pf": pf})
+        out.extend(mmv_candidates(p, M, sms))
     if 2 <= b <= 64 and dot16_fits(p):
         BM = max(16, b)
         # (BN=32 swapped and BN=64 unswapped compile to mma.sync on sm90; BN>=64 swapped to wgmma, which

@@ -20,6 +20,8 @@ from test_cuda_kernels import make_layer, rand_x, reference, run_cfg
 def test_fits_four_bit_fp16_slabs_of_32_with_128_multiple_groups():
     f16 = torch.float16
     assert km.fits(4, 32, 128, 4096, f16, 1) and km.fits(4, 32, 256, 4096, f16, 16) and km.fits(4, 32, 4096, 4096, f16, 8)
+    assert [km.group_shift(g, 4096) for g in (128, 256, 1024, 4096, 8192)] == [0, 1, 3, 31, 31]  # half-tile >> shift
+    assert km.group_shift(384, 4608) is None and not km.fits(4, 32, 384, 4608, f16, 4)
     assert not km.fits(4, 32, 64, 4096, f16, 4)  # a pair's halves are 128 channels apart: both in one group per half
     assert not km.fits(4, 16, 128, 4096, f16, 4)  # 16-word slabs: the lane's word map assumes 32
     assert not km.fits(8, 32, 128, 4096, f16, 4) and not km.fits(4, 32, 128, 4096, torch.bfloat16, 4)
@@ -37,26 +39,27 @@ def test_an_mmv_configuration_falls_back_to_dot16_where_it_cannot_run(sym, bias)
     layer, W, b = make_layer(4, 128, sym, 512, 96, torch.float16, bias=bias)
     for M in (1, 3, 16):
         x = rand_x(M, 512, torch.float16, seed=M)
-        y = run_cfg(layer, x, {"kernel": "mmv", "R": 2, "warps": 4, "pf": True})
+        y = run_cfg(layer, x, {"kernel": "mmv", "R": 1, "warps": 8, "pf": True, "split_k": 2})
         assert rel_err(y, reference(x, W, b)) < 2e-3
         assert torch.equal(y, run_cfg(layer, x, km.FALLBACK))
 
 
-#: (constexprs, warps, compute capability) the compile check builds
-COMPILE_JOBS = [(dict(R=1, NT=1, HAS_ZEROS=False, HAS_BIAS=False, EVEN_K=True, PF=True), 8, 90),
-                (dict(R=2, NT=1, HAS_ZEROS=True, HAS_BIAS=True, EVEN_K=False, PF=False), 4, 90),
-                (dict(R=4, NT=2, HAS_ZEROS=False, HAS_BIAS=True, EVEN_K=True, PF=False), 4, 90),
-                (dict(R=2, NT=2, HAS_ZEROS=True, HAS_BIAS=False, EVEN_K=True, PF=True), 8, 80)]
+#: (kernel, constexprs, warps, compute capability) the compile check builds
+COMPILE_JOBS = [("_mmv_kernel", dict(R=1, NT=1, HAS_ZEROS=False, HAS_BIAS=False, PF=True, USE_SPLIT=True), 8, 90),
+                ("_mmv_kernel", dict(R=2, NT=1, HAS_ZEROS=True, HAS_BIAS=True, PF=False, USE_SPLIT=False), 4, 90),
+                ("_mmv_kernel", dict(R=1, NT=2, HAS_ZEROS=False, HAS_BIAS=True, PF=True, USE_SPLIT=True), 8, 90),
+                ("_mmv_kernel", dict(R=2, NT=2, HAS_ZEROS=True, HAS_BIAS=False, PF=True, USE_SPLIT=False), 4, 80)]
 
 
-def compile_mmv(consts: dict, warps: int, cap: int) -> dict:
-    """Compile ``_mmv_kernel`` for ``sm<cap>`` as :func:`kernels_mmv.launch_mmv` would launch it (TRITON_INTERPRET off)."""
+def compile_mmv(name: str, consts: dict, warps: int, cap: int) -> dict:
+    """Compile kernel ``name`` for ``sm<cap>`` as :func:`kernels_mmv.launch_mmv` would launch it (TRITON_INTERPRET off)."""
     import triton
     from triton.backends.compiler import GPUTarget
     from triton.experimental.gluon._runtime import GluonASTSource
 
-    fn = km._mmv_kernel
-    types = dict(x_ptr="*fp16", w_ptr="*i32", s_ptr="*fp16", z_ptr="*u8", b_ptr="*fp16", y_ptr="*fp16")
+    fn = getattr(km, name)
+    types = dict(x_ptr="*fp16", w_ptr="*i32", s_ptr="*fp16", z_ptr="*u8", b_ptr="*fp16", y_ptr="*fp16", ws_ptr="*fp32",
+                 cnt_ptr="*i32")
     sig, attrs = {}, {}
     for i, n in enumerate(fn.arg_names):
         if n in consts:
@@ -65,17 +68,18 @@ def compile_mmv(consts: dict, warps: int, cap: int) -> dict:
             sig[n], attrs[(i,)] = types[n], [["tt.divisibility", 16]]
         else:
             sig[n] = "i32"
-            if n == "KW" or (n in ("N", "K") and consts["EVEN_K"]):  # (KW: whole 32-word slabs, always)
+            if n == "KW":  # (whole 32-word slabs, always)
                 attrs[(i,)] = [["tt.divisibility", 16]]
     c = triton.compile(GluonASTSource(fn, sig, constexprs=consts, attrs=attrs), target=GPUTarget("cuda", cap, 32),
                        options=dict(num_warps=warps))
     ptx = c.asm["ptx"]
     return {"mma": ptx.count("mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32"), "v4": ptx.count("ld.global.v4"),
-            "local": ".local" in ptx, "cubin": len(c.asm.get("cubin", b""))}
+            "local": ".local" in ptx, "cubin": len(c.asm.get("cubin", b"")), "lds": ptx.count("ld.shared.v4"),
+            "bar": ptx.count("bar.sync"), "atom": ptx.count("atom.global")}
 
 
 def test_mmv_cross_compiles_for_sm80_and_sm90():
-    """One m16n8k16 MMA per word of a row group and token tile, 16-byte weight loads, nothing spilled to local memory."""
+    """One m16n8k16 MMA per word of a row group and token tile, 16-byte weight and shared loads, nothing spilled."""
     pytest.importorskip("triton.experimental.gluon")
     pytest.importorskip("triton.backends.nvidia.compiler")
     env = {k: v for k, v in os.environ.items() if k not in ("TRITON_INTERPRET", "QUANTLINEAR_CUDA_CPU_INTERPRET")}
@@ -84,14 +88,17 @@ def test_mmv_cross_compiles_for_sm80_and_sm90():
     assert r.returncode == 0, r.stderr[-3000:]
     res = [json.loads(line) for line in r.stdout.splitlines() if line.startswith("{")]
     assert len(res) == len(COMPILE_JOBS)
-    for (consts, warps, cap), got in zip(COMPILE_JOBS, res):
+    for (name, consts, warps, cap), got in zip(COMPILE_JOBS, res):
         R, NT = consts["R"], consts["NT"]
         assert got["cubin"] > 0 and not got["local"], got
         assert got["mma"] == 16 * R * NT, (consts, got)  # a 256-channel tile: 4 code pairs x 4 words per MMA chain
         assert got["v4"] >= 4 * R, (consts, got)  # each row's 32 words: two 16-byte loads per lane and row
+        # the staged activations: 16-byte shared loads (8 per token tile and K tile), a barrier per tile; split-K's counter
+        assert got["lds"] == 8 * NT and got["bar"] >= 2, got
+        assert (got["atom"] > 0) == consts["USE_SPLIT"], got
 
 
 if __name__ == "__main__":  # the compile check's subprocess
     if sys.argv[1:] == ["compile-mmv"]:
-        for consts, warps, cap in COMPILE_JOBS:
-            print(json.dumps(compile_mmv(consts, warps, cap)), flush=True)
+        for name, consts, warps, cap in COMPILE_JOBS:
+            print(json.dumps(compile_mmv(name, consts, warps, cap)), flush=True)

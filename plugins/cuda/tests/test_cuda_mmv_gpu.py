@@ -20,7 +20,8 @@ def no_tuning(monkeypatch):
 
 @pytest.mark.parametrize("group,sym,K,N,bias", [(128, True, 1024, 512, False), (128, False, 1024, 512, True),
                                                  (256, False, 1536, 1040, True), (-1, True, 2048, 768, False),
-                                                 (128, True, 1152, 784, True), (128, False, 4224, 200, False)])
+                                                 (128, True, 1152, 784, True), (128, False, 4224, 200, False),
+                                                 (512, True, 2560, 256, True)])
 def test_layer_takes_mmv_from_m2_to_m8(no_tuning, group, sym, K, N, bias):
     from quantlinear_triton import launch as fl
     from quantlinear_cuda.kernels.triton_wna16 import TritonWNA16Linear
@@ -35,8 +36,8 @@ def test_layer_takes_mmv_from_m2_to_m8(no_tuning, group, sym, K, N, bias):
     assert sum(after) - sum(before) >= 4  # (one launch per call; the first direct launch is also checked by a normal one)
 
 
-@pytest.mark.parametrize("cfg", [dict(R=r, warps=w, pf=pf) for r, w, pf in
-                                 ((1, 4, False), (1, 8, True), (2, 4, True), (2, 8, False), (4, 4, False))])
+@pytest.mark.parametrize("cfg", [dict(R=r, warps=w, pf=pf, split_k=sp) for r, w, pf, sp in
+                                 ((1, 8, True, 1), (1, 8, True, 4), (2, 4, False, 2), (1, 4, True, 8), (4, 4, True, 3))])
 @pytest.mark.parametrize("sym", [True, False])
 def test_every_configuration_and_m_up_to_16(cfg, sym):
     from quantlinear_triton import kernels as tk

@@ -22,8 +22,10 @@ def test_default_and_candidates_are_valid(M):
     assert tune.default_config(P, M, H100) == tune.default_config(P, M, H100)  # deterministic
     for c in cfgs:
         assert c["kernel"] in ("gemv", "gemv16", "dot", "dot16", "dqmm", "tc", "mmv")
-        if c["kernel"] == "mmv":  # the tensor-core decode kernel: 16-row groups, M <= 16
+        if c["kernel"] == "mmv":  # the tensor-core decode kernel: 16-row groups, M <= 16, K split over programs
             assert tune.bucket(M) <= 16 and c["R"] in (1, 2, 4) and c["warps"] in (4, 8)
+            sp = c.get("split_k", 1)
+            assert sp >= 1 and sp & (sp - 1) == 0 and P.k_tiles // sp >= 2
             continue
         if c["kernel"] == "dqmm":
             assert tune.bucket(M) >= 64
@@ -42,8 +44,8 @@ def test_default_and_candidates_are_valid(M):
     if 2 <= tune.bucket(M) <= 8:
         assert kinds == {"gemv", "dot", "dot16", "mmv"}
         assert tune.default_config(P, M, H100)["kernel"] == "mmv"
-    if tune.bucket(M) == 16:  # mmv is offered up to 16 rows; dot16 stays the default there
-        assert kinds == {"dot", "dot16", "mmv"} and tune.default_config(P, M, H100)["kernel"] == "dot16"
+    if tune.bucket(M) == 16:  # mmv up to 16 rows
+        assert kinds == {"dot", "dot16", "mmv"} and tune.default_config(P, M, H100)["kernel"] == "mmv"
     if tune.bucket(M) == 32:
         assert kinds == {"dot", "dot16"}
     if M >= 33:
@@ -204,10 +206,16 @@ def test_mmv_is_offered_only_where_it_runs():
     assert offered(P, H100) and offered(P, A100)
     assert not offered(P, T4) and not offered(P, INTERPRETER_PROPS)
     assert tune.default_config(P, 4, T4)["kernel"] == "dot16"
+    # the default: 4 warps of 16 rows per program, K split to about 2 programs per SM
+    for M in (2, 8, 16):
+        assert tune.default_config(P, M, H100) == {"kernel": "mmv", "R": 1, "warps": 4, "pf": True, "split_k": 8}  # 64 x 8
+    assert tune.default_config(tune.Problem(4, 32, 128, False, "float16", 28672, 8192), 4, H100)["split_k"] == 1
     for other in (tune.Problem(4, 32, 64, False, "float16", 4096, 4096),   # groups of 64: the pair's halves differ
+                  tune.Problem(4, 32, 384, False, "float16", 4096, 4608),  # 3 x 128: not a shift
                   tune.Problem(4, 32, 128, False, "bfloat16", 4096, 4096),
                   tune.Problem(8, 32, 128, False, "float16", 4096, 4096),
                   tune.Problem(4, 16, 128, False, "float16", 4096, 4096)):
         assert not offered(other, H100), other
     assert offered(tune.Problem(4, 32, 4096, True, "float16", 1024, 4096), H100)  # one group per row
+    assert offered(tune.Problem(4, 32, 512, True, "float16", 1024, 4096), H100)
     assert not offered(P, H100, M=17)

@@ -21,17 +21,23 @@ Mapping (``W`` is the A operand, rows = output channels, 16 per row group; ``x^T
 * D register 0 / 1 is row ``g``, tokens ``2q`` / ``2q + 1``; 2 / 3 row ``g + 8``.
 
 The two halves of a pair are 128 channels apart, so with 128-channel groups they have different scales: the weight
-is dequantized to ``(q - z) * s`` in fp16 before the MMA (exact ``q - z``, one rounding), as ``dot16`` does.  A
-CTA's warps split the K tiles (warp ``w`` takes tiles ``w, w + NW, ...``) and add their accumulators at the end.
+is dequantized to ``(q - z) * s`` in fp16 before the MMA (exact ``q - z``, one rounding), as ``dot16`` does.
+
+The warps of a program each take their own rows (``R`` groups of 16) and walk the same K tiles; each tile's
+activation pairs (``[tokens, 128]`` int32, 8 KB at M = 16) are staged once per program in shared memory (double
+buffered, one barrier per tile) and read back with 16-byte loads in the B-fragment order.  When every warp loaded
+its own, the activations were as many bytes through L1 as the weights (ncu: L1/TEX 78% busy at M = 16) and 4.7 of
+19.7 us at M = 8 on 4096 x 14336 went to them.  K is split over programs (``split_k``) until the GPU is covered; the
+fp32 partials meet in the shared split-K workspace and the last program of a row block adds them in order.
 
 Written in Gluon (Triton's explicit-layout dialect): the register layout is part of the program, which the MMA
 fragments need.  The interpreter cannot run it: CI cross-compiles it for sm_80 / sm_90 and checks the machine code
-(one MMA per word and token tile, 16-byte weight loads, no spills); its numerics are tested on a GPU.  Where it
-cannot run (interpreter, ROCm, pre-Ampere, bf16, other code widths) :data:`FALLBACK` runs instead.
+(one MMA per word and token tile, 16-byte weight and shared loads, no spills); its numerics are tested on a GPU.
+Where it cannot run (interpreter, ROCm, pre-Ampere, bf16, other code widths) :data:`FALLBACK` runs instead.
 
-Measured on an H100 (``benchmarks/mmv_check.py``): at M = 2..8 it takes 1.14-1.76x less time than the kernels it
-replaces (``dot16`` / ``dot``); at M = 16 0.89-1.11x, so it is a tuned-table choice there; at M = 1 it takes
-1.00-1.19x the paired GEMV's time, which stays.
+Measured on an H100 (``benchmarks/mmv_check.py --sweep``, results/h100-mmv-sweep*-2026-11-26.json): at M = 2..16
+1.2-2.2x faster than the kernels it replaces (``dot16`` / ``dot``) on the four large benchmark shapes; M = 16 takes
+1.17-1.40x the M = 1 time there.  At M = 1 it is slower than the paired GEMV, which stays.
 """
 
 from __future__ import annotations
@@ -47,35 +53,48 @@ try:  # Gluon ships with Triton >= 3.4
     from triton.experimental.gluon import language as gl
 
     HAS_GLUON = True
+    #: the CTA barrier: ``thread_barrier`` in Triton 3.4-3.6, ``barrier`` later
+    _cta_barrier = getattr(gl, "thread_barrier", None) or gl.barrier
 except ImportError:  # pragma: no cover - old Triton
     HAS_GLUON = False
 
 
+def group_shift(group_size: int, K: int) -> int | None:
+    """``gsh`` with half-tile ``h`` (128 channels) in group ``h >> gsh``: log2(group_size / 128) for a power-of-two
+    multiple of 128, 31 for one group per row (every index 0), else None (``mmv`` does not take the layer)."""
+    if group_size >= K:
+        return 31
+    h = group_size // 128
+    if group_size % 128 or h & (h - 1):
+        return None
+    return h.bit_length() - 1
+
+
 def fits(bits: int, slab: int, group_size: int, K: int, dtype: torch.dtype, M: int) -> bool:
-    """Whether ``mmv`` runs this layer and batch: 4-bit codes, slabs of 32 words, groups of a multiple of 128 (or
+    """Whether ``mmv`` runs this layer and batch: 4-bit codes, slabs of 32 words, groups of 128 x 2^k channels (or
     one per row), fp16 activations, M <= 16."""
     return (HAS_GLUON and bits == 4 and slab == 32 and dtype == torch.float16 and 1 <= M <= 16
-            and (group_size >= K or group_size % 128 == 0))
+            and group_shift(group_size, K) is not None)
 
 
 if HAS_GLUON:
 
+    @gluon.constexpr_function
+    def _axis_layout(L, rank, dim):
+        """The 1-D layout that :func:`_iota` expands back into ``L`` (every other dimension sliced away)."""
+        for d in reversed(range(rank)):
+            if d != dim:
+                L = gl.SliceLayout(d, L)
+        return L
+
     @gluon.jit
-    def _iota(N: gl.constexpr, DIM: gl.constexpr, L: gl.constexpr):
-        """0..N-1 along dimension DIM of the rank-4 layout L, size 1 elsewhere."""
-        if DIM == 0:
-            v = gl.arange(0, N, layout=gl.SliceLayout(1, gl.SliceLayout(2, gl.SliceLayout(3, L))))
-            r = gl.expand_dims(gl.expand_dims(gl.expand_dims(v, 1), 2), 3)
-        elif DIM == 1:
-            v = gl.arange(0, N, layout=gl.SliceLayout(0, gl.SliceLayout(2, gl.SliceLayout(3, L))))
-            r = gl.expand_dims(gl.expand_dims(gl.expand_dims(v, 0), 2), 3)
-        elif DIM == 2:
-            v = gl.arange(0, N, layout=gl.SliceLayout(0, gl.SliceLayout(1, gl.SliceLayout(3, L))))
-            r = gl.expand_dims(gl.expand_dims(gl.expand_dims(v, 0), 1), 3)
-        else:
-            v = gl.arange(0, N, layout=gl.SliceLayout(0, gl.SliceLayout(1, gl.SliceLayout(2, L))))
-            r = gl.expand_dims(gl.expand_dims(gl.expand_dims(v, 0), 1), 2)
-        return r
+    def _iota(N: gl.constexpr, DIM: gl.constexpr, L: gl.constexpr, RANK: gl.constexpr = 4):
+        """0..N-1 along dimension DIM of the rank-RANK layout L, size 1 elsewhere."""
+        v = gl.arange(0, N, layout=_axis_layout(L, RANK, DIM))
+        for d in gl.static_range(RANK):
+            if d != DIM:
+                v = gl.expand_dims(v, d)
+        return v
 
     @gluon.jit
     def _quarters(v, S: gl.constexpr):
@@ -124,16 +143,6 @@ if HAS_GLUON:
         return _pack(gl.load(s_ptr + ga * N + row), gl.load(s_ptr + gb * N + row))
 
     @gluon.jit
-    def _tile_words(w_ptr, s_ptr, woff0, woff1, srow0, srow1, t, K, N, group_size, L: gl.constexpr):
-        """Tile t's words of the lane's two rows (two 16-byte halves each) and the rows' scale pairs."""
-        t4 = gl.convert_layout(gl.reshape(t, [t.shape[0], 1, 1, 1]), L, assert_trivial=True) * 32
-        ga = gl.minimum(t * 256, K - 1) // group_size
-        gb = gl.minimum(t * 256 + 128, K - 1) // group_size
-        return (gl.load(w_ptr + woff0 + t4), gl.load(w_ptr + woff0 + t4 + 16), gl.load(w_ptr + woff1 + t4),
-                gl.load(w_ptr + woff1 + t4 + 16), _scale_pairs(s_ptr, ga, gb, N, srow0),
-                _scale_pairs(s_ptr, ga, gb, N, srow1))
-
-    @gluon.jit
     def _zero_pairs(z_ptr, ga, gb, N, row):
         """(1024 + z) and -(64 + z) pairs of a row's two groups."""
         za = gl.load(z_ptr + ga * N + row).to(gl.float32)
@@ -142,89 +151,90 @@ if HAS_GLUON:
                 _pack((-64.0 - za).to(gl.float16), (-64.0 - zb).to(gl.float16)))
 
     @gluon.jit
-    def _x_pairs(x_ptr, xoff, xm, kpos, K, J: gl.constexpr, B: gl.constexpr, EVEN_K: gl.constexpr, SX: gl.constexpr,
-                 S: gl.constexpr):
-        """B registers of pair j, word half b: (x[c], x[c + 128]) for the lane's four words (0 past K)."""
-        if EVEN_K:
-            lo = gl.load(x_ptr + xoff + (J * 32 + B * 16), mask=xm, other=0.0)
-            hi = gl.load(x_ptr + xoff + (J * 32 + B * 16 + 128), mask=xm, other=0.0)
-        else:
-            lo = gl.load(x_ptr + xoff + (J * 32 + B * 16), mask=xm & (kpos + (J * 32 + B * 16) < K), other=0.0)
-            hi = gl.load(x_ptr + xoff + (J * 32 + B * 16 + 128), mask=xm & (kpos + (J * 32 + B * 16 + 128) < K),
-                         other=0.0)
-        return _into(_quarters(_pack(lo, hi), SX), S)
+    def _x_stage(x_ptr, t, ok, M, K, NTI: gl.constexpr, LP: gl.constexpr):
+        """Tile t's activation pairs ``(x[n, c], x[n, c + 128])`` of token tile ``nt`` as int32 ``[8, 128]``: token
+        ``n = g + 8 nt``, channel ``c = 256 t + col`` (0 where ``ok`` is false, past K or past M)."""
+        n = _iota(8, 0, LP, 2) + 8 * NTI
+        c = t * 256 + _iota(128, 1, LP, 2)
+        m = (n < M) & ok
+        lo = gl.load(x_ptr + n * K + c, mask=m & (c < K), other=0.0)
+        hi = gl.load(x_ptr + n * K + c + 128, mask=m & (c + 128 < K), other=0.0)
+        return _pack(lo, hi)
 
     @gluon.jit
-    def _store(y_ptr, b_ptr, c, tok, row, M, N, HAS_BIAS: gl.constexpr):
-        v = gl.sum(c, axis=0)
-        if HAS_BIAS:
-            v += gl.load(b_ptr + row, mask=row < N, other=0.0).to(gl.float32)
-        gl.store(y_ptr + tok * N + row, v.to(gl.float16), mask=(tok < M) & (row < N))
+    def _b_regs(xs, slot, J: gl.constexpr, B: gl.constexpr, LB: gl.constexpr, LX: gl.constexpr,
+                SX: gl.constexpr, S: gl.constexpr):
+        """The lane's four B registers of code pair j, word half b from staged slot ``slot`` (buffer, token tile)."""
+        v = xs.index(slot).slice((2 * J + B) * 16, 16, dim=1).load(LB)  # [8 (g), 16 (4q + i)]
+        v = gl.convert_layout(gl.reshape(v, [1, 32, 1, 4]), LX, assert_trivial=True)
+        return _into(_quarters(v, SX), S)
 
     @gluon.jit
-    def _mmv_kernel(x_ptr, w_ptr, s_ptr, z_ptr, b_ptr, y_ptr, M, N, K, KW, group_size, zh, zh16,
+    def _out(ptr, c, tok, row, M, N):
+        gl.store(ptr + tok * N + row, c, mask=(tok < M) & (row < N))
+
+    @gluon.jit
+    def _mmv_kernel(x_ptr, w_ptr, s_ptr, z_ptr, b_ptr, y_ptr, ws_ptr, cnt_ptr, M, N, K, KW, gsh, gmax, zh, zh16,
+                    tiles_per_split, split_k,
                     R: gl.constexpr, NT: gl.constexpr, HAS_ZEROS: gl.constexpr, HAS_BIAS: gl.constexpr,
-                    EVEN_K: gl.constexpr, PF: gl.constexpr = True):
+                    PF: gl.constexpr, USE_SPLIT: gl.constexpr):
         NW: gl.constexpr = gl.num_warps()
-        # weights: [warp, lane, row group, word i]; x: [warp, lane, 1, word i]; per-(row group) values: S
         L: gl.constexpr = gl.BlockedLayout([1, 1, R, 4], [1, 32, 1, 1], [NW, 1, 1, 1], [3, 2, 1, 0])
         S: gl.constexpr = gl.SliceLayout(3, L)
         LX: gl.constexpr = gl.BlockedLayout([1, 1, 1, 4], [1, 32, 1, 1], [NW, 1, 1, 1], [3, 2, 1, 0])
         SX: gl.constexpr = gl.SliceLayout(3, LX)
-        pid = gl.program_id(0)
+        LP: gl.constexpr = gl.BlockedLayout([1, 4], [1, 32], [NW, 1], [1, 0])
+        LB: gl.constexpr = gl.BlockedLayout([1, 4], [8, 4], [NW, 1], [1, 0])
+        # [buffer * NT + token tile, g, 128 pair words]; odd rows g swap their 16-word chunks b = 0 / 1 (a swizzle
+        # of 16-word units by row parity), so the 8 lanes of a 16-byte shared-load phase (g = 2k / 2k + 1,
+        # q = 0..3) hit 32 different banks
+        xs = gl.allocate_shared_memory(gl.int32, [2 * NT, 8, 128], gl.SwizzledSharedLayout(16, 1, 2, [1, 0]))
+        pid_n = gl.program_id(0)
+        pid_k = gl.program_id(1)
         n_tiles = KW // 32
-        # rows (clamped: the loads need no mask; the stores are masked)
+        t0 = pid_k * tiles_per_split
+        t1 = gl.minimum(t0 + tiles_per_split, n_tiles)
         lane = _iota(32, 1, L)
-        row0 = gl.minimum(pid * (16 * R) + _iota(R, 2, L) * 16 + lane // 4, N - 1)  # [1, 32, R, 1]
-        row1 = gl.minimum(row0 + 8, N - 1)
-        woff0 = row0 * KW + (lane % 4) * 4 + _iota(4, 3, L)  # [1, 32, R, 4]
+        rows = pid_n * (16 * R * NW) + _iota(NW, 0, L) * (16 * R) + _iota(R, 2, L) * 16 + lane // 4  # [NW, 32, R, 1]
+        row0 = gl.minimum(rows, N - 1)
+        row1 = gl.minimum(rows + 8, N - 1)
+        woff0 = row0 * KW + (lane % 4) * 4 + _iota(4, 3, L)
         woff1 = row1 * KW + (lane % 4) * 4 + _iota(4, 3, L)
-        srow0 = gl.convert_layout(gl.reshape(row0, [1, 32, R]), S, assert_trivial=True)
-        srow1 = gl.convert_layout(gl.reshape(row1, [1, 32, R]), S, assert_trivial=True)
-        xl = _iota(32, 1, LX)
-        xw = _iota(NW, 0, LX)
-        xcol = (xl % 4) * 4 + _iota(4, 3, LX)  # [1, 32, 1, 4]
-        xtok = xl // 4
-        wid = gl.convert_layout(gl.reshape(_iota(NW, 0, L), [NW, 1, 1]), S, assert_trivial=True)
+        srow0 = gl.convert_layout(gl.reshape(row0, [NW, 32, R]), S, assert_trivial=True)
+        srow1 = gl.convert_layout(gl.reshape(row1, [NW, 32, R]), S, assert_trivial=True)
         acc = gl.zeros([NW, 32, R], gl.float32, S)
-        c0 = acc
-        c1 = acc
-        c2 = acc
-        c3 = acc
-        d0 = acc
-        d1 = acc
-        d2 = acc
-        d3 = acc
+        c0, c1, c2, c3, d0, d1, d2, d3 = acc, acc, acc, acc, acc, acc, acc, acc  # D registers, token tiles 0 / 1
         zpe0 = gl.full([NW, 32, R], zh, gl.int32, S)
         zpo0 = gl.full([NW, 32, R], zh16, gl.int32, S)
         zpe1 = zpe0
         zpo1 = zpo0
-        t = gl.minimum(wid, n_tiles - 1)  # [NW, 1, 1]: the warp's first tile
-        if PF:  # the first tile's words and scales; each iteration then loads the next one's before its arithmetic
-            n00, n01, n10, n11, nsp0, nsp1 = _tile_words(w_ptr, s_ptr, woff0, woff1, srow0, srow1, t, K, N, group_size, L)
-        for it in range(gl.cdiv(n_tiles, NW)):
+        xs.index(0).store(_x_stage(x_ptr, t0, t0 < t1, M, K, 0, LP))
+        if NT == 2:
+            xs.index(1).store(_x_stage(x_ptr, t0, t0 < t1, M, K, 1, LP))
+        _cta_barrier()
+        if PF:
+            n00, n01, n10, n11, nsp0, nsp1 = _tile_words(w_ptr, s_ptr, woff0, woff1, srow0, srow1, t0, gsh, gmax, N)
+        for it in range(t1 - t0):
+            t = t0 + it
             if PF:
                 w00, w01, w10, w11, sp0, sp1 = n00, n01, n10, n11, nsp0, nsp1
-                tn = gl.minimum(wid + (it + 1) * NW, n_tiles - 1)
-                n00, n01, n10, n11, nsp0, nsp1 = _tile_words(w_ptr, s_ptr, woff0, woff1, srow0, srow1, tn, K, N,
-                                                             group_size, L)
+                n00, n01, n10, n11, nsp0, nsp1 = _tile_words(w_ptr, s_ptr, woff0, woff1, srow0, srow1,
+                                                             gl.minimum(t + 1, t1 - 1), gsh, gmax, N)
             else:
-                w00, w01, w10, w11, sp0, sp1 = _tile_words(w_ptr, s_ptr, woff0, woff1, srow0, srow1, t, K, N,
-                                                           group_size, L)
+                w00, w01, w10, w11, sp0, sp1 = _tile_words(w_ptr, s_ptr, woff0, woff1, srow0, srow1, t, gsh, gmax, N)
+            xn0 = _x_stage(x_ptr, t + 1, t + 1 < t1, M, K, 0, LP)  # the next tile's pairs, stored after this one
+            if NT == 2:
+                xn1 = _x_stage(x_ptr, t + 1, t + 1 < t1, M, K, 1, LP)
             if HAS_ZEROS:
-                ga = gl.minimum(t * 256, K - 1) // group_size
-                gb = gl.minimum(t * 256 + 128, K - 1) // group_size
+                ga = (2 * t) >> gsh
+                gb = gl.minimum((2 * t + 1) >> gsh, gmax)
                 zpe0, zpo0 = _zero_pairs(z_ptr, ga, gb, N, srow0)
                 zpe1, zpo1 = _zero_pairs(z_ptr, ga, gb, N, srow1)
             a00 = _quarters(w00, S)
             a01 = _quarters(w01, S)
             a10 = _quarters(w10, S)
             a11 = _quarters(w11, S)
-            # the lane's x: tokens g (and g + 8), channels 256 t + 4q + i (+ 32 j + 16 b + 128 h)
-            tx = xw + it * NW
-            xoff = xtok * K + tx * 256 + xcol
-            xm = (tx < n_tiles) & (xtok < M)
-            kpos = tx * 256 + xcol
+            cur = (it % 2) * NT
             for j in gl.static_range(4):
                 if j % 2 == 1:
                     zq0 = zpo0
@@ -232,12 +242,11 @@ if HAS_GLUON:
                 else:
                     zq0 = zpe0
                     zq1 = zpe1
-                p0 = _x_pairs(x_ptr, xoff, xm, kpos, K, j, 0, EVEN_K, SX, S)
-                p1 = _x_pairs(x_ptr, xoff, xm, kpos, K, j, 1, EVEN_K, SX, S)
+                p0 = _b_regs(xs, cur, j, 0, LB, LX, SX, S)
+                p1 = _b_regs(xs, cur, j, 1, LB, LX, SX, S)
                 if NT == 2:
-                    xm2 = (tx < n_tiles) & (xtok + 8 < M)
-                    q0 = _x_pairs(x_ptr, xoff + 8 * K, xm2, kpos, K, j, 0, EVEN_K, SX, S)
-                    q1 = _x_pairs(x_ptr, xoff + 8 * K, xm2, kpos, K, j, 1, EVEN_K, SX, S)
+                    q0 = _b_regs(xs, cur + 1, j, 0, LB, LX, SX, S)
+                    q1 = _b_regs(xs, cur + 1, j, 1, LB, LX, SX, S)
                 for i in gl.static_range(4):
                     if j >= 2:
                         s00 = a00[i] >> 8
@@ -256,21 +265,79 @@ if HAS_GLUON:
                     c0, c1, c2, c3 = _mma(r0, r1, r2, r3, p0[i], p1[i], c0, c1, c2, c3)
                     if NT == 2:
                         d0, d1, d2, d3 = _mma(r0, r1, r2, r3, q0[i], q1[i], d0, d1, d2, d3)
-            t = gl.minimum(wid + (it + 1) * NW, n_tiles - 1)
-        Y: gl.constexpr = gl.SliceLayout(0, S)
-        ln = gl.expand_dims(gl.arange(0, 32, layout=gl.SliceLayout(1, Y)), 1)
-        r0 = pid * (16 * R) + gl.expand_dims(gl.arange(0, R, layout=gl.SliceLayout(0, Y)), 0) * 16 + ln // 4
+            xs.index(((it + 1) % 2) * NT).store(xn0)
+            if NT == 2:
+                xs.index(((it + 1) % 2) * NT + 1).store(xn1)
+            _cta_barrier()
+        ln = _iota(32, 1, S, 3)
+        r0 = pid_n * (16 * R * NW) + _iota(NW, 0, S, 3) * (16 * R) + _iota(R, 2, S, 3) * 16 + ln // 4
         ta = (ln % 4) * 2
-        _store(y_ptr, b_ptr, c0, ta, r0, M, N, HAS_BIAS)
-        _store(y_ptr, b_ptr, c1, ta + 1, r0, M, N, HAS_BIAS)
-        _store(y_ptr, b_ptr, c2, ta, r0 + 8, M, N, HAS_BIAS)
-        _store(y_ptr, b_ptr, c3, ta + 1, r0 + 8, M, N, HAS_BIAS)
-        if NT == 2:
-            _store(y_ptr, b_ptr, d0, ta + 8, r0, M, N, HAS_BIAS)
-            _store(y_ptr, b_ptr, d1, ta + 9, r0, M, N, HAS_BIAS)
-            _store(y_ptr, b_ptr, d2, ta + 8, r0 + 8, M, N, HAS_BIAS)
-            _store(y_ptr, b_ptr, d3, ta + 9, r0 + 8, M, N, HAS_BIAS)
+        if USE_SPLIT:
+            _store8(ws_ptr + pid_k * M * N, c0, c1, c2, c3, d0, d1, d2, d3, ta, r0, M, N, NT)
+            _cta_barrier()
+            old = gl.atomic_add(cnt_ptr + pid_n, 1, sem="acq_rel", scope="gpu")
+            if old == split_k - 1:  # every other split of these rows has stored its partial: sum them in order
+                c0, c1, c2, c3, d0, d1, d2, d3 = acc, acc, acc, acc, acc, acc, acc, acc
+                for sk in range(split_k):
+                    part = ws_ptr + sk * M * N
+                    c0 += _partial(part, ta, r0, M, N)
+                    c1 += _partial(part, ta + 1, r0, M, N)
+                    c2 += _partial(part, ta, r0 + 8, M, N)
+                    c3 += _partial(part, ta + 1, r0 + 8, M, N)
+                    if NT == 2:
+                        d0 += _partial(part, ta + 8, r0, M, N)
+                        d1 += _partial(part, ta + 9, r0, M, N)
+                        d2 += _partial(part, ta + 8, r0 + 8, M, N)
+                        d3 += _partial(part, ta + 9, r0 + 8, M, N)
+                _final(y_ptr, b_ptr, c0, c1, c2, c3, d0, d1, d2, d3, ta, r0, M, N, NT, HAS_BIAS)
+                gl.atomic_xchg(cnt_ptr + pid_n, 0, sem="relaxed", scope="gpu")  # ready for the next launch
+        else:
+            _final(y_ptr, b_ptr, c0, c1, c2, c3, d0, d1, d2, d3, ta, r0, M, N, NT, HAS_BIAS)
 
+    @gluon.jit
+    def _partial(part, tok, row, M, N):
+        return gl.load(part + tok * N + row, mask=(tok < M) & (row < N), other=0.0, cache_modifier=".cg")
+
+    @gluon.jit
+    def _final(y_ptr, b_ptr, c0, c1, c2, c3, d0, d1, d2, d3, ta, r0, M, N, NT: gl.constexpr, HAS_BIAS: gl.constexpr):
+        """y (+ bias) from the eight D registers' sums, rounded once to y's dtype."""
+        if HAS_BIAS:
+            b0 = gl.load(b_ptr + r0, mask=r0 < N, other=0.0).to(gl.float32)
+            b1 = gl.load(b_ptr + r0 + 8, mask=r0 + 8 < N, other=0.0).to(gl.float32)
+            c0 += b0
+            c1 += b0
+            c2 += b1
+            c3 += b1
+            d0 += b0
+            d1 += b0
+            d2 += b1
+            d3 += b1
+        _store8(y_ptr, c0.to(gl.float16), c1.to(gl.float16), c2.to(gl.float16), c3.to(gl.float16), d0.to(gl.float16),
+                d1.to(gl.float16), d2.to(gl.float16), d3.to(gl.float16), ta, r0, M, N, NT)
+
+    @gluon.jit
+    def _store8(ptr, c0, c1, c2, c3, d0, d1, d2, d3, ta, r0, M, N, NT: gl.constexpr):
+        """The eight D registers to ``[M, N]`` at ``ptr``: 0 / 1 row g, tokens 2q / 2q + 1; 2 / 3 row g + 8; d: +8
+        tokens (NT = 2)."""
+        _out(ptr, c0, ta, r0, M, N)
+        _out(ptr, c1, ta + 1, r0, M, N)
+        _out(ptr, c2, ta, r0 + 8, M, N)
+        _out(ptr, c3, ta + 1, r0 + 8, M, N)
+        if NT == 2:
+            _out(ptr, d0, ta + 8, r0, M, N)
+            _out(ptr, d1, ta + 9, r0, M, N)
+            _out(ptr, d2, ta + 8, r0 + 8, M, N)
+            _out(ptr, d3, ta + 9, r0 + 8, M, N)
+
+    @gluon.jit
+    def _tile_words(w_ptr, s_ptr, woff0, woff1, srow0, srow1, t, gsh, gmax, N):
+        """Tile t's (a scalar: every warp of the program reads the same tile) words of the lane's two rows and the
+        rows' scale pairs (groups ``2t >> gsh`` and ``(2t + 1) >> gsh``: see :func:`group_shift`)."""
+        ga = (2 * t) >> gsh
+        gb = gl.minimum((2 * t + 1) >> gsh, gmax)  # (the far half of a ragged last tile: code 0, x 0)
+        return (gl.load(w_ptr + woff0 + t * 32), gl.load(w_ptr + woff0 + t * 32 + 16), gl.load(w_ptr + woff1 + t * 32),
+                gl.load(w_ptr + woff1 + t * 32 + 16), _scale_pairs(s_ptr, ga, gb, N, srow0),
+                _scale_pairs(s_ptr, ga, gb, N, srow1))
 
 #: what :func:`launch_mmv` callers run instead where ``mmv`` cannot (interpreter, ROCm, other dtypes): ``dot16``
 #: (itself falling back to ``dot`` where the paired decode does not fit)
@@ -307,19 +374,39 @@ def launch_mmv(x: torch.Tensor, qweight: torch.Tensor, scales: torch.Tensor, zer
                out: torch.Tensor | None = None) -> torch.Tensor:
     """``y = x @ W^T (+ bias)`` with ``mmv`` (the caller checked :func:`fits` and :func:`runs`).
 
-    cfg: ``R`` (row groups of 16 per program), ``warps`` (they split K), ``pf`` (load the next tile's words before
-    the current tile's arithmetic).  Launched through the direct launcher (:mod:`quantlinear_triton.launch`).
+    cfg: ``R`` (row groups of 16 per warp), ``warps`` (each its own rows; they share the K tiles), ``pf`` (load the
+    next tile's words before the current tile's arithmetic), ``split_k`` (programs along K; their fp32 partials
+    meet in the persistent workspace, summed in order by the last).  Launched through the direct launcher
+    (:mod:`quantlinear_triton.launch`).
     """
+    from . import kernels as _k
+
     M, K = x.shape
     N, KW = qweight.shape
-    R, warps, pf = int(cfg.get("R", 2)), int(cfg.get("warps", 4)), bool(cfg.get("pf", False))
+    R, warps, pf = int(cfg.get("R", 1)), int(cfg.get("warps", 8)), bool(cfg.get("pf", True))
     y = out if out is not None else torch.empty(M, N, dtype=x.dtype, device=x.device)
     if M == 0:
         return y
-    consts = dict(R=R, NT=1 if M <= 8 else 2, HAS_ZEROS=zeros is not None, HAS_BIAS=bias is not None,
-                  EVEN_K=K % 256 == 0, PF=pf)
+    n_tiles = KW // 32
+    blocks = -(-N // (16 * R * warps))
+    split = max(1, min(int(cfg.get("split_k", 1)), n_tiles))
+    if split > 1 and (blocks > _k.COUNTER_SLOTS or split * M * N >= 2**31):
+        split = 1
+    tps = -(-n_tiles // split)
+    split = -(-n_tiles // tps)  # no empty split
+    if split > 1:
+        di = x.get_device()
+        ws = _k._workspace(x, di, split * M * N)
+        cnt = _k._cnt_by_index.get(di)
+        if cnt is None:
+            cnt = _k._cnt_by_index[di] = _k.counters(x.device)
+    else:
+        ws = cnt = y
+    consts = dict(R=R, NT=1 if M <= 8 else 2, HAS_ZEROS=zeros is not None, HAS_BIAS=bias is not None, PF=pf,
+                  USE_SPLIT=split > 1)
     skey = ("mmv", warps, *consts.values())
-    tensors = (x, qweight, scales, zeros if zeros is not None else scales, bias if bias is not None else x, y)
-    ints = (M, N, K, KW, group_size, _pair16(1024.0 + zero_point), _pair16(-64.0 - zero_point))
-    _fast.launch(_mmv_kernel, (-(-N // (16 * R)),), tensors, ints, (), consts, skey, {"num_warps": warps}, y)
+    tensors = (x, qweight, scales, zeros if zeros is not None else scales, bias if bias is not None else x, y, ws, cnt)
+    ints = (M, N, K, KW, group_shift(group_size, K), scales.shape[0] - 1, _pair16(1024.0 + zero_point),
+            _pair16(-64.0 - zero_point), tps, split)
+    _fast.launch(_mmv_kernel, (blocks, split), tensors, ints, (), consts, skey, {"num_warps": warps}, y)
     return y

@@ -152,7 +152,7 @@ class Settings:
 
 
 def _short(cfg: dict) -> str:
-    order = ("kernel", "R", "BM", "BN", "BK", "split_k", "warps", "stages", "swap", "scale_w", "pair", "dq", "prefetch", "pf", "tpp", "waves_per_eu",
+    order = ("kernel", "xs", "R", "BM", "BN", "BK", "split_k", "warps", "stages", "swap", "scale_w", "pair", "dq", "prefetch", "pf", "tpp", "waves_per_eu",
              "matrix_instr_nonkdim", "kpack")
     return " ".join(f"{k}={cfg[k]}" for k in order if k in cfg)
 

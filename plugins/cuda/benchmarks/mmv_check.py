@@ -24,6 +24,7 @@ ap.add_argument("--sweep", action="store_true")
 ap.add_argument("--ms", default="2,4,8,16")
 ap.add_argument("--shapes", default=SHAPES)
 ap.add_argument("--table", default="plugins/cuda/quantlinear_cuda/tuned/sm90.json", help="the table the 'old' kernel comes from")
+ap.add_argument("--dtype", default="float16", choices=("float16", "bfloat16"), help="the sweep's activations")
 ap.add_argument("--out", default=None)
 args = ap.parse_args()
 props = dev.device_props(torch.device("cuda"))
@@ -33,14 +34,17 @@ print("== correctness", flush=True)
 CHECK_CFGS = ({"R": 1, "warps": 4, "pf": True, "split_k": 1}, {"R": 2, "warps": 4, "pf": True, "split_k": 4},
               {"R": 1, "warps": 8, "pf": False, "split_k": 2}, {"R": 4, "warps": 8, "pf": True, "split_k": 3})
 bad = 0
-for (K, N, gs, zeros, bias) in [(4096, 1024, 128, False, False), (4096, 1024, 128, True, True), (4224, 784, 128, True, True),
-                                (2048, 520, -1, False, True), (1536, 1040, 256, True, False)]:
+TOL = {"float16": 1e-3, "bfloat16": 1e-2}  # (bf16: the output's own rounding is 2**-9)
+for (K, N, gs, zeros, bias, dt) in [(4096, 1024, 128, False, False, "float16"), (4096, 1024, 128, True, True, "float16"),
+                                    (4224, 784, 128, True, True, "float16"), (2048, 520, -1, False, True, "float16"),
+                                    (1536, 1040, 256, True, False, "float16"), (4096, 1024, 128, False, True, "bfloat16"),
+                                    (4224, 784, 128, True, False, "bfloat16")]:
     gse = K if gs == -1 else gs
-    p = tune.Problem(4, 32, gse, zeros, "float16", N, K)
+    p = tune.Problem(4, 32, gse, zeros, dt, N, K)
     for M in (1, 3, 8, 9, 16):
         ws, x = ip.make(p, M, copies=1, seed=M)
         q, s, z = ws[0]
-        b = torch.randn(N, device="cuda").half() if bias else None
+        b = torch.randn(N, device="cuda").to(x.dtype) if bias else None
         zp = 0.0 if zeros else 8.0
         W = dequantize_slabs(q, s, z, zp, SlabMeta(4, 32, gse, K, N))
         ref = x.float() @ W.t() + (b.float() if bias else 0)
@@ -48,11 +52,13 @@ for (K, N, gs, zeros, bias) in [(4096, 1024, 128, False, False), (4096, 1024, 12
             for _ in range(2):
                 y = km.launch_mmv(x, q, s, z, b, gse, zp, cfg)
             err = float((y.float() - ref).abs().max() / ref.abs().max())
-            bad += err >= 1e-3
-            res["check"].append(dict(K=K, N=N, gs=gs, zeros=zeros, bias=bias, M=M, cfg=cfg, err=err))
-            if err >= 1e-3:
-                print(f"BAD K={K} N={N} gs={gs} zeros={zeros} bias={bias} M={M} {cfg}: err {err:.2e}", flush=True)
-print(f"bad: {bad} of {len(res['check'])}, max err {max(r['err'] for r in res['check']):.2e}", flush=True)
+            bad += err >= TOL[dt]
+            res["check"].append(dict(K=K, N=N, gs=gs, zeros=zeros, bias=bias, dtype=dt, M=M, cfg=cfg, err=err))
+            if err >= TOL[dt]:
+                print(f"BAD {dt} K={K} N={N} gs={gs} zeros={zeros} bias={bias} M={M} {cfg}: err {err:.2e}", flush=True)
+for dt in TOL:
+    errs = [r["err"] for r in res["check"] if r["dtype"] == dt]
+    print(f"{dt}: bad {sum(e >= TOL[dt] for e in errs)} of {len(errs)}, max err {max(errs):.2e}", flush=True)
 
 if args.sweep:
     old_props = dataclasses.replace(props, capability=(7, 5))  # the default before mmv
@@ -62,7 +68,7 @@ if args.sweep:
     print(f"== sweep (copy bw {bw/1e12:.3f} TB/s)", flush=True)
     for shape in args.shapes.split(","):
         K, N = (int(v) for v in shape.split("x"))
-        p = tune.Problem(4, 32, 128, False, "float16", N, K)
+        p = tune.Problem(4, 32, 128, False, args.dtype, N, K)
         wb = N * K // 2 + N * (K // 128) * 2
         floor = wb / bw * 1e6
         for M in [int(m) for m in args.ms.split(",")]:
@@ -70,7 +76,7 @@ if args.sweep:
             old = ent if ent and ent["kernel"] != "mmv" else tune.default_config(p, M, old_props)
             cands = tune.mmv_candidates(p, M, props.sm_count)
             ws, x = ip.make(p, M, copies=max(2, -(-150_000_000 // wb)))
-            row = dict(K=K, N=N, M=M, floor=floor, default=tune.mmv_config(p, M, props.sm_count), times=[])
+            row = dict(K=K, N=N, M=M, dtype=args.dtype, floor=floor, default=tune.mmv_config(p, M, props.sm_count), times=[])
             for c in [old] + cands:
                 t = ip._time_graph([lambda q=q, s=s, c=c: tk.launch(x, q, s, None, None, 4, 32, 128, K, 8.0, c) for q, s, _ in ws])
                 row["times"].append([c, t])

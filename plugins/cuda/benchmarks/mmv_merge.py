@@ -19,7 +19,7 @@ for row in json.loads(Path(args.sweep).read_text())["sweep"]:
     b = tune.bucket(row["M"])
     if b == 1:
         continue
-    p = tune.Problem(4, 32, 128, False, "float16", row["N"], row["K"])
+    p = tune.Problem(4, 32, 128, False, row.get("dtype", "float16"), row["N"], row["K"])
     best_c, best_t = min(row["times"], key=lambda ct: ct[1])
     key = p.key(b)
     before = table["configs"].get(key, {}).get("config")

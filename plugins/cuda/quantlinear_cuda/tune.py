@@ -59,7 +59,7 @@ def dot16_fits(p: Problem) -> bool:
 
 def mmv_fits(p: Problem, props: "_device.DeviceProps") -> bool:
     """The tensor-core decode kernel (``kernel: mmv``, :mod:`quantlinear_triton.kernels_mmv`) applies: 4-bit codes in
-    32-word slabs, fp16, groups of 128 x 2^k channels (or one per row), an sm_80+ GPU running compiled kernels
+    32-word slabs, fp16 / bf16, groups of 128 x 2^k channels (or one per row), an sm_80+ GPU running compiled kernels
     (not the interpreter's simulated device: the Gluon kernel does not interpret)."""
     from quantlinear_triton import kernels_mmv
 

@@ -24,7 +24,8 @@ def test_fits_four_bit_fp16_slabs_of_32_with_128_multiple_groups():
     assert km.group_shift(384, 4608) is None and not km.fits(4, 32, 384, 4608, f16, 4)
     assert not km.fits(4, 32, 64, 4096, f16, 4)  # a pair's halves are 128 channels apart: both in one group per half
     assert not km.fits(4, 16, 128, 4096, f16, 4)  # 16-word slabs: the lane's word map assumes 32
-    assert not km.fits(8, 32, 128, 4096, f16, 4) and not km.fits(4, 32, 128, 4096, torch.bfloat16, 4)
+    assert not km.fits(8, 32, 128, 4096, f16, 4) and not km.fits(4, 32, 128, 4096, torch.float32, 4)
+    assert km.fits(4, 32, 128, 4096, torch.bfloat16, 4)
     assert not km.fits(4, 32, 128, 4096, f16, 17) and not km.fits(4, 32, 128, 4096, f16, 0)
 
 
@@ -48,7 +49,9 @@ def test_an_mmv_configuration_falls_back_to_dot16_where_it_cannot_run(sym, bias)
 COMPILE_JOBS = [("_mmv_kernel", dict(R=1, NT=1, HAS_ZEROS=False, HAS_BIAS=False, PF=True, USE_SPLIT=True), 8, 90),
                 ("_mmv_kernel", dict(R=2, NT=1, HAS_ZEROS=True, HAS_BIAS=True, PF=False, USE_SPLIT=False), 4, 90),
                 ("_mmv_kernel", dict(R=1, NT=2, HAS_ZEROS=False, HAS_BIAS=True, PF=True, USE_SPLIT=True), 8, 90),
-                ("_mmv_kernel", dict(R=2, NT=2, HAS_ZEROS=True, HAS_BIAS=False, PF=True, USE_SPLIT=False), 4, 80)]
+                ("_mmv_kernel", dict(R=2, NT=2, HAS_ZEROS=True, HAS_BIAS=False, PF=True, USE_SPLIT=False), 4, 80),
+                ("_mmv_kernel", dict(R=1, NT=2, HAS_ZEROS=True, HAS_BIAS=True, PF=True, USE_SPLIT=True, BF16=True), 4, 80),
+                ("_mmv_kernel", dict(R=1, NT=1, HAS_ZEROS=False, HAS_BIAS=False, PF=True, USE_SPLIT=False, BF16=True), 4, 90)]
 
 
 def compile_mmv(name: str, consts: dict, warps: int, cap: int) -> dict:
@@ -58,8 +61,9 @@ def compile_mmv(name: str, consts: dict, warps: int, cap: int) -> dict:
     from triton.experimental.gluon._runtime import GluonASTSource
 
     fn = getattr(km, name)
-    types = dict(x_ptr="*fp16", w_ptr="*i32", s_ptr="*fp16", z_ptr="*u8", b_ptr="*fp16", y_ptr="*fp16", ws_ptr="*fp32",
-                 cnt_ptr="*i32")
+    act = "*bf16" if consts.get("BF16") else "*fp16"
+    consts = dict(consts, BF16=bool(consts.get("BF16")))
+    types = dict(x_ptr=act, w_ptr="*i32", s_ptr="*fp16", z_ptr="*u8", b_ptr=act, y_ptr=act, ws_ptr="*fp32", cnt_ptr="*i32")
     sig, attrs = {}, {}
     for i, n in enumerate(fn.arg_names):
         if n in consts:
@@ -73,7 +77,8 @@ def compile_mmv(name: str, consts: dict, warps: int, cap: int) -> dict:
     c = triton.compile(GluonASTSource(fn, sig, constexprs=consts, attrs=attrs), target=GPUTarget("cuda", cap, 32),
                        options=dict(num_warps=warps))
     ptx = c.asm["ptx"]
-    return {"mma": ptx.count("mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32"), "v4": ptx.count("ld.global.v4"),
+    mma = "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32" if consts["BF16"] else "mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32"
+    return {"mma": ptx.count(mma), "v4": ptx.count("ld.global.v4"), "bf16x2": ptx.count("fma.rn.bf16x2"),
             "local": ".local" in ptx, "cubin": len(c.asm.get("cubin", b"")), "lds": ptx.count("ld.shared.v4"),
             "bar": ptx.count("bar.sync"), "atom": ptx.count("atom.global")}
 
@@ -96,6 +101,8 @@ def test_mmv_cross_compiles_for_sm80_and_sm90():
         # the staged activations: 16-byte shared loads (8 per token tile and K tile), a barrier per tile; split-K's counter
         assert got["lds"] == 8 * NT and got["bar"] >= 2, got
         assert (got["atom"] > 0) == consts["USE_SPLIT"], got
+        # bf16: two bf16x2 FMAs per code pair (q - z, then the scale), in the bf16 MMA
+        assert (got["bf16x2"] >= 16 * 4 * R * 2) == bool(consts.get("BF16")), got
 
 
 if __name__ == "__main__":  # the compile check's subprocess

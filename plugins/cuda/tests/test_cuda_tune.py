@@ -68,7 +68,7 @@ def test_bf16_paired_gemv_candidates():
     pb = tune.Problem(4, 32, 128, False, "bfloat16", 14336, 4096)
     assert tune.gemv16_fits(pb) and not tune.dot16_fits(pb) and not tune.gemv16_fits(tune.Problem(8, 32, 128, False, "bfloat16", 4096, 4096))
     c1 = tune.candidates(pb, 1, H100)
-    assert {c["kernel"] for c in c1} == {"gemv16", "gemv", "dot"}
+    assert {c["kernel"] for c in c1} == {"gemv16", "gemv", "dot", "mmv"}
     assert any(c.get("pair") is False for c in c1) and any(c["kernel"] == "gemv16" and "pair" not in c for c in c1)
     for M in (2, 16, 64, 256):
         assert not any(c["kernel"] in ("gemv16", "dot16") for c in tune.candidates(pb, M, H100))
@@ -210,9 +210,11 @@ def test_mmv_is_offered_only_where_it_runs():
     for M in (2, 8, 16):
         assert tune.default_config(P, M, H100) == {"kernel": "mmv", "R": 1, "warps": 4, "pf": True, "split_k": 8}  # 64 x 8
     assert tune.default_config(tune.Problem(4, 32, 128, False, "float16", 28672, 8192), 4, H100)["split_k"] == 1
+    assert offered(tune.Problem(4, 32, 128, False, "bfloat16", 4096, 4096), H100)  # the bf16 MMA
+    assert tune.default_config(tune.Problem(4, 32, 128, False, "bfloat16", 4096, 4096), 8, H100)["kernel"] == "mmv"
     for other in (tune.Problem(4, 32, 64, False, "float16", 4096, 4096),   # groups of 64: the pair's halves differ
                   tune.Problem(4, 32, 384, False, "float16", 4096, 4608),  # 3 x 128: not a shift
-                  tune.Problem(4, 32, 128, False, "bfloat16", 4096, 4096),
+                  tune.Problem(4, 32, 128, False, "float32", 4096, 4096),
                   tune.Problem(8, 32, 128, False, "float16", 4096, 4096),
                   tune.Problem(4, 16, 128, False, "float16", 4096, 4096)):
         assert not offered(other, H100), other

@@ -830,7 +830,7 @@ def launch(x: torch.Tensor, qweight: torch.Tensor, scales: torch.Tensor, zeros: 
     if cfg["kernel"] == "mmv":  # the tensor-core decode kernel (Gluon; kernels_mmv), or its fallback where it cannot run
         from . import kernels_mmv as _mmv
 
-        if _mmv.runs(x, scales) and _mmv.fits(bits, slab, group_size, in_features, x.dtype, x.shape[0]):
+        if _mmv.takes(x, scales, bits, slab, group_size, in_features, zero_point):
             return _mmv.launch_mmv(x, qweight, scales, zeros, bias, group_size, zero_point, cfg, out)
         cfg = _mmv.FALLBACK
     M, K = x.shape

@@ -1,4 +1,5 @@
-"""``mmv``: the decode kernel (M <= 16) for 4-bit codes and fp16 activations on NVIDIA sm_80+, on the tensor cores.
+"""``mmv``: the decode kernel (M <= 16) for 4-bit codes and fp16 / bf16 activations on NVIDIA sm_80+, on the tensor
+cores.
 
 Why: the paired-fp16 GEMV (``gemv16``) spends about 4.5 issued instructions per code -- shift, mask, zero point,
 product and sum per pair, then fp32 sums -- and so runs issue-bound, well above the memory floor on 30 MB layers, and
@@ -21,7 +22,8 @@ Mapping (``W`` is the A operand, rows = output channels, 16 per row group; ``x^T
 * D register 0 / 1 is row ``g``, tokens ``2q`` / ``2q + 1``; 2 / 3 row ``g + 8``.
 
 The two halves of a pair are 128 channels apart, so with 128-channel groups they have different scales: the weight
-is dequantized to ``(q - z) * s`` in fp16 before the MMA (exact ``q - z``, one rounding), as ``dot16`` does.
+is dequantized to ``(q - z) * s`` in the activations' type before the MMA (exact ``q - z``, one rounding), as
+``dot16`` does; for bf16 the scale is rounded to bf16 first.
 
 The warps of a program each take their own rows (``R`` groups of 16) and walk the same K tiles; each tile's
 activation pairs (``[tokens, 128]`` int32, 8 KB at M = 16) are staged once per program in shared memory (double
@@ -72,8 +74,8 @@ def group_shift(group_size: int, K: int) -> int | None:
 
 def fits(bits: int, slab: int, group_size: int, K: int, dtype: torch.dtype, M: int) -> bool:
     """Whether ``mmv`` runs this layer and batch: 4-bit codes, slabs of 32 words, groups of 128 x 2^k channels (or
-    one per row), fp16 activations, M <= 16."""
-    return (HAS_GLUON and bits == 4 and slab == 32 and dtype == torch.float16 and 1 <= M <= 16
+    one per row), fp16 or bf16 activations, M <= 16."""
+    return (HAS_GLUON and bits == 4 and slab == 32 and dtype in (torch.float16, torch.bfloat16) and 1 <= M <= 16
             and group_shift(group_size, K) is not None)
 
 
@@ -112,18 +114,29 @@ if HAS_GLUON:
 
     @gluon.jit
     def _pack(lo, hi):
-        """Two fp16 tensors -> int32 words holding ``lo`` in the low and ``hi`` in the high half."""
+        """Two 16-bit (fp16 / bf16) tensors -> int32 words holding ``lo`` in the low and ``hi`` in the high half."""
         return gl.inline_asm_elementwise("mov.b32 $0, {$1, $2};", "=r,h,h", [lo, hi], dtype=gl.int32, is_pure=True,
                                          pack=1)
 
     @gluon.jit
-    def _dq(w, zp, sp, ODD: gl.constexpr):
-        """The fp16 pair ``(q - z) * s`` of the codes at bits 0-3 / 16-19 (even pair: ``zp`` = 1024 + z) or 4-7 /
-        20-23 (odd: ``zp`` = -(64 + z); ``1024 + 16 q`` times 1/16 plus ``zp`` is the exact ``q - z``)."""
-        if ODD:
+    def _dq(w, zp, sp, ODD: gl.constexpr, BF16: gl.constexpr):
+        """The pair ``(q - z) * s`` of the codes at bits 0-3 / 16-19, in the activations' type.
+
+        fp16: even pair ``zp`` = 1024 + z; odd pair (bits 4-7 / 20-23, unshifted) ``zp`` = -(64 + z): ``1024 + 16 q``
+        times 1/16 plus ``zp`` is the exact ``q - z``.  bf16 (the caller shifts every pair down; bit 7 of a bf16 is
+        the exponent's): ``128 + q`` plus ``zp`` = -(128 + z), exact, times the scale rounded to bf16; FMAs, as
+        sm_80 has no bf16x2 sub / mul.
+        """
+        if BF16:
             r = gl.inline_asm_elementwise(
-                "{ .reg .b32 t, k; mov.b32 k, 0x2C002C00; lop3.b32 t, $1, 0x00F000F0, 0x64006400, 0xEA; fma.rn.f16x2 t, t, k, $2; "
-                "mul.rn.f16x2 $0, t, $3; }", "=r,r,r,r", [w, zp, sp], dtype=gl.int32, is_pure=True, pack=1)
+                "{ .reg .b32 t, k; mov.b32 k, 0x3F803F80; lop3.b32 t, $1, 0x000F000F, 0x43004300, 0xEA; "
+                "fma.rn.bf16x2 t, t, k, $2; mov.b32 k, 0x80008000; fma.rn.bf16x2 $0, t, $3, k; }",
+                "=r,r,r,r", [w, zp, sp], dtype=gl.int32, is_pure=True, pack=1)
+        elif ODD:
+            r = gl.inline_asm_elementwise(
+                "{ .reg .b32 t, k; mov.b32 k, 0x2C002C00; lop3.b32 t, $1, 0x00F000F0, 0x64006400, 0xEA; "
+                "fma.rn.f16x2 t, t, k, $2; mul.rn.f16x2 $0, t, $3; }",
+                "=r,r,r,r", [w, zp, sp], dtype=gl.int32, is_pure=True, pack=1)
         else:
             r = gl.inline_asm_elementwise(
                 "{ .reg .b32 t; lop3.b32 t, $1, 0x000F000F, 0x64006400, 0xEA; sub.f16x2 t, t, $2; "
@@ -131,24 +144,54 @@ if HAS_GLUON:
         return r
 
     @gluon.jit
-    def _mma(a0, a1, a2, a3, b0, b1, c0, c1, c2, c3):
-        return gl.inline_asm_elementwise(
-            "mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {$0, $1, $2, $3}, {$4, $5, $6, $7}, {$8, $9}, "
-            "{$10, $11, $12, $13};",
-            "=f,=f,=f,=f,r,r,r,r,r,r,f,f,f,f", [a0, a1, a2, a3, b0, b1, c0, c1, c2, c3],
-            dtype=(gl.float32, gl.float32, gl.float32, gl.float32), is_pure=True, pack=1)
+    def _pair_bits(w, J: gl.constexpr, BF16: gl.constexpr):
+        """The word shifted for :func:`_dq`'s pair ``j``: bf16 by ``4j``, fp16 by 8 from ``j = 2`` (odd pairs in place)."""
+        if BF16:
+            if J > 0:
+                w = w >> (4 * J)
+        elif J >= 2:
+            w = w >> 8
+        return w
 
     @gluon.jit
-    def _scale_pairs(s_ptr, ga, gb, N, row):
-        return _pack(gl.load(s_ptr + ga * N + row), gl.load(s_ptr + gb * N + row))
+    def _mma(a0, a1, a2, a3, b0, b1, c0, c1, c2, c3, BF16: gl.constexpr):
+        if BF16:
+            r = gl.inline_asm_elementwise(
+                "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {$0, $1, $2, $3}, {$4, $5, $6, $7}, {$8, $9}, "
+                "{$10, $11, $12, $13};",
+                "=f,=f,=f,=f,r,r,r,r,r,r,f,f,f,f", [a0, a1, a2, a3, b0, b1, c0, c1, c2, c3],
+                dtype=(gl.float32, gl.float32, gl.float32, gl.float32), is_pure=True, pack=1)
+        else:
+            r = gl.inline_asm_elementwise(
+                "mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {$0, $1, $2, $3}, {$4, $5, $6, $7}, {$8, $9}, "
+                "{$10, $11, $12, $13};",
+                "=f,=f,=f,=f,r,r,r,r,r,r,f,f,f,f", [a0, a1, a2, a3, b0, b1, c0, c1, c2, c3],
+                dtype=(gl.float32, gl.float32, gl.float32, gl.float32), is_pure=True, pack=1)
+        return r
 
     @gluon.jit
-    def _zero_pairs(z_ptr, ga, gb, N, row):
-        """(1024 + z) and -(64 + z) pairs of a row's two groups."""
+    def _scale_pairs(s_ptr, ga, gb, N, row, BF16: gl.constexpr):
+        """A row's two group scales as one pair (bf16: rounded to bf16, the MMA's type)."""
+        sa = gl.load(s_ptr + ga * N + row)
+        sb = gl.load(s_ptr + gb * N + row)
+        if BF16:
+            sa = sa.to(gl.float32).to(gl.bfloat16)
+            sb = sb.to(gl.float32).to(gl.bfloat16)
+        return _pack(sa, sb)
+
+    @gluon.jit
+    def _zero_pairs(z_ptr, ga, gb, N, row, BF16: gl.constexpr):
+        """A row's two groups' zero-point pairs for :func:`_dq`: fp16 (1024 + z, -(64 + z)); bf16 (-(128 + z), the
+        same)."""
         za = gl.load(z_ptr + ga * N + row).to(gl.float32)
         zb = gl.load(z_ptr + gb * N + row).to(gl.float32)
-        return (_pack((za + 1024.0).to(gl.float16), (zb + 1024.0).to(gl.float16)),
-                _pack((-64.0 - za).to(gl.float16), (-64.0 - zb).to(gl.float16)))
+        if BF16:
+            e = _pack((-128.0 - za).to(gl.bfloat16), (-128.0 - zb).to(gl.bfloat16))
+            o = e
+        else:
+            e = _pack((za + 1024.0).to(gl.float16), (zb + 1024.0).to(gl.float16))
+            o = _pack((-64.0 - za).to(gl.float16), (-64.0 - zb).to(gl.float16))
+        return e, o
 
     @gluon.jit
     def _x_stage(x_ptr, t, ok, M, K, NTI: gl.constexpr, LP: gl.constexpr):
@@ -177,7 +220,7 @@ if HAS_GLUON:
     def _mmv_kernel(x_ptr, w_ptr, s_ptr, z_ptr, b_ptr, y_ptr, ws_ptr, cnt_ptr, M, N, K, KW, gsh, gmax, zh, zh16,
                     tiles_per_split, split_k,
                     R: gl.constexpr, NT: gl.constexpr, HAS_ZEROS: gl.constexpr, HAS_BIAS: gl.constexpr,
-                    PF: gl.constexpr, USE_SPLIT: gl.constexpr):
+                    PF: gl.constexpr, USE_SPLIT: gl.constexpr, BF16: gl.constexpr = False):
         NW: gl.constexpr = gl.num_warps()
         L: gl.constexpr = gl.BlockedLayout([1, 1, R, 4], [1, 32, 1, 1], [NW, 1, 1, 1], [3, 2, 1, 0])
         S: gl.constexpr = gl.SliceLayout(3, L)
@@ -213,23 +256,25 @@ if HAS_GLUON:
             xs.index(1).store(_x_stage(x_ptr, t0, t0 < t1, M, K, 1, LP))
         _cta_barrier()
         if PF:
-            n00, n01, n10, n11, nsp0, nsp1 = _tile_words(w_ptr, s_ptr, woff0, woff1, srow0, srow1, t0, gsh, gmax, N)
+            n00, n01, n10, n11, nsp0, nsp1 = _tile_words(w_ptr, s_ptr, woff0, woff1, srow0, srow1, t0, gsh, gmax, N,
+                                                         BF16)
         for it in range(t1 - t0):
             t = t0 + it
             if PF:
                 w00, w01, w10, w11, sp0, sp1 = n00, n01, n10, n11, nsp0, nsp1
                 n00, n01, n10, n11, nsp0, nsp1 = _tile_words(w_ptr, s_ptr, woff0, woff1, srow0, srow1,
-                                                             gl.minimum(t + 1, t1 - 1), gsh, gmax, N)
+                                                             gl.minimum(t + 1, t1 - 1), gsh, gmax, N, BF16)
             else:
-                w00, w01, w10, w11, sp0, sp1 = _tile_words(w_ptr, s_ptr, woff0, woff1, srow0, srow1, t, gsh, gmax, N)
+                w00, w01, w10, w11, sp0, sp1 = _tile_words(w_ptr, s_ptr, woff0, woff1, srow0, srow1, t, gsh, gmax, N,
+                                                           BF16)
             xn0 = _x_stage(x_ptr, t + 1, t + 1 < t1, M, K, 0, LP)  # the next tile's pairs, stored after this one
             if NT == 2:
                 xn1 = _x_stage(x_ptr, t + 1, t + 1 < t1, M, K, 1, LP)
             if HAS_ZEROS:
                 ga = (2 * t) >> gsh
                 gb = gl.minimum((2 * t + 1) >> gsh, gmax)
-                zpe0, zpo0 = _zero_pairs(z_ptr, ga, gb, N, srow0)
-                zpe1, zpo1 = _zero_pairs(z_ptr, ga, gb, N, srow1)
+                zpe0, zpo0 = _zero_pairs(z_ptr, ga, gb, N, srow0, BF16)
+                zpe1, zpo1 = _zero_pairs(z_ptr, ga, gb, N, srow1, BF16)
             a00 = _quarters(w00, S)
             a01 = _quarters(w01, S)
             a10 = _quarters(w10, S)
@@ -248,23 +293,13 @@ if HAS_GLUON:
                     q0 = _b_regs(xs, cur + 1, j, 0, LB, LX, SX, S)
                     q1 = _b_regs(xs, cur + 1, j, 1, LB, LX, SX, S)
                 for i in gl.static_range(4):
-                    if j >= 2:
-                        s00 = a00[i] >> 8
-                        s10 = a10[i] >> 8
-                        s01 = a01[i] >> 8
-                        s11 = a11[i] >> 8
-                    else:
-                        s00 = a00[i]
-                        s10 = a10[i]
-                        s01 = a01[i]
-                        s11 = a11[i]
-                    r0 = _dq(s00, zq0, sp0, j % 2 == 1)
-                    r1 = _dq(s10, zq1, sp1, j % 2 == 1)
-                    r2 = _dq(s01, zq0, sp0, j % 2 == 1)
-                    r3 = _dq(s11, zq1, sp1, j % 2 == 1)
-                    c0, c1, c2, c3 = _mma(r0, r1, r2, r3, p0[i], p1[i], c0, c1, c2, c3)
+                    r0 = _dq(_pair_bits(a00[i], j, BF16), zq0, sp0, j % 2 == 1, BF16)
+                    r1 = _dq(_pair_bits(a10[i], j, BF16), zq1, sp1, j % 2 == 1, BF16)
+                    r2 = _dq(_pair_bits(a01[i], j, BF16), zq0, sp0, j % 2 == 1, BF16)
+                    r3 = _dq(_pair_bits(a11[i], j, BF16), zq1, sp1, j % 2 == 1, BF16)
+                    c0, c1, c2, c3 = _mma(r0, r1, r2, r3, p0[i], p1[i], c0, c1, c2, c3, BF16)
                     if NT == 2:
-                        d0, d1, d2, d3 = _mma(r0, r1, r2, r3, q0[i], q1[i], d0, d1, d2, d3)
+                        d0, d1, d2, d3 = _mma(r0, r1, r2, r3, q0[i], q1[i], d0, d1, d2, d3, BF16)
             xs.index(((it + 1) % 2) * NT).store(xn0)
             if NT == 2:
                 xs.index(((it + 1) % 2) * NT + 1).store(xn1)
@@ -312,8 +347,9 @@ if HAS_GLUON:
             d1 += b0
             d2 += b1
             d3 += b1
-        _store8(y_ptr, c0.to(gl.float16), c1.to(gl.float16), c2.to(gl.float16), c3.to(gl.float16), d0.to(gl.float16),
-                d1.to(gl.float16), d2.to(gl.float16), d3.to(gl.float16), ta, r0, M, N, NT)
+        ty = y_ptr.dtype.element_ty
+        _store8(y_ptr, c0.to(ty), c1.to(ty), c2.to(ty), c3.to(ty), d0.to(ty), d1.to(ty), d2.to(ty), d3.to(ty), ta, r0, M,
+                N, NT)
 
     @gluon.jit
     def _store8(ptr, c0, c1, c2, c3, d0, d1, d2, d3, ta, r0, M, N, NT: gl.constexpr):
@@ -330,14 +366,14 @@ if HAS_GLUON:
             _out(ptr, d3, ta + 9, r0 + 8, M, N)
 
     @gluon.jit
-    def _tile_words(w_ptr, s_ptr, woff0, woff1, srow0, srow1, t, gsh, gmax, N):
+    def _tile_words(w_ptr, s_ptr, woff0, woff1, srow0, srow1, t, gsh, gmax, N, BF16: gl.constexpr):
         """Tile t's (a scalar: every warp of the program reads the same tile) words of the lane's two rows and the
         rows' scale pairs (groups ``2t >> gsh`` and ``(2t + 1) >> gsh``: see :func:`group_shift`)."""
         ga = (2 * t) >> gsh
         gb = gl.minimum((2 * t + 1) >> gsh, gmax)  # (the far half of a ragged last tile: code 0, x 0)
         return (gl.load(w_ptr + woff0 + t * 32), gl.load(w_ptr + woff0 + t * 32 + 16), gl.load(w_ptr + woff1 + t * 32),
-                gl.load(w_ptr + woff1 + t * 32 + 16), _scale_pairs(s_ptr, ga, gb, N, srow0),
-                _scale_pairs(s_ptr, ga, gb, N, srow1))
+                gl.load(w_ptr + woff1 + t * 32 + 16), _scale_pairs(s_ptr, ga, gb, N, srow0, BF16),
+                _scale_pairs(s_ptr, ga, gb, N, srow1, BF16))
 
 #: what :func:`launch_mmv` callers run instead where ``mmv`` cannot (interpreter, ROCm, other dtypes): ``dot16``
 #: (itself falling back to ``dot`` where the paired decode does not fit)
@@ -347,9 +383,11 @@ _dev_ok: dict[int, bool] = {}
 
 
 def runs(x: torch.Tensor, scales: torch.Tensor) -> bool:
-    """Whether ``mmv`` can run these tensors: compiled CUDA (sm_80+, not the interpreter, not ROCm), fp16
-    activations and scales, Gluon present.  (:func:`fits` is the layer-level half of the test.)"""
-    if not (HAS_GLUON and x.is_cuda and x.dtype == torch.float16 and scales.dtype == torch.float16):
+    """Whether ``mmv`` can run these tensors: compiled CUDA (sm_80+, not the interpreter, not ROCm), Gluon present,
+    fp16 activations with fp16 scales or bf16 activations with fp16 / bf16 scales.  (:func:`fits` is the
+    layer-level half of the test.)"""
+    if not (HAS_GLUON and x.is_cuda and (scales.dtype == x.dtype == torch.float16
+                                         or (x.dtype == torch.bfloat16 and scales.dtype in (torch.float16, torch.bfloat16)))):
         return False
     di = x.get_device()
     ok = _dev_ok.get(di)
@@ -359,6 +397,18 @@ def runs(x: torch.Tensor, scales: torch.Tensor) -> bool:
         ok = _dev_ok[di] = (not interpreting() and getattr(torch.version, "hip", None) is None
                             and torch.cuda.get_device_capability(x.device)[0] >= 8)
     return ok
+
+
+def takes(x: torch.Tensor, scales: torch.Tensor, bits: int, slab: int, group_size: int, K: int,
+          zero_point: float) -> bool:
+    """:func:`fits` and :func:`runs`, and for bf16 a constant zero point exact in bf16 (every 4-bit one is)."""
+    if not (runs(x, scales) and fits(bits, slab, group_size, K, x.dtype, x.shape[0])):
+        return False
+    if x.dtype == torch.bfloat16:
+        from .kernels import _bf2_magic
+
+        return _bf2_magic(zero_point) is not None
+    return True
 
 
 @functools.lru_cache(maxsize=64)
@@ -402,11 +452,15 @@ def launch_mmv(x: torch.Tensor, qweight: torch.Tensor, scales: torch.Tensor, zer
             cnt = _k._cnt_by_index[di] = _k.counters(x.device)
     else:
         ws = cnt = y
+    bf16 = x.dtype == torch.bfloat16
     consts = dict(R=R, NT=1 if M <= 8 else 2, HAS_ZEROS=zeros is not None, HAS_BIAS=bias is not None, PF=pf,
-                  USE_SPLIT=split > 1)
+                  USE_SPLIT=split > 1, BF16=bf16)
     skey = ("mmv", warps, *consts.values())
     tensors = (x, qweight, scales, zeros if zeros is not None else scales, bias if bias is not None else x, y, ws, cnt)
-    ints = (M, N, K, KW, group_shift(group_size, K), scales.shape[0] - 1, _pair16(1024.0 + zero_point),
-            _pair16(-64.0 - zero_point), tps, split)
+    if bf16:  # the pair -(128 + z) in bf16 (exact for every 4-bit zero point); one pair for every code pair
+        zh = zh16 = _k._bf2_magic(zero_point)
+    else:
+        zh, zh16 = _pair16(1024.0 + zero_point), _pair16(-64.0 - zero_point)
+    ints = (M, N, K, KW, group_shift(group_size, K), scales.shape[0] - 1, zh, zh16, tps, split)
     _fast.launch(_mmv_kernel, (blocks, split), tensors, ints, (), consts, skey, {"num_warps": warps}, y)
     return y

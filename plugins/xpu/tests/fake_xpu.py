@@ -351,11 +351,21 @@ def fake_ipex(version: str, root: Path | None = None, *, treat_cpu_as_xpu: bool 
     the real package prints an error and calls ``os._exit(127)``; the fake records the version in
     ``IPEX_IMPORT_EXITS`` and raises ``FakeProcessExit``.  Undone on exit.
     """
+    import shutil
     import tempfile
+
+    if root is None:  # a temporary directory of its own, removed on exit (one per use: thousands in a full run)
+        tmp = Path(tempfile.mkdtemp(prefix="fake_ipex_"))
+        try:
+            with fake_ipex(version, tmp, treat_cpu_as_xpu=treat_cpu_as_xpu) as site:
+                yield site
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+        return
 
     import pytest
 
-    root = Path(root or tempfile.mkdtemp(prefix="fake_ipex_"))
+    root = Path(root)
     site = root / ("site-" + version.replace("+", "_"))
     pkg = site / "intel_extension_for_pytorch"
     pkg.mkdir(parents=True, exist_ok=True)

@@ -49,7 +49,7 @@ import triton.language as tl
 
 from .fp_packing import A_FP8, A_MX_E2M1, A_NONE, A_NVFP4, A_RCEIL, E0M4, E2M1, E4M3_NV, S_NONE, bits_of, slab_for
 from . import launch as _fast
-from .kernels import BACKEND_OPTIONS, COUNTER_SLOTS, MAXS, _asm_ok, _pack_h2, _pdl_enter, _tile_of, _workspace, counters, pdl_ok
+from .kernels import BACKEND_OPTIONS, COUNTER_SLOTS, MAXS, _asm_ok, _pack_h2, _pdl_enter, _tile_of, pdl_ok, split_buffers
 from .runtime import interpreting
 
 
@@ -869,8 +869,7 @@ def launch(x: torch.Tensor, qweight: torch.Tensor, scales: torch.Tensor | None, 
     else:
         tps = n_tiles
     if split > 1:
-        ws = _workspace(x, x.get_device(), split * M * N)  # the int kernels' persistent buffer: no per-call allocation
-        cnt = counters(x.device)
+        ws, cnt = split_buffers(x, split * M * N)  # the int kernels' persistent buffers: no per-call allocation
     else:
         ws = cnt = y
     G = K // block if scale != S_NONE else 1

@@ -111,6 +111,16 @@ def _workspace(x: torch.Tensor, device_index: int, numel: int) -> torch.Tensor:
     return buf
 
 
+def split_buffers(x: torch.Tensor, numel: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The split-K workspace (``numel`` fp32 elements) and tile counters of ``x``'s device, looked up by device index
+    (this runs on every split-K launch)."""
+    di = x.get_device()  # an int (-1: CPU), cheaper than x.device
+    cnt = _cnt_by_index.get(di)
+    if cnt is None:
+        cnt = _cnt_by_index[di] = counters(x.device)
+    return _workspace(x, di, numel), cnt
+
+
 def reserve(device: torch.device) -> None:
     """Allocate ``device``'s split-K counters and minimum workspace now (before any graph capture)."""
     counters(device)
@@ -858,11 +868,7 @@ def launch(x: torch.Tensor, qweight: torch.Tensor, scales: torch.Tensor, zeros: 
     else:
         tps = n_tiles
     if split > 1:
-        di = x.get_device()  # an int (-1: CPU), cheaper than x.device
-        ws = _workspace(x, di, split * M * N)
-        cnt = _cnt_by_index.get(di)
-        if cnt is None:
-            cnt = _cnt_by_index[di] = counters(x.device)
+        ws, cnt = split_buffers(x, split * M * N)
     else:
         ws = cnt = y
     bp = bias if bias is not None else scales

@@ -154,21 +154,18 @@ if HAS_GLUON:
             w = w >> 8
         return w
 
+    @gluon.constexpr_function
+    def _mma_asm(bf16):
+        """``mma.sync.m16n8k16`` with fp32 accumulators and fp16 or bf16 operands."""
+        t = "bf16" if bf16 else "f16"
+        return (f"mma.sync.aligned.m16n8k16.row.col.f32.{t}.{t}.f32 {{$0, $1, $2, $3}}, {{$4, $5, $6, $7}}, {{$8, $9}}, "
+                "{$10, $11, $12, $13};")
+
     @gluon.jit
     def _mma(a0, a1, a2, a3, b0, b1, c0, c1, c2, c3, BF16: gl.constexpr):
-        if BF16:
-            r = gl.inline_asm_elementwise(
-                "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {$0, $1, $2, $3}, {$4, $5, $6, $7}, {$8, $9}, "
-                "{$10, $11, $12, $13};",
-                "=f,=f,=f,=f,r,r,r,r,r,r,f,f,f,f", [a0, a1, a2, a3, b0, b1, c0, c1, c2, c3],
-                dtype=(gl.float32, gl.float32, gl.float32, gl.float32), is_pure=True, pack=1)
-        else:
-            r = gl.inline_asm_elementwise(
-                "mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {$0, $1, $2, $3}, {$4, $5, $6, $7}, {$8, $9}, "
-                "{$10, $11, $12, $13};",
-                "=f,=f,=f,=f,r,r,r,r,r,r,f,f,f,f", [a0, a1, a2, a3, b0, b1, c0, c1, c2, c3],
-                dtype=(gl.float32, gl.float32, gl.float32, gl.float32), is_pure=True, pack=1)
-        return r
+        return gl.inline_asm_elementwise(
+            _mma_asm(BF16), "=f,=f,=f,=f,r,r,r,r,r,r,f,f,f,f", [a0, a1, a2, a3, b0, b1, c0, c1, c2, c3],
+            dtype=(gl.float32, gl.float32, gl.float32, gl.float32), is_pure=True, pack=1)
 
     @gluon.jit
     def _scale_pairs(s_ptr, ga, gb, N, row, BF16: gl.constexpr):
@@ -380,24 +377,16 @@ if HAS_GLUON:
 #: (itself falling back to ``dot`` where the paired decode does not fit)
 FALLBACK = {"kernel": "dot16", "BM": 16, "BN": 64, "split_k": 1, "warps": 4, "stages": 3, "swap": True, "group_m": 8}
 
-_dev_ok: dict[int, bool] = {}
-
-
 def runs(x: torch.Tensor, scales: torch.Tensor) -> bool:
-    """Whether ``mmv`` can run these tensors: compiled CUDA (sm_80+, not the interpreter, not ROCm), Gluon present,
-    fp16 activations with fp16 scales or bf16 activations with fp16 / bf16 scales.  (:func:`fits` is the
-    layer-level half of the test.)"""
+    """Whether ``mmv`` can run these tensors: compiled CUDA (sm_80+, not the interpreter, not ROCm: the test of
+    ``gemv16``'s bf16x2 PTX), Gluon present, fp16 activations with fp16 scales or bf16 activations with fp16 / bf16
+    scales.  (:func:`fits` is the layer-level half of the test.)"""
     if not (HAS_GLUON and x.is_cuda and (scales.dtype == x.dtype == torch.float16
                                          or (x.dtype == torch.bfloat16 and scales.dtype in (torch.float16, torch.bfloat16)))):
         return False
-    di = x.get_device()
-    ok = _dev_ok.get(di)
-    if ok is None:
-        from .runtime import interpreting
+    from .kernels import _bf2_ok
 
-        ok = _dev_ok[di] = (not interpreting() and getattr(torch.version, "hip", None) is None
-                            and torch.cuda.get_device_capability(x.device)[0] >= 8)
-    return ok
+    return _bf2_ok(x)
 
 
 def takes(x: torch.Tensor, scales: torch.Tensor, bits: int, slab: int, group_size: int, K: int,
@@ -413,11 +402,11 @@ def takes(x: torch.Tensor, scales: torch.Tensor, bits: int, slab: int, group_siz
 
 
 @functools.lru_cache(maxsize=64)
-def _pair16(value: float) -> int:
-    """The int32 whose two fp16 halves are both ``value``."""
-    h = int(torch.tensor(value, dtype=torch.float16).view(torch.int16).item()) & 0xFFFF
-    v = h | (h << 16)
-    return v - (1 << 32) if v >= (1 << 31) else v
+def _odd_zero_pair(zero_point: float) -> int:
+    """The fp16 pair -(64 + z) of the odd code pairs (:func:`_dq`)."""
+    from .kernels import _h2_pair
+
+    return _h2_pair(-64.0 - zero_point)
 
 
 def launch_mmv(x: torch.Tensor, qweight: torch.Tensor, scales: torch.Tensor, zeros: torch.Tensor | None,
@@ -430,7 +419,8 @@ def launch_mmv(x: torch.Tensor, qweight: torch.Tensor, scales: torch.Tensor, zer
     meet in the persistent workspace, summed in order by the last).  Launched through the direct launcher
     (:mod:`quantlinear_triton.launch`).
     """
-    from . import kernels as _k
+    from .kernels import _bf2_magic, _h2_magic
+    from .kernels_tc import split_plan
 
     M, K = x.shape
     N, KW = qweight.shape
@@ -438,30 +428,17 @@ def launch_mmv(x: torch.Tensor, qweight: torch.Tensor, scales: torch.Tensor, zer
     y = out if out is not None else torch.empty(M, N, dtype=x.dtype, device=x.device)
     if M == 0:
         return y
-    n_tiles = KW // 32
     blocks = -(-N // (16 * R * warps))
-    split = max(1, min(int(cfg.get("split_k", 1)), n_tiles))
-    if split > 1 and (blocks > _k.COUNTER_SLOTS or split * M * N >= 2**31):
-        split = 1
-    tps = -(-n_tiles // split)
-    split = -(-n_tiles // tps)  # no empty split
-    if split > 1:
-        di = x.get_device()
-        ws = _k._workspace(x, di, split * M * N)
-        cnt = _k._cnt_by_index.get(di)
-        if cnt is None:
-            cnt = _k._cnt_by_index[di] = _k.counters(x.device)
-    else:
-        ws = cnt = y
+    split, tps, ws, cnt = split_plan(x, y, KW // 32, int(cfg.get("split_k", 1)), blocks)
     bf16 = x.dtype == torch.bfloat16
     consts = dict(R=R, NT=1 if M <= 8 else 2, HAS_ZEROS=zeros is not None, HAS_BIAS=bias is not None, PF=pf,
                   USE_SPLIT=split > 1, BF16=bf16)
     skey = ("mmv", warps, *consts.values())
     tensors = (x, qweight, scales, zeros if zeros is not None else scales, bias if bias is not None else x, y, ws, cnt)
     if bf16:  # the pair -(128 + z) in bf16 (exact for every 4-bit zero point); one pair for every code pair
-        zh = zh16 = _k._bf2_magic(zero_point)
+        zh = zh16 = _bf2_magic(zero_point)
     else:
-        zh, zh16 = _pair16(1024.0 + zero_point), _pair16(-64.0 - zero_point)
+        zh, zh16 = _h2_magic(zero_point), _odd_zero_pair(zero_point)
     ints = (M, N, K, KW, group_shift(group_size, K), scales.shape[0] - 1, zh, zh16, tps, split)
     _fast.launch(_mmv_kernel, (blocks, split), tensors, ints, (), consts, skey, {"num_warps": warps}, y)
     return y

@@ -73,7 +73,7 @@ import torch
 import triton
 import triton.language as tl
 
-from .kernels import COUNTER_SLOTS, _asm_ok, _dq_pair_h, _h2_magic, _pack_h2, _tile_of, _workspace, counters  # (split-K: its persistent buffers)
+from .kernels import COUNTER_SLOTS, _asm_ok, _dq_pair_h, _h2_magic, _pack_h2, _tile_of, split_buffers  # (split-K: its persistent buffers)
 
 #: the configuration :func:`launch_tc` uses when none is given (the best single one measured on H100, fp16)
 DEFAULT_CFG = {"BN": 128, "BM": 128, "BK": 256, "warps": 8, "stages": 2, "group_m": 8, "dq": 1, "prefetch": 1, "split_k": 1}
@@ -336,8 +336,9 @@ def planes_per_step(bits: int, slab: int, BK: int) -> int:
 
 
 def split_plan(x: torch.Tensor, y: torch.Tensor, n_steps: int, split_k: int, n_tiles_out: int) -> tuple:
-    """``(split, steps per split, workspace, counters)`` of a tc launch: no empty split (the kernels assume a non-empty
-    K range); no split where the tile counters or int32 offsets would not cover it; partials in the persistent
+    """``(split, steps per split, workspace, counters)`` of a split-K launch (tc, mmv): no empty split (the kernels
+    assume a non-empty K range); no split where the tile counters or int32 offsets would not cover it; partials in the
+    persistent
     workspace of :mod:`.kernels` (``y`` stands in for both when there is no split)."""
     M, N = y.shape
     split = max(1, min(split_k, n_steps))
@@ -347,7 +348,7 @@ def split_plan(x: torch.Tensor, y: torch.Tensor, n_steps: int, split_k: int, n_t
         split, sps = 1, n_steps
     if split == 1:
         return split, sps, y, y
-    return split, sps, _workspace(x, x.get_device(), split * M * N), counters(x.device)
+    return (split, sps, *split_buffers(x, split * M * N))
 
 
 def _resolve(cfg: dict | None, bits: int, slab: int, group_size: int, K: int, dtype: torch.dtype, asm_ok: bool) -> dict:

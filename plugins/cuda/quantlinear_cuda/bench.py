@@ -209,7 +209,7 @@ def _op_call(layer):
         m = layer.meta
         return lambda x: torch.ops.quantlinear_cuda.fp_gemm(x, layer.fp_qweight, layer.fp_scales, layer.fp_row_scales, layer.bias,
                                                             layer.fp_act_scale, m.in_features, m.elem, m.scale, m.block, m.act,
-                                                            m.act_block)
+                                                            m.act_block, layer.fp_mmv_sigma, m.mmv_mul)
     return None
 
 

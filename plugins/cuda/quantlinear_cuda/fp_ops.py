@@ -5,7 +5,8 @@ binds them to the CUDA float space (:class:`quantlinear_triton.fp_tune.FPSpace` 
 plugin's device properties: SM count, 32-lane warps; 64x64 large tiles below sm80, whose 64 KiB
 of shared memory the 128x128 tile exceeds).  Switches: ``QUANTLINEAR_CUDA_FP_TUNE=1`` tunes on
 first use (off by default), ``QUANTLINEAR_CUDA_FP_TUNE_CACHE`` moves or disables the user
-cache.  Per M: ``gemv16`` (PTX fp16x2 decode) at M = 1 for fp16 4-bit weights, ``tc`` (the register-A
+cache.  Per M: ``mmv`` (the tensor-core decode kernel) at M = 1..16 for fp16 MXFP4 / NVFP4 on sm_80+ (NVFP4 sm_89+),
+``gemv16`` (PTX fp16x2 decode) at M = 1 for the other fp16 4-bit weights, ``tc`` (the register-A
 tensor-core kernel) for 65..512 rows on Hopper, ``dqmm`` (dequantize into a temporary, then cuBLAS) from 1024; ``QUANTLINEAR_CUDA_DQMM=0`` (or
 ``QUANTLINEAR_CUDA_FP_DQMM=0``) forbids ``dqmm``.  Registering the op imports no Triton.
 """
@@ -30,9 +31,15 @@ def _hopper(props) -> bool:
     return props.capability[0] == 9
 
 
+def _mmv(props) -> bool:
+    """The tensor-core decode kernel (Gluon, ``mma.sync``) compiles for sm_80+; not for the interpreter's simulated
+    device, not on ROCm."""
+    return not props.simulated and not props.hip and props.capability >= (8, 0)
+
+
 SPACE = FPSpace("cuda_fp", Path(__file__).parent / "tuned", lambda d: _device.device_props(d),
                 units=lambda p: p.sm_count, max_shared=_max_shared, paired_fp16=True, dqmm=True,
-                dqmm_envs=("QUANTLINEAR_CUDA_DQMM",), tc=_hopper)
+                dqmm_envs=("QUANTLINEAR_CUDA_DQMM",), tc=_hopper, mmv=_mmv)
 TUNER = make_tuner(SPACE)
 
 run_fp_gemm, fp_gemm, FP_OP = _shared.bind_fp_gemm("quantlinear_cuda", TUNER)

@@ -247,6 +247,15 @@ def candidates(p: Problem, M: int, props: "_device.DeviceProps", wide: bool = Fa
     return _tune.unique(out)
 
 
+#: the kernel names :func:`quantlinear_triton.kernels.launch` takes (stored configurations are checked against them)
+kernels = frozenset({"gemv", "gemv16", "dot", "dot16", "tc", "mmv", "dqmm"})
+
+
+def config_reason(p: Problem, cfg: object) -> str | None:
+    """Why a stored configuration (user cache, shipped table) cannot be used: :func:`quantlinear_triton.tune.config_reason`."""
+    return _tune.config_reason(cfg, kernels)
+
+
 class Tuner(_tune.Tuner):
     """The shared tuner over this module's space (looked up at call time, so tests can patch it)."""
 

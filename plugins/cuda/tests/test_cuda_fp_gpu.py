@@ -116,7 +116,8 @@ def test_defaults_gemv16_and_dqmm(monkeypatch):
 
     layer, _, _, _ = layer_for("MXFP4", torch.float16)
     props = _device.device_props(torch.device("cuda"))
-    assert SPACE.default_config(layer.problem, 1, props)["kernel"] == "gemv16"
+    assert SPACE.default_config(layer.problem, 1, props)["kernel"] == "mmv"  # the layer has mmv_sigma (sm_80+)
+    assert SPACE.default_config(layer.problem, 1, props, mmv=False)["kernel"] == "gemv16"  # a layer without it
     assert SPACE.default_config(layer.problem, 4096, props)["kernel"] == "dqmm"
     monkeypatch.setenv("QUANTLINEAR_CUDA_DQMM", "0")
     assert SPACE.default_config(layer.problem, 4096, props)["kernel"] == "dot"

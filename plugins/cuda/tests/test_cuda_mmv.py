@@ -51,7 +51,15 @@ COMPILE_JOBS = [("_mmv_kernel", dict(R=1, NT=1, HAS_ZEROS=False, HAS_BIAS=False,
                 ("_mmv_kernel", dict(R=1, NT=2, HAS_ZEROS=False, HAS_BIAS=True, PF=True, USE_SPLIT=True), 8, 90),
                 ("_mmv_kernel", dict(R=2, NT=2, HAS_ZEROS=True, HAS_BIAS=False, PF=True, USE_SPLIT=False), 4, 80),
                 ("_mmv_kernel", dict(R=1, NT=2, HAS_ZEROS=True, HAS_BIAS=True, PF=True, USE_SPLIT=True, BF16=True), 4, 80),
-                ("_mmv_kernel", dict(R=1, NT=1, HAS_ZEROS=False, HAS_BIAS=False, PF=True, USE_SPLIT=False, BF16=True), 4, 90)]
+                ("_mmv_kernel", dict(R=1, NT=1, HAS_ZEROS=False, HAS_BIAS=False, PF=True, USE_SPLIT=False, BF16=True), 4, 90),
+                # MXFP4 (E2M1 codes, sigma bytes)
+                ("_mmv_kernel", dict(R=1, NT=1, HAS_ZEROS=False, HAS_BIAS=True, PF=True, USE_SPLIT=True, FP=1, PDL=True),
+                 4, 90),
+                ("_mmv_kernel", dict(R=2, NT=2, HAS_ZEROS=False, HAS_BIAS=False, PF=True, USE_SPLIT=False, FP=1,
+                                     HAS_ROWS=True), 4, 80),
+                # NVFP4 (E2M1 codes in 16-word slabs, E4M3 scales converted by the hardware: sm_89+)
+                ("_mmv_kernel", dict(R=1, NT=2, HAS_ZEROS=False, HAS_BIAS=True, PF=False, USE_SPLIT=True, FP=2,
+                                     HAS_ROWS=True), 4, 90)]
 
 
 def compile_mmv(name: str, consts: dict, warps: int, cap: int) -> dict:
@@ -62,8 +70,10 @@ def compile_mmv(name: str, consts: dict, warps: int, cap: int) -> dict:
 
     fn = getattr(km, name)
     act = "*bf16" if consts.get("BF16") else "*fp16"
-    consts = dict(consts, BF16=bool(consts.get("BF16")))
-    types = dict(x_ptr=act, w_ptr="*i32", s_ptr="*fp16", z_ptr="*u8", b_ptr=act, y_ptr=act, ws_ptr="*fp32", cnt_ptr="*i32")
+    consts = dict(consts, BF16=bool(consts.get("BF16")), FP=int(consts.get("FP", 0)), HAS_ROWS=bool(consts.get("HAS_ROWS")),
+                  PDL=bool(consts.get("PDL")))
+    types = dict(x_ptr=act, w_ptr="*i32", s_ptr={0: "*fp16", 1: "*i64", 2: "*i32"}[consts["FP"]], z_ptr="*u8", b_ptr=act, y_ptr=act,
+                 ws_ptr="*fp32", cnt_ptr="*i32", r_ptr="*fp32", omul="fp32")
     sig, attrs = {}, {}
     for i, n in enumerate(fn.arg_names):
         if n in consts:
@@ -80,7 +90,8 @@ def compile_mmv(name: str, consts: dict, warps: int, cap: int) -> dict:
     mma = "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32" if consts["BF16"] else "mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32"
     return {"mma": ptx.count(mma), "v4": ptx.count("ld.global.v4"), "bf16x2": ptx.count("fma.rn.bf16x2"),
             "local": ".local" in ptx, "cubin": len(c.asm.get("cubin", b"")), "lds": ptx.count("ld.shared.v4"),
-            "bar": ptx.count("bar.sync"), "atom": ptx.count("atom.global")}
+            "bar": ptx.count("bar.sync"), "atom": ptx.count("atom.global"), "hmul2": ptx.count("mul.rn.f16x2"),
+            "prmt": ptx.count("prmt.b32"), "gdc": ptx.count("griddepcontrol.wait"), "cvt": ptx.count("cvt.rn.f16x2.e4m3x2")}
 
 
 def test_mmv_cross_compiles_for_sm80_and_sm90():
@@ -103,6 +114,13 @@ def test_mmv_cross_compiles_for_sm80_and_sm90():
         assert (got["atom"] > 0) == consts["USE_SPLIT"], got
         # bf16: two bf16x2 FMAs per code pair (q - z, then the scale), in the bf16 MMA
         assert (got["bf16x2"] >= 16 * 4 * R * 2) == bool(consts.get("BF16")), got
+        assert got["gdc"] == int(bool(consts.get("PDL"))), got  # PDL: one wait, after the weight prefetch
+        if consts.get("FP"):  # E2M1: one scale multiply per code pair (64 per row group)
+            assert got["hmul2"] == 64 * R, got
+        if consts.get("FP") == 1:  # MXFP4: a byte permute per sigma pair (4 pairs x 2 rows per row group and tile)
+            assert got["prmt"] >= 8 * R and got["cvt"] == 0, got
+        if consts.get("FP") == 2:  # NVFP4: a hardware E4M3 pair conversion per scale pair (x 2 word halves)
+            assert got["cvt"] == 16 * R, got
 
 
 if __name__ == "__main__":  # the compile check's subprocess

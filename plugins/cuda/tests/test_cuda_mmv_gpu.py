@@ -87,3 +87,40 @@ def test_bf16_layers_take_it(no_tuning, sym, group):
         x = torch.randn(M, 1152, device="cuda", dtype=torch.bfloat16)
         assert rel_err(layer(x), ref(x, W, b)) < 1e-2, M
     assert sum(fl.stats().get("_mmv_kernel", (0, 0))) - before >= 3
+
+
+# ---- MXFP4 layers (E2M1 codes, E8M0 scales per 32): fp16 activations, M = 1..16 -------------------------------------
+@pytest.mark.parametrize("weight_only", [False, True])
+@pytest.mark.parametrize("K,N,bias", [(1024, 520, True), (1056, 784, False), (4096, 256, True)])
+def test_mxfp4_layers_take_mmv_up_to_16_rows(weight_only, K, N, bias, monkeypatch):
+    """W4A4 (the activations through the scheme's quantization first) and W4A16, ragged K (a partial 256-channel
+    tile) and N, against the fp32 reference of the quantized activations times the dequantized weight."""
+    import test_cuda_fp_gpu as fpg
+    from quantlinear.testing_fp import float_reference
+    from quantlinear_triton import launch as fl
+
+    monkeypatch.setattr(fpg, "K", K)
+    monkeypatch.setattr(fpg, "N", N)
+    layer, w, b, spec = fpg.layer_for("MXFP4", torch.float16, bias=bias, weight_only=weight_only)
+    assert layer.fp_mmv_sigma is not None and layer.meta.mmv_mul > 0
+    g = torch.Generator(device="cuda").manual_seed(K + N)
+    before = fl.stats().get("_mmv_kernel", (0, 0))
+    for M in (1, 2, 5, 8, 9, 16):
+        x = (torch.randn(M, K, device="cuda", generator=g) * 1.5).half()
+        assert rel_err(layer(x), float_reference(x, w, spec, b)) < 1e-3, M
+    assert sum(fl.stats().get("_mmv_kernel", (0, 0))) - sum(before) >= 6
+
+
+def test_mxfp4_graph_capture_and_compile():
+    import test_cuda_fp_gpu as fpg
+    from quantlinear.testing_fp import float_reference
+
+    layer, w, b, spec = fpg.layer_for("MXFP4", torch.float16)
+    torch._dynamo.reset()
+    compiled = torch.compile(layer, fullgraph=True)
+    for M in (1, 4, 16):
+        x = torch.randn(M, fpg.K, device="cuda").half()
+        assert rel_err(compiled(x), float_reference(x, w, spec, b)) < 1e-3, ("compile", M)
+        layer(x)
+        y = graph_replay_fresh(layer, x)  # (x refilled: the reference is of the new x)
+        assert rel_err(y, float_reference(x, w, spec, b)) < 1e-3, ("graph", M)

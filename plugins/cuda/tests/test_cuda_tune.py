@@ -1,6 +1,8 @@
 """Launch-configuration table: buckets, defaults, candidates and the on-disk cache (no timing)."""
 
 import json
+import re
+import warnings
 
 import pytest
 import torch
@@ -125,6 +127,62 @@ def test_cache_roundtrip_and_precedence(monkeypatch, tmp_path):
     # a corrupt cache is ignored, not fatal
     cache.write_text("{not json")
     assert tune.Tuner().get(dev, P, 16) == mine
+
+
+def test_bad_stored_configurations_are_skipped_with_a_warning(monkeypatch, tmp_path):
+    """A hand-edited or corrupt cache entry (unknown kernel, a row-group count mmv cannot compile, a split of 0, a string
+    where a number belongs, an entry that is no configuration) is skipped -- the shipped table or the heuristic
+    answers -- with one warning naming the key; the good entries of the same file still count."""
+    cache = tmp_path / "cuda-tune-sm90.json"
+    monkeypatch.setenv(tune.ENV_CACHE, str(cache))
+    monkeypatch.setattr(tune, "shipped_path", lambda arch: tmp_path / "none.json")
+    monkeypatch.setattr(tune._device, "device_props", lambda d: H100)
+    monkeypatch.setenv(tune.ENV_TUNE, "0")
+    good = {"kernel": "mmv", "R": 2, "warps": 4, "pf": True, "split_k": 4}
+    bad = {1: {"kernel": "gemv17", "BN": 64}, 2: dict(good, R=3), 4: dict(good, split_k=0), 8: dict(good, warps="4"),
+           32: [1, 2]}
+    configs = {P.key(b): {"config": c} for b, c in bad.items()}
+    configs[P.key(16)] = {"config": good}
+    cache.write_text(json.dumps({"version": tune.CACHE_VERSION, "configs": configs}))
+    t = tune.Tuner()
+    dev = torch.device("cuda", 0)
+    for b in bad:
+        with pytest.warns(RuntimeWarning, match=re.escape(f"configuration for {P.key(b)}:")):
+            assert t.get(dev, P, b) == tune.default_config(P, b, H100)
+    assert t.get(dev, P, 16) == good
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        t.lookup(H100, P, 1)  # warned once per entry
+
+
+def test_every_shipped_and_offered_configuration_passes_the_check():
+    """The check must not reject what the tuner itself writes or ships: every entry of the shipped tables and every
+    default and candidate of the int and float spaces over the benchmark shapes, M buckets and devices."""
+    from pathlib import Path
+
+    from quantlinear_cuda import fp_ops
+    from quantlinear_triton import fp_tune
+    from quantlinear_triton.fp_packing import E0M4, E2M1, E4M3, E4M3_NV, S_E4M3, S_E8M0, S_NONE
+
+    tuned = Path(tune.__file__).parent / "tuned"
+    for path in sorted(tuned.glob("*.json")):
+        space = fp_ops.SPACE if path.name.startswith("fp-") else tune
+        for key, entry in json.loads(path.read_text())["configs"].items():
+            assert space.config_reason(None, entry["config"]) is None, (path.name, key, entry["config"])
+    sm80 = DeviceProps("NVIDIA A100-SXM4-80GB", (8, 0), sm_count=108)
+    for props in (H100, sm80):
+        for K, N in ((4096, 4096), (4096, 14336), (28672, 8192)):
+            for M in (1, 2, 4, 16, 64, 256, 4096):
+                for bits, gs, dt in ((4, 128, "float16"), (8, 128, "bfloat16"), (2, 64, "float16"), (3, -1, "float16")):
+                    p = tune.Problem(bits, 32, K if gs == -1 else gs, False, dt, N, K)
+                    for c in [tune.default_config(p, M, props)] + tune.candidates(p, M, props):
+                        assert tune.config_reason(p, c) is None, (p, M, c)
+                for elem, sc, slab in ((E2M1, S_E8M0, 32), (E2M1, S_E4M3, 16), (E0M4, S_E8M0, 32), (E4M3_NV, S_NONE, 32),
+                                       (E4M3, S_E8M0, 32)):
+                    for dt in ("float16", "bfloat16"):
+                        p = fp_tune.FPProblem(elem, sc, slab, 4 if elem in (E2M1, E0M4) else 8, dt, N, K)
+                        for c in [fp_ops.SPACE.default_config(p, M, props)] + fp_ops.SPACE.candidates(p, M, props):
+                            assert fp_ops.SPACE.config_reason(p, c) is None, (p, M, c)
 
 
 def test_simulated_device_uses_defaults(monkeypatch, tmp_path):

@@ -55,6 +55,12 @@ class FloatTritonBase(QuantLinear):
             return str(e)
         return act_block_reason(kind)
 
+    def mmv_scales(self) -> bool:
+        """Whether ``prepare`` also writes MXFP4's scales for the tensor-core decode kernel (``fp_mmv_sigma``,
+        :func:`.fp_packing.mx_sigma`: one byte per block, as many as the block scales).  Default: no; a plugin whose
+        devices run ``mmv`` says yes."""
+        return False
+
     def fp8_decode(self) -> tuple[int, Callable[[torch.Tensor], torch.Tensor] | None]:
         """How FP8 weight elements are decoded here: (ELEM code, transform of the uint8 codes or None).
 
@@ -67,17 +73,18 @@ class FloatTritonBase(QuantLinear):
         fp8_elem, transform = self.fp8_decode() if w.element == "e4m3" else (E4M3, None)
         if transform is not None:
             w = replace(w, codes=transform(w.codes))
-        meta, t = prepare_float(w, fpquant.act_quant_kind(self.spec.scheme), fp8_elem=fp8_elem)
+        meta, t = prepare_float(w, fpquant.act_quant_kind(self.spec.scheme), fp8_elem=fp8_elem, mmv=self.mmv_scales())
         self.meta = meta
         self.register_buffer("fp_qweight", t["qweight"])
         self.register_buffer("fp_scales", t["scales"])
         self.register_buffer("fp_row_scales", t["row_scales"])
         self.register_buffer("fp_act_scale", t["act_scale"])
+        self.register_buffer("fp_mmv_sigma", t["mmv_sigma"])
         self.problem = layer_problem(meta, self.spec.dtype, self.fp_qweight.device)
 
     def compute(self, x: torch.Tensor) -> torch.Tensor:
         return run_float(self.ops_module, x, self.meta, self.problem, self.fp_qweight, self.fp_scales, self.fp_row_scales,
-                         self.bias, self.fp_act_scale)
+                         self.bias, self.fp_act_scale, self.fp_mmv_sigma)
 
     def packed_bytes(self) -> int:
         """Bytes the kernels read per call for the weight (codes, block scales, row scales)."""
@@ -89,12 +96,12 @@ def layer_problem(meta, dtype: torch.dtype, device: torch.device) -> FPProblem:
     with the split-K counters of a CUDA ``device`` allocated now, never during a graph capture.  Shared by
     :class:`FloatTritonBase` and the layers that run the float kernels as a second path."""
     if device.type == "cuda":
-        fp_ops.fp_kernels().counters(device)
+        fp_ops.fp_kernels().reserve(device)  # the split-K counters and workspace: never allocated during a capture
     return FPProblem(meta.elem, meta.scale, meta.slab, meta.bits, dtype_name(dtype), meta.out_features, meta.in_features)
 
 
 def run_float(ops_module: ModuleType, x: torch.Tensor, m, problem: FPProblem, qweight: torch.Tensor, scales, row_scales,
-              bias, act_scale) -> torch.Tensor:
+              bias, act_scale, mmv_sigma=None) -> torch.Tensor:
     """One call of the float kernels on prepared tensors (:func:`.fp_packing.prepare_float`): in eager mode the
     plugin's implementation directly, under ``torch.compile`` (or for tensor subclasses / meta tensors) its custom op.
 
@@ -104,9 +111,9 @@ def run_float(ops_module: ModuleType, x: torch.Tensor, m, problem: FPProblem, qw
     if not torch.compiler.is_compiling() and type(x) is torch.Tensor and not x.is_meta:
         # eager: skip the dispatcher round trip (same code the op runs)
         return ops_module.run_fp_gemm(x, qweight, scales, row_scales, bias, act_scale, m.in_features, m.elem, m.scale, m.block,
-                                      m.act, m.act_block, problem)
+                                      m.act, m.act_block, problem, mmv_sigma, m.mmv_mul)
     return ops_module.FP_OP(x, qweight, scales, row_scales, bias, act_scale, m.in_features, m.elem, m.scale, m.block, m.act,
-                            m.act_block)
+                            m.act_block, mmv_sigma, m.mmv_mul)
 
 
 __all__ = ["FloatTritonBase", "layer_problem", "run_float"]

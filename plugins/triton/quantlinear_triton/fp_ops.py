@@ -37,6 +37,14 @@ def fp_kernels():
     return _kernels
 
 
+@functools.lru_cache(maxsize=1)
+def _mmv():
+    """:mod:`quantlinear_triton.kernels_mmv` (imports Triton)."""
+    from . import kernels_mmv
+
+    return kernels_mmv
+
+
 def problem_of(x: Tensor, qweight: Tensor, in_features: int, elem: int, scale: int, block: int) -> FPProblem:
     return FPProblem(elem, scale, slab_for(scale, block), bits_of(elem), dtype_name(x.dtype), qweight.shape[0], in_features)
 
@@ -49,9 +57,16 @@ def _as_fp16(problem: FPProblem) -> FPProblem:
 
 def run_fp_gemm(tuner: "tune.Tuner", x: Tensor, qweight: Tensor, scales: Optional[Tensor], row_scales: Optional[Tensor],
                 bias: Optional[Tensor], act_scale: Optional[Tensor], in_features: int, elem: int, scale: int, block: int,
-                act: int, act_block: int, problem: FPProblem | None = None) -> Tensor:
-    """Quantize the activations if the scheme says so, choose the configuration for this M, launch."""
+                act: int, act_block: int, problem: FPProblem | None = None, mmv_sigma: Optional[Tensor] = None,
+                mmv_mul: float = 0.0) -> Tensor:
+    """Quantize the activations if the scheme says so, choose the configuration for this M, launch.
+
+    ``mmv_sigma`` / ``mmv_mul``: the layer's scales for the tensor-core decode kernel (MXFP4 / NVFP4,
+    :func:`.fp_packing.mx_sigma` / :func:`.fp_packing.nv_sigma`); a ``kernel: mmv`` configuration runs it where they
+    exist and the activations are fp16 on an sm_80+ GPU (NVFP4: sm_89+), else the space's configuration without it.
+    """
     k = fp_kernels()
+    x_in, qx = x, []  # the activations as given; their quantization for mmv (made once)
     if problem is None:
         problem = problem_of(x, qweight, in_features, elem, scale, block)
     if act != A_NONE and k.fold_fits(elem, scale, block, act, act_block, x.dtype):
@@ -79,24 +94,54 @@ def run_fp_gemm(tuner: "tune.Tuner", x: Tensor, qweight: Tensor, scales: Optiona
         def run(cfg: dict) -> Tensor:
             return k.launch(x, qweight, scales, row_scales, bias, elem, scale, block, cfg)
 
-    cfg = tuner.get(x.device, problem, x.shape[0], run)
+    nv = scale == 2  # (S_E4M3: NVFP4)
+    mmv = mmv_sigma is not None and _mmv().runs_fp(x_in, x_in.shape[0], nv)
+
+    def run_any(cfg: dict) -> Tensor:  # ``mmv`` configurations here, the scheme's paths in ``run``
+        if cfg["kernel"] != "mmv":
+            return run(cfg)
+        if not qx:
+            qx.append(x_in if act == A_NONE else k.quantize_activations(x_in, act, act_block, act_scale))
+        return _mmv().launch_mmv_fp(qx[0], qweight, mmv_sigma, row_scales, bias, mmv_mul, cfg, nv=nv)
+
+    cfg = tuner.get(x.device, problem, x.shape[0], run_any)
     if cfg["kernel"] == "dqmm" and not tuner.dqmm_enabled():  # a table's dqmm entry, forbidden now
         cfg = tuner.default_config(problem, x.shape[0], tuner.device_props(x.device), allow_dqmm=False)
-    return run(cfg)
+    if cfg["kernel"] == "mmv" and not mmv:  # a configuration for layers with mmv_sigma; this one has none
+        cfg = _without_mmv(tuner, problem, x)
+    return run_any(cfg)
+
+
+_no_mmv: dict[tuple, dict] = {}
+
+
+def _without_mmv(tuner: "tune.Tuner", problem: FPProblem, x: Tensor) -> dict:
+    """The space's default for a layer ``mmv`` cannot run (no ``mmv_sigma``, bf16 activations, an older GPU), made once
+    per (tuner, problem, M, device)."""
+    key = (id(tuner), problem, x.shape[0], x.get_device())
+    cfg = _no_mmv.get(key)
+    if cfg is None:
+        if len(_no_mmv) > 4096:
+            _no_mmv.clear()
+        cfg = _no_mmv[key] = tuner.space.default_config(problem, x.shape[0], tuner.device_props(x.device), mmv=False)
+    return cfg
 
 
 def define_fp_gemm(qualname: str, run: Callable[..., Tensor]):
     """Register ``qualname`` (``"<namespace>::fp_gemm"``) as a custom op running ``run`` (with a fake)."""
 
     def fp_gemm(x: Tensor, qweight: Tensor, scales: Optional[Tensor], row_scales: Optional[Tensor], bias: Optional[Tensor],
-                act_scale: Optional[Tensor], in_features: int, elem: int, scale: int, block: int, act: int, act_block: int) -> Tensor:
-        return run(x, qweight, scales, row_scales, bias, act_scale, in_features, elem, scale, block, act, act_block)
+                act_scale: Optional[Tensor], in_features: int, elem: int, scale: int, block: int, act: int, act_block: int,
+                mmv_sigma: Optional[Tensor] = None, mmv_mul: float = 0.0) -> Tensor:
+        return run(x, qweight, scales, row_scales, bias, act_scale, in_features, elem, scale, block, act, act_block,
+                   mmv_sigma=mmv_sigma, mmv_mul=mmv_mul)
 
     fp_gemm.__doc__ = "``actq(x) @ W^T (+ bias)`` for float-scheme weights in the layout of :mod:`quantlinear_triton.fp_packing`."
     op = torch.library.custom_op(qualname, mutates_args=())(fp_gemm)
 
     @op.register_fake
-    def _fp_gemm_fake(x, qweight, scales, row_scales, bias, act_scale, in_features, elem, scale, block, act, act_block):
+    def _fp_gemm_fake(x, qweight, scales, row_scales, bias, act_scale, in_features, elem, scale, block, act, act_block,
+                      mmv_sigma=None, mmv_mul=0.0):
         torch._check(x.dim() == 2, lambda: f"x must be 2-D, got {x.dim()}-D")
         torch._check(x.shape[1] == in_features, lambda: f"x has {x.shape[1]} features, expected {in_features}")
         torch._check(qweight.dim() == 2 and qweight.dtype == torch.int32, lambda: "qweight must be a 2-D int32 tensor")
@@ -115,9 +160,9 @@ def bind_fp_gemm(namespace: str, tuner: "tune.Tuner"):
 
     def run(x: Tensor, qweight: Tensor, scales: Optional[Tensor], row_scales: Optional[Tensor], bias: Optional[Tensor],
             act_scale: Optional[Tensor], in_features: int, elem: int, scale: int, block: int, act: int, act_block: int,
-            problem: FPProblem | None = None) -> Tensor:
+            problem: FPProblem | None = None, mmv_sigma: Optional[Tensor] = None, mmv_mul: float = 0.0) -> Tensor:
         return run_fp_gemm(tuner, x, qweight, scales, row_scales, bias, act_scale, in_features, elem, scale, block, act, act_block,
-                           problem)
+                           problem, mmv_sigma, mmv_mul)
 
     run.__name__ = run.__qualname__ = "run_fp_gemm"
     op = define_fp_gemm(f"{namespace}::fp_gemm", run)

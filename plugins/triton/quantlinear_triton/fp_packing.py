@@ -101,6 +101,8 @@ class FPMeta:
     out_features: int
     act: int = A_NONE
     act_block: int = 0
+    #: ``mmv``'s output factor (:func:`mx_sigma`); 0: the layer has no ``mmv_sigma`` (``mmv`` does not run it)
+    mmv_mul: float = 0.0
 
     @property
     def bits(self) -> int:
@@ -161,14 +163,75 @@ def _block_scale_bytes(w: FloatWeights, kind: str) -> torch.Tensor:
     return raw.contiguous().view(torch.uint8)
 
 
-def prepare_float(w: FloatWeights, act_kind: tuple[str, dict] | None, *, fp8_elem: int = E4M3) -> tuple[FPMeta, dict[str, torch.Tensor | None]]:
+#: sigma exponent field of the layer's largest block scale (sigma = 2**15); exact products need sigma >= 2**-9 (``E >= 6``)
+_SIGMA_TOP, _SIGMA_MIN = 30, 6
+#: plane order of a tile's eight sigma bytes: pair ``j`` (planes ``j`` / ``j + 4``) is bytes ``2j`` / ``2j + 1``
+_SIGMA_ORDER = (0, 4, 1, 5, 2, 6, 3, 7)
+
+
+def mx_sigma(codes: torch.Tensor, scale_bytes: torch.Tensor) -> tuple[torch.Tensor, float] | None:
+    """MXFP4's block scales for the tensor-core decode kernel (``mmv``, fp16): ``(sigma, omul)``, or None where its
+    fp16 arithmetic would not be exact.
+
+    ``mmv`` multiplies each E2M1 pair, decoded as ``value * 2**-14``, by an fp16 pair of powers of two ``sigma =
+    2**(s - smax + 15)`` (``s`` the block's E8M0 byte, ``smax`` the layer's largest) and the fp32 sums by ``omul =
+    2**(smax - 128)``: every weight the MMA sees is ``w * 2**(128 - smax)``, exact in fp16 (at most 12, at least
+    ``2**-24``).  Blocks whose scale is below ``2**-24`` of the largest would leave that range: they are 0 here, which
+    is exact only when all their codes are zeros; any other such block (or a NaN scale, byte 255) returns None and the
+    layer keeps the CUDA-core GEMV.  ``sigma``: int32 ``[N, KT * 2]``, per 256-channel tile the bytes ``4 E`` (``E``
+    the fp16 exponent field, 0 for a zero block) of planes 0, 4, 1, 5, 2, 6, 3, 7: one byte permute per pair.
+    ``codes`` uint8 ``[N, K]`` (4-bit), ``scale_bytes`` uint8 ``[N, K / 32]``.
+    """
+    N, G = scale_bytes.shape
+    if N == 0 or G == 0:
+        return None
+    smax = int(scale_bytes.max())
+    if smax == 255:
+        return None
+    e = scale_bytes.to(torch.int16) - smax + _SIGMA_TOP
+    low = e < _SIGMA_MIN
+    if bool(low.any()):
+        mags = (codes[:, : G * 32].reshape(N, G, 32) & 7).amax(dim=2)
+        if bool((mags[low] != 0).any()):
+            return None
+    b = torch.where(low, torch.zeros_like(e), e * 4).to(torch.uint8)
+    kt = -(-G // 8)
+    padded = torch.zeros((N, kt * 8), dtype=torch.uint8, device=b.device)
+    padded[:, :G] = b
+    order = torch.tensor(_SIGMA_ORDER, device=b.device)
+    sigma = padded.view(N, kt, 8)[:, :, order].contiguous().view(N, kt * 8).view(torch.int32)
+    return sigma, 2.0 ** (smax - 128)
+
+
+def nv_sigma(scale_bytes: torch.Tensor) -> tuple[torch.Tensor, float] | None:
+    """NVFP4's block scales for ``mmv``: ``(sigma, omul)``, or None for an odd number of 128-channel tiles (``mmv``
+    reads them in pairs).
+
+    ``mmv`` converts each E4M3 scale to fp16 (exact) and multiplies the E2M1 pair decoded as ``value * 2**-14`` by it:
+    every product is a multiple of ``2**-24`` with at most 6 significant bits below 0.17, so exact in fp16 whatever
+    the scales; ``omul = 2**14`` (the ``1 / weight_global_scale`` row factor applies after it).  ``sigma``: int32
+    ``[N, KT / 2 * 4]``, per 256 channels (tiles ``2t``, ``2t + 1``) the bytes of planes 0, 4, 1, 5, 2, 6, 3, 7 of each
+    tile; ``scale_bytes`` uint8 ``[N, K / 16]``.
+    """
+    N, G = scale_bytes.shape
+    if N == 0 or G == 0 or G % 16:
+        return None
+    order = torch.tensor(_SIGMA_ORDER, device=scale_bytes.device)
+    sigma = scale_bytes.contiguous().view(N, G // 8, 8)[:, :, order].contiguous().view(N, G).view(torch.int32)
+    return sigma, 2.0**14
+
+
+def prepare_float(w: FloatWeights, act_kind: tuple[str, dict] | None, *, fp8_elem: int = E4M3,
+                  mmv: bool = False) -> tuple[FPMeta, dict[str, torch.Tensor | None]]:
     """Canonical float weights -> (meta, tensors) the kernels read; nothing float the size of W.
 
     ``fp8_elem`` picks how FP8 *weight* elements are decoded (:data:`E4M3`, :data:`E4M3_NV`, or
     :data:`E4M3_B8` for codes already converted to e4m3fnuz by the caller).  Tensors:
     ``qweight`` int32 ``[N, KW]``, ``scales`` uint8 ``[G, N]`` or None, ``row_scales`` fp32 ``[N]``
     or None, ``act_scale`` ``[1]`` (NVFP4 fp32 ``input_global_scale``; FP8 ``input_scale`` in its
-    stored dtype, which decides the dtype of the quantizing division) or None.
+    stored dtype, which decides the dtype of the quantizing division) or None, ``mmv_sigma`` (with ``mmv``: MXFP4
+    where :func:`mx_sigma` is exact, NVFP4 of whole 256-channel pairs of tiles, :func:`nv_sigma`; its ``omul`` is
+    ``meta.mmv_mul``) or None.
     """
     N, K = w.codes.shape
     if w.element not in ELEMENT_CODES:
@@ -203,12 +266,19 @@ def prepare_float(w: FloatWeights, act_kind: tuple[str, dict] | None, *, fp8_ele
             raise QuantLinearError("static FP8 activation quantization needs input_scale")
         act_scale = w.input_scale.reshape(1).contiguous()
         row_scales = (row_scales * act_scale.to(torch.float32)).contiguous()  # activations arrive as FP8 values
-    meta = FPMeta(elem, scale, block, K, N, act, act_block)
+    sigma = None
+    mmv_mul = 0.0
+    if mmv and elem == E2M1 and (scale, block) in ((S_E8M0, 32), (S_E4M3, 16)):
+        got = mx_sigma(w.codes, scales) if scale == S_E8M0 else nv_sigma(scales)
+        if got is not None:
+            sigma, mmv_mul = got
+    meta = FPMeta(elem, scale, block, K, N, act, act_block, mmv_mul)
     tensors = {
         "qweight": pack_slabs(w.codes, meta.bits, meta.slab),
         "scales": None if scales is None else scales.t().contiguous(),
         "row_scales": row_scales,
         "act_scale": act_scale,
+        "mmv_sigma": sigma,
     }
     return meta, tensors
 

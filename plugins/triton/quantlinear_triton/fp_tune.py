@@ -16,6 +16,8 @@ Default table (per M bucket; ``units`` = SMs or CUs; shaped after the int kernel
 ========  =====================================================================================
 M         configuration
 ========  =====================================================================================
+1..16     ``mmv`` (:mod:`.kernels_mmv`, tensor cores) for fp16 MXFP4 / NVFP4 where the space's ``mmv`` predicate takes
+          the device (CUDA sm_80+): :meth:`FPSpace.mmv_config`; a layer without ``mmv_sigma`` takes the rows below
 1         ``gemv``: BN=64 rows, split-K until ~4 programs per unit, 128 lanes; ``gemv16`` (the
           paired-fp16 decode with fp16 sums of 4 products) instead for fp16 E2M1/E0M4 and
           hardware-decoded E4M3 (sm89+) where the space has ``paired_fp16`` (CUDA): 4-bit codes
@@ -107,8 +109,12 @@ class FPSpace(_tune.Settings):
                  units: Callable[[Any], int], wave: Callable[[Any], int] = lambda p: 32,
                  max_shared: Callable[[Any], int | None] = lambda p: None, large_tile: tuple[int, int] = (128, 128),
                  stages: int = 3, extra: Callable[[Any, dict], dict] | None = None, paired_fp16: bool = False,
-                 dqmm: bool = False, dqmm_envs: tuple[str, ...] = (), tc: Callable[[Any], bool] | None = None) -> None:
+                 dqmm: bool = False, dqmm_envs: tuple[str, ...] = (), tc: Callable[[Any], bool] | None = None,
+                 mmv: Callable[[Any], bool] | None = None) -> None:
         super().__init__(family, tuned_dir)
+        #: where the tensor-core decode kernel (:mod:`.kernels_mmv`, ``kernel: mmv``) takes MXFP4 fp16 layers of up to 16
+        #: rows: a predicate of the device properties (CUDA sm_80+, compiled)
+        self.mmv = mmv or (lambda props: False)
         #: where the tensor-core kernel (:mod:`.fp_kernels_tc`, register-A wgmma) is the default for 2..512 rows and a
         #: tuning candidate: a predicate of the device properties (the devices it was measured on)
         self.tc = tc or (lambda props: False)
@@ -119,6 +125,9 @@ class FPSpace(_tune.Settings):
         self._device_props = device_props
         self.units, self.wave, self.max_shared, self.large_tile, self.stages = units, wave, max_shared, large_tile, stages
         self.extra = extra or (lambda props, cfg: cfg)
+
+    #: what :func:`.fp_kernels.launch` and :func:`.fp_ops.run_fp_gemm` take (stored configurations are checked against it)
+    kernels = frozenset({"gemv", "gemv16", "dot", "tc", "dqmm", "mmv"})
 
     def device_props(self, device: torch.device):
         return self._device_props(device)
@@ -159,8 +168,30 @@ class FPSpace(_tune.Settings):
                "warps": self._warps(props, lanes), "stages": self.stages, "swap": swap, "group_m": 8}
         return self.extra(props, cfg)
 
-    def default_config(self, p: FPProblem, M: int, props, allow_dqmm: bool = True) -> dict:
+    def mmv_default(self, p: FPProblem, props) -> bool:
+        """``mmv`` applies to the problem: E2M1 codes with E8M0 scales per 32 (MXFP4) or E4M3 scales per 16 (NVFP4),
+        fp16 activations, a device the space's ``mmv`` predicate takes.  (Per layer it also needs ``mmv_sigma``:
+        :func:`.fp_packing.mx_sigma` / :func:`.fp_packing.nv_sigma`.)"""
+        return (p.elem == E2M1 and (p.scale, p.slab) in ((1, 32), (2, 16)) and p.dtype == "float16"
+                and self.mmv(props))
+
+    @staticmethod
+    def mmv_config(p: FPProblem, M: int, units: int, **over) -> dict:
+        """``mmv``'s default: 4 warps of 16 rows, K split until there are about 4 programs per unit up to 8 rows (one
+        token tile), 2 beyond; the next tile's words loaded ahead (``pf``) from 2 rows on.  On an H100
+        (``benchmarks/mmv_fp_check.py --sweep``, six shapes, M = 1..16) that split was the best of half / twice it at M = 1
+        on five shapes; prefetching cost 1-3% at M = 1.  Measured cells where another candidate wins ship in the table."""
+        cfg = {"kernel": "mmv", "R": 1, "warps": 4, "pf": M > 1}
+        cfg.update(over)
+        if "split_k" not in cfg:
+            per_unit = 4 if M <= 8 else 2
+            cfg["split_k"] = split_for(-(-p.N // (16 * cfg["R"] * cfg["warps"])), per_unit * units, -(-p.K // 256))
+        return cfg
+
+    def default_config(self, p: FPProblem, M: int, props, allow_dqmm: bool = True, mmv: bool = True) -> dict:
         u, b = self.units(props), bucket(M)
+        if b <= 16 and mmv and self.mmv_default(p, props):
+            return self.mmv_config(p, M, u)
         if b == 1:
             if self.gemv16_default(p) and p.bits == 4:  # 128 rows, 256 lanes, ~8 programs per unit (H100)
                 return self.gemv(p, props, 1, 128, lanes=256, kernel="gemv16", per_unit=8)
@@ -219,6 +250,11 @@ class FPSpace(_tune.Settings):
                     out.append(self.dot(p, props, M, BM, BN, u, cap=4, swap=swap, lanes=lanes))
             if self.dqmm_enabled():
                 out.append({"kernel": "dqmm", "BN": 64, "warps": 4})
+        if b <= 16 and self.mmv_default(p, props):
+            for warps in (4, 8):
+                d = self.mmv_config(p, M, u, warps=warps)
+                out += [d, dict(d, split_k=max(1, d["split_k"] // 2)), dict(d, split_k=d["split_k"] * 2)]
+            out += [self.mmv_config(p, M, u, R=2), self.mmv_config(p, M, u, pf=False)]
         if 2 <= b <= 512 and p.dtype != "float32" and self.tc(props):
             base = self.tc_config(p, b, u)
             out += [base, dict(base, BN=64, warps=4), dict(base, BN=128, warps=8), dict(base, stages=3),

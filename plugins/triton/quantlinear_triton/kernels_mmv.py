@@ -41,6 +41,20 @@ Measured on an H100 (``benchmarks/mmv_check.py --sweep``, results/h100-mmv-sweep
 1.2-2.2x faster than the kernels it replaces (``dot16`` / ``dot``; bf16: 1.3-2.0x over ``dot``) on the four large
 benchmark shapes, where M = 16 takes 1.16-1.35x the M = 1 time through the layer.  At M = 1 it is not faster than
 the paired GEMV, which stays.
+
+Float codes (``FP`` 1: MXFP4, 2: NVFP4; fp16 activations, M = 1..16): the same program with E2M1 codes.  MXFP4's
+float slab layout is the int one (plane ``j`` of word ``p`` = channel ``32 j + p``); NVFP4's 16-word slabs are read two
+128-channel tiles a step (word half ``b`` = tile ``2t + b``, pairs 64 channels apart, :func:`_x_stage`).  A pair is
+decoded to fp16 ``value * 2**-14`` by shifts and masks (:func:`_e2m1_asm`) and multiplied by its block scales as an
+fp16 pair: MXFP4's from :func:`.fp_packing.mx_sigma` bytes (``2**(s - smax + 15)``, one byte permute), NVFP4's E4M3
+bytes converted by the hardware (``cvt.rn.f16x2.e4m3x2``, sm_89+); both products are exact in fp16, and the fp32 sums
+are multiplied by ``omul`` (and NVFP4's row factor) at the end.  The activations are the scheme's quantize-dequantize
+values (their own kernel runs first).  On an H100 through the layer (``quantlinear bench``, activation quantization
+included): M = 1 at 1.29-1.30x the HBM floor on the two 117 MB shapes (NVFP4 1.29 / 1.36x), 1.1-1.5x faster than the
+paired GEMV; M = 16 1.5-1.8x faster than the ``tc`` kernel.
+
+With programmatic dependent launch (sm_90) the kernel waits for the previous one before its first load
+(:func:`_gdc_sync`), so its launch overlaps the previous kernel's tail.
 """
 
 from __future__ import annotations
@@ -167,6 +181,40 @@ if HAS_GLUON:
             _mma_asm(BF16), "=f,=f,=f,=f,r,r,r,r,r,r,f,f,f,f", [a0, a1, a2, a3, b0, b1, c0, c1, c2, c3],
             dtype=(gl.float32, gl.float32, gl.float32, gl.float32), is_pure=True, pack=1)
 
+    @gluon.constexpr_function
+    def _e2m1_asm(j):
+        """E2M1 code pair ``j`` (bits ``4j`` / ``16 + 4j``: sign on top, ``e1 e0 m`` below) -> the fp16 pair of
+        ``value * 2**-14`` (the magnitude bits shifted into fp16's bits 9-11, exact, subnormal 0.5 included; the sign
+        into bit 15), times the scale pair ``$2``."""
+        xs, ys = 9 - 4 * j, 12 - 4 * j
+        xop = f"shl.b32 x, $1, {xs};" if xs >= 0 else f"shr.u32 x, $1, {-xs};"
+        yop = f"shl.b32 y, $1, {ys};" if ys > 0 else "mov.b32 y, $1;"
+        return ("{ .reg .b32 x, y; " + xop + " " + yop + " and.b32 x, x, 0x0E000E00; and.b32 y, y, 0x80008000; "
+                "or.b32 x, x, y; mul.rn.f16x2 $0, x, $2; }")
+
+    @gluon.jit
+    def _dq_e2m1(w, sig, J: gl.constexpr):
+        """The pair ``value * 2**-14 * sigma`` of E2M1 code pair ``j`` of word ``w`` (``sig``: :func:`_sig`'s pair)."""
+        return gl.inline_asm_elementwise(_e2m1_asm(J), "=r,r,r", [w, sig], dtype=gl.int32, is_pure=True, pack=1)
+
+    @gluon.constexpr_function
+    def _sig_asm(h):
+        """Bytes ``2h`` / ``2h + 1`` of a register of :func:`mx_sigma` bytes (``4 E``) -> the fp16 pair ``2**(E - 15)``."""
+        return "{ .reg .b32 z; mov.b32 z, 0; prmt.b32 $0, $1, z, " + ("0x1404;" if h == 0 else "0x3424;") + " }"
+
+    @gluon.jit
+    def _sig(v, H: gl.constexpr):
+        return gl.inline_asm_elementwise(_sig_asm(H), "=r,r", [v], dtype=gl.int32, is_pure=True, pack=1)
+
+    @gluon.constexpr_function
+    def _e4m3_pair_asm(h):
+        return ("{ .reg .b16 l, h; mov.b32 {l, h}, $1; cvt.rn.f16x2.e4m3x2 $0, " + ("l" if h == 0 else "h") + "; }")
+
+    @gluon.jit
+    def _e4m3_pair(v, H: gl.constexpr):
+        """Bytes ``2h`` / ``2h + 1`` of a register of E4M3 scale bytes -> their fp16 pair (exact; sm_89+)."""
+        return gl.inline_asm_elementwise(_e4m3_pair_asm(H), "=r,r", [v], dtype=gl.int32, is_pure=True, pack=1)
+
     @gluon.jit
     def _scale_pairs(s_ptr, ga, gb, N, row, BF16: gl.constexpr):
         """A row's two group scales as one pair (bf16: rounded to bf16, the MMA's type)."""
@@ -192,14 +240,22 @@ if HAS_GLUON:
         return e, o
 
     @gluon.jit
-    def _x_stage(x_ptr, t, ok, M, K, NTI: gl.constexpr, LP: gl.constexpr):
-        """Tile t's activation pairs ``(x[n, c], x[n, c + 128])`` of token tile ``nt`` as int32 ``[8, 128]``: token
-        ``n = g + 8 nt``, channel ``c = 256 t + col`` (0 where ``ok`` is false, past K or past M)."""
+    def _x_stage(x_ptr, t, ok, M, K, NTI: gl.constexpr, LP: gl.constexpr, NV: gl.constexpr = False):
+        """Tile t's activation pairs ``(x[n, c], x[n, c + d])`` of token tile ``nt`` as int32 ``[8, 128]``: token
+        ``n = g + 8 nt``; ``col = 32 j + w`` (code pair ``j`` of the tile's word ``w``); 0 where ``ok`` is false, past K
+        or past M.  The slab layout's channel ``c = 256 t + col``, ``d = 128``; NVFP4's (16-word slabs, words ``16 b +
+        p`` of 128-channel tile ``2t + b``) ``c = 256 t + 128 b + 16 j + p``, ``d = 64``."""
         n = _iota(8, 0, LP, 2) + 8 * NTI
-        c = t * 256 + _iota(128, 1, LP, 2)
+        col = _iota(128, 1, LP, 2)
+        if NV:
+            c = t * 256 + ((col // 16) % 2) * 128 + (col // 32) * 16 + col % 16
+            d: gl.constexpr = 64
+        else:
+            c = t * 256 + col
+            d: gl.constexpr = 128
         m = (n < M) & ok
         lo = gl.load(x_ptr + n * K + c, mask=m & (c < K), other=0.0)
-        hi = gl.load(x_ptr + n * K + c + 128, mask=m & (c + 128 < K), other=0.0)
+        hi = gl.load(x_ptr + n * K + c + d, mask=m & (c + d < K), other=0.0)
         return _pack(lo, hi)
 
     @gluon.jit
@@ -215,10 +271,11 @@ if HAS_GLUON:
         gl.store(ptr + tok * N + row, c, mask=(tok < M) & (row < N))
 
     @gluon.jit
-    def _mmv_kernel(x_ptr, w_ptr, s_ptr, z_ptr, b_ptr, y_ptr, ws_ptr, cnt_ptr, M, N, K, KW, gsh, gmax, zh, zh16,
-                    tiles_per_split, split_k,
+    def _mmv_kernel(x_ptr, w_ptr, s_ptr, z_ptr, b_ptr, y_ptr, ws_ptr, cnt_ptr, r_ptr, M, N, K, KW, gsh, gmax, zh, zh16,
+                    tiles_per_split, split_k, omul,
                     R: gl.constexpr, NT: gl.constexpr, HAS_ZEROS: gl.constexpr, HAS_BIAS: gl.constexpr,
-                    PF: gl.constexpr, USE_SPLIT: gl.constexpr, BF16: gl.constexpr = False):
+                    PF: gl.constexpr, USE_SPLIT: gl.constexpr, BF16: gl.constexpr = False, FP: gl.constexpr = 0,
+                    HAS_ROWS: gl.constexpr = False, PDL: gl.constexpr = False):
         NW: gl.constexpr = gl.num_warps()
         L: gl.constexpr = gl.BlockedLayout([1, 1, R, 4], [1, 32, 1, 1], [NW, 1, 1, 1], [3, 2, 1, 0])
         S: gl.constexpr = gl.SliceLayout(3, L)
@@ -243,31 +300,44 @@ if HAS_GLUON:
         woff1 = row1 * KW + (lane % 4) * 4 + _iota(4, 3, L)
         srow0 = gl.convert_layout(gl.reshape(row0, [NW, 32, R]), S, assert_trivial=True)
         srow1 = gl.convert_layout(gl.reshape(row1, [NW, 32, R]), S, assert_trivial=True)
+        if FP == 2:  # NVFP4: a row's 16 scale bytes of a step as four 4-byte loads (one 16-byte load was 1.2x slower)
+            soff0 = srow0 * (KW // 8)
+            soff1 = srow1 * (KW // 8)
+        elif FP == 1:  # MXFP4: its 8 sigma bytes as one int64
+            soff0 = srow0 * (KW // 32)
+            soff1 = srow1 * (KW // 32)
+        else:
+            soff0 = srow0
+            soff1 = srow1
         acc = gl.zeros([NW, 32, R], gl.float32, S)
         c0, c1, c2, c3, d0, d1, d2, d3 = acc, acc, acc, acc, acc, acc, acc, acc  # D registers, token tiles 0 / 1
         zpe0 = gl.full([NW, 32, R], zh, gl.int32, S)
         zpo0 = gl.full([NW, 32, R], zh16, gl.int32, S)
         zpe1 = zpe0
         zpo1 = zpo0
-        xs.index(0).store(_x_stage(x_ptr, t0, t0 < t1, M, K, 0, LP))
-        if NT == 2:
-            xs.index(1).store(_x_stage(x_ptr, t0, t0 < t1, M, K, 1, LP))
-        _cta_barrier()
+        if PDL:  # before any load: the previous kernel may have written the weights too (a state-dict copy)
+            _gdc_sync()
         if PF:
-            n00, n01, n10, n11, nsp0, nsp1 = _tile_words(w_ptr, s_ptr, woff0, woff1, srow0, srow1, t0, gsh, gmax, N,
-                                                         BF16)
+            n00, n01, n10, n11, nsg0, nsg1 = _tile_words(w_ptr, s_ptr, woff0, woff1, soff0, soff1, t0, gsh, gmax, N, KW,
+                                                         BF16, FP)
+        xs.index(0).store(_x_stage(x_ptr, t0, t0 < t1, M, K, 0, LP, FP == 2))
+        if NT == 2:
+            xs.index(1).store(_x_stage(x_ptr, t0, t0 < t1, M, K, 1, LP, FP == 2))
+        _cta_barrier()
         for it in range(t1 - t0):
             t = t0 + it
             if PF:
-                w00, w01, w10, w11, sp0, sp1 = n00, n01, n10, n11, nsp0, nsp1
-                n00, n01, n10, n11, nsp0, nsp1 = _tile_words(w_ptr, s_ptr, woff0, woff1, srow0, srow1,
-                                                             gl.minimum(t + 1, t1 - 1), gsh, gmax, N, BF16)
+                w00, w01, w10, w11, sg0, sg1 = n00, n01, n10, n11, nsg0, nsg1
+                n00, n01, n10, n11, nsg0, nsg1 = _tile_words(w_ptr, s_ptr, woff0, woff1, soff0, soff1,
+                                                             gl.minimum(t + 1, t1 - 1), gsh, gmax, N, KW, BF16, FP)
             else:
-                w00, w01, w10, w11, sp0, sp1 = _tile_words(w_ptr, s_ptr, woff0, woff1, srow0, srow1, t, gsh, gmax, N,
-                                                           BF16)
-            xn0 = _x_stage(x_ptr, t + 1, t + 1 < t1, M, K, 0, LP)  # the next tile's pairs, stored after this one
+                w00, w01, w10, w11, sg0, sg1 = _tile_words(w_ptr, s_ptr, woff0, woff1, soff0, soff1, t, gsh, gmax, N,
+                                                           KW, BF16, FP)
+            sp0 = sg0[0]
+            sp1 = sg1[0]
+            xn0 = _x_stage(x_ptr, t + 1, t + 1 < t1, M, K, 0, LP, FP == 2)  # the next tile's pairs, stored after this one
             if NT == 2:
-                xn1 = _x_stage(x_ptr, t + 1, t + 1 < t1, M, K, 1, LP)
+                xn1 = _x_stage(x_ptr, t + 1, t + 1 < t1, M, K, 1, LP, FP == 2)
             if HAS_ZEROS:
                 ga = (2 * t) >> gsh
                 gb = gl.minimum((2 * t + 1) >> gsh, gmax)
@@ -285,16 +355,32 @@ if HAS_GLUON:
                 else:
                     zq0 = zpe0
                     zq1 = zpe1
+                if FP == 1:  # the rows' sigma pairs of planes j / j + 4 (both word halves: one tile)
+                    g0 = _sig(sg0[j // 2], j % 2)
+                    g1 = _sig(sg1[j // 2], j % 2)
+                    h0 = g0
+                    h1 = g1
+                elif FP == 2:  # NVFP4: word half b is tile 2t + b, with its own scales
+                    g0 = _e4m3_pair(sg0[j // 2], j % 2)
+                    g1 = _e4m3_pair(sg1[j // 2], j % 2)
+                    h0 = _e4m3_pair(sg0[2 + j // 2], j % 2)
+                    h1 = _e4m3_pair(sg1[2 + j // 2], j % 2)
                 p0 = _b_regs(xs, cur, j, 0, LB, LX, SX, S)
                 p1 = _b_regs(xs, cur, j, 1, LB, LX, SX, S)
                 if NT == 2:
                     q0 = _b_regs(xs, cur + 1, j, 0, LB, LX, SX, S)
                     q1 = _b_regs(xs, cur + 1, j, 1, LB, LX, SX, S)
                 for i in gl.static_range(4):
-                    r0 = _dq(_pair_bits(a00[i], j, BF16), zq0, sp0, j % 2 == 1, BF16)
-                    r1 = _dq(_pair_bits(a10[i], j, BF16), zq1, sp1, j % 2 == 1, BF16)
-                    r2 = _dq(_pair_bits(a01[i], j, BF16), zq0, sp0, j % 2 == 1, BF16)
-                    r3 = _dq(_pair_bits(a11[i], j, BF16), zq1, sp1, j % 2 == 1, BF16)
+                    if FP:
+                        r0 = _dq_e2m1(a00[i], g0, j)
+                        r1 = _dq_e2m1(a10[i], g1, j)
+                        r2 = _dq_e2m1(a01[i], h0, j)
+                        r3 = _dq_e2m1(a11[i], h1, j)
+                    else:
+                        r0 = _dq(_pair_bits(a00[i], j, BF16), zq0, sp0, j % 2 == 1, BF16)
+                        r1 = _dq(_pair_bits(a10[i], j, BF16), zq1, sp1, j % 2 == 1, BF16)
+                        r2 = _dq(_pair_bits(a01[i], j, BF16), zq0, sp0, j % 2 == 1, BF16)
+                        r3 = _dq(_pair_bits(a11[i], j, BF16), zq1, sp1, j % 2 == 1, BF16)
                     c0, c1, c2, c3 = _mma(r0, r1, r2, r3, p0[i], p1[i], c0, c1, c2, c3, BF16)
                     if NT == 2:
                         d0, d1, d2, d3 = _mma(r0, r1, r2, r3, q0[i], q1[i], d0, d1, d2, d3, BF16)
@@ -322,18 +408,44 @@ if HAS_GLUON:
                         d1 += _partial(part, ta + 9, r0, M, N)
                         d2 += _partial(part, ta + 8, r0 + 8, M, N)
                         d3 += _partial(part, ta + 9, r0 + 8, M, N)
-                _final(y_ptr, b_ptr, c0, c1, c2, c3, d0, d1, d2, d3, ta, r0, M, N, NT, HAS_BIAS)
+                _final(y_ptr, b_ptr, r_ptr, omul, c0, c1, c2, c3, d0, d1, d2, d3, ta, r0, M, N, NT, HAS_BIAS, FP,
+                       HAS_ROWS)
                 gl.atomic_xchg(cnt_ptr + pid_n, 0, sem="relaxed", scope="gpu")  # ready for the next launch
         else:
-            _final(y_ptr, b_ptr, c0, c1, c2, c3, d0, d1, d2, d3, ta, r0, M, N, NT, HAS_BIAS)
+            _final(y_ptr, b_ptr, r_ptr, omul, c0, c1, c2, c3, d0, d1, d2, d3, ta, r0, M, N, NT, HAS_BIAS, FP, HAS_ROWS)
+
+    @gluon.jit
+    def _gdc_sync():
+        """Programmatic dependent launch (``PDL``, :func:`.kernels.pdl_ok`): wait until the previous kernel of the stream
+        has finished and its writes are visible, then let the next one launch.  Called before the kernel reads anything:
+        the launch and block scheduling overlap the previous kernel's tail, no load does."""
+        gl.inline_asm_elementwise("griddepcontrol.wait; griddepcontrol.launch_dependents; // $0", "=r", [],
+                                  dtype=gl.int32, is_pure=False, pack=1)
 
     @gluon.jit
     def _partial(part, tok, row, M, N):
         return gl.load(part + tok * N + row, mask=(tok < M) & (row < N), other=0.0, cache_modifier=".cg")
 
     @gluon.jit
-    def _final(y_ptr, b_ptr, c0, c1, c2, c3, d0, d1, d2, d3, ta, r0, M, N, NT: gl.constexpr, HAS_BIAS: gl.constexpr):
-        """y (+ bias) from the eight D registers' sums, rounded once to y's dtype."""
+    def _final(y_ptr, b_ptr, r_ptr, omul, c0, c1, c2, c3, d0, d1, d2, d3, ta, r0, M, N, NT: gl.constexpr,
+               HAS_BIAS: gl.constexpr, FP: gl.constexpr, HAS_ROWS: gl.constexpr):
+        """y (+ bias) from the eight D registers' sums, rounded once to y's dtype (float codes: the sums times
+        ``omul``, and times the row factors where the layer has them)."""
+        if FP:
+            if HAS_ROWS:
+                f0 = gl.load(r_ptr + r0, mask=r0 < N, other=0.0) * omul
+                f1 = gl.load(r_ptr + r0 + 8, mask=r0 + 8 < N, other=0.0) * omul
+            else:
+                f0 = omul
+                f1 = omul
+            c0 *= f0
+            c1 *= f0
+            c2 *= f1
+            c3 *= f1
+            d0 *= f0
+            d1 *= f0
+            d2 *= f1
+            d3 *= f1
         if HAS_BIAS:
             b0 = gl.load(b_ptr + r0, mask=r0 < N, other=0.0).to(gl.float32)
             b1 = gl.load(b_ptr + r0 + 8, mask=r0 + 8 < N, other=0.0).to(gl.float32)
@@ -364,18 +476,48 @@ if HAS_GLUON:
             _out(ptr, d3, ta + 9, r0 + 8, M, N)
 
     @gluon.jit
-    def _tile_words(w_ptr, s_ptr, woff0, woff1, srow0, srow1, t, gsh, gmax, N, BF16: gl.constexpr):
+    def _tile_words(w_ptr, s_ptr, woff0, woff1, soff0, soff1, t, gsh, gmax, N, KW, BF16: gl.constexpr,
+                    FP: gl.constexpr):
         """Tile t's (a scalar: every warp of the program reads the same tile) words of the lane's two rows and the
-        rows' scale pairs (groups ``2t >> gsh`` and ``(2t + 1) >> gsh``: see :func:`group_shift`)."""
-        ga = (2 * t) >> gsh
-        gb = gl.minimum((2 * t + 1) >> gsh, gmax)  # (the far half of a ragged last tile: code 0, x 0)
-        return (gl.load(w_ptr + woff0 + t * 32), gl.load(w_ptr + woff0 + t * 32 + 16), gl.load(w_ptr + woff1 + t * 32),
-                gl.load(w_ptr + woff1 + t * 32 + 16), _scale_pairs(s_ptr, ga, gb, N, srow0, BF16),
-                _scale_pairs(s_ptr, ga, gb, N, srow1, BF16))
+        rows' scales: int codes, the scale pairs of groups ``2t >> gsh`` and ``(2t + 1) >> gsh`` (see
+        :func:`group_shift`; twice); float codes, the two registers of each row's eight sigma bytes
+        (:func:`mx_sigma`, ``s_ptr`` int32 ``[N, KW / 16]``)."""
+        w00 = gl.load(w_ptr + woff0 + t * 32)
+        w01 = gl.load(w_ptr + woff0 + t * 32 + 16)
+        w10 = gl.load(w_ptr + woff1 + t * 32)
+        w11 = gl.load(w_ptr + woff1 + t * 32 + 16)
+        if FP == 1:  # two registers a row and tile (``s_ptr`` int64 ``[N, KW / 32]``)
+            v0 = gl.load(s_ptr + soff0 + t)
+            v1 = gl.load(s_ptr + soff1 + t)
+            sg0 = (v0.to(gl.int32), (v0 >> 32).to(gl.int32))
+            sg1 = (v1.to(gl.int32), (v1 >> 32).to(gl.int32))
+        elif FP == 2:  # four: the two 128-channel NVFP4 tiles' scale bytes (``s_ptr`` int32 ``[N, KW / 8]``)
+            sg0 = (gl.load(s_ptr + soff0 + 4 * t), gl.load(s_ptr + soff0 + 4 * t + 1), gl.load(s_ptr + soff0 + 4 * t + 2),
+                   gl.load(s_ptr + soff0 + 4 * t + 3))
+            sg1 = (gl.load(s_ptr + soff1 + 4 * t), gl.load(s_ptr + soff1 + 4 * t + 1), gl.load(s_ptr + soff1 + 4 * t + 2),
+                   gl.load(s_ptr + soff1 + 4 * t + 3))
+        else:
+            ga = (2 * t) >> gsh
+            gb = gl.minimum((2 * t + 1) >> gsh, gmax)  # (the far half of a ragged last tile: code 0, x 0)
+            sg0 = (_scale_pairs(s_ptr, ga, gb, N, soff0, BF16), )
+            sg1 = (_scale_pairs(s_ptr, ga, gb, N, soff1, BF16), )
+        return w00, w01, w10, w11, sg0, sg1
 
 #: what :func:`launch_mmv` callers run instead where ``mmv`` cannot (interpreter, ROCm, other dtypes): ``dot16``
 #: (itself falling back to ``dot`` where the paired decode does not fit)
 FALLBACK = {"kernel": "dot16", "BM": 16, "BN": 64, "split_k": 1, "warps": 4, "stages": 3, "swap": True, "group_m": 8}
+
+@functools.lru_cache(maxsize=None)
+def _options(warps: int, pdl: bool) -> dict:
+    return {"num_warps": warps, "launch_pdl": True} if pdl else {"num_warps": warps}
+
+
+def pdl_ok(x: torch.Tensor) -> bool:
+    """:func:`.kernels.pdl_ok` (sm_90+, compiled, ``QUANTLINEAR_PDL`` not 0)."""
+    from .kernels import pdl_ok as ok
+
+    return ok(x)
+
 
 def runs(x: torch.Tensor, scales: torch.Tensor) -> bool:
     """Whether ``mmv`` can run these tensors: compiled CUDA (sm_80+, not the interpreter, not ROCm: the test of
@@ -420,25 +562,75 @@ def launch_mmv(x: torch.Tensor, qweight: torch.Tensor, scales: torch.Tensor, zer
     (:mod:`quantlinear_triton.launch`).
     """
     from .kernels import _bf2_magic, _h2_magic
-    from .kernels_tc import split_plan
 
-    M, K = x.shape
-    N, KW = qweight.shape
-    R, warps, pf = int(cfg.get("R", 1)), int(cfg.get("warps", 8)), bool(cfg.get("pf", True))
-    y = out if out is not None else torch.empty(M, N, dtype=x.dtype, device=x.device)
-    if M == 0:
+    y, plan = _plan(x, qweight, cfg, out, 8)
+    if plan is None:
         return y
-    blocks = -(-N // (16 * R * warps))
-    split, tps, ws, cnt = split_plan(x, y, KW // 32, int(cfg.get("split_k", 1)), blocks)
+    K = x.shape[1]
     bf16 = x.dtype == torch.bfloat16
-    consts = dict(R=R, NT=1 if M <= 8 else 2, HAS_ZEROS=zeros is not None, HAS_BIAS=bias is not None, PF=pf,
-                  USE_SPLIT=split > 1, BF16=bf16)
-    skey = ("mmv", warps, *consts.values())
-    tensors = (x, qweight, scales, zeros if zeros is not None else scales, bias if bias is not None else x, y, ws, cnt)
     if bf16:  # the pair -(128 + z) in bf16 (exact for every 4-bit zero point); one pair for every code pair
         zh = zh16 = _bf2_magic(zero_point)
     else:
         zh, zh16 = _h2_magic(zero_point), _odd_zero_pair(zero_point)
-    ints = (M, N, K, KW, group_shift(group_size, K), scales.shape[0] - 1, zh, zh16, tps, split)
-    _fast.launch(_mmv_kernel, (blocks, split), tensors, ints, (), consts, skey, {"num_warps": warps}, y)
+    tensors = (x, qweight, scales, zeros if zeros is not None else scales, bias if bias is not None else x, y, scales)
+    _launch(plan, tensors, (group_shift(group_size, K), scales.shape[0] - 1, zh, zh16), 1.0, y,
+            HAS_ZEROS=zeros is not None, HAS_BIAS=bias is not None, BF16=bf16)
+    return y
+
+
+def _plan(x: torch.Tensor, qweight: torch.Tensor, cfg: dict, out: torch.Tensor | None, warps: int):
+    """The output and, for M > 0, the launch plan of ``cfg`` (``warps``: its default): R, warps, pf, blocks of rows,
+    and :func:`.kernels_tc.split_plan`'s split, tiles per split, workspace and counters."""
+    from .kernels_tc import split_plan
+
+    M = x.shape[0]
+    N, KW = qweight.shape
+    R, warps, pf = int(cfg.get("R", 1)), int(cfg.get("warps", warps)), bool(cfg.get("pf", True))
+    y = out if out is not None else torch.empty(M, N, dtype=x.dtype, device=x.device)
+    if M == 0:
+        return y, None
+    blocks = -(-N // (16 * R * warps))
+    return y, (R, warps, pf, blocks, *split_plan(x, y, KW // 32, int(cfg.get("split_k", 1)), blocks))
+
+
+def _launch(plan: tuple, tensors: tuple, ints: tuple, omul: float, y: torch.Tensor, **consts) -> None:
+    """One ``_mmv_kernel`` launch: ``tensors`` = (x, w, s, z, b, y, r), ``ints`` = (gsh, gmax, zh, zh16)."""
+    R, warps, pf, blocks, split, tps, ws, cnt = plan
+    x, w, s, z, b, _, r = tensors
+    (M, K), (N, KW) = x.shape, w.shape
+    consts = dict(R=R, NT=1 if M <= 8 else 2, PF=pf, USE_SPLIT=split > 1, PDL=pdl_ok(x), **consts)
+    skey = ("mmv", warps, *sorted(consts.items()))
+    _fast.launch(_mmv_kernel, (blocks, split), (x, w, s, z, b, y, ws, cnt, r), (M, N, K, KW, *ints, tps, split), (omul,),
+                 consts, skey, _options(warps, consts["PDL"]), y)
+
+
+def runs_fp(x: torch.Tensor, M: int, nv: bool = False) -> bool:
+    """Whether ``mmv`` can run an MXFP4 (``nv``: NVFP4) layer with ``mmv_sigma`` on these activations: fp16, M <= 16,
+    compiled CUDA sm_80+ (the test of :func:`runs`); NVFP4's scale conversion (``cvt.f16x2.e4m3x2``) needs sm_89+."""
+    if not (HAS_GLUON and x.is_cuda and x.dtype == torch.float16 and 1 <= M <= 16):
+        return False
+    from .kernels import _bf2_ok
+
+    return _bf2_ok(x) and (not nv or _sm89(x.get_device()))
+
+
+@functools.lru_cache(maxsize=None)
+def _sm89(index: int) -> bool:
+    return torch.cuda.get_device_capability(index) >= (8, 9)
+
+
+def launch_mmv_fp(x: torch.Tensor, qweight: torch.Tensor, sigma: torch.Tensor, row_scales: torch.Tensor | None,
+                  bias: torch.Tensor | None, omul: float, cfg: dict, out: torch.Tensor | None = None,
+                  nv: bool = False) -> torch.Tensor:
+    """``y = x @ W^T (* row_scales) (+ bias)`` for E2M1 codes in the float slab layout (:mod:`.fp_packing`): MXFP4's
+    32-word slabs (the int layout's word and plane order) with :func:`.fp_packing.mx_sigma`'s scales, or (``nv``)
+    NVFP4's 16-word slabs, two tiles a step, with :func:`.fp_packing.nv_sigma`'s; ``x`` fp16 (the activations as
+    the scheme quantizes them), ``cfg`` as :func:`launch_mmv`'s."""
+    y, plan = _plan(x, qweight, cfg, out, 4)
+    if plan is None:
+        return y
+    sig = sigma if nv else sigma.view(torch.int64)  # (MXFP4: a row's 8 bytes of a tile as one int64)
+    tensors = (x, qweight, sig, sig, bias if bias is not None else x, y, row_scales if row_scales is not None else y)
+    _launch(plan, tensors, (0, 0, 0, 0), float(omul), y, HAS_ZEROS=False, HAS_BIAS=bias is not None, BF16=False,
+            FP=2 if nv else 1, HAS_ROWS=row_scales is not None)
     return y

@@ -29,6 +29,7 @@ import json
 import os
 import threading
 import time
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Protocol
@@ -150,6 +151,42 @@ class Settings:
     def shipped_path(self, arch: str) -> Path:
         return self.tuned_dir / f"{arch}.json"
 
+    #: the kernel names the space's launchers take (None: not checked)
+    kernels: frozenset[str] | None = None
+
+    def config_reason(self, p: Problem, cfg: object) -> str | None:
+        """Why a stored configuration of ``p`` cannot be used (:func:`config_reason`), or None."""
+        return config_reason(cfg, self.kernels)
+
+
+#: options that must be powers of two (tile sizes, warps per program, row groups per warp) and their largest values
+_POW2_LIMITS = {"BM": 1024, "BN": 1024, "BK": 1024, "warps": 16, "R": 4}
+#: other integer options and their ranges
+_INT_RANGES = {"split_k": (1, 256), "stages": (1, 8), "group_m": (1, 64), "tpp": (1, 64)}
+
+
+def config_reason(cfg: object, kernels: frozenset[str] | None = None) -> str | None:
+    """Why ``cfg`` cannot be a launch configuration (a user's tuning cache and the shipped tables are read as data):
+    not a dict, a ``kernel`` outside ``kernels`` (None: any name), a tile size, warp count or row-group count that is
+    not a power of two in range, a split / stage count out of range, or an option that is not a number; else None.
+    The kernels check what is theirs beyond this (they fall back where a configuration does not fit the layer)."""
+    if not isinstance(cfg, dict):
+        return f"not a configuration: {cfg!r}"
+    kind = cfg.get("kernel")
+    if not isinstance(kind, str) or (kernels is not None and kind not in kernels):
+        return f"kernel={kind!r} is none of {sorted(kernels)}" if kernels is not None else f"kernel={kind!r}"
+    for key, v in cfg.items():
+        if key == "kernel" or isinstance(v, bool):
+            continue
+        if not isinstance(v, int):
+            return f"{key}={v!r} is not an integer"
+        if key in _POW2_LIMITS and not (1 <= v <= _POW2_LIMITS[key] and v & (v - 1) == 0):
+            return f"{key}={v} is not a power of two in [1, {_POW2_LIMITS[key]}]"
+        lo, hi = _INT_RANGES.get(key, (0, 1 << 20))
+        if not lo <= v <= hi:
+            return f"{key}={v} is outside [{lo}, {hi}]"
+    return None
+
 
 def _short(cfg: dict) -> str:
     order = ("kernel", "xs", "R", "BM", "BN", "BK", "split_k", "warps", "stages", "swap", "scale_w", "pair", "dq", "prefetch", "pf", "tpp", "waves_per_eu",
@@ -164,7 +201,8 @@ def _read(path: Path | None) -> dict[str, dict]:
         data = json.loads(path.read_text())
         if data.get("version") != CACHE_VERSION:
             return {}
-        return {k: v["config"] if "config" in v else v for k, v in data.get("configs", {}).items()}
+        # (an entry that is not a configuration stays as it is: the lookup rejects it alone, not the whole file)
+        return {k: v.get("config", v) if isinstance(v, dict) else v for k, v in data.get("configs", {}).items()}
     except (OSError, ValueError, AttributeError, TypeError):
         return {}
 
@@ -179,6 +217,7 @@ class Tuner:
         self._by_m: dict[tuple, dict] = {}  # (problem, exact M, device index) -> settled config
         self._tables: dict[str, tuple[dict, dict]] = {}  # arch -> (user, shipped)
         self._timings: dict[str, dict] = {}
+        self._rejected: set[tuple[str, str]] = set()  # (key, source) of stored entries skipped (warned once)
 
     def clear(self) -> None:
         with self._lock:
@@ -204,12 +243,21 @@ class Tuner:
         return t
 
     def lookup(self, props: Props, p: Problem, M: int) -> tuple[dict | None, str]:
+        """The stored configuration of ``p`` at M's bucket: the user's cache first, then the shipped table.  An entry the
+        space rejects (``config_reason``: a hand-edited or corrupt cache) is skipped with a warning, once."""
         key = p.key(bucket(M))
         user, shipped = self._table(props.arch)
-        if key in user:
-            return user[key], "cache"
-        if key in shipped:
-            return shipped[key], "shipped"
+        check = getattr(self.space, "config_reason", None)
+        for table, source in ((user, "cache"), (shipped, "shipped")):
+            if key in table:
+                cfg = table[key]
+                why = check(p, cfg) if check is not None else None
+                if why is None:
+                    return cfg, source
+                if (key, source) not in self._rejected:
+                    self._rejected.add((key, source))
+                    warnings.warn(f"quantlinear: ignoring the {source} launch configuration for {key}: {why}",
+                                  RuntimeWarning, stacklevel=2)
         return None, "none"
 
     def settled(self, p: Problem, x: torch.Tensor) -> dict | None:

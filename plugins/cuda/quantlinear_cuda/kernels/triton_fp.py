@@ -15,6 +15,9 @@ Verified in Triton's interpreter (CPU) and by compiling for sm80/sm90; see docs/
 from __future__ import annotations
 
 import os
+
+import torch
+
 from quantlinear import LayerSpec
 from quantlinear_triton.fp_layers import FloatTritonBase
 from quantlinear_triton.fp_packing import E4M3, E4M3_NV
@@ -36,6 +39,18 @@ class TritonFPLinear(TritonCudaKernel, FloatTritonBase):
 
     def fp8_decode(self):
         return fp8_decode_for(self.spec), None
+
+    def mmv_scales(self) -> bool:
+        """fp16 MXFP4 / NVFP4 layers keep ``mmv``'s scales on devices that run it (sm_80+, compiled; NVFP4's scale
+        conversion sm_89+)."""
+        if self.spec.dtype != torch.float16:
+            return False
+        try:
+            props = _device.device_props(self.spec.device)
+        except RuntimeError:  # not a CUDA device
+            return False
+        nv = self.spec.scheme.data_type == "nv_fp"
+        return fp_ops.SPACE.mmv(props) and (not nv or props.capability >= (8, 9))
 
 
 def fp8_decode_for(spec: LayerSpec) -> int:

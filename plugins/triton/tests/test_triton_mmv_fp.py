@@ -1,0 +1,181 @@
+"""``mmv`` for MXFP4 layers, the parts that need no GPU: its scale bytes (:func:`fp_packing.mx_sigma`) and the exactness
+of the fp16 arithmetic they feed, the E2M1 pair decode its PTX performs, the configurations the float space gives it,
+and what runs where it cannot (the interpreter).  Its numerics and speed are measured on a GPU
+(plugins/cuda/tests/test_cuda_mmv_gpu.py, benchmarks/mmv_fp_check.py)."""
+
+import re
+
+import pytest
+import torch
+
+from quantlinear_triton import fp_packing as P
+from quantlinear_triton import fp_tune
+
+E2M1 = torch.tensor([0, 0.5, 1, 1.5, 2, 3, 4, 6, -0.0, -0.5, -1, -1.5, -2, -3, -4, -6])
+
+
+def mx_layer(N=24, K=544, lo=116, hi=127, seed=0):
+    """Random E2M1 codes and E8M0 scale bytes ``[N, K / 32]`` (K: two 256-channel tiles and a ragged one)."""
+    g = torch.Generator().manual_seed(seed)
+    codes = torch.randint(0, 16, (N, K), generator=g).to(torch.uint8)
+    sb = torch.randint(lo, hi + 1, (N, K // 32), generator=g).to(torch.uint8)
+    return codes, sb
+
+
+def sigma_bytes(sigma, N):
+    """Back from the kernel's order (planes 0 4 1 5 2 6 3 7 per tile) to ``[N, tiles * 8]`` in plane order."""
+    b = sigma.view(torch.uint8).view(N, -1, 8)
+    return b[:, :, [0, 2, 4, 6, 1, 3, 5, 7]].reshape(N, -1)
+
+
+def test_sigma_is_the_scale_exponent_relative_to_the_largest():
+    codes, sb = mx_layer()
+    sigma, omul = P.mx_sigma(codes, sb)
+    N, G = sb.shape
+    assert sigma.dtype == torch.int32 and sigma.shape == (N, 2 * -(-G // 8))  # two registers per 256-channel tile
+    smax = int(sb.max())
+    assert omul == 2.0 ** (smax - 128)
+    b = sigma_bytes(sigma, N)
+    assert torch.equal(b[:, :G].to(torch.int32), (sb.to(torch.int32) - smax + 30) * 4)  # 4 * fp16 exponent field
+    assert not b[:, G:].any()  # the ragged tile's missing planes: sigma 0
+
+
+def test_mmv_fp16_arithmetic_is_exact():
+    """What the kernel computes per weight -- the code as fp16 ``value * 2**-14`` times the fp16 sigma, one fp16 product
+    -- times ``omul`` is the dequantized weight exactly, for every code and every scale within 2**24 of the largest."""
+    codes, sb = mx_layer(lo=127 - 24, hi=127, N=64)
+    sigma, omul = P.mx_sigma(codes, sb)
+    N, K = codes.shape
+    e = sigma_bytes(sigma, N)[:, : K // 32].to(torch.int32) // 4  # fp16 exponent fields
+    sig = torch.where(e > 0, torch.exp2(e.float() - 15), torch.zeros(())).half()
+    a = (E2M1[codes.long()] * 2.0**-14).half()
+    assert torch.equal(a.float(), E2M1[codes.long()] * 2.0**-14)  # the decode is exact, subnormal 0.5 * 2**-14 too
+    prod = a * sig.repeat_interleave(32, dim=1)  # fp16 x fp16 -> fp16, as mul.rn.f16x2
+    w = E2M1[codes.long()] * torch.exp2(sb.float() - 127).repeat_interleave(32, dim=1)
+    assert torch.equal(prod.float() * omul, w)
+
+
+def test_nvfp4_sigma_order_and_exact_fp16_products():
+    """NVFP4: the E4M3 scale bytes reordered per pair of 128-channel tiles; every product of an E2M1 value * 2**-14 and
+    an E4M3 scale (both exact in fp16) is exact as one fp16 product, subnormal scales included."""
+    g = torch.Generator().manual_seed(1)
+    sb = torch.randint(0, 0x7F, (6, 32), generator=g).to(torch.uint8)  # K = 512: two pairs of tiles
+    sigma, omul = P.nv_sigma(sb)
+    assert sigma.shape == (6, 8) and omul == 2.0**14
+    assert torch.equal(sigma.view(torch.uint8).view(6, 4, 8)[:, :, [0, 2, 4, 6, 1, 3, 5, 7]].reshape(6, 32), sb)
+    assert P.nv_sigma(sb[:, :24]) is None  # three tiles
+    scales = torch.arange(0, 0x7F, dtype=torch.uint8).view(torch.float8_e4m3fn).float()  # every finite scale >= 0
+    a = (E2M1 * 2.0**-14).half()
+    prod = a[:, None] * scales.half()[None, :]
+    assert torch.equal(prod.float() * omul, E2M1[:, None] * scales[None, :])
+
+
+def test_blocks_too_small_for_fp16_are_zero_only_when_their_codes_are():
+    codes, sb = mx_layer()
+    sb[3, 2] = 0  # 2**-127: an all-zero block as a quantizer writes it
+    codes[3, 64:96] = torch.tensor([0, 8] * 16, dtype=torch.uint8)  # +0 and -0
+    sigma, _ = P.mx_sigma(codes, sb)
+    assert sigma_bytes(sigma, 24)[3, 2] == 0
+    codes[3, 70] = 1  # one nonzero code: 2**-128 would not survive fp16
+    assert P.mx_sigma(codes, sb) is None
+    sb[3, 2] = 255  # a NaN scale
+    assert P.mx_sigma(codes, sb) is None
+
+
+@pytest.mark.parametrize("j", range(4))
+def test_e2m1_pair_decode_bits(j):
+    """The PTX of :func:`kernels_mmv._dq_e2m1` (its shifts and masks, read from the generated string) maps every pair of
+    codes at bits 4j / 16 + 4j to the fp16 pair ``value * 2**-14``."""
+    km = pytest.importorskip("quantlinear_triton.kernels_mmv")
+    if not km.HAS_GLUON:
+        pytest.skip("no Gluon")
+    asm = km._e2m1_asm.fn(j) if hasattr(km._e2m1_asm, "fn") else km._e2m1_asm(j)
+    xs = re.search(r"(shl|shr)\.(?:b32|u32) x, \$1, (\d+);", asm)
+    ys = re.search(r"shl\.b32 y, \$1, (\d+);", asm)
+    sx = int(xs.group(2)) * (1 if xs.group(1) == "shl" else -1)
+    sy = int(ys.group(1)) if ys else 0
+    assert "and.b32 x, x, 0x0E000E00" in asm and "and.b32 y, y, 0x80008000" in asm and "mul.rn.f16x2 $0, x, $2" in asm
+    want = (E2M1 * 2.0**-14).half().view(torch.int16).to(torch.int32) & 0xFFFF
+    for lo in range(16):
+        for hi in range(16):
+            w = ((hi << (16 + 4 * j)) | (lo << (4 * j)) | 0x5A5A5A5A & ~((0xF << (16 + 4 * j)) | (0xF << (4 * j)))) & 0xFFFFFFFF
+            x = (w << sx if sx >= 0 else w >> -sx) & 0xFFFFFFFF
+            y = (w << sy) & 0xFFFFFFFF
+            r = (x & 0x0E000E00) | (y & 0x80008000)
+            assert (r & 0xFFFF, r >> 16) == (int(want[lo]), int(want[hi])), (j, lo, hi)
+
+
+class _Props:
+    name, simulated, arch, sm_count = "toy", False, "sm90", 132
+
+
+def test_float_space_offers_mmv_for_mxfp4_fp16_up_to_16_rows():
+    space = fp_tune.FPSpace("toy_fp", "/nonexistent", lambda d: _Props(), units=lambda p: p.sm_count, paired_fp16=True,
+                            mmv=lambda props: not props.simulated)
+    mx = fp_tune.FPProblem(P.E2M1, P.S_E8M0, 32, 4, "float16", 8192, 28672)  # 128 blocks of 64 rows
+    for M, split in ((1, 8), (8, 8), (16, 4)):  # ~4 programs per SM up to one token tile, ~2 beyond
+        cfg = space.default_config(mx, M, _Props())
+        assert cfg == {"kernel": "mmv", "R": 1, "warps": 4, "pf": M > 1, "split_k": split}, (M, cfg)
+    assert space.default_config(mx, 1, _Props(), mmv=False)["kernel"] == "gemv16"  # a layer without mmv_sigma
+    assert space.default_config(mx, 32, _Props())["kernel"] != "mmv"
+    assert "mmv" in {c["kernel"] for c in space.candidates(mx, 4, _Props())}
+    nv = fp_tune.FPProblem(P.E2M1, P.S_E4M3, 16, 4, "float16", 8192, 28672)  # NVFP4: split counted in 256-channel steps
+    assert space.default_config(nv, 1, _Props()) == space.default_config(mx, 1, _Props())
+    for other in (fp_tune.FPProblem(P.E2M1, P.S_E8M0, 32, 4, "bfloat16", 4096, 4096),
+                  fp_tune.FPProblem(P.E0M4, P.S_E8M0, 32, 4, "float16", 4096, 4096)):  # MXINT4
+        assert space.default_config(other, 1, _Props())["kernel"] != "mmv", other
+    plain = fp_tune.FPSpace("toy_fp", "/nonexistent", lambda d: _Props(), units=lambda p: p.sm_count)
+    assert plain.default_config(mx, 4, _Props())["kernel"] != "mmv"  # a space without the predicate
+
+
+def test_prepare_writes_sigma_only_when_asked():
+    from dataclasses import replace
+
+    from quantlinear import fpquant
+    from quantlinear.scheme import PRESETS
+
+    w = fpquant.quantize_float((torch.randn(40, 512) * 0.05).to(torch.bfloat16), replace(PRESETS["MXFP4"], act_bits=16))
+    meta, t = P.prepare_float(w, None)
+    assert t["mmv_sigma"] is None and meta.mmv_mul == 0.0
+    meta, t = P.prepare_float(w, None, mmv=True)
+    sigma, omul = P.mx_sigma(w.codes, t["scales"].t().contiguous())
+    assert torch.equal(t["mmv_sigma"], sigma) and meta.mmv_mul == omul
+    nv = fpquant.quantize_float((torch.randn(40, 512) * 0.05).to(torch.bfloat16), replace(PRESETS["NVFP4"], act_bits=16))
+    meta, t = P.prepare_float(nv, None, mmv=True)
+    assert torch.equal(t["mmv_sigma"], P.nv_sigma(t["scales"].t().contiguous())[0]) and meta.mmv_mul == 2.0**14
+    odd = fpquant.quantize_float((torch.randn(40, 384) * 0.05).to(torch.bfloat16), replace(PRESETS["NVFP4"], act_bits=16))
+    assert P.prepare_float(odd, None, mmv=True)[1]["mmv_sigma"] is None  # three 128-channel tiles: not read in pairs
+    i4 = fpquant.quantize_float((torch.randn(40, 512) * 0.05).to(torch.bfloat16), replace(PRESETS["MXINT4"], act_bits=16))
+    assert P.prepare_float(i4, None, mmv=True)[1]["mmv_sigma"] is None  # E2M1 codes only
+
+
+def test_an_mmv_configuration_runs_the_space_default_where_mmv_cannot(monkeypatch):
+    """Under the interpreter (CPU tensors) a layer with ``mmv_sigma`` given an ``mmv`` configuration (a user cache, a
+    table) runs the configuration the space picks without it -- bit for bit what the layer computes without sigma."""
+    from dataclasses import replace
+
+    from quantlinear import fpquant
+    from quantlinear.scheme import PRESETS
+    from quantlinear_triton import fp_ops, tune
+
+    w = fpquant.quantize_float((torch.randn(40, 512) * 0.05).to(torch.bfloat16), replace(PRESETS["MXFP4"], act_bits=16))
+    meta, t = P.prepare_float(w, None, mmv=True)
+    space = fp_tune.FPSpace("toy_fp", "/nonexistent", lambda d: _Props(), units=lambda p: 4, paired_fp16=True,
+                            mmv=lambda props: True)
+    tuner = tune.Tuner(space)
+    x = torch.randn(3, 512).half()
+    args = (x, t["qweight"], t["scales"], t["row_scales"], None, None, 512, meta.elem, meta.scale, meta.block, 0, 0)
+    y = fp_ops.run_fp_gemm(tuner, *args, mmv_sigma=t["mmv_sigma"], mmv_mul=meta.mmv_mul)
+    assert torch.equal(y, fp_ops.run_fp_gemm(tuner, *args))
+
+
+def test_layer_problem_reserves_split_buffers_on_cuda(monkeypatch):
+    """A prepared layer's split-K counters and workspace are allocated at load time (never in a graph capture)."""
+    from quantlinear_triton import fp_layers, kernels
+
+    seen = []
+    monkeypatch.setattr(kernels, "reserve", seen.append)
+    monkeypatch.setattr(fp_layers.fp_ops.fp_kernels(), "reserve", seen.append)
+    meta = P.FPMeta(P.E2M1, P.S_E8M0, 32, 512, 40)
+    p = fp_layers.layer_problem(meta, torch.float16, torch.device("cuda", 0))
+    assert seen == [torch.device("cuda", 0)] and p.N == 40 and p.K == 512

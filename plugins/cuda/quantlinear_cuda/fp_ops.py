@@ -19,6 +19,7 @@ from quantlinear_triton import fp_ops as _shared
 from quantlinear_triton.fp_tune import FPSpace, make_tuner
 
 from . import device as _device
+from . import tune
 
 
 def _max_shared(props) -> int | None:
@@ -31,15 +32,9 @@ def _hopper(props) -> bool:
     return props.capability[0] == 9
 
 
-def _mmv(props) -> bool:
-    """The tensor-core decode kernel (Gluon, ``mma.sync``) compiles for sm_80+; not for the interpreter's simulated
-    device, not on ROCm."""
-    return not props.simulated and not props.hip and props.capability >= (8, 0)
-
-
 SPACE = FPSpace("cuda_fp", Path(__file__).parent / "tuned", lambda d: _device.device_props(d),
                 units=lambda p: p.sm_count, max_shared=_max_shared, paired_fp16=True, dqmm=True,
-                dqmm_envs=("QUANTLINEAR_CUDA_DQMM",), tc=_hopper, mmv=_mmv)
+                dqmm_envs=("QUANTLINEAR_CUDA_DQMM",), tc=_hopper, mmv=tune.mmv_device)
 TUNER = make_tuner(SPACE)
 
 run_fp_gemm, fp_gemm, FP_OP = _shared.bind_fp_gemm("quantlinear_cuda", TUNER)

@@ -57,13 +57,19 @@ def dot16_fits(p: Problem) -> bool:
     return p.bits == 4 and p.dtype == "float16" and gemv16_fits(p)
 
 
+def mmv_device(props: "_device.DeviceProps") -> bool:
+    """The tensor-core decode kernel (Gluon, ``mma.sync``) compiles for this device: sm_80+ CUDA, not the interpreter's
+    simulated device (the Gluon kernel does not interpret), not ROCm.  Int and float layers ask the same question."""
+    return not props.simulated and not props.hip and props.capability >= (8, 0)
+
+
 def mmv_fits(p: Problem, props: "_device.DeviceProps") -> bool:
     """The tensor-core decode kernel (``kernel: mmv``, :mod:`quantlinear_triton.kernels_mmv`) applies: 4-bit codes in
     32-word slabs, fp16 / bf16, groups of 128 x 2^k channels (or one per row), an sm_80+ GPU running compiled kernels
     (not the interpreter's simulated device: the Gluon kernel does not interpret)."""
     from quantlinear_triton import kernels_mmv
 
-    return (not props.simulated and not props.hip and props.capability >= (8, 0)
+    return (mmv_device(props)
             and kernels_mmv.fits(p.bits, p.slab, p.group_size, p.K, getattr(torch, p.dtype), 1))
 
 

@@ -169,6 +169,12 @@ _SIGMA_TOP, _SIGMA_MIN = 30, 6
 _SIGMA_ORDER = (0, 4, 1, 5, 2, 6, 3, 7)
 
 
+def _check_scale_bytes(scheme: str, scale_bytes: torch.Tensor) -> None:
+    if scale_bytes.dtype != torch.uint8 or scale_bytes.dim() != 2:
+        raise QuantLinearError(f"{scheme} scale bytes must be a 2-D uint8 tensor [N, blocks], got {scale_bytes.dtype} "
+                               f"{tuple(scale_bytes.shape)}")
+
+
 def mx_sigma(codes: torch.Tensor, scale_bytes: torch.Tensor) -> tuple[torch.Tensor, float] | None:
     """MXFP4's block scales for the tensor-core decode kernel (``mmv``, fp16): ``(sigma, omul)``, or None where its
     fp16 arithmetic would not be exact.
@@ -182,7 +188,11 @@ def mx_sigma(codes: torch.Tensor, scale_bytes: torch.Tensor) -> tuple[torch.Tens
     the fp16 exponent field, 0 for a zero block) of planes 0, 4, 1, 5, 2, 6, 3, 7: one byte permute per pair.
     ``codes`` uint8 ``[N, K]`` (4-bit), ``scale_bytes`` uint8 ``[N, K / 32]``.
     """
+    _check_scale_bytes("MXFP4", scale_bytes)
     N, G = scale_bytes.shape
+    if codes.dtype != torch.uint8 or tuple(codes.shape) != (N, G * 32):
+        raise QuantLinearError(f"MXFP4 codes must be uint8 [{N}, {G * 32}] to match scale bytes {tuple(scale_bytes.shape)}, "
+                               f"got {codes.dtype} {tuple(codes.shape)}")
     if N == 0 or G == 0:
         return None
     smax = int(scale_bytes.max())
@@ -213,6 +223,7 @@ def nv_sigma(scale_bytes: torch.Tensor) -> tuple[torch.Tensor, float] | None:
     ``[N, KT / 2 * 4]``, per 256 channels (tiles ``2t``, ``2t + 1``) the bytes of planes 0, 4, 1, 5, 2, 6, 3, 7 of each
     tile; ``scale_bytes`` uint8 ``[N, K / 16]``.
     """
+    _check_scale_bytes("NVFP4", scale_bytes)
     N, G = scale_bytes.shape
     if N == 0 or G == 0 or G % 16:
         return None

@@ -64,6 +64,8 @@ import functools
 import torch
 
 from . import launch as _fast
+from .kernels import _bf2_magic, _bf2_ok, _h2_magic, _h2_pair, pdl_ok
+from .kernels_tc import split_plan
 
 try:  # Gluon ships with Triton >= 3.4
     from triton.experimental import gluon
@@ -512,13 +514,6 @@ def _options(warps: int, pdl: bool) -> dict:
     return {"num_warps": warps, "launch_pdl": True} if pdl else {"num_warps": warps}
 
 
-def pdl_ok(x: torch.Tensor) -> bool:
-    """:func:`.kernels.pdl_ok` (sm_90+, compiled, ``QUANTLINEAR_PDL`` not 0)."""
-    from .kernels import pdl_ok as ok
-
-    return ok(x)
-
-
 def runs(x: torch.Tensor, scales: torch.Tensor) -> bool:
     """Whether ``mmv`` can run these tensors: compiled CUDA (sm_80+, not the interpreter, not ROCm: the test of
     ``gemv16``'s bf16x2 PTX), Gluon present, fp16 activations with fp16 scales or bf16 activations with fp16 / bf16
@@ -526,8 +521,6 @@ def runs(x: torch.Tensor, scales: torch.Tensor) -> bool:
     if not (HAS_GLUON and x.is_cuda and (scales.dtype == x.dtype == torch.float16
                                          or (x.dtype == torch.bfloat16 and scales.dtype in (torch.float16, torch.bfloat16)))):
         return False
-    from .kernels import _bf2_ok
-
     return _bf2_ok(x)
 
 
@@ -537,8 +530,6 @@ def takes(x: torch.Tensor, scales: torch.Tensor, bits: int, slab: int, group_siz
     if not (runs(x, scales) and fits(bits, slab, group_size, K, x.dtype, x.shape[0])):
         return False
     if x.dtype == torch.bfloat16:
-        from .kernels import _bf2_magic
-
         return _bf2_magic(zero_point) is not None
     return True
 
@@ -546,8 +537,6 @@ def takes(x: torch.Tensor, scales: torch.Tensor, bits: int, slab: int, group_siz
 @functools.lru_cache(maxsize=64)
 def _odd_zero_pair(zero_point: float) -> int:
     """The fp16 pair -(64 + z) of the odd code pairs (:func:`_dq`)."""
-    from .kernels import _h2_pair
-
     return _h2_pair(-64.0 - zero_point)
 
 
@@ -561,8 +550,6 @@ def launch_mmv(x: torch.Tensor, qweight: torch.Tensor, scales: torch.Tensor, zer
     meet in the persistent workspace, summed in order by the last).  Launched through the direct launcher
     (:mod:`quantlinear_triton.launch`).
     """
-    from .kernels import _bf2_magic, _h2_magic
-
     y, plan = _plan(x, qweight, cfg, out, 8)
     if plan is None:
         return y
@@ -581,8 +568,6 @@ def launch_mmv(x: torch.Tensor, qweight: torch.Tensor, scales: torch.Tensor, zer
 def _plan(x: torch.Tensor, qweight: torch.Tensor, cfg: dict, out: torch.Tensor | None, warps: int):
     """The output and, for M > 0, the launch plan of ``cfg`` (``warps``: its default): R, warps, pf, blocks of rows,
     and :func:`.kernels_tc.split_plan`'s split, tiles per split, workspace and counters."""
-    from .kernels_tc import split_plan
-
     M = x.shape[0]
     N, KW = qweight.shape
     R, warps, pf = int(cfg.get("R", 1)), int(cfg.get("warps", warps)), bool(cfg.get("pf", True))
@@ -609,8 +594,6 @@ def runs_fp(x: torch.Tensor, M: int, nv: bool = False) -> bool:
     compiled CUDA sm_80+ (the test of :func:`runs`); NVFP4's scale conversion (``cvt.f16x2.e4m3x2``) needs sm_89+."""
     if not (HAS_GLUON and x.is_cuda and x.dtype == torch.float16 and 1 <= M <= 16):
         return False
-    from .kernels import _bf2_ok
-
     return _bf2_ok(x) and (not nv or _sm89(x.get_device()))
 
 

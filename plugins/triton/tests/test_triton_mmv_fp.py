@@ -82,6 +82,18 @@ def test_blocks_too_small_for_fp16_are_zero_only_when_their_codes_are():
     assert P.mx_sigma(codes, sb) is None
 
 
+def test_sigma_rejects_wrong_tensors_by_name():
+    from quantlinear import QuantLinearError
+
+    codes, sb = mx_layer()
+    with pytest.raises(QuantLinearError, match=r"MXFP4 scale bytes .*torch.float32"):
+        P.mx_sigma(codes, sb.float())
+    with pytest.raises(QuantLinearError, match=r"MXFP4 codes must be uint8 \[24, 544\].*\(24, 512\)"):
+        P.mx_sigma(codes[:, :512], sb)
+    with pytest.raises(QuantLinearError, match=r"NVFP4 scale bytes .*\(32,\)"):
+        P.nv_sigma(sb.view(-1)[:32])
+
+
 @pytest.mark.parametrize("j", range(4))
 def test_e2m1_pair_decode_bits(j):
     """The PTX of :func:`kernels_mmv._dq_e2m1` (its shifts and masks, read from the generated string) maps every pair of

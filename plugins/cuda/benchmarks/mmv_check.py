@@ -25,6 +25,7 @@ ap.add_argument("--ms", default="2,4,8,16")
 ap.add_argument("--shapes", default=SHAPES)
 ap.add_argument("--table", default="plugins/cuda/quantlinear_cuda/tuned/sm90.json", help="the table the 'old' kernel comes from")
 ap.add_argument("--dtype", default="float16", choices=("float16", "bfloat16"), help="the sweep's activations")
+ap.add_argument("--grid", action="store_true", help="sweep R 1/2 x warps 4/8 x split 2..32 x pf instead of the candidates")
 ap.add_argument("--out", default=None)
 args = ap.parse_args()
 props = dev.device_props(torch.device("cuda"))
@@ -75,6 +76,10 @@ if args.sweep:
             ent = tab.get(p.key(tune.bucket(M)), {}).get("config")
             old = ent if ent and ent["kernel"] != "mmv" else tune.default_config(p, M, old_props)
             cands = tune.mmv_candidates(p, M, props.sm_count)
+            if args.grid:
+                cands = [dict(kernel="mmv", R=r, warps=w, pf=pf, split_k=sp) for r in (1, 2) for w in (4, 8)
+                         for sp in (2, 4, 8, 16, 32) for pf in (False, True) if -(-K // 256) // sp >= 2]
+                cands = [tune.mmv_config(p, M, props.sm_count)] + [c for c in cands if c != tune.mmv_config(p, M, props.sm_count)]
             ws, x = ip.make(p, M, copies=max(2, -(-150_000_000 // wb)))
             row = dict(K=K, N=N, M=M, dtype=args.dtype, floor=floor, default=tune.mmv_config(p, M, props.sm_count), times=[])
             for c in [old] + cands:
@@ -86,6 +91,8 @@ if args.sweep:
             print(f"K={K} N={N} M={M}: floor {floor:.1f} | old {t_old:.1f} [{tune._tune._short(old)}] | default {t_def:.1f} "
                   f"({t_old / t_def:.2f}x) | best {best_t:.1f} [{tune._tune._short(best_c)}]", flush=True)
             res["sweep"].append(row)
+            if args.out:  # after every row: a sweep cut short keeps what it measured
+                json.dump(res, open(args.out, "w"), indent=1)
             del ws
 if args.out:
     json.dump(res, open(args.out, "w"), indent=1)

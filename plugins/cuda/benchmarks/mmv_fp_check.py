@@ -60,6 +60,7 @@ ap.add_argument("--sweep", action="store_true")
 ap.add_argument("--ms", default="1,2,4,8,16")
 ap.add_argument("--schemes", default="MXFP4,NVFP4")
 ap.add_argument("--shapes", default=SHAPES)
+ap.add_argument("--grid", action="store_true", help="sweep R 1/2/4 x warps 4/8 x split 4..32 x pf instead of the candidates")
 ap.add_argument("--out", default=None)
 args = ap.parse_args()
 props = dev.device_props(torch.device("cuda"))
@@ -123,6 +124,9 @@ for scheme in (args.schemes.split(",") if args.sweep else ()):
             old = fp_ops.SPACE.default_config(p, M, props, mmv=False)
             default = fp_ops.SPACE.mmv_config(p, M, props.sm_count)
             cands = [c for c in fp_ops.SPACE.candidates(p, M, props) if c["kernel"] == "mmv"]
+            if args.grid:
+                cands = [dict(kernel="mmv", R=r, warps=w, pf=pf, split_k=sp) for r in (1, 2, 4) for w in (4, 8)
+                         for sp in (4, 8, 16, 32) for pf in (False, True) if -(-K // 256) // sp >= 2]
             row = dict(scheme=scheme, K=K, N=N, M=M, floor=floor, old=old, default=default, times=[])
 
             def call(q, s, sg, cfg):
@@ -137,7 +141,7 @@ for scheme in (args.schemes.split(",") if args.sweep else ()):
             best_c, best_t = min(row["times"][1:], key=lambda ct: ct[1])
             print(f"{scheme} K={K} N={N} M={M}: floor {floor:.1f} | old {t_old:.1f} [{old['kernel']}] ({t_old / floor:.2f}x) | "
                   f"mmv {t_def:.1f} ({t_def / floor:.2f}x floor, {t_old / t_def:.2f}x old) | best {best_t:.1f} "
-                  f"[w{best_c['warps']} s{best_c['split_k']}]", flush=True)
+                  f"[R{best_c['R']} w{best_c['warps']} s{best_c['split_k']} pf{int(best_c['pf'])}]", flush=True)
             res["sweep"].append(row)
         del ws
 if args.out:

@@ -16,15 +16,16 @@ args = ap.parse_args()
 path = Path("plugins/cuda/quantlinear_cuda/tuned/sm90.json")
 table = json.loads(path.read_text())
 for row in json.loads(Path(args.sweep).read_text())["sweep"]:
-    b = tune.bucket(row["M"])
-    if b == 1:
-        continue
+    b = tune.bucket(row["M"])  # (M = 1 too: the sweep's first time is the table's gemv16 entry, so mmv wins only if faster)
     p = tune.Problem(4, 32, 128, False, row.get("dtype", "float16"), row["N"], row["K"])
     best_c, best_t = min(row["times"], key=lambda ct: ct[1])
     key = p.key(b)
-    before = table["configs"].get(key, {}).get("config")
+    old = table["configs"].get(key, {})
+    before = old.get("config")
     table["configs"][key] = {"best_us": round(best_t, 2), "config": best_c, "source": "mmv_check.py --sweep",
                              "measured": [[tune._tune._short(c), round(t, 2)] for c, t in row["times"]]}
+    if old and old.get("source") != "mmv_check.py --sweep":  # the entry this sweep replaces, for the record
+        table["configs"][key]["replaced"] = {k: old[k] for k in ("config", "best_us", "source") if k in old}
     print(f"{key}: {tune._tune._short(best_c)} {best_t:.1f} us" + (f" (was {tune._tune._short(before)})" if before else ""))
 if args.write:
     path.write_text(json.dumps(table, indent=1, sort_keys=True) + "\n")

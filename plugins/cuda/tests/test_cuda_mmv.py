@@ -127,3 +127,33 @@ if __name__ == "__main__":  # the compile check's subprocess
     if sys.argv[1:] == ["compile-mmv"]:
         for name, consts, warps, cap in COMPILE_JOBS:
             print(json.dumps(compile_mmv(name, consts, warps, cap)), flush=True)
+
+
+@pytest.mark.skipif(not km.HAS_GLUON, reason="needs Triton's Gluon")
+@pytest.mark.parametrize("variant", ["int-fp16", "int-bf16-asym-bias", "mxfp4", "nvfp4-rows"])
+def test_every_mmv_launch_can_take_the_direct_launcher(monkeypatch, variant):
+    """Each launch passes the runtime arguments then constexprs the direct launcher can cache (every constexpr given
+    or at its default).  When the float variants added ``FP`` / ``HAS_ROWS``, the int launch stopped passing a full
+    set and every int ``mmv`` call went through ``kernel[grid]`` (+30-45 us of host time per call)."""
+    from quantlinear_triton import launch as fl
+
+    seen = []
+    monkeypatch.setattr(km._fast, "launch", lambda fn, grid, tensors, ints, floats, consts, *a: seen.append(
+        (fn, tensors, ints, floats, consts)))
+    N, K = 96, 512
+    w = torch.zeros(N, K // 8, dtype=torch.int32)
+    cfg = dict(kernel="mmv", R=1, warps=4, pf=True, split_k=1)
+    dt = torch.bfloat16 if "bf16" in variant else torch.float16
+    x = torch.zeros(3, K, dtype=dt)
+    if variant.startswith("int"):
+        s = torch.ones(K // 128, N, dtype=torch.float16)
+        z = torch.zeros(K // 128, N // 8, dtype=torch.int32) if "asym" in variant else None
+        km.launch_mmv(x, w, s, z, torch.zeros(N, dtype=dt) if "bias" in variant else None, 128, 8.0, cfg)
+    else:
+        nv = variant.startswith("nv")
+        sig = torch.zeros(N, K // 64 if nv else K // 128, dtype=torch.int32)
+        rows = torch.ones(N, dtype=torch.float32) if "rows" in variant else None
+        km.launch_mmv_fp(x, w, sig, rows, None, 1.0, cfg, nv=nv)
+    (fn, tensors, ints, floats, consts), = seen
+    assert fl._check_order(fn, tensors, ints, floats, consts), sorted(consts)
+    assert set(consts) == {p.name for p in fn.params if p.is_constexpr}  # every one said, none left to a default

@@ -124,3 +124,43 @@ def test_mxfp4_graph_capture_and_compile():
         layer(x)
         y = graph_replay_fresh(layer, x)  # (x refilled: the reference is of the new x)
         assert rel_err(y, float_reference(x, w, spec, b)) < 1e-3, ("graph", M)
+
+
+# ---- host cost: eager calls launch through the direct launcher ------------------------------------------------------
+def _normal_launches(fl):
+    return {k: n for k, (d, n) in fl.stats().items()}
+
+
+@pytest.mark.parametrize("layer_kind", ["int-fp16", "int-bf16", "MXFP4", "NVFP4", "FP8_STATIC"])
+def test_warm_eager_calls_never_take_the_jit_launch_path(no_tuning, layer_kind):
+    """After the first calls of a shape, every kernel a layer launches goes through the cached launcher
+    (``quantlinear_triton.launch``), at every M the layer dispatches differently: ``kernel[grid]`` costs 25-45 us of
+    host time per launch, more than a decode call takes on the GPU.  (The int ``mmv`` launch once missed it for
+    every call, unnoticed: the tests counted launches, not which path they took.)"""
+    from quantlinear_triton import launch as fl
+
+    if not fl.enabled():
+        pytest.skip(fl.status())
+    if layer_kind.startswith("int"):
+        from quantlinear_cuda.kernels.triton_wna16 import TritonWNA16Linear
+
+        dt = torch.bfloat16 if "bf16" in layer_kind else torch.float16
+        layer, _, _ = build(TritonWNA16Linear, 4, 128, False, K=1024, N=512, dtype=dt, bias=True)
+        K = 1024
+    else:
+        import test_cuda_fp_gpu as fpg
+
+        dt = torch.float16
+        layer = fpg.layer_for(layer_kind, dt)[0]
+        K = fpg.K
+    for M in (1, 2, 9, 16, 64, 300):
+        x = torch.randn(M, K, device="cuda", dtype=dt)
+        for _ in range(3):
+            layer(x)
+        before = _normal_launches(fl)
+        for _ in range(3):
+            layer(x)
+        torch.cuda.synchronize()
+        after = _normal_launches(fl)
+        assert after == before, (layer_kind, M, {k: after[k] - before.get(k, 0) for k in after if after[k] != before.get(k, 0)},
+                                 fl.status())

@@ -219,7 +219,7 @@ def quantize_static(x: torch.Tensor, scale: torch.Tensor, fnuz: bool = False, na
     if slab and bk % (4 * slab):
         raise ValueError(f"fp8_act: BLOCK_K={bk} must hold whole tiles of {4 * slab} channels for slab order")
     nat = native_ok(x, fnuz) if native is None else bool(native)
-    grid = (triton.cdiv(M, bm), triton.cdiv(KO, bk))
+    grid = (-(-M // bm), -(-KO // bk))
     consts = {"X_KIND": xk, "S_KIND": sk, "PROMO": promo, "FNUZ": bool(fnuz), "BLOCK_M": bm, "BLOCK_K": bk, "NATIVE": nat,
               "SLAB": int(slab)}
     options = {"num_warps": warps}

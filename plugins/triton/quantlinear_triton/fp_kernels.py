@@ -715,7 +715,7 @@ def quantize_activations(x: torch.Tensor, act: int, act_block: int, act_scale: t
     else:
         block = act_block
     nb = max(1, 512 // block)
-    grid = (M, triton.cdiv(triton.cdiv(K, block), nb))
+    grid = (M, -(-K // (block * nb)))  # (not triton.cdiv: a constexpr function, 1.5-4 us a call on the host)
     _act_launch(grid, x, y, act_scale if act_scale is not None else x, y, K, 1, 1, act, block, nb, div, False, 1)
     return y
 
@@ -747,7 +747,7 @@ def quantize_activations_split(x: torch.Tensor, act: int, act_block: int, act_sc
     if M == 0:
         return y, xs
     nb = max(8, 512 // act_block)
-    grid = (M, triton.cdiv(KT * 8, nb))
+    grid = (M, -(-(KT * 8) // nb))
     _act_launch(grid, x, y, act_scale if act_scale is not None else x, xs, K, G, KT, act, act_block, nb, 0, True, 8)
     return y, xs
 

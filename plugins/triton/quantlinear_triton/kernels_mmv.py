@@ -39,8 +39,10 @@ Where it cannot run (interpreter, ROCm, pre-Ampere, bf16, other code widths) :da
 
 Measured on an H100 (``benchmarks/mmv_check.py --sweep``, results/h100-mmv-sweep*-2026-11-26.json): at M = 2..16
 1.2-2.2x faster than the kernels it replaces (``dot16`` / ``dot``; bf16: 1.3-2.0x over ``dot``) on the four large
-benchmark shapes, where M = 16 takes 1.16-1.35x the M = 1 time through the layer.  At M = 1 it is not faster than
-the paired GEMV, which stays.
+benchmark shapes, where M = 16 takes 1.16-1.35x the M = 1 time through the layer.  At M = 1 its default is not faster
+than the paired GEMV, which stays the default; without the next tile's prefetch (``pf: False``) it is 0-6% faster in
+fp16 on four of the six shapes and 2-9% in bf16 on five (``mmv_check.py --sweep --grid --ms 1``), and the shipped
+table takes it there.
 
 Float codes (``FP`` 1: MXFP4, 2: NVFP4; fp16 activations, M = 1..16): the same program with E2M1 codes.  MXFP4's
 float slab layout is the int one (plane ``j`` of word ``p`` = channel ``32 j + p``); NVFP4's 16-word slabs are read two
@@ -560,8 +562,8 @@ def launch_mmv(x: torch.Tensor, qweight: torch.Tensor, scales: torch.Tensor, zer
     else:
         zh, zh16 = _h2_magic(zero_point), _odd_zero_pair(zero_point)
     tensors = (x, qweight, scales, zeros if zeros is not None else scales, bias if bias is not None else x, y, scales)
-    _launch(plan, tensors, (group_shift(group_size, K), scales.shape[0] - 1, zh, zh16), 1.0, y,
-            HAS_ZEROS=zeros is not None, HAS_BIAS=bias is not None, BF16=bf16)
+    _launch(plan, tensors, (group_shift(group_size, K), scales.shape[0] - 1, zh, zh16), 1.0, y, zeros is not None,
+            bias is not None, bf16, 0, False)
     return y
 
 
@@ -578,15 +580,25 @@ def _plan(x: torch.Tensor, qweight: torch.Tensor, cfg: dict, out: torch.Tensor |
     return y, (R, warps, pf, blocks, *split_plan(x, y, KW // 32, int(cfg.get("split_k", 1)), blocks))
 
 
-def _launch(plan: tuple, tensors: tuple, ints: tuple, omul: float, y: torch.Tensor, **consts) -> None:
+def _launch(plan: tuple, tensors: tuple, ints: tuple, omul: float, y: torch.Tensor, has_zeros: bool, has_bias: bool,
+            bf16: bool, fp: int, has_rows: bool) -> None:
     """One ``_mmv_kernel`` launch: ``tensors`` = (x, w, s, z, b, y, r), ``ints`` = (gsh, gmax, zh, zh16)."""
     R, warps, pf, blocks, split, tps, ws, cnt = plan
     x, w, s, z, b, _, r = tensors
     (M, K), (N, KW) = x.shape, w.shape
-    consts = dict(R=R, NT=1 if M <= 8 else 2, PF=pf, USE_SPLIT=split > 1, PDL=pdl_ok(x), **consts)
-    skey = ("mmv", warps, *sorted(consts.items()))
+    consts, skey, opts = _statics(R, warps, pf, M <= 8, split > 1, pdl_ok(x), has_zeros, has_bias, bf16, fp, has_rows)
     _fast.launch(_mmv_kernel, (blocks, split), (x, w, s, z, b, y, ws, cnt, r), (M, N, K, KW, *ints, tps, split), (omul,),
-                 consts, skey, _options(warps, consts["PDL"]), y)
+                 consts, skey, opts, y)
+
+
+@functools.lru_cache(maxsize=1024)
+def _statics(R: int, warps: int, pf: bool, one_tile: bool, use_split: bool, pdl: bool, has_zeros: bool, has_bias: bool,
+             bf16: bool, fp: int, has_rows: bool) -> tuple:
+    """Every constexpr of ``_mmv_kernel`` (the direct launcher caches only launches that give them all), the static key
+    and the compile options of one launch class: made once, not per call (this is the eager decode path)."""
+    consts = dict(R=R, NT=1 if one_tile else 2, PF=pf, USE_SPLIT=use_split, PDL=pdl, HAS_ZEROS=has_zeros,
+                  HAS_BIAS=has_bias, BF16=bf16, FP=fp, HAS_ROWS=has_rows)
+    return consts, ("mmv", warps, *sorted(consts.items())), _options(warps, pdl)
 
 
 def runs_fp(x: torch.Tensor, M: int, nv: bool = False) -> bool:
@@ -614,6 +626,6 @@ def launch_mmv_fp(x: torch.Tensor, qweight: torch.Tensor, sigma: torch.Tensor, r
         return y
     sig = sigma if nv else sigma.view(torch.int64)  # (MXFP4: a row's 8 bytes of a tile as one int64)
     tensors = (x, qweight, sig, sig, bias if bias is not None else x, y, row_scales if row_scales is not None else y)
-    _launch(plan, tensors, (0, 0, 0, 0), float(omul), y, HAS_ZEROS=False, HAS_BIAS=bias is not None, BF16=False,
-            FP=2 if nv else 1, HAS_ROWS=row_scales is not None)
+    _launch(plan, tensors, (0, 0, 0, 0), float(omul), y, False, bias is not None, False, 2 if nv else 1,
+            row_scales is not None)
     return y

@@ -192,31 +192,39 @@ def launch(fn, grid: tuple, tensors: Sequence[torch.Tensor], ints: Sequence[int]
 
 
 _const_cache: dict[tuple, tuple] = {}
-_order_ok: dict[int, bool] = {}
+_order_ok: dict[tuple, bool] = {}
 
 
 def _check_order(fn, tensors, ints, floats, consts) -> bool:
-    """``fn``'s parameters are the runtime arguments then exactly the constexprs (checked once per kernel)."""
-    ok = _order_ok.get(id(fn))
+    """``fn``'s parameters are the runtime arguments, then constexprs: every one in ``consts`` or left at its default
+    (checked once per kernel and set of constexpr names; a kernel that gained a defaulted constexpr its callers do not
+    pass would otherwise never take the direct path)."""
+    k = (id(fn), len(tensors) + len(ints) + len(floats), frozenset(consts))
+    ok = _order_ok.get(k)
     if ok is None:
         names = list(getattr(fn, "arg_names", []))
-        n = len(tensors) + len(ints) + len(floats)
+        n = k[1]
         params = getattr(fn, "params", None)
-        ok = len(names) == n + len(consts) and set(names[n:]) == set(consts)
-        if ok and params is not None:
+        ok = len(names) >= n + len(consts) and set(consts) <= set(names[n:]) and params is not None
+        if ok:
             ok = all(p.is_constexpr == (i >= n) for i, p in enumerate(params))
-        _order_ok[id(fn)] = ok
+            ok = ok and all(p.name in consts or getattr(p, "has_default", False) for p in params[n:])
+        _order_ok[k] = ok
     return ok
 
 
 def _const_values(fn, consts: dict, static_key: tuple) -> tuple:
+    """The constexprs' values in parameter order, defaults filled in (cached per kernel and static key)."""
     k = (id(fn), static_key)
     v = _const_cache.get(k)
     if v is None:
-        names = fn.arg_names
-        v = tuple(consts[n] for n in names[len(names) - len(consts):])
+        params = fn.params
+        v = tuple(consts[p.name] if p.name in consts else p.default for p in params[len(params) - _n_consts(fn):])
         if len(_const_cache) > 8192:
             _const_cache.clear()
         _const_cache[k] = v
     return v
 
+
+def _n_consts(fn) -> int:
+    return sum(1 for p in fn.params if p.is_constexpr)

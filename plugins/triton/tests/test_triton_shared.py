@@ -152,8 +152,8 @@ def test_fast_launch_caches_per_specialization_and_verifies(monkeypatch):
                 out.add_(1)
 
     class Fn:
-        arg_names = ["x", "y", "n", "f", "A", "B"]
-        params = [SimpleNamespace(is_constexpr=c) for c in (False, False, False, False, True, True)]
+        arg_names = ["x", "y", "n", "f", "A", "B", "C"]
+        params = [SimpleNamespace(name=n, is_constexpr=n.isupper(), has_default=n == "C", default=9) for n in arg_names]
 
         def __getitem__(self, grid):
             def go(*a, **kw):
@@ -183,12 +183,15 @@ def test_fast_launch_caches_per_specialization_and_verifies(monkeypatch):
     assert go() == ["direct"]
     a = calls[0][1]
     assert a[:7] == (3, 1, 1, 77, "fn-handle", "meta", None) and a[7:9] == (None, None)
-    assert a[11:] == (32, 0.5, 1, 2)  # runtime args, then the constexprs in parameter order
+    assert a[11:] == (32, 0.5, 1, 2, 9)  # runtime args, then the constexprs in parameter order (C at its default)
+    assert go(consts={"A": 1, "B": 2, "C": 3}) == ["jit"] and go(consts={"A": 1, "B": 2, "C": 3}) == ["direct"]
+    assert calls[0][1][11:] == (32, 0.5, 1, 2, 3)
+    assert go(consts={"A": 1}) == ["jit"] and go(consts={"A": 1}) == ["jit"]  # B has no default: never cached
     assert go(grid=(5, 2)) == ["direct"] and calls[0][1][:3] == (5, 2, 1)  # a 2-D grid: the launcher gets z = 1
     assert go(grid=(6,)) == ["direct"] and calls[0][1][:3] == (6, 1, 1)
     (name, (direct, normal)), = fl.stats().items()  # per kernel: direct / normal launches so far
-    assert (direct, normal) == (4, 2) and "4 direct/2 normal" in fl.stats_line()
-    assert fl.stats(reset=True)[name] == (4, 2) and fl.stats()[name] == (0, 0)
+    assert (direct, normal) == (5, 5) and "5 direct/5 normal" in fl.stats_line()
+    assert fl.stats(reset=True)[name] == (5, 5) and fl.stats()[name] == (0, 0)
     assert go(ptr=72) == ["jit"]  # not 16-byte aligned: another specialization
     assert go(n=1) == ["jit"] and go(n=40) == ["jit"] and go(n=40) == ["direct"] and go(n=48) == ["direct"]  # ==1, %16 classes
     assert go(consts={"A": 5, "B": 2}) == ["jit"]  # other constexprs: another static key

@@ -36,17 +36,13 @@ def run_tests(out: Path) -> None:
 
 def profile_eager(out: Path) -> None:
     """Where the eager time of one small call goes (CPU-bound shape), plus a cProfile listing."""
-    import cProfile
-    import io
-    import pstats
-
     import torch
     import torch.nn.functional as F
 
     from quantlinear import LayerSpec, get_scheme
     from quantlinear.benchutil import random_int_weights
     from quantlinear_cuda import ops, tune
-    from quantlinear_cuda.bench import time_eager
+    from quantlinear_cuda.bench import host_profile, time_eager
     from quantlinear_triton import kernels as tk
     from quantlinear_cuda.kernels.triton_wna16 import TritonWNA16Linear
 
@@ -87,15 +83,7 @@ def profile_eager(out: Path) -> None:
         "torch.ops wna16_gemm": t(lambda: torch.ops.quantlinear_cuda.wna16_gemm(*args)),
     }
     lines = [f"{k:<36} {v:8.1f} us/call" for k, v in res.items()]
-    pr = cProfile.Profile()
-    pr.enable()
-    for _ in range(300):
-        layer(x)
-    torch.cuda.synchronize()
-    pr.disable()
-    sio = io.StringIO()
-    pstats.Stats(pr, stream=sio).sort_stats("tottime").print_stats(22)
-    text = "\n".join(lines) + "\n" + sio.getvalue()
+    text = "\n".join(lines) + "\n" + host_profile(lambda: layer(x), 300, 22)
     (out / "profile.txt").write_text(text)
     log("\n".join(lines))
 

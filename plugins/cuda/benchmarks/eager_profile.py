@@ -13,9 +13,7 @@ last one's end over 50 calls), which tells a host-bound call from a slow kernel.
 within 10 us of ``F.linear``'s.
 """
 import argparse
-import cProfile
 import json
-import pstats
 
 import torch
 import torch.nn.functional as F
@@ -25,7 +23,7 @@ from quantlinear.benchutil import random_int_weights
 from quantlinear.scheme import PRESETS
 from quantlinear.testing import Case
 from quantlinear.testing_fp import build_float_layer, format_for
-from quantlinear_cuda.bench import time_eager
+from quantlinear_cuda.bench import host_profile, time_eager
 from quantlinear_cuda.kernels.triton_fp import TritonFPLinear
 from quantlinear_cuda.kernels.triton_wna16 import TritonWNA16Linear
 from quantlinear_triton import launch as L
@@ -95,13 +93,7 @@ def main():
                   + (f"[GPU: kernels {row['kernel_us']:.1f} us, span {row['span_us']:.1f} us per call]  " if a.trace else "")
                   + ", ".join(f"{k} {d}/{n}" for k, (d, n) in st.items()), flush=True)
             if a.profile == M:
-                pr = cProfile.Profile()
-                pr.enable()
-                for _ in range(200):
-                    layer(x)
-                torch.cuda.synchronize()
-                pr.disable()
-                pstats.Stats(pr).sort_stats("tottime").print_stats(12)
+                print(host_profile(lambda: layer(x), 200, 12))
     print(L.status())
     if a.json:
         with open(a.json, "w") as f:

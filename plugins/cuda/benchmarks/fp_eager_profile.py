@@ -7,8 +7,6 @@ For a 4096 x 14336 layer: wall time per call of the activation kernel alone, the
 ``run_fp_gemm`` (synchronizing once per 200 calls, so host time dominates where it exceeds the kernels'), then the
 top of a cProfile of 200 whole calls.  Used to find what the eager float path spends its host time on.
 """
-import cProfile
-import pstats
 import sys
 
 import torch
@@ -17,7 +15,7 @@ from quantlinear import fpquant
 from quantlinear.benchutil import random_float_weights
 from quantlinear.scheme import get_scheme
 from quantlinear_cuda import fp_ops
-from quantlinear_cuda.bench import time_eager
+from quantlinear_cuda.bench import host_profile, time_eager
 from quantlinear_triton import fp_kernels as FK
 from quantlinear_triton import fp_packing as P
 from quantlinear_triton import launch as L
@@ -43,11 +41,5 @@ for name in sys.argv[1:] or ["MXFP4", "FPW8A16"]:
     if meta.act != P.A_NONE:
         rows.append(("activation kernel", per_call(lambda: FK.quantize_activations_split(x, meta.act, meta.act_block, t["act_scale"]))))
     print(name, " | ".join(f"{k} {v:.1f} us" for k, v in rows), flush=True)
-    pr = cProfile.Profile()
-    pr.enable()
-    for _ in range(200):
-        whole()
-    torch.cuda.synchronize()
-    pr.disable()
-    pstats.Stats(pr).sort_stats("tottime").print_stats(14)
+    print(host_profile(whole, 200, 14))
 print(L.stats_line())

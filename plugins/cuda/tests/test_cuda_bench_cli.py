@@ -24,3 +24,14 @@ def test_build_options():
     assert o.scheme == "W8A16" and o.dtype == torch.bfloat16 and o.kernels == ("cuda.triton", "peer.cublas") and o.iters == 7
     o = mod.build_options(mod.parse_args([]))
     assert o.scheme == "W4A16" and o.dtype == torch.float16 and len(o.shapes) == 6 and o.device == "cuda"
+
+
+def test_host_profile_lists_where_the_calls_spend_their_time():
+    from quantlinear_cuda.bench import host_profile
+
+    def decode_call():
+        return sorted(range(50), key=lambda v: -v)
+
+    text = host_profile(decode_call, 20, 5)
+    row = next(line for line in text.splitlines() if "(decode_call)" in line)
+    assert row.split()[0] == "20" and "tottime" in text  # 20 calls of it, listed by own time

@@ -187,8 +187,43 @@ def launch(fn, grid: tuple, tensors: Sequence[torch.Tensor], ints: Sequence[int]
                 _compiled[key] = (*entry[:4], _const_values(fn, consts, static_key))  # the constexprs' values in parameter order
             return
         _state["why"] = "a launch hook is installed"
+    elif interpreting():
+        _check_cacheable(fn, tensors, ints, floats, consts)
     _counts(fn)[1] += 1
     fn[grid](*tensors, *ints, *floats, **consts, **options)
+
+
+class LaunchArgumentsError(RuntimeError):
+    """A launch the direct launcher could never cache on a GPU (raised under the interpreter, i.e. in CI)."""
+
+
+def _check_cacheable(fn, tensors, ints, floats, consts) -> None:
+    """Under the interpreter (CI, no GPU), every launch is checked the way the GPU path checks it before caching a
+    launcher (:func:`_check_order`): runtime arguments first, then constexprs, each one given or defaulted.  A kernel
+    that gains a constexpr its launch does not pass then fails CPU tests instead of silently costing 25-45 us of host
+    time per GPU call (checked once per kernel and set of constexpr names)."""
+    n = len(tensors) + len(ints) + len(floats)
+    key = ("interp", id(fn), n, frozenset(consts))
+    if key in _order_ok:
+        return
+    import inspect
+
+    target = getattr(fn, "fn", fn)  # the interpreter's InterpretedFunction wraps the Python function
+    try:
+        sig = inspect.signature(target)
+    except (TypeError, ValueError):  # not a Python function (a test's stand-in): nothing to check
+        return
+    params = [(p.name, "constexpr" in str(p.annotation), p.default is not inspect.Parameter.empty)
+              for p in sig.parameters.values()]
+    bad_runtime = [name for i, (name, const, _) in enumerate(params) if const != (i >= n)]
+    missing = [name for name, const, dflt in params[n:] if const and name not in consts and not dflt]
+    unknown = sorted(set(consts) - {name for name, _, _ in params[n:]})
+    if bad_runtime or missing or unknown:
+        raise LaunchArgumentsError(
+            f"{getattr(target, '__name__', target)}: a launch with {len(tensors)} tensors, {len(ints)} ints, {len(floats)} "
+            f"floats and constexprs {sorted(consts)} could never take the direct launcher on a GPU: parameters out of "
+            f"place {bad_runtime}, constexprs neither given nor defaulted {missing}, unknown constexprs {unknown}")
+    _order_ok[key] = True
 
 
 _const_cache: dict[tuple, tuple] = {}

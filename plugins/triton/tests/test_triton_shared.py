@@ -273,3 +273,29 @@ def test_pdl_gemv_cross_compiles_for_sm90_with_griddepcontrol():
     r = subprocess.run([sys.executable, "-c", _PDL_COMPILE], capture_output=True, text=True, timeout=300, env=env)
     assert r.returncode == 0, r.stderr[-3000:]
     assert r.stdout.split("\n")[:2] == ["True True True", "False False False"], r.stdout
+
+
+@pytest.mark.skipif(not interpreting(), reason="the check runs under the interpreter (CI)")
+def test_under_the_interpreter_a_launch_that_could_never_be_cached_fails():
+    """Every launch in CI is checked as the GPU path checks it before caching a launcher: a constexpr neither given
+    nor defaulted (a kernel that gained one its launch does not pass) raises instead of silently costing 25-45 us of
+    host time per call on a GPU."""
+    import triton
+    import triton.language as tl
+
+    from quantlinear_triton import launch as fl
+
+    @triton.jit
+    def _double(x_ptr, y_ptr, n, A: tl.constexpr, B: tl.constexpr = 1):
+        i = tl.arange(0, A)
+        tl.store(y_ptr + i, tl.load(x_ptr + i, mask=i < n) * 2 * B, mask=i < n)
+
+    x, y = torch.arange(4.0), torch.zeros(4)
+    fl.launch(_double, (1,), (x, y), (4,), (), {"A": 4}, ("double", 4), {}, y)  # B at its default: fine
+    assert torch.equal(y, x * 2)
+    fl.launch(_double, (1,), (x, y), (4,), (), {"A": 4, "B": 3}, ("double", 4, 3), {}, y)
+    assert torch.equal(y, x * 6)
+    with pytest.raises(fl.LaunchArgumentsError, match=r"_double.*neither given nor defaulted \['A'\]"):
+        fl.launch(_double, (1,), (x, y), (4,), (), {"B": 1}, ("double", 1), {}, y)
+    with pytest.raises(fl.LaunchArgumentsError, match="out of place"):  # n passed as a constexpr: Triton would specialize
+        fl.launch(_double, (1,), (x, y), (), (), {"n": 4, "A": 4}, ("double", "n"), {}, y)

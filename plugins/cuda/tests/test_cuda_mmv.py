@@ -59,12 +59,7 @@ COMPILE_JOBS = [("_mmv_kernel", dict(R=1, NT=1, HAS_ZEROS=False, HAS_BIAS=False,
                                      HAS_ROWS=True), 4, 80),
                 # NVFP4 (E2M1 codes in 16-word slabs, E4M3 scales converted by the hardware: sm_89+)
                 ("_mmv_kernel", dict(R=1, NT=2, HAS_ZEROS=False, HAS_BIAS=True, PF=False, USE_SPLIT=True, FP=2,
-                                     HAS_ROWS=True), 4, 90),
-                # the first tiles' weight lines prefetched into L2 before PDL's wait (int and MXFP4)
-                ("_mmv_kernel", dict(R=2, NT=1, HAS_ZEROS=False, HAS_BIAS=False, PF=False, USE_SPLIT=True, PDL=True, L2T=2),
-                 4, 90),
-                ("_mmv_kernel", dict(R=1, NT=1, HAS_ZEROS=False, HAS_BIAS=False, PF=False, USE_SPLIT=True, FP=1, PDL=True,
-                                     L2T=3), 4, 90)]
+                                     HAS_ROWS=True), 4, 90)]
 
 
 def compile_mmv(name: str, consts: dict, warps: int, cap: int) -> dict:
@@ -76,7 +71,7 @@ def compile_mmv(name: str, consts: dict, warps: int, cap: int) -> dict:
     fn = getattr(km, name)
     act = "*bf16" if consts.get("BF16") else "*fp16"
     consts = dict(consts, BF16=bool(consts.get("BF16")), FP=int(consts.get("FP", 0)), HAS_ROWS=bool(consts.get("HAS_ROWS")),
-                  PDL=bool(consts.get("PDL")), L2T=int(consts.get("L2T", 0)))
+                  PDL=bool(consts.get("PDL")))
     types = dict(x_ptr=act, w_ptr="*i32", s_ptr={0: "*fp16", 1: "*i64", 2: "*i32"}[consts["FP"]], z_ptr="*u8", b_ptr=act, y_ptr=act,
                  ws_ptr="*fp32", cnt_ptr="*i32", r_ptr="*fp32", omul="fp32")
     sig, attrs = {}, {}
@@ -96,8 +91,7 @@ def compile_mmv(name: str, consts: dict, warps: int, cap: int) -> dict:
     return {"mma": ptx.count(mma), "v4": ptx.count("ld.global.v4"), "bf16x2": ptx.count("fma.rn.bf16x2"),
             "local": ".local" in ptx, "cubin": len(c.asm.get("cubin", b"")), "lds": ptx.count("ld.shared.v4"),
             "bar": ptx.count("bar.sync"), "atom": ptx.count("atom.global"), "hmul2": ptx.count("mul.rn.f16x2"),
-            "prmt": ptx.count("prmt.b32"), "gdc": ptx.count("griddepcontrol.wait"), "cvt": ptx.count("cvt.rn.f16x2.e4m3x2"),
-            "l2pf": ptx.count("prefetch.global.L2"), "l2pf_before_wait": ptx.split("griddepcontrol.wait")[0].count("prefetch.global.L2")}
+            "prmt": ptx.count("prmt.b32"), "gdc": ptx.count("griddepcontrol.wait"), "cvt": ptx.count("cvt.rn.f16x2.e4m3x2")}
 
 
 def test_mmv_cross_compiles_for_sm80_and_sm90():
@@ -120,9 +114,7 @@ def test_mmv_cross_compiles_for_sm80_and_sm90():
         assert (got["atom"] > 0) == consts["USE_SPLIT"], got
         # bf16: two bf16x2 FMAs per code pair (q - z, then the scale), in the bf16 MMA
         assert (got["bf16x2"] >= 16 * 4 * R * 2) == bool(consts.get("BF16")), got
-        assert got["gdc"] == int(bool(consts.get("PDL"))), got  # PDL: one wait, before any load
-        # L2T: per tile, one L2 prefetch per row group's two rows (R of them), all issued before the wait
-        assert got["l2pf"] == got["l2pf_before_wait"] == 2 * R * consts.get("L2T", 0), got
+        assert got["gdc"] == int(bool(consts.get("PDL"))), got  # PDL: one wait, after the weight prefetch
         if consts.get("FP"):  # E2M1: one scale multiply per code pair (64 per row group)
             assert got["hmul2"] == 64 * R, got
         if consts.get("FP") == 1:  # MXFP4: a byte permute per sigma pair (4 pairs x 2 rows per row group and tile)

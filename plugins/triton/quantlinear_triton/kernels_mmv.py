@@ -279,7 +279,7 @@ if HAS_GLUON:
                     tiles_per_split, split_k, omul,
                     R: gl.constexpr, NT: gl.constexpr, HAS_ZEROS: gl.constexpr, HAS_BIAS: gl.constexpr,
                     PF: gl.constexpr, USE_SPLIT: gl.constexpr, BF16: gl.constexpr = False, FP: gl.constexpr = 0,
-                    HAS_ROWS: gl.constexpr = False, PDL: gl.constexpr = False, L2T: gl.constexpr = 0):
+                    HAS_ROWS: gl.constexpr = False, PDL: gl.constexpr = False):
         NW: gl.constexpr = gl.num_warps()
         L: gl.constexpr = gl.BlockedLayout([1, 1, R, 4], [1, 32, 1, 1], [NW, 1, 1, 1], [3, 2, 1, 0])
         S: gl.constexpr = gl.SliceLayout(3, L)
@@ -319,13 +319,6 @@ if HAS_GLUON:
         zpo0 = gl.full([NW, 32, R], zh16, gl.int32, S)
         zpe1 = zpe0
         zpo1 = zpo0
-        if L2T > 0:  # the first L2T tiles' weight lines into L2 while the previous kernel drains (see _l2_prefetch)
-            lrow0 = w_ptr + row0 * KW + (lane % 4) * 4
-            lrow1 = w_ptr + row1 * KW + (lane % 4) * 4
-            for i in gl.static_range(L2T):
-                tp = gl.minimum(t0 + i, t1 - 1) * 32
-                _l2_prefetch(lrow0 + tp)
-                _l2_prefetch(lrow1 + tp)
         if PDL:  # before any load: the previous kernel may have written the weights too (a state-dict copy)
             _gdc_sync()
         if PF:
@@ -432,14 +425,6 @@ if HAS_GLUON:
         the launch and block scheduling overlap the previous kernel's tail, no load does."""
         gl.inline_asm_elementwise("griddepcontrol.wait; griddepcontrol.launch_dependents; // $0", "=r", [],
                                   dtype=gl.int32, is_pure=False, pack=1)
-
-    @gluon.jit
-    def _l2_prefetch(ptrs):
-        """``prefetch.global.L2`` of the lines at ``ptrs``: no register is written and L1 is not filled, so it may run
-        before :func:`_gdc_sync`'s wait even where the previous kernel writes these bytes -- the loads after the wait
-        read L2, which holds every completed write (a line prefetched early is updated in place)."""
-        gl.inline_asm_elementwise("prefetch.global.L2 [$1]; // $0", "=r,l", [ptrs], dtype=gl.int32, is_pure=False,
-                                  pack=1)
 
     @gluon.jit
     def _partial(part, tok, row, M, N):
@@ -564,8 +549,7 @@ def launch_mmv(x: torch.Tensor, qweight: torch.Tensor, scales: torch.Tensor, zer
 
     cfg: ``R`` (row groups of 16 per warp), ``warps`` (each its own rows; they share the K tiles), ``pf`` (load the
     next tile's words before the current tile's arithmetic), ``split_k`` (programs along K; their fp32 partials
-    meet in the persistent workspace, summed in order by the last), ``l2`` (with PDL: prefetch the first ``l2``
-    tiles' weight lines into L2 before waiting for the previous kernel; default 0).  Launched through the direct launcher
+    meet in the persistent workspace, summed in order by the last).  Launched through the direct launcher
     (:mod:`quantlinear_triton.launch`).
     """
     y, plan = _plan(x, qweight, cfg, out, 8)
@@ -588,34 +572,32 @@ def _plan(x: torch.Tensor, qweight: torch.Tensor, cfg: dict, out: torch.Tensor |
     and :func:`.kernels_tc.split_plan`'s split, tiles per split, workspace and counters."""
     M = x.shape[0]
     N, KW = qweight.shape
-    R, warps, pf, l2 = int(cfg.get("R", 1)), int(cfg.get("warps", warps)), bool(cfg.get("pf", True)), int(cfg.get("l2", 0))
+    R, warps, pf = int(cfg.get("R", 1)), int(cfg.get("warps", warps)), bool(cfg.get("pf", True))
     y = out if out is not None else torch.empty(M, N, dtype=x.dtype, device=x.device)
     if M == 0:
         return y, None
     blocks = -(-N // (16 * R * warps))
-    return y, (R, warps, pf, l2, blocks, *split_plan(x, y, KW // 32, int(cfg.get("split_k", 1)), blocks))
+    return y, (R, warps, pf, blocks, *split_plan(x, y, KW // 32, int(cfg.get("split_k", 1)), blocks))
 
 
 def _launch(plan: tuple, tensors: tuple, ints: tuple, omul: float, y: torch.Tensor, has_zeros: bool, has_bias: bool,
             bf16: bool, fp: int, has_rows: bool) -> None:
     """One ``_mmv_kernel`` launch: ``tensors`` = (x, w, s, z, b, y, r), ``ints`` = (gsh, gmax, zh, zh16)."""
-    R, warps, pf, l2, blocks, split, tps, ws, cnt = plan
+    R, warps, pf, blocks, split, tps, ws, cnt = plan
     x, w, s, z, b, _, r = tensors
     (M, K), (N, KW) = x.shape, w.shape
-    pdl = pdl_ok(x)
-    consts, skey, opts = _statics(R, warps, pf, M <= 8, split > 1, pdl, has_zeros, has_bias, bf16, fp, has_rows,
-                                  min(l2, tps) if pdl else 0)
+    consts, skey, opts = _statics(R, warps, pf, M <= 8, split > 1, pdl_ok(x), has_zeros, has_bias, bf16, fp, has_rows)
     _fast.launch(_mmv_kernel, (blocks, split), (x, w, s, z, b, y, ws, cnt, r), (M, N, K, KW, *ints, tps, split), (omul,),
                  consts, skey, opts, y)
 
 
 @functools.lru_cache(maxsize=1024)
 def _statics(R: int, warps: int, pf: bool, one_tile: bool, use_split: bool, pdl: bool, has_zeros: bool, has_bias: bool,
-             bf16: bool, fp: int, has_rows: bool, l2: int) -> tuple:
+             bf16: bool, fp: int, has_rows: bool) -> tuple:
     """Every constexpr of ``_mmv_kernel`` (the direct launcher caches only launches that give them all), the static key
     and the compile options of one launch class: made once, not per call (this is the eager decode path)."""
     consts = dict(R=R, NT=1 if one_tile else 2, PF=pf, USE_SPLIT=use_split, PDL=pdl, HAS_ZEROS=has_zeros,
-                  HAS_BIAS=has_bias, BF16=bf16, FP=fp, HAS_ROWS=has_rows, L2T=l2)
+                  HAS_BIAS=has_bias, BF16=bf16, FP=fp, HAS_ROWS=has_rows)
     return consts, ("mmv", warps, *sorted(consts.items())), _options(warps, pdl)
 
 

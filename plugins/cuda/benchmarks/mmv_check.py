@@ -75,13 +75,14 @@ if args.sweep:
         for M in [int(m) for m in args.ms.split(",")]:
             ent = tab.get(p.key(tune.bucket(M)), {}).get("config")
             old = ent if ent and ent["kernel"] != "mmv" else tune.default_config(p, M, old_props)
+            default = tune.mmv_config(p, M, props.sm_count)
             cands = tune.mmv_candidates(p, M, props.sm_count)
-            if args.grid:
+            if args.grid:  # (the default first: the summary line reports it)
                 cands = [dict(kernel="mmv", R=r, warps=w, pf=pf, split_k=sp) for r in (1, 2) for w in (4, 8)
                          for sp in (2, 4, 8, 16, 32) for pf in (False, True) if -(-K // 256) // sp >= 2]
-                cands = [tune.mmv_config(p, M, props.sm_count)] + [c for c in cands if c != tune.mmv_config(p, M, props.sm_count)]
+                cands = [default] + [c for c in cands if c != default]
             ws, x = ip.make(p, M, copies=max(2, -(-150_000_000 // wb)))
-            row = dict(K=K, N=N, M=M, dtype=args.dtype, floor=floor, default=tune.mmv_config(p, M, props.sm_count), times=[])
+            row = dict(K=K, N=N, M=M, dtype=args.dtype, floor=floor, default=default, times=[])
             for c in [old] + cands:
                 t = ip._time_graph([lambda q=q, s=s, c=c: tk.launch(x, q, s, None, None, 4, 32, 128, K, 8.0, c) for q, s, _ in ws])
                 row["times"].append([c, t])

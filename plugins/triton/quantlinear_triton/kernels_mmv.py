@@ -511,11 +511,6 @@ if HAS_GLUON:
 #: (itself falling back to ``dot`` where the paired decode does not fit)
 FALLBACK = {"kernel": "dot16", "BM": 16, "BN": 64, "split_k": 1, "warps": 4, "stages": 3, "swap": True, "group_m": 8}
 
-@functools.lru_cache(maxsize=None)
-def _options(warps: int, pdl: bool) -> dict:
-    return {"num_warps": warps, "launch_pdl": True} if pdl else {"num_warps": warps}
-
-
 def runs(x: torch.Tensor, scales: torch.Tensor) -> bool:
     """Whether ``mmv`` can run these tensors: compiled CUDA (sm_80+, not the interpreter, not ROCm: the test of
     ``gemv16``'s bf16x2 PTX), Gluon present, fp16 activations with fp16 scales or bf16 activations with fp16 / bf16
@@ -562,8 +557,8 @@ def launch_mmv(x: torch.Tensor, qweight: torch.Tensor, scales: torch.Tensor, zer
     else:
         zh, zh16 = _h2_magic(zero_point), _odd_zero_pair(zero_point)
     tensors = (x, qweight, scales, zeros if zeros is not None else scales, bias if bias is not None else x, y, scales)
-    _launch(plan, tensors, (group_shift(group_size, K), scales.shape[0] - 1, zh, zh16), 1.0, y, zeros is not None,
-            bias is not None, bf16, 0, False)
+    _launch(plan, tensors, (group_shift(group_size, K), scales.shape[0] - 1, zh, zh16), 1.0, y,
+            has_zeros=zeros is not None, has_bias=bias is not None, bf16=bf16, fp=0, has_rows=False)
     return y
 
 
@@ -598,7 +593,8 @@ def _statics(R: int, warps: int, pf: bool, one_tile: bool, use_split: bool, pdl:
     and the compile options of one launch class: made once, not per call (this is the eager decode path)."""
     consts = dict(R=R, NT=1 if one_tile else 2, PF=pf, USE_SPLIT=use_split, PDL=pdl, HAS_ZEROS=has_zeros,
                   HAS_BIAS=has_bias, BF16=bf16, FP=fp, HAS_ROWS=has_rows)
-    return consts, ("mmv", warps, *sorted(consts.items())), _options(warps, pdl)
+    options = {"num_warps": warps, "launch_pdl": True} if pdl else {"num_warps": warps}
+    return consts, ("mmv", warps, *sorted(consts.items())), options
 
 
 def runs_fp(x: torch.Tensor, M: int, nv: bool = False) -> bool:
@@ -626,6 +622,6 @@ def launch_mmv_fp(x: torch.Tensor, qweight: torch.Tensor, sigma: torch.Tensor, r
         return y
     sig = sigma if nv else sigma.view(torch.int64)  # (MXFP4: a row's 8 bytes of a tile as one int64)
     tensors = (x, qweight, sig, sig, bias if bias is not None else x, y, row_scales if row_scales is not None else y)
-    _launch(plan, tensors, (0, 0, 0, 0), float(omul), y, False, bias is not None, False, 2 if nv else 1,
-            row_scales is not None)
+    _launch(plan, tensors, (0, 0, 0, 0), float(omul), y, has_zeros=False, has_bias=bias is not None, bf16=False,
+            fp=2 if nv else 1, has_rows=row_scales is not None)
     return y

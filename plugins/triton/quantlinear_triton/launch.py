@@ -198,12 +198,12 @@ class LaunchArgumentsError(RuntimeError):
 
 
 def _check_cacheable(fn, tensors, ints, floats, consts) -> None:
-    """Under the interpreter (CI, no GPU), every launch is checked the way the GPU path checks it before caching a
-    launcher (:func:`_check_order`): runtime arguments first, then constexprs, each one given or defaulted.  A kernel
-    that gains a constexpr its launch does not pass then fails CPU tests instead of silently costing 25-45 us of host
-    time per GPU call (checked once per kernel and set of constexpr names)."""
+    """Under the interpreter (CI, no GPU), every launch is checked by the rule the GPU path applies before caching a
+    launcher (:func:`_param_problems`), on the Python signature the interpreter runs.  A kernel that gains a constexpr
+    its launch does not pass then fails CPU tests instead of silently costing 25-45 us of host time per GPU call
+    (checked once per kernel and set of constexpr names)."""
     n = len(tensors) + len(ints) + len(floats)
-    key = ("interp", id(fn), n, frozenset(consts))
+    key = (id(fn), n, frozenset(consts))
     if key in _order_ok:
         return
     import inspect
@@ -215,15 +215,23 @@ def _check_cacheable(fn, tensors, ints, floats, consts) -> None:
         return
     params = [(p.name, "constexpr" in str(p.annotation), p.default is not inspect.Parameter.empty)
               for p in sig.parameters.values()]
-    bad_runtime = [name for i, (name, const, _) in enumerate(params) if const != (i >= n)]
-    missing = [name for name, const, dflt in params[n:] if const and name not in consts and not dflt]
-    unknown = sorted(set(consts) - {name for name, _, _ in params[n:]})
-    if bad_runtime or missing or unknown:
+    out_of_place, missing, unknown = _param_problems(params, n, consts)
+    if out_of_place or missing or unknown:
         raise LaunchArgumentsError(
             f"{getattr(target, '__name__', target)}: a launch with {len(tensors)} tensors, {len(ints)} ints, {len(floats)} "
             f"floats and constexprs {sorted(consts)} could never take the direct launcher on a GPU: parameters out of "
-            f"place {bad_runtime}, constexprs neither given nor defaulted {missing}, unknown constexprs {unknown}")
+            f"place {out_of_place}, constexprs neither given nor defaulted {missing}, unknown constexprs {unknown}")
     _order_ok[key] = True
+
+
+def _param_problems(params: list[tuple[str, bool, bool]], n: int, consts: dict) -> tuple[list, list, list]:
+    """What keeps a launch of ``n`` runtime arguments and constexprs ``consts`` from the direct launcher, for a kernel
+    whose parameters are ``params`` = (name, is constexpr, has a default) in order: parameters out of place (a runtime
+    one after the first ``n`` or a constexpr among them), constexprs neither given nor defaulted, unknown constexprs."""
+    out_of_place = [name for i, (name, const, _) in enumerate(params) if const != (i >= n)]
+    missing = [name for name, const, default in params[n:] if const and name not in consts and not default]
+    unknown = sorted(set(consts) - {name for name, _, _ in params[n:]})
+    return out_of_place, missing, unknown
 
 
 _const_cache: dict[tuple, tuple] = {}
@@ -232,18 +240,14 @@ _order_ok: dict[tuple, bool] = {}
 
 def _check_order(fn, tensors, ints, floats, consts) -> bool:
     """``fn``'s parameters are the runtime arguments, then constexprs: every one in ``consts`` or left at its default
-    (checked once per kernel and set of constexpr names; a kernel that gained a defaulted constexpr its callers do not
-    pass would otherwise never take the direct path)."""
+    (:func:`_param_problems`; checked once per kernel and set of constexpr names: a kernel that gained a defaulted
+    constexpr its callers do not pass would otherwise never take the direct path)."""
     k = (id(fn), len(tensors) + len(ints) + len(floats), frozenset(consts))
     ok = _order_ok.get(k)
     if ok is None:
-        names = list(getattr(fn, "arg_names", []))
-        n = k[1]
         params = getattr(fn, "params", None)
-        ok = len(names) >= n + len(consts) and set(consts) <= set(names[n:]) and params is not None
-        if ok:
-            ok = all(p.is_constexpr == (i >= n) for i, p in enumerate(params))
-            ok = ok and all(p.name in consts or getattr(p, "has_default", False) for p in params[n:])
+        ok = params is not None and not any(_param_problems(
+            [(p.name, p.is_constexpr, getattr(p, "has_default", False)) for p in params], k[1], consts))
         _order_ok[k] = ok
     return ok
 
@@ -253,13 +257,8 @@ def _const_values(fn, consts: dict, static_key: tuple) -> tuple:
     k = (id(fn), static_key)
     v = _const_cache.get(k)
     if v is None:
-        params = fn.params
-        v = tuple(consts[p.name] if p.name in consts else p.default for p in params[len(params) - _n_consts(fn):])
+        v = tuple(consts[p.name] if p.name in consts else p.default for p in fn.params if p.is_constexpr)
         if len(_const_cache) > 8192:
             _const_cache.clear()
         _const_cache[k] = v
     return v
-
-
-def _n_consts(fn) -> int:
-    return sum(1 for p in fn.params if p.is_constexpr)

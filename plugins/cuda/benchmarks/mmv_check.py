@@ -26,38 +26,43 @@ ap.add_argument("--shapes", default=SHAPES)
 ap.add_argument("--table", default="plugins/cuda/quantlinear_cuda/tuned/sm90.json", help="the table the 'old' kernel comes from")
 ap.add_argument("--dtype", default="float16", choices=("float16", "bfloat16"), help="the sweep's activations")
 ap.add_argument("--grid", action="store_true", help="sweep R 1/2 x warps 4/8 x split 2..32 x pf instead of the candidates")
+ap.add_argument("--bits", type=int, default=4, choices=(4, 8), help="the sweep's code width")
+ap.add_argument("--no-check", action="store_true", help="skip the correctness block (a sweep on a warm, already checked build)")
 ap.add_argument("--out", default=None)
 args = ap.parse_args()
 props = dev.device_props(torch.device("cuda"))
 res = {"device": torch.cuda.get_device_name(), "check": [], "sweep": []}
 
-print("== correctness", flush=True)
 CHECK_CFGS = ({"R": 1, "warps": 4, "pf": True, "split_k": 1}, {"R": 2, "warps": 4, "pf": True, "split_k": 4},
               {"R": 1, "warps": 8, "pf": False, "split_k": 2}, {"R": 4, "warps": 8, "pf": True, "split_k": 3})
 bad = 0
 TOL = {"float16": 1e-3, "bfloat16": 1e-2}  # (bf16: the output's own rounding is 2**-9)
-for (K, N, gs, zeros, bias, dt) in [(4096, 1024, 128, False, False, "float16"), (4096, 1024, 128, True, True, "float16"),
-                                    (4224, 784, 128, True, True, "float16"), (2048, 520, -1, False, True, "float16"),
-                                    (1536, 1040, 256, True, False, "float16"), (4096, 1024, 128, False, True, "bfloat16"),
-                                    (4224, 784, 128, True, False, "bfloat16")]:
+CHECKS = [] if args.no_check else [(4, 4096, 1024, 128, False, False, "float16"), (4, 4096, 1024, 128, True, True, "float16"),
+                                    (4, 4224, 784, 128, True, True, "float16"), (4, 2048, 520, -1, False, True, "float16"),
+                                    (4, 1536, 1040, 256, True, False, "float16"), (4, 4096, 1024, 128, False, True, "bfloat16"),
+                                    (4, 4224, 784, 128, True, False, "bfloat16"), (8, 4096, 1024, 128, False, True, "float16"),
+                                    (8, 3840, 784, 128, True, True, "float16"), (8, 2048, 520, -1, True, False, "float16")]
+if CHECKS:
+    print("== correctness", flush=True)
+for (bits, K, N, gs, zeros, bias, dt) in CHECKS:
     gse = K if gs == -1 else gs
-    p = tune.Problem(4, 32, gse, zeros, dt, N, K)
+    p = tune.Problem(bits, 32, gse, zeros, dt, N, K)
     for M in (1, 3, 8, 9, 16):
         ws, x = ip.make(p, M, copies=1, seed=M)
         q, s, z = ws[0]
         b = torch.randn(N, device="cuda").to(x.dtype) if bias else None
-        zp = 0.0 if zeros else 8.0
-        W = dequantize_slabs(q, s, z, zp, SlabMeta(4, 32, gse, K, N))
+        zp = 0.0 if zeros else 2.0 ** (bits - 1)
+        W = dequantize_slabs(q, s, z, zp, SlabMeta(bits, 32, gse, K, N))
         ref = x.float() @ W.t() + (b.float() if bias else 0)
         for cfg in CHECK_CFGS:
             for _ in range(2):
-                y = km.launch_mmv(x, q, s, z, b, gse, zp, cfg)
+                y = km.launch_mmv(x, q, s, z, b, gse, zp, cfg, bits=bits)
             err = float((y.float() - ref).abs().max() / ref.abs().max())
             bad += err >= TOL[dt]
-            res["check"].append(dict(K=K, N=N, gs=gs, zeros=zeros, bias=bias, dtype=dt, M=M, cfg=cfg, err=err))
+            res["check"].append(dict(bits=bits, K=K, N=N, gs=gs, zeros=zeros, bias=bias, dtype=dt, M=M, cfg=cfg, err=err))
             if err >= TOL[dt]:
-                print(f"BAD {dt} K={K} N={N} gs={gs} zeros={zeros} bias={bias} M={M} {cfg}: err {err:.2e}", flush=True)
-for dt in TOL:
+                print(f"BAD W{bits} {dt} K={K} N={N} gs={gs} zeros={zeros} bias={bias} M={M} {cfg}: err {err:.2e}", flush=True)
+for dt in TOL if CHECKS else ():
     errs = [r["err"] for r in res["check"] if r["dtype"] == dt]
     print(f"{dt}: bad {sum(e >= TOL[dt] for e in errs)} of {len(errs)}, max err {max(errs):.2e}", flush=True)
 
@@ -69,8 +74,9 @@ if args.sweep:
     print(f"== sweep (copy bw {bw/1e12:.3f} TB/s)", flush=True)
     for shape in args.shapes.split(","):
         K, N = (int(v) for v in shape.split("x"))
-        p = tune.Problem(4, 32, 128, False, args.dtype, N, K)
-        wb = N * K // 2 + N * (K // 128) * 2
+        p = tune.Problem(args.bits, 32, 128, False, args.dtype, N, K)
+        wb = N * K * args.bits // 8 + N * (K // 128) * 2
+        zp = 2.0 ** (args.bits - 1)
         floor = wb / bw * 1e6
         for M in [int(m) for m in args.ms.split(",")]:
             ent = tab.get(p.key(tune.bucket(M)), {}).get("config")
@@ -82,9 +88,10 @@ if args.sweep:
                          for sp in (2, 4, 8, 16, 32) for pf in (False, True) if -(-K // 256) // sp >= 2]
                 cands = [default] + [c for c in cands if c != default]
             ws, x = ip.make(p, M, copies=max(2, -(-150_000_000 // wb)))
-            row = dict(K=K, N=N, M=M, dtype=args.dtype, floor=floor, default=default, times=[])
+            row = dict(K=K, N=N, M=M, bits=args.bits, dtype=args.dtype, floor=floor, default=default, times=[])
             for c in [old] + cands:
-                t = ip._time_graph([lambda q=q, s=s, c=c: tk.launch(x, q, s, None, None, 4, 32, 128, K, 8.0, c) for q, s, _ in ws])
+                t = ip._time_graph([lambda q=q, s=s, c=c: tk.launch(x, q, s, None, None, args.bits, 32, 128, K, zp, c)
+                                    for q, s, _ in ws])
                 row["times"].append([c, t])
             t_old = row["times"][0][1]
             t_def = next(t for c, t in row["times"] if c == row["default"])

@@ -45,7 +45,8 @@ def main() -> None:
     args = ap.parse_args()
     # (M = 1 too: the sweep's first time is the table's gemv16 entry, so mmv wins only if faster)
     merge(Path("plugins/cuda/quantlinear_cuda/tuned/sm90.json"), json.loads(Path(args.sweep).read_text())["sweep"],
-          lambda row: tune.Problem(4, 32, 128, False, row.get("dtype", "float16"), row["N"], row["K"]).key(tune.bucket(row["M"])),
+          lambda row: tune.Problem(row.get("bits", 4), 32, 128, False, row.get("dtype", "float16"), row["N"], row["K"]).key(
+              tune.bucket(row["M"])),
           "mmv_check.py --sweep", lambda row, old: f" (was {_short(old['config'])})" if old.get("config") else "",
           write=args.write)
 

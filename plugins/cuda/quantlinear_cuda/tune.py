@@ -64,9 +64,9 @@ def mmv_device(props: "_device.DeviceProps") -> bool:
 
 
 def mmv_fits(p: Problem, props: "_device.DeviceProps") -> bool:
-    """The tensor-core decode kernel (``kernel: mmv``, :mod:`quantlinear_triton.kernels_mmv`) applies: 4-bit codes in
-    32-word slabs, fp16 / bf16, groups of 128 x 2^k channels (or one per row), an sm_80+ GPU running compiled kernels
-    (not the interpreter's simulated device: the Gluon kernel does not interpret)."""
+    """The tensor-core decode kernel (``kernel: mmv``, :mod:`quantlinear_triton.kernels_mmv`) applies: 32-word slabs,
+    4-bit codes (fp16 / bf16) or 8-bit codes (fp16), groups of 128 x 2^k channels (or one per row), an sm_80+ GPU
+    running compiled kernels (not the interpreter's simulated device: the Gluon kernel does not interpret)."""
     from quantlinear_triton import kernels_mmv
 
     return (mmv_device(props)
@@ -81,8 +81,13 @@ def mmv_config(p: Problem, M: int, sms: int, **over) -> dict:
     cfg = {"kernel": "mmv", "R": 1, "warps": 4, "pf": True}
     cfg.update(over)
     if "split_k" not in cfg:
-        cfg["split_k"] = _split_for(-(-p.N // (16 * cfg["R"] * cfg["warps"])), 2 * sms, p.k_tiles)
+        cfg["split_k"] = _split_for(-(-p.N // (16 * cfg["R"] * cfg["warps"])), 2 * sms, mmv_steps(p))
     return cfg
+
+
+def mmv_steps(p: Problem) -> int:
+    """``mmv``'s K steps: 256 channels each (one 4-bit slab, two 8-bit ones), what its split-K divides."""
+    return -(-p.K // 256)
 
 
 def mmv_candidates(p: Problem, M: int, sms: int) -> list[dict]:
@@ -93,7 +98,7 @@ def mmv_candidates(p: Problem, M: int, sms: int) -> list[dict]:
         d = mmv_config(p, M, sms, warps=warps)
         out.append(d)
         for sp in (d["split_k"] // 2, d["split_k"] * 2):
-            if 1 <= sp and p.k_tiles // sp >= 2:
+            if 1 <= sp and mmv_steps(p) // sp >= 2:
                 out.append(dict(d, split_k=sp))
     out.append(mmv_config(p, M, sms, R=2, warps=4))
     return _tune.unique(out)

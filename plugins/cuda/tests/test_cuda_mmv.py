@@ -17,14 +17,14 @@ from cuda_testutil import DEV, GPU, rel_err
 from test_cuda_kernels import make_layer, rand_x, reference, run_cfg
 
 
-def test_fits_four_bit_fp16_slabs_of_32_with_128_multiple_groups():
+def test_fits_slabs_of_32_with_128_multiple_groups():
     f16 = torch.float16
     assert km.fits(4, 32, 128, 4096, f16, 1) and km.fits(4, 32, 256, 4096, f16, 16) and km.fits(4, 32, 4096, 4096, f16, 8)
     assert [km.group_shift(g, 4096) for g in (128, 256, 1024, 4096, 8192)] == [0, 1, 3, 31, 31]  # half-tile >> shift
     assert km.group_shift(384, 4608) is None and not km.fits(4, 32, 384, 4608, f16, 4)
     assert not km.fits(4, 32, 64, 4096, f16, 4)  # a pair's halves are 128 channels apart: both in one group per half
     assert not km.fits(4, 16, 128, 4096, f16, 4)  # 16-word slabs: the lane's word map assumes 32
-    assert not km.fits(8, 32, 128, 4096, f16, 4) and not km.fits(4, 32, 128, 4096, torch.float32, 4)
+    assert not km.fits(4, 32, 128, 4096, torch.float32, 4)
     assert km.fits(4, 32, 128, 4096, torch.bfloat16, 4)
     assert not km.fits(4, 32, 128, 4096, f16, 17) and not km.fits(4, 32, 128, 4096, f16, 0)
 
@@ -59,7 +59,11 @@ COMPILE_JOBS = [("_mmv_kernel", dict(R=1, NT=1, HAS_ZEROS=False, HAS_BIAS=False,
                                      HAS_ROWS=True), 4, 80),
                 # NVFP4 (E2M1 codes in 16-word slabs, E4M3 scales converted by the hardware: sm_89+)
                 ("_mmv_kernel", dict(R=1, NT=2, HAS_ZEROS=False, HAS_BIAS=True, PF=False, USE_SPLIT=True, FP=2,
-                                     HAS_ROWS=True), 4, 90)]
+                                     HAS_ROWS=True), 4, 90),
+                # 8-bit codes (two slabs a step, a byte permute per code pair)
+                ("_mmv_kernel", dict(R=1, NT=1, HAS_ZEROS=False, HAS_BIAS=True, PF=True, USE_SPLIT=True, W8=True, PDL=True),
+                 4, 90),
+                ("_mmv_kernel", dict(R=2, NT=2, HAS_ZEROS=True, HAS_BIAS=False, PF=False, USE_SPLIT=False, W8=True), 4, 80)]
 
 
 def compile_mmv(name: str, consts: dict, warps: int, cap: int) -> dict:
@@ -71,7 +75,7 @@ def compile_mmv(name: str, consts: dict, warps: int, cap: int) -> dict:
     fn = getattr(km, name)
     act = "*bf16" if consts.get("BF16") else "*fp16"
     consts = dict(consts, BF16=bool(consts.get("BF16")), FP=int(consts.get("FP", 0)), HAS_ROWS=bool(consts.get("HAS_ROWS")),
-                  PDL=bool(consts.get("PDL")))
+                  PDL=bool(consts.get("PDL")), W8=bool(consts.get("W8")))
     types = dict(x_ptr=act, w_ptr="*i32", s_ptr={0: "*fp16", 1: "*i64", 2: "*i32"}[consts["FP"]], z_ptr="*u8", b_ptr=act, y_ptr=act,
                  ws_ptr="*fp32", cnt_ptr="*i32", r_ptr="*fp32", omul="fp32")
     sig, attrs = {}, {}
@@ -91,7 +95,9 @@ def compile_mmv(name: str, consts: dict, warps: int, cap: int) -> dict:
     return {"mma": ptx.count(mma), "v4": ptx.count("ld.global.v4"), "bf16x2": ptx.count("fma.rn.bf16x2"),
             "local": ".local" in ptx, "cubin": len(c.asm.get("cubin", b"")), "lds": ptx.count("ld.shared.v4"),
             "bar": ptx.count("bar.sync"), "atom": ptx.count("atom.global"), "hmul2": ptx.count("mul.rn.f16x2"),
-            "prmt": ptx.count("prmt.b32"), "gdc": ptx.count("griddepcontrol.wait"), "cvt": ptx.count("cvt.rn.f16x2.e4m3x2")}
+            "prmt": ptx.count("prmt.b32"), "gdc": ptx.count("griddepcontrol.wait"), "cvt": ptx.count("cvt.rn.f16x2.e4m3x2"),
+            "release": ptx.count("griddepcontrol.launch_dependents"),
+            "release_after_mma": ptx.rfind("griddepcontrol.launch_dependents") > ptx.rfind(mma)}
 
 
 def test_mmv_cross_compiles_for_sm80_and_sm90():
@@ -114,13 +120,17 @@ def test_mmv_cross_compiles_for_sm80_and_sm90():
         assert (got["atom"] > 0) == consts["USE_SPLIT"], got
         # bf16: two bf16x2 FMAs per code pair (q - z, then the scale), in the bf16 MMA
         assert (got["bf16x2"] >= 16 * 4 * R * 2) == bool(consts.get("BF16")), got
-        assert got["gdc"] == int(bool(consts.get("PDL"))), got  # PDL: one wait, after the weight prefetch
+        # PDL: one wait before the first load; the next grid released once, after the main loop (its last MMA)
+        assert got["gdc"] == got["release"] == int(bool(consts.get("PDL"))), got
+        assert got["release_after_mma"] or not consts.get("PDL"), got
         if consts.get("FP"):  # E2M1: one scale multiply per code pair (64 per row group)
             assert got["hmul2"] == 64 * R, got
         if consts.get("FP") == 1:  # MXFP4: a byte permute per sigma pair (4 pairs x 2 rows per row group and tile)
             assert got["prmt"] >= 8 * R and got["cvt"] == 0, got
         if consts.get("FP") == 2:  # NVFP4: a hardware E4M3 pair conversion per scale pair (x 2 word halves)
             assert got["cvt"] == 16 * R, got
+        if consts.get("W8"):  # 8-bit codes: four 16-byte loads per row and step, a byte permute per code pair
+            assert got["v4"] >= 8 * R and got["prmt"] >= 64 * R, got
 
 
 if __name__ == "__main__":  # the compile check's subprocess
@@ -157,3 +167,17 @@ def test_every_mmv_launch_can_take_the_direct_launcher(monkeypatch, variant):
     (fn, tensors, ints, floats, consts), = seen
     assert fl._check_order(fn, tensors, ints, floats, consts), sorted(consts)
     assert set(consts) == {p.name for p in fn.params if p.is_constexpr}  # every one said, none left to a default
+
+
+def test_which_layers_mmv_takes():
+    """4-bit codes in fp16 or bf16; 8-bit codes in fp16 only (``1024 + q`` of a byte is an fp16, not a bf16) and in an
+    even number of 128-channel slabs (a step takes two); groups of 128 x 2^k channels or one per row; M <= 16."""
+    fp16, bf16 = torch.float16, torch.bfloat16
+    if not km.HAS_GLUON:
+        pytest.skip("no Gluon")
+    assert km.fits(4, 32, 128, 4096, fp16, 1) and km.fits(4, 32, 128, 4096, bf16, 16)
+    assert km.fits(8, 32, 128, 4096, fp16, 16) and km.fits(8, 32, 3840, 3840, fp16, 2) and km.fits(8, 32, 512, 3800, fp16, 2)
+    assert not km.fits(8, 32, 128, 4096, bf16, 2)  # bf16: the 4-bit kernel only
+    assert not km.fits(8, 32, 128, 1152, fp16, 2)  # nine slabs
+    assert not km.fits(8, 32, 64, 4096, fp16, 2) and not km.fits(4, 32, 128, 4096, fp16, 17)
+    assert not km.fits(2, 32, 128, 4096, fp16, 2) and not km.fits(3, 32, 128, 4096, fp16, 2)

@@ -51,6 +51,32 @@ def test_every_configuration_and_m_up_to_16(cfg, sym):
         assert rel_err(y, ref(x, W, b)) < 1e-3, (M, cfg)
 
 
+@pytest.mark.parametrize("group,sym,K,N,bias", [(128, True, 1024, 512, False), (128, False, 1536, 1040, True),
+                                                 (-1, True, 2048, 768, True), (256, False, 2560, 256, True),
+                                                 (128, True, 3840, 200, False), (512, False, 4096, 784, True)])
+def test_8bit_layers_take_mmv(no_tuning, group, sym, K, N, bias):
+    """8-bit codes (fp16): two 128-channel slabs a step, each code pair a byte permute; M = 1..16 through the layer
+    (M = 2..16 take mmv by default) and every configuration class directly."""
+    from quantlinear_triton import kernels as tk
+    from quantlinear_triton import launch as fl
+    from quantlinear_cuda.kernels.triton_wna16 import TritonWNA16Linear
+
+    layer, W, b = build(TritonWNA16Linear, 8, group, sym, K=K, N=N, bias=bias)
+    g = torch.Generator(device="cuda").manual_seed(K + N)
+    before = sum(fl.stats().get("_mmv_kernel", (0, 0)))
+    for M in (1, 2, 3, 8, 9, 16):
+        x = torch.randn(M, K, device="cuda", dtype=torch.float16, generator=g)
+        assert rel_err(layer(x), ref(x, W, b)) < 1e-3, M
+    assert sum(fl.stats().get("_mmv_kernel", (0, 0))) - before >= 5
+    for cfg in (dict(R=1, warps=4, pf=True, split_k=1), dict(R=2, warps=4, pf=False, split_k=3),
+                dict(R=1, warps=8, pf=True, split_k=2), dict(R=4, warps=4, pf=True, split_k=1)):
+        for M in (1, 5, 16):
+            x = torch.randn(M, K, device="cuda", dtype=torch.float16, generator=g)
+            y = tk.launch(x, layer.w_slab, layer.w_scales, layer.w_zeros, layer.bias, 8, layer.meta.slab, layer.meta.group_size,
+                          K, layer.zero_point, dict(kernel="mmv", **cfg))
+            assert rel_err(y, ref(x, W, b)) < 1e-3, (M, cfg)
+
+
 def test_large_and_tiny_activations():
     from quantlinear_cuda.kernels.triton_wna16 import TritonWNA16Linear
 
@@ -164,3 +190,47 @@ def test_warm_eager_calls_never_take_the_jit_launch_path(no_tuning, layer_kind):
         after = _normal_launches(fl)
         assert after == before, (layer_kind, M, {k: after[k] - before.get(k, 0) for k in after if after[k] != before.get(k, 0)},
                                  fl.status())
+
+
+@pytest.mark.skipif(not (GPU and torch.cuda.get_device_capability()[0] >= 9), reason="programmatic dependent launch: sm_90+")
+@pytest.mark.parametrize("M,cfg", [(1, dict(kernel="gemv16", BM=1, BN=64, split_k=4, warps=4, stages=3)),
+                                   (2, dict(kernel="mmv", R=1, warps=4, pf=True, split_k=1)),
+                                   (2, dict(kernel="mmv", R=2, warps=4, pf=False, split_k=4)),
+                                   (16, dict(kernel="mmv", R=1, warps=8, pf=True, split_k=4))])
+def test_chained_layers_with_pdl_give_the_plain_launches_results(monkeypatch, M, cfg):
+    """Decode kernels launched with PDL wait for the previous kernel before their first load and release the next one
+    after their main loop: a chain of layers, each reading the output the previous one has just written, gives
+    bit for bit what plain launches give, eagerly and replayed in a CUDA graph."""
+    from quantlinear_triton import kernels as tk
+    from quantlinear_cuda.kernels.triton_wna16 import TritonWNA16Linear
+
+    layer, _, _ = build(TritonWNA16Linear, 4, 128, True, K=1024, N=1024, bias=True)
+    x = torch.randn(M, 1024, device="cuda", dtype=torch.float16)
+
+    def chain(x):
+        h = x * 1.0  # (a kernel writes the first layer's input just before it)
+        for _ in range(6):
+            h = tk.launch(h, layer.w_slab, layer.w_scales, layer.w_zeros, layer.bias, 4, layer.meta.slab, 128, 1024,
+                          layer.zero_point, cfg)
+        return h
+
+    if not tk.pdl_ok(x):
+        pytest.skip("this Triton or device does not take PDL")
+    with_pdl = chain(x)
+    idx = x.get_device()
+    monkeypatch.setitem(tk._pdl_dev, idx, False)
+    plain = chain(x)
+    monkeypatch.setitem(tk._pdl_dev, idx, True)
+    assert torch.isfinite(plain).all() and torch.equal(with_pdl, plain)
+    xs = torch.zeros_like(x)
+    chain(xs)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        out = chain(xs)
+    for seed in range(5):
+        xs.copy_(torch.randn(x.shape, device="cuda", generator=torch.Generator(device="cuda").manual_seed(seed)))
+        graph.replay()
+        monkeypatch.setitem(tk._pdl_dev, idx, False)
+        expected = chain(xs.clone())
+        monkeypatch.setitem(tk._pdl_dev, idx, True)
+        assert torch.equal(out, expected), seed

@@ -253,7 +253,8 @@ def test_gtune_stage_smoke(monkeypatch, tmp_path):
 
 
 def test_mmv_is_offered_only_where_it_runs():
-    """The tensor-core decode kernel: 4-bit fp16 with 128-multiple groups on a real sm_80+ GPU (not the interpreter)."""
+    """The tensor-core decode kernel: 4-bit (fp16 / bf16) or 8-bit (fp16) codes with 128-multiple groups on a real
+    sm_80+ GPU (not the interpreter)."""
     from quantlinear_cuda.device import INTERPRETER_PROPS
 
     def offered(p, props, M=4):
@@ -273,9 +274,14 @@ def test_mmv_is_offered_only_where_it_runs():
     for other in (tune.Problem(4, 32, 64, False, "float16", 4096, 4096),   # groups of 64: the pair's halves differ
                   tune.Problem(4, 32, 384, False, "float16", 4096, 4608),  # 3 x 128: not a shift
                   tune.Problem(4, 32, 128, False, "float32", 4096, 4096),
-                  tune.Problem(8, 32, 128, False, "float16", 4096, 4096),
+                  tune.Problem(8, 32, 128, False, "bfloat16", 4096, 4096),  # 8-bit: fp16 only
+                  tune.Problem(8, 32, 128, False, "float16", 4096, 1152),   # 8-bit: an odd number of slabs
+                  tune.Problem(2, 32, 128, False, "float16", 4096, 4096),
                   tune.Problem(4, 16, 128, False, "float16", 4096, 4096)):
         assert not offered(other, H100), other
+    w8 = tune.Problem(8, 32, 128, False, "float16", 4096, 14336)
+    assert offered(w8, H100) and tune.default_config(w8, 4, H100)["kernel"] == "mmv"
+    assert tune.default_config(w8, 4, H100)["split_k"] <= tune.mmv_steps(w8) // 2 == 28  # 256-channel steps
     assert offered(tune.Problem(4, 32, 4096, True, "float16", 1024, 4096), H100)  # one group per row
     assert offered(tune.Problem(4, 32, 512, True, "float16", 1024, 4096), H100)
     assert not offered(P, H100, M=17)

@@ -49,7 +49,7 @@ import triton.language as tl
 
 from .fp_packing import A_FP8, A_MX_E2M1, A_NONE, A_NVFP4, A_RCEIL, E0M4, E2M1, E4M3_NV, S_NONE, bits_of, slab_for
 from . import launch as _fast
-from .kernels import BACKEND_OPTIONS, COUNTER_SLOTS, MAXS, _asm_ok, _pack_h2, _pdl_enter, _tile_of, pdl_ok, reserve, split_buffers
+from .kernels import BACKEND_OPTIONS, COUNTER_SLOTS, MAXS, _asm_ok, _pack_h2, _pdl_enter, _pdl_exit, _tile_of, pdl_ok, reserve, split_buffers
 from .runtime import interpreting
 
 
@@ -185,6 +185,7 @@ def _fp_gemv_kernel(x_ptr, w_ptr, s_ptr, r_ptr, b_ptr, y_ptr, ws_ptr, cnt_ptr, M
         out = tl.sum(acc, axis=1)[None, :]
     else:
         out = acc
+    _pdl_exit(PDL)
     _fp_finish(out, offs_m, offs_n, m_mask, n_mask, y_ptr, r_ptr, b_ptr, ws_ptr, cnt_ptr, pid_m * num_pid_n + pid_n, pid_k,
                split_k, M, N, False, HAS_ROWS, HAS_BIAS, USE_SPLIT)
 
@@ -444,6 +445,7 @@ def _fp_gemv16_kernel(x_ptr, w_ptr, s_ptr, r_ptr, b_ptr, y_ptr, ws_ptr, cnt_ptr,
             else:
                 out = out * 512.0
     offs_m = m + tl.arange(0, 1)
+    _pdl_exit(PDL)
     _fp_finish(out, offs_m, offs_n, offs_m < M, n_mask, y_ptr, r_ptr, b_ptr, ws_ptr, cnt_ptr, m * num_pid_n + pid_n, pid_k,
                split_k, M, N, False, HAS_ROWS, HAS_BIAS, USE_SPLIT)
 
@@ -634,6 +636,7 @@ def _nvfp4_qdq(x, gs):
 def _act_quant_kernel(x_ptr, y_ptr, a_ptr, xs_ptr, K, G, KT, ACT: tl.constexpr, BLOCK: tl.constexpr, NB: tl.constexpr,
                       DIV: tl.constexpr, SPLIT: tl.constexpr, VPW: tl.constexpr, PDL: tl.constexpr = False):
     _pdl_enter(PDL)
+    _pdl_exit(PDL)  # (one short pass: the GEMV after it may be scheduled at once)
     pid_m = tl.program_id(0)
     offs_b = tl.program_id(1) * NB + tl.arange(0, NB)
     k = offs_b[:, None] * BLOCK + tl.arange(0, BLOCK)[None, :]

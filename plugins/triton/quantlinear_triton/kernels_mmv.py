@@ -35,7 +35,8 @@ fp32 partials meet in the shared split-K workspace and the last program of a row
 Written in Gluon (Triton's explicit-layout dialect): the register layout is part of the program, which the MMA
 fragments need.  The interpreter cannot run it: CI cross-compiles it for sm_80 / sm_90 and checks the machine code
 (one MMA per word and token tile, 16-byte weight and shared loads, no spills); its numerics are tested on a GPU.
-Where it cannot run (interpreter, ROCm, pre-Ampere, bf16, other code widths) :data:`FALLBACK` runs instead.
+Where it cannot run (interpreter, ROCm, pre-Ampere, other code widths, 8-bit codes with bf16) :data:`FALLBACK` runs
+instead.
 
 Measured on an H100 (``benchmarks/mmv_check.py --sweep``, results/h100-mmv-sweep*-2026-11-26.json): at M = 2..16
 1.2-2.2x faster than the kernels it replaces (``dot16`` / ``dot``; bf16: 1.3-2.0x over ``dot``) on the four large
@@ -55,8 +56,18 @@ values (their own kernel runs first).  On an H100 through the layer (``quantline
 included): M = 1 at 1.29-1.30x the HBM floor on the two 117 MB shapes (NVFP4 1.29 / 1.36x), 1.1-1.5x faster than the
 paired GEMV; M = 16 1.5-1.8x faster than the ``tc`` kernel.
 
+8-bit codes (``W8``, fp16 activations): a step is two 128-channel slabs (64 words a row, four 16-byte loads per row
+and lane); pair ``j`` of a word is bytes ``j % 2`` and ``j % 2 + 2`` of slab ``2t + j // 2`` (planes 64 channels apart,
+one group), turned into the fp16 pair ``1024 + q`` by one byte permute with the exponent byte 0x64
+(:func:`_dq8`), then the exact ``q - z`` and the scale multiply as for 4-bit codes; the activations are staged in
+the same order (:func:`_x_stage`).  bf16 activations keep the other kernels (``128 + q`` of a byte is no bf16).
+On an H100 (``mmv_check.py --bits 8 --sweep --grid``, results/h100-mmv-w8-grid-2026-11-26.json): M = 1 1.0-3.9%
+faster than the paired GEMV (W8 g128 at 1.21-1.25x the HBM floor on the 60 MB shapes through the layer), M = 2 and
+16 1.05-1.25x faster than ``dot``.
+
 With programmatic dependent launch (sm_90) the kernel waits for the previous one before its first load
-(:func:`_gdc_sync`), so its launch overlaps the previous kernel's tail.
+(:func:`_gdc_wait`), so its launch overlaps the previous kernel's tail, and lets the next one be scheduled after its
+main loop (:func:`_gdc_launch`; released at the start instead, M = 16 on 8192 x 28672 took 67.5 us, not 63.3).
 """
 
 from __future__ import annotations
@@ -92,10 +103,14 @@ def group_shift(group_size: int, K: int) -> int | None:
 
 
 def fits(bits: int, slab: int, group_size: int, K: int, dtype: torch.dtype, M: int) -> bool:
-    """Whether ``mmv`` runs this layer and batch: 4-bit codes, slabs of 32 words, groups of 128 x 2^k channels (or
-    one per row), fp16 or bf16 activations, M <= 16."""
-    return (HAS_GLUON and bits == 4 and slab == 32 and dtype in (torch.float16, torch.bfloat16) and 1 <= M <= 16
-            and group_shift(group_size, K) is not None)
+    """Whether ``mmv`` runs this layer and batch: slabs of 32 words, groups of 128 x 2^k channels (or one per row),
+    M <= 16, and 4-bit codes with fp16 or bf16 activations or 8-bit codes with fp16 activations in an even number of
+    128-channel slabs (a step takes two; ``1024 + q`` of a byte is an fp16, not a bf16)."""
+    if not (HAS_GLUON and slab == 32 and 1 <= M <= 16 and group_shift(group_size, K) is not None):
+        return False
+    if bits == 8:
+        return dtype == torch.float16 and -(-K // 128) % 2 == 0
+    return bits == 4 and dtype in (torch.float16, torch.bfloat16)
 
 
 if HAS_GLUON:
@@ -173,6 +188,30 @@ if HAS_GLUON:
         return w
 
     @gluon.constexpr_function
+    def _dq8_asm(h):
+        """Bytes ``h`` / ``h + 2`` of a word (8-bit codes) -> the fp16 pair ``1024 + q`` (a byte permute with the
+        exponent byte 0x64), minus the pair ``1024 + z`` (exact), times the scale pair (one rounding)."""
+        sel = "0x4240" if h == 0 else "0x4341"
+        return ("{ .reg .b32 t, k; mov.b32 k, 0x64646464; prmt.b32 t, $1, k, " + sel + "; sub.f16x2 t, t, $2; "
+                "mul.rn.f16x2 $0, t, $3; }")
+
+    @gluon.jit
+    def _dq8(w, zp, sp, H: gl.constexpr):
+        """The fp16 pair ``(q - z) * s`` of the 8-bit codes in bytes ``h`` / ``h + 2`` of ``w`` (planes ``h`` and
+        ``h + 2`` of the slab: channels 64 apart, one group)."""
+        return gl.inline_asm_elementwise(_dq8_asm(H), "=r,r,r,r", [w, zp, sp], dtype=gl.int32, is_pure=True, pack=1)
+
+    @gluon.constexpr_function
+    def _twice_asm(h):
+        return "prmt.b32 $0, $1, $1, " + ("0x1010;" if h == 0 else "0x3232;")
+
+    @gluon.jit
+    def _twice(v, H: gl.constexpr):
+        """The low (``h`` 0) or high half of the 16-bit pair ``v``, twice: a pair of the two groups' values -> one
+        group's pair (8-bit codes pair channels of one group)."""
+        return gl.inline_asm_elementwise(_twice_asm(H), "=r,r", [v], dtype=gl.int32, is_pure=True, pack=1)
+
+    @gluon.constexpr_function
     def _mma_asm(bf16):
         """``mma.sync.m16n8k16`` with fp32 accumulators and fp16 or bf16 operands."""
         t = "bf16" if bf16 else "f16"
@@ -244,15 +283,21 @@ if HAS_GLUON:
         return e, o
 
     @gluon.jit
-    def _x_stage(x_ptr, t, ok, M, K, NTI: gl.constexpr, LP: gl.constexpr, NV: gl.constexpr = False):
+    def _x_stage(x_ptr, t, ok, M, K, NTI: gl.constexpr, LP: gl.constexpr, NV: gl.constexpr = False,
+                 W8: gl.constexpr = False):
         """Tile t's activation pairs ``(x[n, c], x[n, c + d])`` of token tile ``nt`` as int32 ``[8, 128]``: token
         ``n = g + 8 nt``; ``col = 32 j + w`` (code pair ``j`` of the tile's word ``w``); 0 where ``ok`` is false, past K
         or past M.  The slab layout's channel ``c = 256 t + col``, ``d = 128``; NVFP4's (16-word slabs, words ``16 b +
-        p`` of 128-channel tile ``2t + b``) ``c = 256 t + 128 b + 16 j + p``, ``d = 64``."""
+        p`` of 128-channel tile ``2t + b``) ``c = 256 t + 128 b + 16 j + p``, ``d = 64``; 8-bit codes (pair ``j`` of
+        word ``w``: bytes ``j % 2`` / ``+ 2`` of slab ``2t + j // 2``) ``c = 256 t + 128 (j // 2) + 32 (j % 2) + w``,
+        ``d = 64``."""
         n = _iota(8, 0, LP, 2) + 8 * NTI
         col = _iota(128, 1, LP, 2)
         if NV:
             c = t * 256 + ((col // 16) % 2) * 128 + (col // 32) * 16 + col % 16
+            d: gl.constexpr = 64
+        elif W8:
+            c = t * 256 + (col // 64) * 128 + col % 64
             d: gl.constexpr = 64
         else:
             c = t * 256 + col
@@ -279,7 +324,7 @@ if HAS_GLUON:
                     tiles_per_split, split_k, omul,
                     R: gl.constexpr, NT: gl.constexpr, HAS_ZEROS: gl.constexpr, HAS_BIAS: gl.constexpr,
                     PF: gl.constexpr, USE_SPLIT: gl.constexpr, BF16: gl.constexpr = False, FP: gl.constexpr = 0,
-                    HAS_ROWS: gl.constexpr = False, PDL: gl.constexpr = False):
+                    HAS_ROWS: gl.constexpr = False, PDL: gl.constexpr = False, W8: gl.constexpr = False):
         NW: gl.constexpr = gl.num_warps()
         L: gl.constexpr = gl.BlockedLayout([1, 1, R, 4], [1, 32, 1, 1], [NW, 1, 1, 1], [3, 2, 1, 0])
         S: gl.constexpr = gl.SliceLayout(3, L)
@@ -293,7 +338,10 @@ if HAS_GLUON:
         xs = gl.allocate_shared_memory(gl.int32, [2 * NT, 8, 128], gl.SwizzledSharedLayout(16, 1, 2, [1, 0]))
         pid_n = gl.program_id(0)
         pid_k = gl.program_id(1)
-        n_tiles = KW // 32
+        if W8:  # a 256-channel step is two 128-channel slabs of 8-bit codes: 64 words a row
+            n_tiles = KW // 64
+        else:
+            n_tiles = KW // 32
         t0 = pid_k * tiles_per_split
         t1 = gl.minimum(t0 + tiles_per_split, n_tiles)
         lane = _iota(32, 1, L)
@@ -320,37 +368,48 @@ if HAS_GLUON:
         zpe1 = zpe0
         zpo1 = zpo0
         if PDL:  # before any load: the previous kernel may have written the weights too (a state-dict copy)
-            _gdc_sync()
+            _gdc_wait()
         if PF:
-            n00, n01, n10, n11, nsg0, nsg1 = _tile_words(w_ptr, s_ptr, woff0, woff1, soff0, soff1, t0, gsh, gmax, N, KW,
-                                                         BF16, FP)
-        xs.index(0).store(_x_stage(x_ptr, t0, t0 < t1, M, K, 0, LP, FP == 2))
+            nws, nsg0, nsg1 = _tile_words(w_ptr, s_ptr, woff0, woff1, soff0, soff1, t0, gsh, gmax, N, KW, BF16, FP, W8)
+        xs.index(0).store(_x_stage(x_ptr, t0, t0 < t1, M, K, 0, LP, FP == 2, W8))
         if NT == 2:
-            xs.index(1).store(_x_stage(x_ptr, t0, t0 < t1, M, K, 1, LP, FP == 2))
+            xs.index(1).store(_x_stage(x_ptr, t0, t0 < t1, M, K, 1, LP, FP == 2, W8))
         _cta_barrier()
         for it in range(t1 - t0):
             t = t0 + it
             if PF:
-                w00, w01, w10, w11, sg0, sg1 = n00, n01, n10, n11, nsg0, nsg1
-                n00, n01, n10, n11, nsg0, nsg1 = _tile_words(w_ptr, s_ptr, woff0, woff1, soff0, soff1,
-                                                             gl.minimum(t + 1, t1 - 1), gsh, gmax, N, KW, BF16, FP)
+                ws, sg0, sg1 = nws, nsg0, nsg1
+                nws, nsg0, nsg1 = _tile_words(w_ptr, s_ptr, woff0, woff1, soff0, soff1, gl.minimum(t + 1, t1 - 1), gsh,
+                                              gmax, N, KW, BF16, FP, W8)
             else:
-                w00, w01, w10, w11, sg0, sg1 = _tile_words(w_ptr, s_ptr, woff0, woff1, soff0, soff1, t, gsh, gmax, N,
-                                                           KW, BF16, FP)
+                ws, sg0, sg1 = _tile_words(w_ptr, s_ptr, woff0, woff1, soff0, soff1, t, gsh, gmax, N, KW, BF16, FP, W8)
             sp0 = sg0[0]
             sp1 = sg1[0]
-            xn0 = _x_stage(x_ptr, t + 1, t + 1 < t1, M, K, 0, LP, FP == 2)  # the next tile's pairs, stored after this one
+            xn0 = _x_stage(x_ptr, t + 1, t + 1 < t1, M, K, 0, LP, FP == 2, W8)  # the next tile's pairs, stored after this one
             if NT == 2:
-                xn1 = _x_stage(x_ptr, t + 1, t + 1 < t1, M, K, 1, LP, FP == 2)
+                xn1 = _x_stage(x_ptr, t + 1, t + 1 < t1, M, K, 1, LP, FP == 2, W8)
             if HAS_ZEROS:
                 ga = (2 * t) >> gsh
                 gb = gl.minimum((2 * t + 1) >> gsh, gmax)
                 zpe0, zpo0 = _zero_pairs(z_ptr, ga, gb, N, srow0, BF16)
                 zpe1, zpo1 = _zero_pairs(z_ptr, ga, gb, N, srow1, BF16)
-            a00 = _quarters(w00, S)
-            a01 = _quarters(w01, S)
-            a10 = _quarters(w10, S)
-            a11 = _quarters(w11, S)
+            a00 = _quarters(ws[0], S)
+            a01 = _quarters(ws[1], S)
+            a10 = _quarters(ws[2], S)
+            a11 = _quarters(ws[3], S)
+            if W8:  # the second slab's words, and each slab's (scale, scale) and (zero, zero) pairs per row
+                e00 = _quarters(ws[4], S)
+                e01 = _quarters(ws[5], S)
+                e10 = _quarters(ws[6], S)
+                e11 = _quarters(ws[7], S)
+                sa0 = _twice(sp0, 0)
+                sb0 = _twice(sp0, 1)
+                sa1 = _twice(sp1, 0)
+                sb1 = _twice(sp1, 1)
+                za0 = _twice(zpe0, 0)
+                zb0 = _twice(zpe0, 1)
+                za1 = _twice(zpe1, 0)
+                zb1 = _twice(zpe1, 1)
             cur = (it % 2) * NT
             for j in gl.static_range(4):
                 if j % 2 == 1:
@@ -375,7 +434,18 @@ if HAS_GLUON:
                     q0 = _b_regs(xs, cur + 1, j, 0, LB, LX, SX, S)
                     q1 = _b_regs(xs, cur + 1, j, 1, LB, LX, SX, S)
                 for i in gl.static_range(4):
-                    if FP:
+                    if W8:  # pairs j = 0, 1 from the first slab's words, 2, 3 from the second's (bytes j % 2 and + 2)
+                        if j < 2:
+                            r0 = _dq8(a00[i], za0, sa0, j % 2)
+                            r1 = _dq8(a10[i], za1, sa1, j % 2)
+                            r2 = _dq8(a01[i], za0, sa0, j % 2)
+                            r3 = _dq8(a11[i], za1, sa1, j % 2)
+                        else:
+                            r0 = _dq8(e00[i], zb0, sb0, j % 2)
+                            r1 = _dq8(e10[i], zb1, sb1, j % 2)
+                            r2 = _dq8(e01[i], zb0, sb0, j % 2)
+                            r3 = _dq8(e11[i], zb1, sb1, j % 2)
+                    elif FP:
                         r0 = _dq_e2m1(a00[i], g0, j)
                         r1 = _dq_e2m1(a10[i], g1, j)
                         r2 = _dq_e2m1(a01[i], h0, j)
@@ -392,6 +462,8 @@ if HAS_GLUON:
             if NT == 2:
                 xs.index(((it + 1) % 2) * NT + 1).store(xn1)
             _cta_barrier()
+        if PDL:  # after the main loop, not at the start (see .kernels._pdl_exit)
+            _gdc_launch()
         ln = _iota(32, 1, S, 3)
         r0 = pid_n * (16 * R * NW) + _iota(NW, 0, S, 3) * (16 * R) + _iota(R, 2, S, 3) * 16 + ln // 4
         ta = (ln % 4) * 2
@@ -419,12 +491,17 @@ if HAS_GLUON:
             _final(y_ptr, b_ptr, r_ptr, omul, c0, c1, c2, c3, d0, d1, d2, d3, ta, r0, M, N, NT, HAS_BIAS, FP, HAS_ROWS)
 
     @gluon.jit
-    def _gdc_sync():
+    def _gdc_wait():
         """Programmatic dependent launch (``PDL``, :func:`.kernels.pdl_ok`): wait until the previous kernel of the stream
-        has finished and its writes are visible, then let the next one launch.  Called before the kernel reads anything:
-        the launch and block scheduling overlap the previous kernel's tail, no load does."""
-        gl.inline_asm_elementwise("griddepcontrol.wait; griddepcontrol.launch_dependents; // $0", "=r", [],
-                                  dtype=gl.int32, is_pure=False, pack=1)
+        has finished and its writes are visible.  Called before the kernel reads anything: the launch and block
+        scheduling overlap the previous kernel's tail, no load does."""
+        gl.inline_asm_elementwise("griddepcontrol.wait; // $0", "=r", [], dtype=gl.int32, is_pure=False, pack=1)
+
+    @gluon.jit
+    def _gdc_launch():
+        """Let the next kernel of the stream be scheduled (after the main loop: :func:`.kernels._pdl_exit`)."""
+        gl.inline_asm_elementwise("griddepcontrol.launch_dependents; // $0", "=r", [], dtype=gl.int32, is_pure=False,
+                                  pack=1)
 
     @gluon.jit
     def _partial(part, tok, row, M, N):
@@ -481,15 +558,25 @@ if HAS_GLUON:
 
     @gluon.jit
     def _tile_words(w_ptr, s_ptr, woff0, woff1, soff0, soff1, t, gsh, gmax, N, KW, BF16: gl.constexpr,
-                    FP: gl.constexpr):
+                    FP: gl.constexpr, W8: gl.constexpr = False):
         """Tile t's (a scalar: every warp of the program reads the same tile) words of the lane's two rows and the
         rows' scales: int codes, the scale pairs of groups ``2t >> gsh`` and ``(2t + 1) >> gsh`` (see
         :func:`group_shift`; twice); float codes, the two registers of each row's eight sigma bytes
-        (:func:`mx_sigma`, ``s_ptr`` int32 ``[N, KW / 16]``)."""
-        w00 = gl.load(w_ptr + woff0 + t * 32)
-        w01 = gl.load(w_ptr + woff0 + t * 32 + 16)
-        w10 = gl.load(w_ptr + woff1 + t * 32)
-        w11 = gl.load(w_ptr + woff1 + t * 32 + 16)
+        (:func:`mx_sigma`, ``s_ptr`` int32 ``[N, KW / 16]``).  The words as a tuple: row 0 / 1 x word half 0 / 1 (8-bit
+        codes: then the same of the second slab)."""
+        if W8:
+            w00 = gl.load(w_ptr + woff0 + t * 64)
+            w01 = gl.load(w_ptr + woff0 + t * 64 + 16)
+            w10 = gl.load(w_ptr + woff1 + t * 64)
+            w11 = gl.load(w_ptr + woff1 + t * 64 + 16)
+            words = (w00, w01, w10, w11, gl.load(w_ptr + woff0 + t * 64 + 32), gl.load(w_ptr + woff0 + t * 64 + 48),
+                     gl.load(w_ptr + woff1 + t * 64 + 32), gl.load(w_ptr + woff1 + t * 64 + 48))
+        else:
+            w00 = gl.load(w_ptr + woff0 + t * 32)
+            w01 = gl.load(w_ptr + woff0 + t * 32 + 16)
+            w10 = gl.load(w_ptr + woff1 + t * 32)
+            w11 = gl.load(w_ptr + woff1 + t * 32 + 16)
+            words = (w00, w01, w10, w11)
         if FP == 1:  # two registers a row and tile (``s_ptr`` int64 ``[N, KW / 32]``)
             v0 = gl.load(s_ptr + soff0 + t)
             v1 = gl.load(s_ptr + soff1 + t)
@@ -505,7 +592,7 @@ if HAS_GLUON:
             gb = gl.minimum((2 * t + 1) >> gsh, gmax)  # (the far half of a ragged last tile: code 0, x 0)
             sg0 = (_scale_pairs(s_ptr, ga, gb, N, soff0, BF16), )
             sg1 = (_scale_pairs(s_ptr, ga, gb, N, soff1, BF16), )
-        return w00, w01, w10, w11, sg0, sg1
+        return words, sg0, sg1
 
 #: what :func:`launch_mmv` callers run instead where ``mmv`` cannot (interpreter, ROCm, other dtypes): ``dot16``
 #: (itself falling back to ``dot`` where the paired decode does not fit)
@@ -539,15 +626,16 @@ def _odd_zero_pair(zero_point: float) -> int:
 
 def launch_mmv(x: torch.Tensor, qweight: torch.Tensor, scales: torch.Tensor, zeros: torch.Tensor | None,
                bias: torch.Tensor | None, group_size: int, zero_point: float, cfg: dict,
-               out: torch.Tensor | None = None) -> torch.Tensor:
-    """``y = x @ W^T (+ bias)`` with ``mmv`` (the caller checked :func:`fits` and :func:`runs`).
+               out: torch.Tensor | None = None, bits: int = 4) -> torch.Tensor:
+    """``y = x @ W^T (+ bias)`` with ``mmv`` for ``bits``-bit codes (the caller checked :func:`fits` and :func:`runs`).
 
     cfg: ``R`` (row groups of 16 per warp), ``warps`` (each its own rows; they share the K tiles), ``pf`` (load the
     next tile's words before the current tile's arithmetic), ``split_k`` (programs along K; their fp32 partials
     meet in the persistent workspace, summed in order by the last).  Launched through the direct launcher
     (:mod:`quantlinear_triton.launch`).
     """
-    y, plan = _plan(x, qweight, cfg, out, 8)
+    w8 = bits == 8
+    y, plan = _plan(x, qweight, cfg, out, 8, 64 if w8 else 32)
     if plan is None:
         return y
     K = x.shape[1]
@@ -558,13 +646,14 @@ def launch_mmv(x: torch.Tensor, qweight: torch.Tensor, scales: torch.Tensor, zer
         zh, zh16 = _h2_magic(zero_point), _odd_zero_pair(zero_point)
     tensors = (x, qweight, scales, zeros if zeros is not None else scales, bias if bias is not None else x, y, scales)
     _launch(plan, tensors, (group_shift(group_size, K), scales.shape[0] - 1, zh, zh16), 1.0, y,
-            has_zeros=zeros is not None, has_bias=bias is not None, bf16=bf16, fp=0, has_rows=False)
+            has_zeros=zeros is not None, has_bias=bias is not None, bf16=bf16, fp=0, has_rows=False, w8=w8)
     return y
 
 
-def _plan(x: torch.Tensor, qweight: torch.Tensor, cfg: dict, out: torch.Tensor | None, warps: int):
+def _plan(x: torch.Tensor, qweight: torch.Tensor, cfg: dict, out: torch.Tensor | None, warps: int, step_words: int = 32):
     """The output and, for M > 0, the launch plan of ``cfg`` (``warps``: its default): R, warps, pf, blocks of rows,
-    and :func:`.kernels_tc.split_plan`'s split, tiles per split, workspace and counters."""
+    and :func:`.kernels_tc.split_plan`'s split, steps per split, workspace and counters (``step_words``: a row's words
+    in one 256-channel step)."""
     M = x.shape[0]
     N, KW = qweight.shape
     R, warps, pf = int(cfg.get("R", 1)), int(cfg.get("warps", warps)), bool(cfg.get("pf", True))
@@ -572,27 +661,28 @@ def _plan(x: torch.Tensor, qweight: torch.Tensor, cfg: dict, out: torch.Tensor |
     if M == 0:
         return y, None
     blocks = -(-N // (16 * R * warps))
-    return y, (R, warps, pf, blocks, *split_plan(x, y, KW // 32, int(cfg.get("split_k", 1)), blocks))
+    return y, (R, warps, pf, blocks, *split_plan(x, y, KW // step_words, int(cfg.get("split_k", 1)), blocks))
 
 
 def _launch(plan: tuple, tensors: tuple, ints: tuple, omul: float, y: torch.Tensor, has_zeros: bool, has_bias: bool,
-            bf16: bool, fp: int, has_rows: bool) -> None:
+            bf16: bool, fp: int, has_rows: bool, w8: bool = False) -> None:
     """One ``_mmv_kernel`` launch: ``tensors`` = (x, w, s, z, b, y, r), ``ints`` = (gsh, gmax, zh, zh16)."""
     R, warps, pf, blocks, split, tps, ws, cnt = plan
     x, w, s, z, b, _, r = tensors
     (M, K), (N, KW) = x.shape, w.shape
-    consts, skey, opts = _statics(R, warps, pf, M <= 8, split > 1, pdl_ok(x), has_zeros, has_bias, bf16, fp, has_rows)
+    consts, skey, opts = _statics(R, warps, pf, M <= 8, split > 1, pdl_ok(x), has_zeros, has_bias, bf16, fp, has_rows,
+                                  w8)
     _fast.launch(_mmv_kernel, (blocks, split), (x, w, s, z, b, y, ws, cnt, r), (M, N, K, KW, *ints, tps, split), (omul,),
                  consts, skey, opts, y)
 
 
 @functools.lru_cache(maxsize=1024)
 def _statics(R: int, warps: int, pf: bool, one_tile: bool, use_split: bool, pdl: bool, has_zeros: bool, has_bias: bool,
-             bf16: bool, fp: int, has_rows: bool) -> tuple:
+             bf16: bool, fp: int, has_rows: bool, w8: bool = False) -> tuple:
     """Every constexpr of ``_mmv_kernel`` (the direct launcher caches only launches that give them all), the static key
     and the compile options of one launch class: made once, not per call (this is the eager decode path)."""
     consts = dict(R=R, NT=1 if one_tile else 2, PF=pf, USE_SPLIT=use_split, PDL=pdl, HAS_ZEROS=has_zeros,
-                  HAS_BIAS=has_bias, BF16=bf16, FP=fp, HAS_ROWS=has_rows)
+                  HAS_BIAS=has_bias, BF16=bf16, FP=fp, HAS_ROWS=has_rows, W8=w8)
     options = {"num_warps": warps, "launch_pdl": True} if pdl else {"num_warps": warps}
     return consts, ("mmv", warps, *sorted(consts.items())), options
 

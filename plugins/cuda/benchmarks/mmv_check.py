@@ -28,8 +28,10 @@ ap.add_argument("--dtype", default="float16", choices=("float16", "bfloat16"), h
 ap.add_argument("--grid", action="store_true", help="sweep R 1/2 x warps 4/8 x split 2..32 x pf instead of the candidates")
 ap.add_argument("--bits", type=int, default=4, choices=(4, 8), help="the sweep's code width")
 ap.add_argument("--no-check", action="store_true", help="skip the correctness block (a sweep on a warm, already checked build)")
+ap.add_argument("--warps", default="4,8", help="the grid's warps per program")
 ap.add_argument("--out", default=None)
 args = ap.parse_args()
+WARPS = [int(w) for w in args.warps.split(",")]
 props = dev.device_props(torch.device("cuda"))
 res = {"device": torch.cuda.get_device_name(), "check": [], "sweep": []}
 
@@ -84,7 +86,7 @@ if args.sweep:
             default = tune.mmv_config(p, M, props.sm_count)
             cands = tune.mmv_candidates(p, M, props.sm_count)
             if args.grid:  # (the default first: the summary line reports it)
-                cands = [dict(kernel="mmv", R=r, warps=w, pf=pf, split_k=sp) for r in (1, 2) for w in (4, 8)
+                cands = [dict(kernel="mmv", R=r, warps=w, pf=pf, split_k=sp) for r in (1, 2) for w in WARPS
                          for sp in (2, 4, 8, 16, 32) for pf in (False, True) if -(-K // 256) // sp >= 2]
                 cands = [default] + [c for c in cands if c != default]
             ws, x = ip.make(p, M, copies=max(2, -(-150_000_000 // wb)))

@@ -61,21 +61,26 @@ ap.add_argument("--ms", default="1,2,4,8,16")
 ap.add_argument("--schemes", default="MXFP4,NVFP4")
 ap.add_argument("--shapes", default=SHAPES)
 ap.add_argument("--grid", action="store_true", help="sweep R 1/2/4 x warps 4/8 x split 4..32 x pf instead of the candidates")
+ap.add_argument("--no-check", action="store_true", help="skip the correctness block (a sweep on a warm, already checked build)")
+ap.add_argument("--warps", default="4,8", help="the grid's warps per program")
 ap.add_argument("--out", default=None)
 args = ap.parse_args()
+WARPS = [int(w) for w in args.warps.split(",")]
 props = dev.device_props(torch.device("cuda"))
 res = {"device": torch.cuda.get_device_name(), "check": [], "sweep": []}
 
-print("== correctness", flush=True)
 CFGS = ({"R": 1, "warps": 4, "pf": True, "split_k": 1}, {"R": 2, "warps": 4, "pf": True, "split_k": 4},
         {"R": 1, "warps": 8, "pf": False, "split_k": 2}, {"R": 4, "warps": 8, "pf": True, "split_k": 3})
 bad = 0
 GS = torch.tensor([0.37], device="cuda")  # an NVFP4 input_global_scale
-for (K, N, act, bias, lo, hi, zb) in [(4096, 1024, A_NONE, False, 118, 127, 0), (4096, 1024, A_MX_E2M1, True, 118, 127, 0),
+CHECKS = [] if args.no_check else [(4096, 1024, A_NONE, False, 118, 127, 0), (4096, 1024, A_MX_E2M1, True, 118, 127, 0),
                                      (4160, 784, A_MX_E2M1, True, 110, 130, 0), (2048, 520, A_NONE, True, 100, 124, 64),
                                      (1536, 1040, A_MX_E2M1, False, 127, 127, 0),
                                      (4096, 1024, A_NVFP4, True, 0, 0, 0), (2304, 776, A_NVFP4, False, 0, 0, 0),
-                                     (1024, 520, A_NONE, True, 0, 0, 0)]:
+                                     (1024, 520, A_NONE, True, 0, 0, 0)]
+if CHECKS:
+    print("== correctness", flush=True)
+for (K, N, act, bias, lo, hi, zb) in CHECKS:
     nv = act == A_NVFP4 or lo == 0
     codes, sb = make(K, N, lo, hi, zb, nv=nv)
     q, s, got = packed(codes, sb, nv)
@@ -97,7 +102,8 @@ for (K, N, act, bias, lo, hi, zb) in [(4096, 1024, A_NONE, False, 118, 127, 0), 
             if err >= 1e-3:
                 print(f"BAD K={K} N={N} act={act} bias={bias} scales {lo}..{hi} M={M} {cfg}: err {err:.2e}", flush=True)
 errs = [r["err"] for r in res["check"]]
-print(f"bad {bad} of {len(errs)}, max err {max(errs):.2e}", flush=True)
+if errs:
+    print(f"bad {bad} of {len(errs)}, max err {max(errs):.2e}", flush=True)
 # a block of nonzero codes 2**-25 below the largest scale: not exact in mmv's fp16, so no sigma
 codes, sb = make(512, 64, 120, 120)
 sb[0, 0] = 120 - 25
@@ -125,7 +131,7 @@ for scheme in (args.schemes.split(",") if args.sweep else ()):
             default = fp_ops.SPACE.mmv_config(p, M, props.sm_count)
             cands = [c for c in fp_ops.SPACE.candidates(p, M, props) if c["kernel"] == "mmv"]
             if args.grid:
-                cands = [dict(kernel="mmv", R=r, warps=w, pf=pf, split_k=sp) for r in (1, 2, 4) for w in (4, 8)
+                cands = [dict(kernel="mmv", R=r, warps=w, pf=pf, split_k=sp) for r in (1, 2, 4) for w in WARPS
                          for sp in (4, 8, 16, 32) for pf in (False, True) if -(-K // 256) // sp >= 2]
             row = dict(scheme=scheme, K=K, N=N, M=M, floor=floor, old=old, default=default, times=[])
 

@@ -565,17 +565,17 @@ if HAS_GLUON:
         (:func:`mx_sigma`, ``s_ptr`` int32 ``[N, KW / 16]``).  The words as a tuple: row 0 / 1 x word half 0 / 1 (8-bit
         codes: then the same of the second slab)."""
         if W8:
-            w00 = gl.load(w_ptr + woff0 + t * 64)
-            w01 = gl.load(w_ptr + woff0 + t * 64 + 16)
-            w10 = gl.load(w_ptr + woff1 + t * 64)
-            w11 = gl.load(w_ptr + woff1 + t * 64 + 16)
-            words = (w00, w01, w10, w11, gl.load(w_ptr + woff0 + t * 64 + 32), gl.load(w_ptr + woff0 + t * 64 + 48),
-                     gl.load(w_ptr + woff1 + t * 64 + 32), gl.load(w_ptr + woff1 + t * 64 + 48))
+            STEP: gl.constexpr = 64
         else:
-            w00 = gl.load(w_ptr + woff0 + t * 32)
-            w01 = gl.load(w_ptr + woff0 + t * 32 + 16)
-            w10 = gl.load(w_ptr + woff1 + t * 32)
-            w11 = gl.load(w_ptr + woff1 + t * 32 + 16)
+            STEP: gl.constexpr = 32
+        w00 = gl.load(w_ptr + woff0 + t * STEP)
+        w01 = gl.load(w_ptr + woff0 + t * STEP + 16)
+        w10 = gl.load(w_ptr + woff1 + t * STEP)
+        w11 = gl.load(w_ptr + woff1 + t * STEP + 16)
+        if W8:
+            words = (w00, w01, w10, w11, gl.load(w_ptr + woff0 + t * STEP + 32), gl.load(w_ptr + woff0 + t * STEP + 48),
+                     gl.load(w_ptr + woff1 + t * STEP + 32), gl.load(w_ptr + woff1 + t * STEP + 48))
+        else:
             words = (w00, w01, w10, w11)
         if FP == 1:  # two registers a row and tile (``s_ptr`` int64 ``[N, KW / 32]``)
             v0 = gl.load(s_ptr + soff0 + t)

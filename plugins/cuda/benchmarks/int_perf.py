@@ -77,6 +77,22 @@ def make(p, M, copies=1, seed=0):
     return ws, x
 
 
+#: the launch configurations ``mmv_check.py`` and ``mmv_fp_check.py`` check for correctness: 1 / 2 / 4 row groups,
+#: 4 and 8 warps, with and without the next tile's prefetch, no split and splits of 2, 3 (a remainder) and 4
+MMV_CHECK_CFGS = ({"R": 1, "warps": 4, "pf": True, "split_k": 1}, {"R": 2, "warps": 4, "pf": True, "split_k": 4},
+                  {"R": 1, "warps": 8, "pf": False, "split_k": 2}, {"R": 4, "warps": 8, "pf": True, "split_k": 3})
+
+
+def mmv_script_args(ap: argparse.ArgumentParser) -> argparse.Namespace:
+    """The options the two ``mmv`` check scripts share, added to ``ap``, then everything parsed (``warps`` as ints)."""
+    ap.add_argument("--no-check", action="store_true", help="skip the correctness block (a sweep on a warm, already checked build)")
+    ap.add_argument("--warps", default="4,8", help="the grid's warps per program")
+    ap.add_argument("--out", default=None)
+    args = ap.parse_args()
+    args.warps = [int(w) for w in args.warps.split(",")]
+    return args
+
+
 def zero_point(p):
     return 0.0 if p.has_zeros else float(1 << (p.bits - 1))
 

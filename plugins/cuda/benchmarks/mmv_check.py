@@ -27,16 +27,10 @@ ap.add_argument("--table", default="plugins/cuda/quantlinear_cuda/tuned/sm90.jso
 ap.add_argument("--dtype", default="float16", choices=("float16", "bfloat16"), help="the sweep's activations")
 ap.add_argument("--grid", action="store_true", help="sweep R 1/2 x warps 4/8 x split 2..32 x pf instead of the candidates")
 ap.add_argument("--bits", type=int, default=4, choices=(4, 8), help="the sweep's code width")
-ap.add_argument("--no-check", action="store_true", help="skip the correctness block (a sweep on a warm, already checked build)")
-ap.add_argument("--warps", default="4,8", help="the grid's warps per program")
-ap.add_argument("--out", default=None)
-args = ap.parse_args()
-WARPS = [int(w) for w in args.warps.split(",")]
+args = ip.mmv_script_args(ap)
 props = dev.device_props(torch.device("cuda"))
 res = {"device": torch.cuda.get_device_name(), "check": [], "sweep": []}
 
-CHECK_CFGS = ({"R": 1, "warps": 4, "pf": True, "split_k": 1}, {"R": 2, "warps": 4, "pf": True, "split_k": 4},
-              {"R": 1, "warps": 8, "pf": False, "split_k": 2}, {"R": 4, "warps": 8, "pf": True, "split_k": 3})
 bad = 0
 TOL = {"float16": 1e-3, "bfloat16": 1e-2}  # (bf16: the output's own rounding is 2**-9)
 CHECKS = [] if args.no_check else [(4, 4096, 1024, 128, False, False, "float16"), (4, 4096, 1024, 128, True, True, "float16"),
@@ -53,10 +47,10 @@ for (bits, K, N, gs, zeros, bias, dt) in CHECKS:
         ws, x = ip.make(p, M, copies=1, seed=M)
         q, s, z = ws[0]
         b = torch.randn(N, device="cuda").to(x.dtype) if bias else None
-        zp = 0.0 if zeros else 2.0 ** (bits - 1)
+        zp = ip.zero_point(p)
         W = dequantize_slabs(q, s, z, zp, SlabMeta(bits, 32, gse, K, N))
         ref = x.float() @ W.t() + (b.float() if bias else 0)
-        for cfg in CHECK_CFGS:
+        for cfg in ip.MMV_CHECK_CFGS:
             for _ in range(2):
                 y = km.launch_mmv(x, q, s, z, b, gse, zp, cfg, bits=bits)
             err = float((y.float() - ref).abs().max() / ref.abs().max())
@@ -77,8 +71,8 @@ if args.sweep:
     for shape in args.shapes.split(","):
         K, N = (int(v) for v in shape.split("x"))
         p = tune.Problem(args.bits, 32, 128, False, args.dtype, N, K)
+        zp = ip.zero_point(p)
         wb = N * K * args.bits // 8 + N * (K // 128) * 2
-        zp = 2.0 ** (args.bits - 1)
         floor = wb / bw * 1e6
         for M in [int(m) for m in args.ms.split(",")]:
             ent = tab.get(p.key(tune.bucket(M)), {}).get("config")
@@ -86,8 +80,8 @@ if args.sweep:
             default = tune.mmv_config(p, M, props.sm_count)
             cands = tune.mmv_candidates(p, M, props.sm_count)
             if args.grid:  # (the default first: the summary line reports it)
-                cands = [dict(kernel="mmv", R=r, warps=w, pf=pf, split_k=sp) for r in (1, 2) for w in WARPS
-                         for sp in (2, 4, 8, 16, 32) for pf in (False, True) if -(-K // 256) // sp >= 2]
+                cands = [dict(kernel="mmv", R=r, warps=w, pf=pf, split_k=sp) for r in (1, 2) for w in args.warps
+                         for sp in (2, 4, 8, 16, 32) for pf in (False, True) if tune.mmv_steps(p) // sp >= 2]
                 cands = [default] + [c for c in cands if c != default]
             ws, x = ip.make(p, M, copies=max(2, -(-150_000_000 // wb)))
             row = dict(K=K, N=N, M=M, bits=args.bits, dtype=args.dtype, floor=floor, default=default, times=[])

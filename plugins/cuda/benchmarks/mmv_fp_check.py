@@ -61,16 +61,10 @@ ap.add_argument("--ms", default="1,2,4,8,16")
 ap.add_argument("--schemes", default="MXFP4,NVFP4")
 ap.add_argument("--shapes", default=SHAPES)
 ap.add_argument("--grid", action="store_true", help="sweep R 1/2/4 x warps 4/8 x split 4..32 x pf instead of the candidates")
-ap.add_argument("--no-check", action="store_true", help="skip the correctness block (a sweep on a warm, already checked build)")
-ap.add_argument("--warps", default="4,8", help="the grid's warps per program")
-ap.add_argument("--out", default=None)
-args = ap.parse_args()
-WARPS = [int(w) for w in args.warps.split(",")]
+args = ip.mmv_script_args(ap)
 props = dev.device_props(torch.device("cuda"))
 res = {"device": torch.cuda.get_device_name(), "check": [], "sweep": []}
 
-CFGS = ({"R": 1, "warps": 4, "pf": True, "split_k": 1}, {"R": 2, "warps": 4, "pf": True, "split_k": 4},
-        {"R": 1, "warps": 8, "pf": False, "split_k": 2}, {"R": 4, "warps": 8, "pf": True, "split_k": 3})
 bad = 0
 GS = torch.tensor([0.37], device="cuda")  # an NVFP4 input_global_scale
 CHECKS = [] if args.no_check else [(4096, 1024, A_NONE, False, 118, 127, 0), (4096, 1024, A_MX_E2M1, True, 118, 127, 0),
@@ -93,7 +87,7 @@ for (K, N, act, bias, lo, hi, zb) in CHECKS:
         if act != A_NONE:
             x = fk.quantize_activations(x, act, 16 if nv else 32, GS if nv else None)
         ref = reference(x, codes, sb, b, rows)
-        for cfg in CFGS:
+        for cfg in ip.MMV_CHECK_CFGS:
             for _ in range(2):
                 y = km.launch_mmv_fp(x, q, sigma, rows, b, omul, cfg, nv=nv)
             err = float((y.float() - ref).abs().max() / ref.abs().max())
@@ -131,7 +125,7 @@ for scheme in (args.schemes.split(",") if args.sweep else ()):
             default = fp_ops.SPACE.mmv_config(p, M, props.sm_count)
             cands = [c for c in fp_ops.SPACE.candidates(p, M, props) if c["kernel"] == "mmv"]
             if args.grid:
-                cands = [dict(kernel="mmv", R=r, warps=w, pf=pf, split_k=sp) for r in (1, 2, 4) for w in WARPS
+                cands = [dict(kernel="mmv", R=r, warps=w, pf=pf, split_k=sp) for r in (1, 2, 4) for w in args.warps
                          for sp in (4, 8, 16, 32) for pf in (False, True) if -(-K // 256) // sp >= 2]
             row = dict(scheme=scheme, K=K, N=N, M=M, floor=floor, old=old, default=default, times=[])
 

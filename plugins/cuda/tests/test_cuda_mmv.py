@@ -18,6 +18,8 @@ from test_cuda_kernels import make_layer, rand_x, reference, run_cfg
 
 
 def test_fits_slabs_of_32_with_128_multiple_groups():
+    """4-bit codes in fp16 or bf16; 8-bit codes in fp16 only (``1024 + q`` of a byte is an fp16, not a bf16) and in an
+    even number of 128-channel slabs (a step takes two); groups of 128 x 2^k channels or one per row; M <= 16."""
     f16 = torch.float16
     assert km.fits(4, 32, 128, 4096, f16, 1) and km.fits(4, 32, 256, 4096, f16, 16) and km.fits(4, 32, 4096, 4096, f16, 8)
     assert [km.group_shift(g, 4096) for g in (128, 256, 1024, 4096, 8192)] == [0, 1, 3, 31, 31]  # half-tile >> shift
@@ -25,8 +27,13 @@ def test_fits_slabs_of_32_with_128_multiple_groups():
     assert not km.fits(4, 32, 64, 4096, f16, 4)  # a pair's halves are 128 channels apart: both in one group per half
     assert not km.fits(4, 16, 128, 4096, f16, 4)  # 16-word slabs: the lane's word map assumes 32
     assert not km.fits(4, 32, 128, 4096, torch.float32, 4)
-    assert km.fits(4, 32, 128, 4096, torch.bfloat16, 4)
+    assert km.fits(4, 32, 128, 4096, torch.bfloat16, 4) and km.fits(4, 32, 128, 4096, torch.bfloat16, 16)
     assert not km.fits(4, 32, 128, 4096, f16, 17) and not km.fits(4, 32, 128, 4096, f16, 0)
+    assert km.fits(8, 32, 128, 4096, f16, 16) and km.fits(8, 32, 3840, 3840, f16, 2) and km.fits(8, 32, 512, 3800, f16, 2)
+    assert not km.fits(8, 32, 128, 4096, torch.bfloat16, 2)  # bf16: the 4-bit kernel only
+    assert not km.fits(8, 32, 128, 1152, f16, 2)  # nine slabs
+    assert not km.fits(8, 32, 64, 4096, f16, 2)
+    assert not km.fits(2, 32, 128, 4096, f16, 2) and not km.fits(3, 32, 128, 4096, f16, 2)
 
 
 def test_cpu_tensors_do_not_run_it():
@@ -168,16 +175,3 @@ def test_every_mmv_launch_can_take_the_direct_launcher(monkeypatch, variant):
     assert fl._check_order(fn, tensors, ints, floats, consts), sorted(consts)
     assert set(consts) == {p.name for p in fn.params if p.is_constexpr}  # every one said, none left to a default
 
-
-def test_which_layers_mmv_takes():
-    """4-bit codes in fp16 or bf16; 8-bit codes in fp16 only (``1024 + q`` of a byte is an fp16, not a bf16) and in an
-    even number of 128-channel slabs (a step takes two); groups of 128 x 2^k channels or one per row; M <= 16."""
-    fp16, bf16 = torch.float16, torch.bfloat16
-    if not km.HAS_GLUON:
-        pytest.skip("no Gluon")
-    assert km.fits(4, 32, 128, 4096, fp16, 1) and km.fits(4, 32, 128, 4096, bf16, 16)
-    assert km.fits(8, 32, 128, 4096, fp16, 16) and km.fits(8, 32, 3840, 3840, fp16, 2) and km.fits(8, 32, 512, 3800, fp16, 2)
-    assert not km.fits(8, 32, 128, 4096, bf16, 2)  # bf16: the 4-bit kernel only
-    assert not km.fits(8, 32, 128, 1152, fp16, 2)  # nine slabs
-    assert not km.fits(8, 32, 64, 4096, fp16, 2) and not km.fits(4, 32, 128, 4096, fp16, 17)
-    assert not km.fits(2, 32, 128, 4096, fp16, 2) and not km.fits(3, 32, 128, 4096, fp16, 2)

@@ -418,6 +418,13 @@ if HAS_GLUON:
                 else:
                     zq0 = zpe0
                     zq1 = zpe1
+                if W8:  # pairs j = 0, 1: the first slab's words, its zero and scale pairs; 2, 3: the second's
+                    if j < 2:
+                        u00, u01, u10, u11 = a00, a01, a10, a11
+                        zq0, zq1, sq0, sq1 = za0, za1, sa0, sa1
+                    else:
+                        u00, u01, u10, u11 = e00, e01, e10, e11
+                        zq0, zq1, sq0, sq1 = zb0, zb1, sb0, sb1
                 if FP == 1:  # the rows' sigma pairs of planes j / j + 4 (both word halves: one tile)
                     g0 = _sig(sg0[j // 2], j % 2)
                     g1 = _sig(sg1[j // 2], j % 2)
@@ -434,17 +441,11 @@ if HAS_GLUON:
                     q0 = _b_regs(xs, cur + 1, j, 0, LB, LX, SX, S)
                     q1 = _b_regs(xs, cur + 1, j, 1, LB, LX, SX, S)
                 for i in gl.static_range(4):
-                    if W8:  # pairs j = 0, 1 from the first slab's words, 2, 3 from the second's (bytes j % 2 and + 2)
-                        if j < 2:
-                            r0 = _dq8(a00[i], za0, sa0, j % 2)
-                            r1 = _dq8(a10[i], za1, sa1, j % 2)
-                            r2 = _dq8(a01[i], za0, sa0, j % 2)
-                            r3 = _dq8(a11[i], za1, sa1, j % 2)
-                        else:
-                            r0 = _dq8(e00[i], zb0, sb0, j % 2)
-                            r1 = _dq8(e10[i], zb1, sb1, j % 2)
-                            r2 = _dq8(e01[i], zb0, sb0, j % 2)
-                            r3 = _dq8(e11[i], zb1, sb1, j % 2)
+                    if W8:  # (bytes j % 2 and j % 2 + 2 of the slab's words)
+                        r0 = _dq8(u00[i], zq0, sq0, j % 2)
+                        r1 = _dq8(u10[i], zq1, sq1, j % 2)
+                        r2 = _dq8(u01[i], zq0, sq0, j % 2)
+                        r3 = _dq8(u11[i], zq1, sq1, j % 2)
                     elif FP:
                         r0 = _dq_e2m1(a00[i], g0, j)
                         r1 = _dq_e2m1(a10[i], g1, j)

@@ -308,9 +308,14 @@ GT_SHAPES = ((4096, 14336), (14336, 4096), (8192, 28672), (28672, 8192), (3072, 
 GT_KINDS = ((4, "bfloat16"), (4, "float16"), (8, "float16"))
 
 
-def gtune_keys(keys_re: str = ".", ms=(1, 16)) -> list[str]:
+#: the M values gtune measures (``--gtune-ms``)
+GT_MS = (1, 16)
+
+
+def gtune_keys(keys_re: str = ".", ms=None) -> list[str]:
     from quantlinear_cuda.tune import Problem
 
+    ms = GT_MS if ms is None else ms
     keys = []
     for M in ms:
         for bits, dt in GT_KINDS:
@@ -509,12 +514,14 @@ def merge_gtune(paths: list[str], table: Path | None = None) -> str:
             data["configs"][k] = {kk: v[kk] for kk in ("best_us", "config", "measured") if kk in v}
             merged.append(k)
     note = data.get("note", "")
-    mark = " Graph-timed entries:"
-    if mark in note:
-        note = note[:note.index(mark)]
+    ms = ", ".join(str(m) for m in sorted({int(k.rsplit("|M", 1)[1]) for k in merged}))
+    mark = f" Graph-timed entries (M = {ms}):" if ms not in ("1, 16", "1", "16") else " Graph-timed entries:"
+    if mark in note:  # (one note per set of M values: a re-merge replaces its own)
+        end = note.find(" Graph-timed entries", note.index(mark) + len(mark))
+        note = note[:note.index(mark)] + (note[end:] if end >= 0 else "")
     kinds = sorted({"|".join(k.split("|")[i] for i in (0, 4, 7)) for k in merged})
     data["note"] = (note.rstrip() + f"{mark} on {info.get('date', '?')} on an {info.get('device', '?')} (torch {info.get('torch', '?')}, "
-                    f"Triton {info.get('triton', '?')}) the {len(merged)} keys of W4/W8 g128 sym with M = 1 and 16 listed by "
+                    f"Triton {info.get('triton', '?')}) the {len(merged)} keys of W4/W8 g128 sym with M = {ms} listed by "
                     f"plugins/cuda/benchmarks/int_perf.py --stages gtune ({', '.join(kinds)}) were re-tuned by "
                     f"{info.get('timing', 'CUDA-graph timing')}: their 'measured' lists are those times, not L2-flushed do_bench.")
     tmp = table.with_suffix(".tmp")
@@ -617,10 +624,13 @@ def main() -> int:
     ap.add_argument("--tune-budget", type=float, default=1e9)
     ap.add_argument("--old-table", default=str(ROOT / "benchmarks" / "results" / "sm90-before.json"))
     ap.add_argument("--gtune-jobs", type=int, default=max(1, min(14, (os.cpu_count() or 2) - 2)))
+    ap.add_argument("--gtune-ms", default="1,16", help="comma-separated M values of the keys gtune measures")
     ap.add_argument("--gtune-resume", default="", help="comma-separated gtune.json files whose keys are not measured again")
     ap.add_argument("--gtune-worker", default=None, help=argparse.SUPPRESS)
     ap.add_argument("--merge", default=None, help="comma-separated gtune.json files to merge into tuned/sm90.json, then exit")
     args = ap.parse_args()
+    global GT_MS
+    GT_MS = tuple(int(m) for m in args.gtune_ms.split(","))
     if args.merge:
         log(merge_gtune(args.merge.split(",")))
         return 0

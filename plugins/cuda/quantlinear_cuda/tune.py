@@ -121,6 +121,32 @@ def tc_config(p: Problem, M: int, sms: int, **over) -> dict:
     return cfg
 
 
+def wg_fits(p: Problem, props: "_device.DeviceProps") -> bool:
+    """The Hopper prefill kernel (``kernel: wg``, :mod:`quantlinear_triton.kernels_wg`) applies: an sm_90 GPU running
+    compiled kernels (wgmma is Hopper's alone; the Gluon kernel does not interpret), 4-bit codes in 32-word slabs,
+    groups of 128 x 2^k channels (or one per row), fp16 / bf16 activations, K a multiple of 8 (TMA row stride)."""
+    from quantlinear_triton import kernels_wg
+
+    return (not props.simulated and not props.hip and props.capability[0] == 9
+            and kernels_wg.fits(p.bits, p.slab, p.group_size, p.K, getattr(torch, p.dtype)))
+
+
+def wg_config(p: Problem, M: int, sms: int, **over) -> dict:
+    """``wg``'s default: 256-token tiles (128 up to M = 128, with two code planes a step), 8 warps of 16 weight rows,
+    4 activation stages, K split until the output tiles cover the GPU once.  On an H100 (fp16, W4 g128; CUDA graphs;
+    ``benchmarks/wg_variants.py``) this is 0.99-1.09x cuBLAS fp16 at M = 256 on five of the six benchmark shapes
+    (1.4-1.5x on 4096 x 4096, where split-K's reduction costs more than it saves), 0.65-0.85x at M = 128."""
+    small = M <= 128
+    cfg = {"kernel": "wg", "BM": 128 if small else 256, "warps": 8, "stages": 4, "planes": 2 if small else 1,
+           "group_m": 8, "split_k": 1}
+    cfg.update(over)
+    if "split_k" not in over:
+        tiles = -(-p.N // 128) * -(-M // cfg["BM"])
+        if tiles < 0.75 * sms:
+            cfg["split_k"] = max(1, min(8, p.k_tiles // 2, round(sms / tiles)))
+    return cfg
+
+
 def default_config(p: Problem, M: int, props: "_device.DeviceProps", allow_dqmm: bool = True) -> dict:
     """Deterministic heuristic configuration (no measurement).
 
@@ -147,6 +173,10 @@ def default_config(p: Problem, M: int, props: "_device.DeviceProps", allow_dqmm:
                     "stages": 3, "swap": True, "group_m": 8}
         return {"kernel": "dot", "BM": BM, "BN": BN, "split_k": _split_for(tiles, 2 * sms, p.k_tiles), "warps": 4,
                 "stages": 3, "swap": True, "scale_w": False, "group_m": 8}
+    if b >= 128 and wg_fits(p, props) and (b <= 1024 or not allow_dqmm):
+        # the Hopper prefill kernel (kernels_wg): 0.65-0.85x cuBLAS fp16 at M = 128, 0.99-1.09x at M = 256 and 1.08-1.23x
+        # at M = 1024 on five of six shapes on an H100 (tc: 1.3-2.0x); from M = 2048 dequantize-then-cuBLAS (1.08-1.11x)
+        return wg_config(p, M, sms)
     if tc_fits(p) and (b <= 512 or props.simulated or not allow_dqmm):
         # the large-M tensor-core kernel (kernels_tc): 1.34-1.65x cuBLAS fp16 at M=256 on an H100, where dot16 took
         # 2.2-3.0x and dequantize-then-cuBLAS 1.95-2.2x; from M=1024 dequantize-then-cuBLAS is faster (1.31-1.38x vs 1.48+)
@@ -252,6 +282,17 @@ def candidates(p: Problem, M: int, props: "_device.DeviceProps", wide: bool = Fa
         out.append(tc_config(p, M0, sms, split_k=2))
         if p.dtype == "bfloat16":
             out.append(tc_config(p, M0, sms, dq=0))
+    if b >= 64 and wg_fits(p, props):
+        # the Hopper prefill kernel: its default, 128- and 256-token tiles with one or two planes a step, split-K halved
+        # and doubled
+        M0 = max(M, b)
+        d = wg_config(p, M0, sms)
+        out.append(d)
+        for BM, planes in ((128, 2), (128, 1), (256, 1), (256, 2), (64, 2)):
+            out.append(wg_config(p, M0, sms, BM=BM, planes=planes))
+        for sp in (d["split_k"] // 2, d["split_k"] * 2):
+            if 1 <= sp <= p.k_tiles // 2:
+                out.append(wg_config(p, M0, sms, split_k=sp, BM=d["BM"], planes=d["planes"]))
     if b >= 64 and p.dtype != "float32" and dqmm_enabled():
         # dequantize into a temporary, then cuBLAS: wins where the GEMM is compute-bound
         out.append({"kernel": "dqmm", "BN": 64, "tpp": 4, "warps": 4})
@@ -259,7 +300,7 @@ def candidates(p: Problem, M: int, props: "_device.DeviceProps", wide: bool = Fa
 
 
 #: the kernel names :func:`quantlinear_triton.kernels.launch` takes (stored configurations are checked against them)
-kernels = frozenset({"gemv", "gemv16", "dot", "dot16", "tc", "mmv", "dqmm"})
+kernels = frozenset({"gemv", "gemv16", "dot", "dot16", "tc", "mmv", "wg", "dqmm"})
 
 
 def config_reason(p: Problem, cfg: object) -> str | None:

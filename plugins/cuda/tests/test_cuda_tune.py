@@ -23,7 +23,7 @@ def test_default_and_candidates_are_valid(M):
     cfgs = [tune.default_config(P, M, H100)] + tune.candidates(P, M, H100)
     assert tune.default_config(P, M, H100) == tune.default_config(P, M, H100)  # deterministic
     for c in cfgs:
-        assert c["kernel"] in ("gemv", "gemv16", "dot", "dot16", "dqmm", "tc", "mmv")
+        assert c["kernel"] in ("gemv", "gemv16", "dot", "dot16", "dqmm", "tc", "mmv", "wg")
         if c["kernel"] == "mmv":  # the tensor-core decode kernel: 16-row groups, M <= 16, K split over programs
             assert tune.bucket(M) <= 16 and c["R"] in (1, 2, 4) and c["warps"] in (4, 8)
             sp = c.get("split_k", 1)
@@ -31,6 +31,10 @@ def test_default_and_candidates_are_valid(M):
             continue
         if c["kernel"] == "dqmm":
             assert tune.bucket(M) >= 64
+            continue
+        if c["kernel"] == "wg":  # the Hopper prefill kernel: 128 weight rows, 64..256 tokens, one or two planes a step
+            assert tune.bucket(M) >= 64 and c["BM"] in (64, 128, 256) and c["planes"] in (1, 2) and c["warps"] == 8
+            assert 1 <= c["split_k"] <= min(8, P.k_tiles // 2)
             continue
         assert c["split_k"] >= 1 and c["split_k"] & (c["split_k"] - 1) == 0 and c["split_k"] <= 64
         if c["kernel"] == "tc":  # the large-M tensor-core kernel: whole k-steps of planes, tiles of >= 64 tokens
@@ -51,10 +55,10 @@ def test_default_and_candidates_are_valid(M):
     if tune.bucket(M) == 32:
         assert kinds == {"dot", "dot16"}
     if M >= 33:
-        assert kinds == {"dot", "dot16", "dqmm", "tc"}  # dot16: 4-bit fp16 with groups of >= 4 slabs, as P
-    if 128 <= M <= 512:  # measured: tc beats dot16 and dequantize-then-cuBLAS at M = 256 (H100)
-        assert tune.default_config(P, M, H100)["kernel"] == "tc"
-    if M >= 1024:  # ... and loses to dequantize-then-cuBLAS from M = 1024
+        assert kinds == {"dot", "dot16", "dqmm", "tc", "wg"}  # dot16: 4-bit fp16 with groups of >= 4 slabs, as P
+    if 100 <= M <= 1024:  # measured: wg beats tc, dot16 and dequantize-then-cuBLAS from M = 128 to 1024 (H100)
+        assert tune.default_config(P, M, H100)["kernel"] == "wg"
+    if M >= 2048:  # ... and loses to dequantize-then-cuBLAS from M = 4096
         assert tune.default_config(P, M, H100)["kernel"] == "dqmm"
     if M == 1:
         assert "mmv" in kinds  # offered to the tuner; the paired GEMV stays the default
@@ -198,8 +202,9 @@ def test_simulated_device_uses_defaults(monkeypatch, tmp_path):
 def test_dqmm_can_be_forbidden(monkeypatch):
     monkeypatch.setenv(tune.ENV_DQMM, "0")
     assert all(c["kernel"] != "dqmm" for c in tune.candidates(P, 4096, H100))
-    # without dequantize-then-cuBLAS, the tensor-core kernel in registers (tc: 1.5-1.8x cuBLAS at M = 4096 on an H100)
-    assert tune.default_config(P, 4096, H100, allow_dqmm=False)["kernel"] == "tc"
+    # without dequantize-then-cuBLAS, the Hopper prefill kernel (wg: 1.08-1.19x cuBLAS at M = 4096 on an H100), else tc
+    assert tune.default_config(P, 4096, H100, allow_dqmm=False)["kernel"] == "wg"
+    assert tune.default_config(P, 4096, DeviceProps("A100", (8, 0), sm_count=108), allow_dqmm=False)["kernel"] == "tc"
     p6 = tune.Problem(6, 32, 128, False, "float16", 4096, 4096)  # 6-bit codes: no tc (5 planes a word), the register dot
     assert tune.default_config(p6, 4096, H100, allow_dqmm=False)["kernel"] == "dot"
     monkeypatch.setenv(tune.ENV_DQMM, "1")
@@ -285,3 +290,35 @@ def test_mmv_is_offered_only_where_it_runs():
     assert offered(tune.Problem(4, 32, 4096, True, "float16", 1024, 4096), H100)  # one group per row
     assert offered(tune.Problem(4, 32, 512, True, "float16", 1024, 4096), H100)
     assert not offered(P, H100, M=17)
+
+
+@pytest.mark.parametrize("cap,M,kernel", [((9, 0), 256, "wg"), ((9, 0), 128, "wg"), ((9, 0), 64, "dot16"),
+                                          ((8, 0), 256, "tc"), ((8, 9), 512, "tc"), ((10, 0), 256, "tc"),
+                                          ((12, 0), 256, "tc")])
+def test_the_prefill_kernel_is_hoppers_alone(cap, M, kernel):
+    """wgmma exists on sm_90 only: Ampere, Ada and Blackwell keep the tc kernel at large M."""
+    props = DeviceProps("gpu", cap, sm_count=132)
+    assert tune.default_config(P, M, props)["kernel"] == kernel
+    assert ("wg" in {c["kernel"] for c in tune.candidates(P, M, props)}) == (cap == (9, 0))
+
+
+@pytest.mark.parametrize("bits,group,dtype,K", [(8, 128, "float16", 4096), (4, 32, "float16", 4096),
+                                                (4, 64, "bfloat16", 4096), (4, 128, "float32", 4096),
+                                                (4, 128, "float16", 4100), (4, 384, "float16", 4608)])
+def test_layers_wg_does_not_take_keep_the_other_kernels(bits, group, dtype, K):
+    """8-bit codes, groups that are not 128 x 2^k, fp32 activations, K not a multiple of 8: no wg."""
+    p = tune.Problem(bits=bits, slab=32, group_size=group, has_zeros=False, dtype=dtype, N=4096, K=K)
+    assert not tune.wg_fits(p, H100)
+    assert tune.default_config(p, 256, H100)["kernel"] != "wg"
+    assert "wg" not in {c["kernel"] for c in tune.candidates(p, 256, H100)}
+
+
+def test_wg_splits_k_where_its_tiles_do_not_cover_the_gpu():
+    wide = tune.Problem(bits=4, slab=32, group_size=128, has_zeros=False, dtype="float16", N=14336, K=4096)
+    assert tune.wg_config(wide, 256, 132) == {"kernel": "wg", "BM": 256, "warps": 8, "stages": 4, "planes": 1, "group_m": 8,
+                                              "split_k": 1}  # 112 tiles
+    assert tune.wg_config(P, 256, 132)["split_k"] == 4  # N = 4096: 32 tiles
+    assert tune.wg_config(P, 128, 132) == {"kernel": "wg", "BM": 128, "warps": 8, "stages": 4, "planes": 2, "group_m": 8,
+                                           "split_k": 4}
+    short = tune.Problem(bits=4, slab=32, group_size=128, has_zeros=False, dtype="float16", N=1024, K=512)
+    assert tune.wg_config(short, 256, 132)["split_k"] == 1  # two k tiles: nothing to split

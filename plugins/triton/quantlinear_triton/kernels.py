@@ -848,6 +848,14 @@ def launch(x: torch.Tensor, qweight: torch.Tensor, scales: torch.Tensor, zeros: 
         from .kernels_tc import launch_tc
 
         return launch_tc(x, qweight, scales, zeros, bias, bits, slab, group_size, in_features, zero_point, cfg, out)
+    if cfg["kernel"] == "wg":  # the Hopper prefill kernel (Gluon; kernels_wg), or the tc kernel where it cannot run
+        from . import kernels_wg as _wg
+        from .kernels_tc import default_config as _tc_default, launch_tc
+
+        if _wg.fits(bits, slab, group_size, in_features, x.dtype) and _wg.runs(x, scales):
+            return _wg.launch_wg(x, qweight, scales, zeros, bias, group_size, zero_point, cfg, out)
+        return launch_tc(x, qweight, scales, zeros, bias, bits, slab, group_size, in_features, zero_point,
+                         _tc_default(x.shape[0], qweight.shape[0], x.dtype), out)
     if cfg["kernel"] == "mmv":  # the tensor-core decode kernel (Gluon; kernels_mmv), or its fallback where it cannot run
         from . import kernels_mmv as _mmv
 

@@ -1,0 +1,318 @@
+"""``wg``: the prefill kernel (large M) for 4-bit codes on Hopper, written in Gluon around ``wgmma`` with the
+dequantized weight as the register A operand and the activations streamed by the tensor-copy engine (TMA).
+
+Why not :mod:`.kernels_tc`: Triton decides there where the dequantization and the MMAs of a k-step wait for each
+other; measured on an H100 it reaches about half of the tensor cores' rate at M = 256 (1.34-1.65x cuBLAS fp16).
+Here the schedule is explicit:
+
+* ``y^T = W x^T`` per program: ``BN`` = 128 weight rows (8 warps = two warpgroups of 64 rows) by ``BM`` tokens;
+* a step is one code plane ``j`` of a 256-channel slab tile (see :mod:`.packing`: word ``p`` holds channel
+  ``32 j + p`` at bits ``4 j`` and channel ``128 + 32 j + p`` at bits ``16 + 4 j``): the word's two 16-bit halves
+  dequantize as one fp16 (bf16) pair, and the low / high halves are two ``[BN, 32]`` A operands for the
+  ``[BM, 32]`` activation boxes at channels ``256 t + 32 j`` and ``256 t + 128 + 32 j``;
+* each lane loads the words ``p`` its A fragments need (``2q, 2q + 1, 2q + 8, 2q + 9`` and the same + 16, of rows
+  ``g`` and ``g + 8``), so the dequantized halves land directly in the wgmma register layout (:data:`_words_layout`,
+  checked by a trivial layout conversion at compile time): no shared-memory round trip for the weights;
+* the activation boxes arrive through ``STAGES`` shared-memory buffers filled by TMA ``STAGES - 1`` steps ahead; the
+  MMAs are asynchronous, and a step's A registers are dequantized while the previous step's MMAs run (one step in
+  flight: ``warpgroup_mma_wait(2)`` after issuing a step's two MMAs);
+* the next tile's words are loaded one tile ahead into registers;
+* split-K (``split_k > 1``) reduces through the workspace and tile counters of :mod:`.kernels` (the protocol of its
+  ``_finish``).
+
+Dequantization: fp16, ``(w >> 4j) & 0x000F000F | 0x64006400`` is the pair ``1024 + q``, minus ``1024 + z``
+(exact), times the scale pair (one rounding: bit-identical to the other fp16 paths); bf16 the same with ``128 + q``
+(the scale rounded to bf16 first).  Groups: multiples of 128 channels that are powers of two times 128, or one per
+row (:func:`.kernels_mmv.group_shift`).
+"""
+
+from __future__ import annotations
+
+import functools
+
+import torch
+
+try:
+    from triton.experimental import gluon
+    from triton.experimental.gluon import language as gl
+    from triton.experimental.gluon.language.nvidia.hopper import mbarrier, tma, warpgroup_mma, warpgroup_mma_wait
+    from triton.experimental.gluon.nvidia.hopper import TensorDescriptor
+
+    HAS_WG = True
+    _cta_barrier = getattr(gl, "thread_barrier", None) or gl.barrier
+    #: TMA global -> shared: ``async_copy_global_to_shared`` in Triton 3.4-3.6, ``async_load`` later
+    _tma_load = getattr(tma, "async_load", None) or tma.async_copy_global_to_shared
+except ImportError:  # pragma: no cover - Triton without Gluon's Hopper module
+    HAS_WG = False
+
+BOX = 32  #: channels per activation box (one code plane of a 32-word slab)
+
+if HAS_WG:
+
+    @gluon.constexpr_function
+    def _words_layout(NW):
+        """The ``[16 NW, 32]`` word tensor of one slab tile held so that each lane's dequantized halves are its wgmma
+        A fragments (fp16, ``k_width`` 2, ``NW`` warps of 16 rows): registers word ``p`` + 1, row + 8, ``p`` + 8,
+        ``p`` + 16; lanes ``p`` + 2, + 4 and rows + 1, + 2, + 4; warps rows + 16, + 32 (+ 64)."""
+        warps = [[16 << i, 0] for i in range(NW.bit_length() - 1)]
+        return gl.DistributedLinearLayout(reg_bases=[[0, 1], [8, 0], [0, 8], [0, 16]],
+                                          lane_bases=[[0, 2], [0, 4], [1, 0], [2, 0], [4, 0]],
+                                          warp_bases=warps, block_bases=[], shape=[16 * NW, 32])
+
+    @gluon.constexpr_function
+    def _out_layout(NW):
+        """The ``[BM, 16 NW]`` output tile in 16-byte runs along the weight rows (coalesced stores of y)."""
+        tn = 16 * NW // 8
+        return gl.BlockedLayout([1, 8], [32 // tn, tn], [NW, 1], [1, 0])
+
+    @gluon.constexpr_function
+    def _dq_asm(j, bf16):
+        """Plane ``j`` of a word -> the pair ``(q - z) * s`` as two 16-bit halves (``$2`` the word, ``$3`` the pair
+        ``magic + z``, ``$4`` the scale pair)."""
+        sh = f"shr.u32 t, $2, {4 * j}; " if j else "mov.b32 t, $2; "
+        if bf16:
+            return ("{ .reg .b32 t; " + sh + "lop3.b32 t, t, 0x000F000F, 0x43004300, 0xEA; sub.rn.bf16x2 t, t, $3; "
+                    "mul.rn.bf16x2 t, t, $4; mov.b32 {$0, $1}, t; }")
+        return ("{ .reg .b32 t; " + sh + "lop3.b32 t, t, 0x000F000F, 0x64006400, 0xEA; sub.f16x2 t, t, $3; "
+                "mul.rn.f16x2 t, t, $4; mov.b32 {$0, $1}, t; }")
+
+    @gluon.jit
+    def _dq(words, zp, sp, J: gl.constexpr, BF16: gl.constexpr):
+        if BF16:
+            r = gl.inline_asm_elementwise(_dq_asm(J, True), "=h,=h,r,r,r", [words, zp, sp],
+                                          dtype=(gl.bfloat16, gl.bfloat16), is_pure=True, pack=1)
+        else:
+            r = gl.inline_asm_elementwise(_dq_asm(J, False), "=h,=h,r,r,r", [words, zp, sp],
+                                          dtype=(gl.float16, gl.float16), is_pure=True, pack=1)
+        return r
+
+    @gluon.jit
+    def _pack2(lo, hi):
+        return gl.inline_asm_elementwise("mov.b32 $0, {$1, $2};", "=r,h,h", [lo, hi], dtype=gl.int32, is_pure=True,
+                                         pack=1)
+
+    @gluon.jit
+    def _row_pairs(s_ptr, z_ptr, t, rows, gsh, gmax, N, zh, HAS_ZEROS: gl.constexpr, BF16: gl.constexpr):
+        """The rows' scale pairs and ``magic + z`` pairs of tile ``t`` (halves: groups ``2t >> gsh`` and
+        ``(2t + 1) >> gsh``)."""
+        ga = (2 * t) >> gsh
+        gb = gl.minimum((2 * t + 1) >> gsh, gmax)
+        sa = gl.load(s_ptr + ga * N + rows)
+        sb = gl.load(s_ptr + gb * N + rows)
+        if BF16:
+            sp = _pack2(sa.to(gl.float32).to(gl.bfloat16), sb.to(gl.float32).to(gl.bfloat16))
+        else:
+            sp = _pack2(sa, sb)
+        if HAS_ZEROS:
+            za = gl.load(z_ptr + ga * N + rows).to(gl.float32)
+            zb = gl.load(z_ptr + gb * N + rows).to(gl.float32)
+            if BF16:
+                zp = _pack2((za + 128.0).to(gl.bfloat16), (zb + 128.0).to(gl.bfloat16))
+            else:
+                zp = _pack2((za + 1024.0).to(gl.float16), (zb + 1024.0).to(gl.float16))
+        else:
+            zp = gl.full(rows.shape, zh, gl.int32, rows.type.layout)
+        return sp, zp
+
+    @gluon.jit
+    def _issue(x_desc, xs, ready, s, t0, m0, STAGES: gl.constexpr, P: gl.constexpr):
+        """TMA of step ``s`` (tile ``t0 + s // (4 / P)``, planes ``P (s % (4 / P))`` and on): the low and the high box
+        into stage ``s % STAGES``."""
+        SPT: gl.constexpr = 4 // P
+        st = s % STAGES
+        c = (t0 + s // SPT) * 256 + (s % SPT) * (32 * P)
+        mbarrier.expect(ready.index(st), 2 * x_desc.block_type.nbytes)
+        _tma_load(x_desc, [m0, c], ready.index(st), xs.index(2 * st))
+        _tma_load(x_desc, [m0, c + 128], ready.index(st), xs.index(2 * st + 1))
+
+    @gluon.jit
+    def _tile_id(pid, M, N, BM: gl.constexpr, BN: gl.constexpr, GROUP_M: gl.constexpr):
+        """``(pid_m, pid_n)`` of program ``pid``, ``GROUP_M`` token blocks of a weight block in a row (as
+        :func:`.kernels._tile_of`)."""
+        num_pid_m = gl.cdiv(M, BM)
+        in_group = GROUP_M * gl.cdiv(N, BN)
+        first_m = (pid // in_group) * GROUP_M
+        gsize = gl.minimum(num_pid_m - first_m, GROUP_M)
+        return first_m + (pid % in_group) % gsize, (pid % in_group) // gsize
+
+    @gluon.jit
+    def _wg_kernel(x_desc, w_ptr, s_ptr, z_ptr, b_ptr, y_ptr, ws_ptr, cnt_ptr, M, N, K, KW, gsh, gmax, zh,
+                   tiles_per_split, split_k,
+                   BM: gl.constexpr, STAGES: gl.constexpr, GROUP_M: gl.constexpr, HAS_ZEROS: gl.constexpr,
+                   HAS_BIAS: gl.constexpr, USE_SPLIT: gl.constexpr, BF16: gl.constexpr, P: gl.constexpr = 1):
+        NW: gl.constexpr = gl.num_warps()
+        BN: gl.constexpr = 16 * NW
+        MMA: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[NW, 1], instr_shape=[16, BM, 16])
+        ADOT: gl.constexpr = gl.DotOperandLayout(operand_index=0, parent=MMA, k_width=2)
+        WL: gl.constexpr = _words_layout(NW)
+        RL: gl.constexpr = gl.SliceLayout(1, WL)
+        if BF16:
+            dt: gl.constexpr = gl.bfloat16
+        else:
+            dt: gl.constexpr = gl.float16
+
+        pid_m, pid_n = _tile_id(gl.program_id(0), M, N, BM, BN, GROUP_M)
+        pid_k = gl.program_id(1)
+        n_tiles = KW // 32
+        t0 = pid_k * tiles_per_split
+        t1 = gl.minimum(t0 + tiles_per_split, n_tiles)
+        SPT: gl.constexpr = 4 // P  # steps per slab tile
+        n_steps = (t1 - t0) * SPT
+        m0 = pid_m * BM
+
+        xs = gl.allocate_shared_memory(x_desc.dtype, [2 * STAGES, BM, 32 * P], x_desc.layout)
+        ready = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
+        for i in gl.static_range(STAGES):
+            mbarrier.init(ready.index(i), count=1)
+        for i in gl.static_range(STAGES - 1):
+            if i < n_steps:
+                _issue(x_desc, xs, ready, i, t0, m0, STAGES, P)
+
+        rows = gl.minimum(pid_n * BN + gl.arange(0, BN, layout=RL), N - 1)
+        woff = gl.expand_dims(rows * KW, 1) + gl.expand_dims(gl.arange(0, 32, layout=gl.SliceLayout(0, WL)), 0)
+        words = gl.load(w_ptr + (woff + t0 * 32))
+        sp, zp = _row_pairs(s_ptr, z_ptr, t0, rows, gsh, gmax, N, zh, HAS_ZEROS, BF16)
+        acc = gl.zeros([BN, BM], gl.float32, MMA)
+        plo = gl.zeros([BN, 32], dt, ADOT)
+        phi = plo
+        for t in range(t0, t1):
+            # the next tile's words and scale / zero pairs, a tile ahead (the last tile reloads its own)
+            tn = gl.minimum(t + 1, t1 - 1)
+            nwords = gl.load(w_ptr + (woff + tn * 32))
+            nsp, nzp = _row_pairs(s_ptr, z_ptr, tn, rows, gsh, gmax, N, zh, HAS_ZEROS, BF16)
+            sp2 = gl.expand_dims(sp, 1) + gl.zeros([BN, 32], gl.int32, WL)
+            zp2 = gl.expand_dims(zp, 1) + gl.zeros([BN, 32], gl.int32, WL)
+            for js in gl.static_range(SPT):
+                s = (t - t0) * SPT + js
+                st = s % STAGES
+                for jj in gl.static_range(P):
+                    lo, hi = _dq(words, zp2, sp2, js * P + jj, BF16)
+                    alo = gl.convert_layout(lo, ADOT, assert_trivial=True)
+                    ahi = gl.convert_layout(hi, ADOT, assert_trivial=True)
+                    if jj == 0:
+                        mbarrier.wait(ready.index(st), (s // STAGES) & 1)
+                    if P == 1:
+                        blo = xs.index(2 * st)
+                        bhi = xs.index(2 * st + 1)
+                    else:
+                        blo = xs.index(2 * st).slice(32 * jj, 32, dim=1)
+                        bhi = xs.index(2 * st + 1).slice(32 * jj, 32, dim=1)
+                    acc = warpgroup_mma(alo, blo.permute((1, 0)), acc, is_async=True)
+                    acc = warpgroup_mma(ahi, bhi.permute((1, 0)), acc, is_async=True)
+                    acc, plo, phi = warpgroup_mma_wait(num_outstanding=2, deps=(acc, plo, phi))
+                    plo = alo
+                    phi = ahi
+                # step s - 1's MMAs are done in this warpgroup; once in both, its stage takes step s + STAGES - 1
+                _cta_barrier()
+                if s + STAGES - 1 < n_steps:
+                    _issue(x_desc, xs, ready, s + STAGES - 1, t0, m0, STAGES, P)
+            words = nwords
+            sp = nsp
+            zp = nzp
+        acc = warpgroup_mma_wait(num_outstanding=0, deps=(acc, ))
+        for i in gl.static_range(STAGES):
+            mbarrier.invalidate(ready.index(i))
+
+        OL: gl.constexpr = _out_layout(NW)
+        out = gl.convert_layout(gl.permute(acc, (1, 0)), OL)  # [BM, BN]
+        tok = m0 + gl.expand_dims(gl.arange(0, BM, layout=gl.SliceLayout(1, OL)), 1)
+        col = pid_n * BN + gl.expand_dims(gl.arange(0, BN, layout=gl.SliceLayout(0, OL)), 0)
+        mask = (tok < M) & (col < N)
+        offs = tok * N + col
+        if USE_SPLIT:
+            gl.store(ws_ptr + pid_k * M * N + offs, out, mask=mask)
+            _cta_barrier()
+            old = gl.atomic_add(cnt_ptr + gl.program_id(0), 1, sem="acq_rel", scope="gpu")
+            if old == split_k - 1:  # every split has stored its partial: sum them in order, 64 tokens at a time
+                RB: gl.constexpr = 64 if BM > 64 else BM
+                for c in gl.static_range(BM // RB):
+                    tk = m0 + c * RB + gl.expand_dims(gl.arange(0, RB, layout=gl.SliceLayout(1, OL)), 1)
+                    mk = (tk < M) & (col < N)
+                    ok = tk * N + col
+                    part = gl.zeros([RB, BN], gl.float32, OL)
+                    for sk in range(split_k):
+                        part += gl.load(ws_ptr + sk * M * N + ok, mask=mk, other=0.0, cache_modifier=".cg")
+                    if HAS_BIAS:
+                        part += gl.load(b_ptr + col, mask=col < N, other=0.0).to(gl.float32)
+                    gl.store(y_ptr + ok, part.to(y_ptr.dtype.element_ty), mask=mk)
+                gl.atomic_xchg(cnt_ptr + gl.program_id(0), 0, sem="relaxed", scope="gpu")
+        else:
+            if HAS_BIAS:
+                out += gl.load(b_ptr + col, mask=col < N, other=0.0).to(gl.float32)
+            gl.store(y_ptr + offs, out.to(y_ptr.dtype.element_ty), mask=mask)
+
+
+#: the configuration :func:`launch_wg` uses when none is given
+DEFAULT_CFG = {"BM": 256, "warps": 8, "stages": 4, "planes": 1, "group_m": 8, "split_k": 1}
+#: shared memory the activation stages may take (bytes; an H100 block gets 227 KB, the epilogue reuses it)
+SMEM_BUDGET = 200 * 1024
+
+
+def fits(bits: int, slab: int, group_size: int, K: int, dtype: torch.dtype) -> bool:
+    """Whether ``wg`` computes this layer: 4-bit codes in 32-word slabs, groups of 128 x 2^k channels (or one per row),
+    fp16 / bf16 activations, and rows of ``x`` whose byte stride TMA takes (K a multiple of 8)."""
+    from .kernels_mmv import group_shift
+
+    return (HAS_WG and bits == 4 and slab == 32 and K % 8 == 0 and group_shift(group_size, K) is not None
+            and dtype in (torch.float16, torch.bfloat16))
+
+
+@functools.lru_cache(maxsize=None)
+def _hopper(index: int) -> bool:
+    return torch.cuda.get_device_capability(index)[0] == 9
+
+
+def runs(x: torch.Tensor, scales: torch.Tensor) -> bool:
+    """Whether ``wg`` can run on these tensors: compiled CUDA on sm_90 (wgmma is Hopper's alone), fp16 activations
+    with fp16 scales or bf16 activations with fp16 / bf16 scales, a 16-byte aligned ``x``."""
+    import os
+
+    if not (HAS_WG and x.is_cuda and os.environ.get("TRITON_INTERPRET", "0") in ("", "0") and torch.version.hip is None):
+        return False
+    if not (scales.dtype == x.dtype == torch.float16
+            or (x.dtype == torch.bfloat16 and scales.dtype in (torch.float16, torch.bfloat16))):
+        return False
+    return x.is_contiguous() and x.data_ptr() % 16 == 0 and _hopper(x.get_device())
+
+
+@functools.lru_cache(maxsize=16)
+def _box_layout(BM: int, P: int, bf16: bool):
+    return gl.NVMMASharedLayout.get_default_for([BM, BOX * P], gl.bfloat16 if bf16 else gl.float16)
+
+
+def launch_wg(x: torch.Tensor, qweight: torch.Tensor, scales: torch.Tensor, zeros: torch.Tensor | None,
+              bias: torch.Tensor | None, group_size: int, zero_point: float, cfg: dict | None = None,
+              out: torch.Tensor | None = None) -> torch.Tensor:
+    """``y = x @ W^T (+ bias)`` with ``wg`` (the caller checked :func:`fits` and :func:`runs`).
+
+    cfg: ``BM`` tokens per program (64, 128, 256), ``warps`` (4 or 8: 64 or 128 weight rows per program),
+    ``planes`` (1 or 2 code planes, i.e. 32 or 64 channels of each half-tile, per TMA box and pipeline step),
+    ``stages`` (activation buffers; fewer where they would not fit :data:`SMEM_BUDGET`), ``group_m`` (token blocks
+    of a weight block in a row), ``split_k`` (programs along K; fp32 partials summed in order by the last).
+    """
+    from .kernels import _h2_magic
+    from .kernels_mmv import group_shift
+    from .kernels_tc import _bf2_sub_magic, split_plan
+
+    c = dict(DEFAULT_CFG)
+    c.update(cfg or {})
+    M, K = x.shape
+    N, KW = qweight.shape
+    y = out if out is not None else x.new_empty((M, N))
+    if M == 0:
+        return y
+    BM, P, warps = int(c["BM"]), int(c.get("planes", 1)), int(c.get("warps", 8))
+    if BM not in (64, 128, 256) or P not in (1, 2) or warps not in (4, 8):
+        raise ValueError(f"kernels_wg: no configuration BM={BM} planes={P} warps={warps}")
+    bf16 = x.dtype == torch.bfloat16
+    stages = max(2, min(int(c["stages"]), SMEM_BUDGET // (128 * BM * P)))  # a stage: two [BM, 32 P] 16-bit boxes
+    desc = TensorDescriptor(x, [M, K], [K, 1], [BM, BOX * P], _box_layout(BM, P, bf16))
+    n_tiles_out = -(-M // BM) * -(-N // (16 * warps))
+    split, tps, ws, cnt = split_plan(x, y, KW // 32, int(c.get("split_k", 1)), n_tiles_out)
+    zh = _bf2_sub_magic(zero_point) if bf16 else _h2_magic(zero_point)
+    _wg_kernel[(n_tiles_out, split)](
+        desc, qweight, scales, zeros if zeros is not None else scales, bias if bias is not None else scales, y, ws, cnt,
+        M, N, K, KW, group_shift(group_size, K), scales.shape[0] - 1, zh, tps, split,
+        BM=BM, STAGES=stages, GROUP_M=int(c.get("group_m", 8)), HAS_ZEROS=zeros is not None,
+        HAS_BIAS=bias is not None, USE_SPLIT=split > 1, BF16=bf16, P=P, num_warps=warps)
+    return y

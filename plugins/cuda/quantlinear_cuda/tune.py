@@ -135,7 +135,8 @@ def wg_config(p: Problem, M: int, sms: int, **over) -> dict:
     """``wg``'s default: 256-token tiles (128 up to M = 128, with two code planes a step), 8 warps of 16 weight rows,
     4 activation stages, K split until the output tiles cover the GPU once.  On an H100 (fp16, W4 g128; CUDA graphs;
     ``benchmarks/wg_variants.py``) this is 0.99-1.09x cuBLAS fp16 at M = 256 on five of the six benchmark shapes
-    (1.4-1.5x on 4096 x 4096, where split-K's reduction costs more than it saves), 0.65-0.85x at M = 128."""
+    (1.4-1.5x on 4096 x 4096, where split-K's reduction costs more than it saves; the tuned table takes 64-token
+    tiles there), 0.65-0.87x at M = 128 (1.25-1.4x on 4096 x 4096)."""
     small = M <= 128
     cfg = {"kernel": "wg", "BM": 128 if small else 256, "warps": 8, "stages": 4, "planes": 2 if small else 1,
            "group_m": 8, "split_k": 1}
@@ -151,8 +152,9 @@ def default_config(p: Problem, M: int, props: "_device.DeviceProps", allow_dqmm:
     """Deterministic heuristic configuration (no measurement).
 
     Shaped after what tuning picked on an H100 (``tuned/sm90.json``): the CUDA-core GEMV for
-    one row, the tensor-core kernel with a 16/64-row tile and split-K up to 256 rows, and
-    dequantize-then-cuBLAS beyond, where the product is compute-bound.
+    one row, ``mmv`` up to 16 rows, the tensor-core kernels with 16/64-row tiles up to 64, on
+    Hopper ``wg`` from 128 to 1024 rows (``tc`` elsewhere up to 512), and dequantize-then-cuBLAS
+    beyond, where the product is compute-bound.
     """
     sms = props.sm_count
     b = bucket(M)

@@ -255,6 +255,14 @@ def test_gtune_stage_smoke(monkeypatch, tmp_path):
     key = "w4|s32|g128|sym|bfloat16|N64|K512|M1"
     assert merged["configs"][key]["config"] == res["configs"][key]["config"] and "Graph-timed entries" in merged["note"]
     assert len(merged["configs"]) == len(json.loads(tune.shipped_path("sm90").read_text())["configs"]) + 2
+    # a merge of other M values (--gtune-ms) adds its own note beside the M = 1 / 16 one; merging them again replaces it
+    big = dict(res, configs={"w4|s32|g128|sym|float16|N64|K512|M256": dict(best_us=1.0, config={"kernel": "wg", "BM": 256},
+                                                                            measured=[["kernel=wg", 1.0]])})
+    (tmp_path / "big.json").write_text(json.dumps(big))
+    for _ in range(2):
+        int_perf.merge_gtune([str(tmp_path / "big.json")], table)
+        note = json.loads(table.read_text())["note"]
+        assert note.count("Graph-timed entries (M = 256):") == 1 and note.count("Graph-timed entries:") >= 1
 
 
 def test_mmv_is_offered_only_where_it_runs():

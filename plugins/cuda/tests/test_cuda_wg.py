@@ -140,3 +140,26 @@ if __name__ == "__main__":  # the compile check's subprocess
     if sys.argv[1:] == ["compile-wg"]:
         for consts, warps in COMPILE_JOBS:
             print(json.dumps(compile_wg(consts, warps)), flush=True)
+
+
+@pytest.mark.parametrize("zeros,bias,dtype,split", [(False, False, torch.float16, 1), (True, True, torch.bfloat16, 3)])
+def test_every_wg_launch_can_take_the_direct_launcher(monkeypatch, zeros, bias, dtype, split):
+    """Runtime arguments (the TMA descriptor keyed like its tensor) then every constexpr: an eager prefill call skips
+    ``JITFunction.run``'s 25-45 us of binding and specialization."""
+    if not kw.HAS_WG:
+        pytest.skip("needs Triton's Gluon with its Hopper module")
+    from quantlinear_triton import launch as fl
+
+    seen = []
+    monkeypatch.setattr(kw._fast, "launch", lambda fn, grid, tensors, ints, floats, consts, skey, opts, out: seen.append(
+        (fn, grid, tensors, ints, floats, consts, skey)))
+    N, K = 256, 2048
+    x = torch.zeros(300, K, dtype=dtype)
+    s = torch.ones(K // 128, N, dtype=torch.float16)
+    z = torch.zeros(K // 128, N, dtype=torch.uint8) if zeros else None
+    b = torch.zeros(N, dtype=dtype) if bias else None
+    kw.launch_wg(x, torch.zeros(N, K // 8, dtype=torch.int32), s, z, b, 128, 8.0, {"BM": 128, "planes": 2, "split_k": split})
+    (fn, grid, tensors, ints, floats, consts, skey), = seen
+    assert fl._check_order(fn, tensors, ints, floats, consts), sorted(consts)
+    assert grid == (3 * 2, split) and tensors[0].dtype == dtype and tensors[0].block_shape == [128, 64]
+    assert consts["USE_SPLIT"] == (split > 1) and consts["HAS_ZEROS"] == zeros and consts["BF16"] == (dtype == torch.bfloat16)

@@ -60,6 +60,10 @@ key            meaning                                                          
 ``split_k``    programs along K per output tile                                      1
 =============  ====================================================================  =========
 
+On Hopper the CUDA plugin runs :mod:`.kernels_wg` instead from M = 128 (its own schedule in Gluon: 0.92-1.02x cuBLAS
+at M = 256 on five of six shapes); this kernel stays the prefill path of Ampere, Ada, Blackwell, ROCm and of the
+layers ``wg`` does not take.
+
 Measured on one H100 (Triton 3.6, CUDA graphs over > 150 MB of weight copies, W4 g128 sym;
 ``plugins/cuda/benchmarks/tc_variants.py``): 1.34-1.6x cuBLAS fp16 at M = 256..4096 (the shipped
 ``dot16`` kernel: 2.2-2.9x; dequantize + cuBLAS: 1.3-2.2x at M <= 1024, 1.07-1.10x at M = 4096).

@@ -24,6 +24,17 @@ Dequantization: fp16, ``(w >> 4j) & 0x000F000F | 0x64006400`` is the pair ``1024
 (exact), times the scale pair (one rounding: bit-identical to the other fp16 paths); bf16 the same with ``128 + q``
 (the scale rounded to bf16 first).  Groups: multiples of 128 channels that are powers of two times 128, or one per
 row (:func:`.kernels_mmv.group_shift`).
+
+Two planes of MMAs in flight (a second A buffer) made ptxas serialize every wgmma (C7513, "non wgmma instructions
+defining input registers"), so one plane stays in flight.  The words' addresses are formed in the loop from int32
+offsets (``w_ptr + (woff + t * 32)``): hoisted as eight 64-bit pointers they pushed the 256-token variants to 255
+registers and spills.
+
+Measured on an H100 (``plugins/cuda/benchmarks/wg_variants.py``, the graph-tuned table, ``quantlinear bench``; CUDA
+graphs, W4 g128): M = 256 at 0.92-1.02x cuBLAS fp16's time on five of the six benchmark shapes (1.5x on 4096 x 4096),
+M = 1024 at 0.94-1.18x, M = 128 at 0.65-0.87x (1.25-1.4x on 4096 x 4096); the ``tc`` kernel it replaces took 1.34-1.65x
+at M = 256.  With neither activation loads nor dequantization the schedule runs at ~740 TFLOP/s (75% of the dense
+peak): the loads cost 0-6%, the dequantization 3-11%.
 """
 
 from __future__ import annotations
@@ -31,6 +42,8 @@ from __future__ import annotations
 import functools
 
 import torch
+
+from . import launch as _fast
 
 try:
     from triton.experimental import gluon
@@ -46,6 +59,28 @@ except ImportError:  # pragma: no cover - Triton without Gluon's Hopper module
     HAS_WG = False
 
 BOX = 32  #: channels per activation box (one code plane of a 32-word slab)
+
+if HAS_WG:
+
+    class _XDesc(TensorDescriptor):
+        """The activations' TMA descriptor, keyed by the direct launcher (:mod:`.launch`) like the tensor it describes:
+        its dtype, device and 16-byte alignment (its block shape and layout are in the launch's static key).  Triton's
+        launcher encodes the ``CUtensorMap`` from ``base`` / ``shape`` / ``strides`` on every launch, as for
+        ``kernel[grid]``."""
+
+        @property
+        def dtype(self):
+            return self.base.dtype
+
+        @property
+        def is_cuda(self):
+            return self.base.is_cuda
+
+        def data_ptr(self):
+            return self.base.data_ptr()
+
+        def get_device(self):
+            return self.base.get_device()
 
 if HAS_WG:
 
@@ -306,13 +341,23 @@ def launch_wg(x: torch.Tensor, qweight: torch.Tensor, scales: torch.Tensor, zero
         raise ValueError(f"kernels_wg: no configuration BM={BM} planes={P} warps={warps}")
     bf16 = x.dtype == torch.bfloat16
     stages = max(2, min(int(c["stages"]), SMEM_BUDGET // (128 * BM * P)))  # a stage: two [BM, 32 P] 16-bit boxes
-    desc = TensorDescriptor(x, [M, K], [K, 1], [BM, BOX * P], _box_layout(BM, P, bf16))
+    desc = _XDesc(x, [M, K], [K, 1], [BM, BOX * P], _box_layout(BM, P, bf16))
     n_tiles_out = -(-M // BM) * -(-N // (16 * warps))
     split, tps, ws, cnt = split_plan(x, y, KW // 32, int(c.get("split_k", 1)), n_tiles_out)
     zh = _bf2_sub_magic(zero_point) if bf16 else _h2_magic(zero_point)
-    _wg_kernel[(n_tiles_out, split)](
-        desc, qweight, scales, zeros if zeros is not None else scales, bias if bias is not None else scales, y, ws, cnt,
-        M, N, K, KW, group_shift(group_size, K), scales.shape[0] - 1, zh, tps, split,
-        BM=BM, STAGES=stages, GROUP_M=int(c.get("group_m", 8)), HAS_ZEROS=zeros is not None,
-        HAS_BIAS=bias is not None, USE_SPLIT=split > 1, BF16=bf16, P=P, num_warps=warps)
+    consts, skey, opts = _statics(BM, stages, int(c.get("group_m", 8)), zeros is not None, bias is not None, split > 1, bf16,
+                                  P, warps)
+    tensors = (desc, qweight, scales, zeros if zeros is not None else scales, bias if bias is not None else scales, y, ws, cnt)
+    _fast.launch(_wg_kernel, (n_tiles_out, split), tensors,
+                 (M, N, K, KW, group_shift(group_size, K), scales.shape[0] - 1, zh, tps, split), (), consts, skey, opts, y)
     return y
+
+
+@functools.lru_cache(maxsize=256)
+def _statics(BM: int, stages: int, group_m: int, has_zeros: bool, has_bias: bool, use_split: bool, bf16: bool, P: int,
+             warps: int) -> tuple:
+    """Every constexpr of ``_wg_kernel``, the direct launcher's static key and the compile options of one launch class
+    (made once: an eager prefill call is host-bound on small layers)."""
+    consts = dict(BM=BM, STAGES=stages, GROUP_M=group_m, HAS_ZEROS=has_zeros, HAS_BIAS=has_bias, USE_SPLIT=use_split,
+                  BF16=bf16, P=P)
+    return consts, ("wg", warps, *sorted(consts.items())), {"num_warps": warps}

@@ -132,14 +132,14 @@ def wg_fits(p: Problem, props: "_device.DeviceProps") -> bool:
 
 
 def wg_config(p: Problem, M: int, sms: int, **over) -> dict:
-    """``wg``'s default: 256-token tiles (128 up to M = 128, with two code planes a step), 8 warps of 16 weight rows,
+    """``wg``'s default: 256-token tiles (64 / 128 up to M = 64 / 128, with two code planes a step), 8 warps of 16 weight rows,
     4 activation stages, K split until the output tiles cover the GPU once.  On an H100 (fp16, W4 g128; CUDA graphs;
     ``benchmarks/wg_variants.py``) this is 0.99-1.09x cuBLAS fp16 at M = 256 on five of the six benchmark shapes
     (1.4-1.5x on 4096 x 4096, where split-K's reduction costs more than it saves; the tuned table takes 64-token
     tiles there), 0.65-0.87x at M = 128 (1.25-1.4x on 4096 x 4096)."""
     small = M <= 128
-    cfg = {"kernel": "wg", "BM": 128 if small else 256, "warps": 8, "stages": 4, "planes": 2 if small else 1,
-           "group_m": 8, "split_k": 1}
+    cfg = {"kernel": "wg", "BM": 64 if M <= 64 else 128 if small else 256, "warps": 8, "stages": 4,
+           "planes": 2 if small else 1, "group_m": 8, "split_k": 1}
     cfg.update(over)
     if "split_k" not in over:
         tiles = -(-p.N // 128) * -(-M // cfg["BM"])
@@ -153,7 +153,7 @@ def default_config(p: Problem, M: int, props: "_device.DeviceProps", allow_dqmm:
 
     Shaped after what tuning picked on an H100 (``tuned/sm90.json``): the CUDA-core GEMV for
     one row, ``mmv`` up to 16 rows, the tensor-core kernels with 16/64-row tiles up to 64, on
-    Hopper ``wg`` from 128 to 1024 rows (``tc`` elsewhere up to 512), and dequantize-then-cuBLAS
+    Hopper ``wg`` from 33 to 1024 rows (``tc`` elsewhere from 65 to 512), and dequantize-then-cuBLAS
     beyond, where the product is compute-bound.
     """
     sms = props.sm_count
@@ -167,6 +167,11 @@ def default_config(p: Problem, M: int, props: "_device.DeviceProps", allow_dqmm:
     if b <= 16 and mmv_fits(p, props):
         # the tensor-core decode kernel: 1.1-2.0x faster than dot16 / dot at M = 2..16 on an H100
         return mmv_config(p, M, sms)
+    if b >= 64 and wg_fits(p, props) and (b <= 1024 or not allow_dqmm):
+        # the Hopper prefill kernel (kernels_wg): 0.65-0.87x cuBLAS fp16 at M = 128, 0.92-1.02x at M = 256 and 0.94-1.18x
+        # at M = 1024 on five of six shapes on an H100 (tc: 1.3-2.0x; at M = 64 0.62-0.97x the dot kernels' time); from
+        # M = 2048 dequantize-then-cuBLAS (1.08-1.11x)
+        return wg_config(p, M, sms)
     if b <= 64:
         BM, BN = max(16, b), 64
         tiles = -(-M // BM) * -(-p.N // BN)
@@ -175,10 +180,6 @@ def default_config(p: Problem, M: int, props: "_device.DeviceProps", allow_dqmm:
                     "stages": 3, "swap": True, "group_m": 8}
         return {"kernel": "dot", "BM": BM, "BN": BN, "split_k": _split_for(tiles, 2 * sms, p.k_tiles), "warps": 4,
                 "stages": 3, "swap": True, "scale_w": False, "group_m": 8}
-    if b >= 128 and wg_fits(p, props) and (b <= 1024 or not allow_dqmm):
-        # the Hopper prefill kernel (kernels_wg): 0.65-0.85x cuBLAS fp16 at M = 128, 0.99-1.09x at M = 256 and 1.08-1.23x
-        # at M = 1024 on five of six shapes on an H100 (tc: 1.3-2.0x); from M = 2048 dequantize-then-cuBLAS (1.08-1.11x)
-        return wg_config(p, M, sms)
     if tc_fits(p) and (b <= 512 or props.simulated or not allow_dqmm):
         # the large-M tensor-core kernel (kernels_tc): 1.34-1.65x cuBLAS fp16 at M=256 on an H100, where dot16 took
         # 2.2-3.0x and dequantize-then-cuBLAS 1.95-2.2x; from M=1024 dequantize-then-cuBLAS is faster (1.31-1.38x vs 1.48+)

@@ -56,7 +56,7 @@ def test_it_runs_wg_and_matches_tc(no_tuning):
 
 
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
-def test_layer_takes_wg_from_m128(no_tuning, monkeypatch, dtype):
+def test_layer_takes_wg_from_m33(no_tuning, monkeypatch, dtype):
     from quantlinear_triton import kernels_wg
     from quantlinear_cuda.kernels.triton_wna16 import TritonWNA16Linear
 
@@ -64,10 +64,10 @@ def test_layer_takes_wg_from_m128(no_tuning, monkeypatch, dtype):
     launch = kernels_wg.launch_wg
     monkeypatch.setattr(kernels_wg, "launch_wg", lambda *a, **k: calls.append(a[0].shape[0]) or launch(*a, **k))
     layer, W, b = build(TritonWNA16Linear, 4, 128, True, K=2048, N=1536, bias=True, dtype=dtype)
-    for M in (128, 200, 512, 64):
+    for M in (128, 200, 512, 40, 16):
         x = torch.randn(M, 2048, device="cuda", dtype=dtype)
         assert rel_err(layer(x), ref(x, W, b)) < (1e-3 if dtype == torch.float16 else TOL[dtype]), M
-    assert calls == [128, 200, 512]  # M = 64 keeps the dot kernels
+    assert calls == [128, 200, 512, 40]  # M = 16 is mmv's
 
 
 def test_cuda_graph_and_compile(no_tuning):

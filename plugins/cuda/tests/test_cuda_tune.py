@@ -34,6 +34,8 @@ def test_default_and_candidates_are_valid(M):
             continue
         if c["kernel"] == "wg":  # the Hopper prefill kernel: 128 weight rows, 64..256 tokens, one or two planes a step
             assert tune.bucket(M) >= 64 and c["BM"] in (64, 128, 256) and c["planes"] in (1, 2) and c["warps"] == 8
+            assert c.get("maxnreg", 0) in (0, 128) and (c.get("maxnreg", 0) == 0 or c["BM"] == 64)
+            assert tune.config_reason(P, c) is None
             assert 1 <= c["split_k"] <= min(8, P.k_tiles // 2)
             continue
         assert c["split_k"] >= 1 and c["split_k"] & (c["split_k"] - 1) == 0 and c["split_k"] <= 64

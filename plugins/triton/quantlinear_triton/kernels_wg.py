@@ -323,7 +323,8 @@ def launch_wg(x: torch.Tensor, qweight: torch.Tensor, scales: torch.Tensor, zero
     cfg: ``BM`` tokens per program (64, 128, 256), ``warps`` (4 or 8: 64 or 128 weight rows per program),
     ``planes`` (1 or 2 code planes, i.e. 32 or 64 channels of each half-tile, per TMA box and pipeline step),
     ``stages`` (activation buffers; fewer where they would not fit :data:`SMEM_BUDGET`), ``group_m`` (token blocks
-    of a weight block in a row), ``split_k`` (programs along K; fp32 partials summed in order by the last).
+    of a weight block in a row), ``split_k`` (programs along K; fp32 partials summed in order by the last),
+    ``maxnreg`` (a register cap: 128 lets two 64-token programs share a multiprocessor).
     """
     from .kernels import _h2_magic
     from .kernels_mmv import group_shift
@@ -346,7 +347,7 @@ def launch_wg(x: torch.Tensor, qweight: torch.Tensor, scales: torch.Tensor, zero
     split, tps, ws, cnt = split_plan(x, y, KW // 32, int(c.get("split_k", 1)), n_tiles_out)
     zh = _bf2_sub_magic(zero_point) if bf16 else _h2_magic(zero_point)
     consts, skey, opts = _statics(BM, stages, int(c.get("group_m", 8)), zeros is not None, bias is not None, split > 1, bf16,
-                                  P, warps)
+                                  P, warps, int(c.get("maxnreg", 0)))
     tensors = (desc, qweight, scales, zeros if zeros is not None else scales, bias if bias is not None else scales, y, ws, cnt)
     _fast.launch(_wg_kernel, (n_tiles_out, split), tensors,
                  (M, N, K, KW, group_shift(group_size, K), scales.shape[0] - 1, zh, tps, split), (), consts, skey, opts, y)
@@ -355,9 +356,10 @@ def launch_wg(x: torch.Tensor, qweight: torch.Tensor, scales: torch.Tensor, zero
 
 @functools.lru_cache(maxsize=256)
 def _statics(BM: int, stages: int, group_m: int, has_zeros: bool, has_bias: bool, use_split: bool, bf16: bool, P: int,
-             warps: int) -> tuple:
+             warps: int, maxnreg: int = 0) -> tuple:
     """Every constexpr of ``_wg_kernel``, the direct launcher's static key and the compile options of one launch class
     (made once: an eager prefill call is host-bound on small layers)."""
     consts = dict(BM=BM, STAGES=stages, GROUP_M=group_m, HAS_ZEROS=has_zeros, HAS_BIAS=has_bias, USE_SPLIT=use_split,
                   BF16=bf16, P=P)
-    return consts, ("wg", warps, *sorted(consts.items())), {"num_warps": warps}
+    opts = {"num_warps": warps, "maxnreg": maxnreg} if maxnreg else {"num_warps": warps}
+    return consts, ("wg", warps, maxnreg, *sorted(consts.items())), opts

@@ -162,7 +162,7 @@ class Settings:
 #: options that must be powers of two (tile sizes, warps per program, row groups per warp) and their largest values
 _POW2_LIMITS = {"BM": 1024, "BN": 1024, "BK": 1024, "warps": 16, "R": 4}
 #: other integer options and their ranges
-_INT_RANGES = {"split_k": (1, 256), "stages": (1, 8), "group_m": (1, 64), "tpp": (1, 64)}
+_INT_RANGES = {"split_k": (1, 256), "stages": (1, 8), "group_m": (1, 64), "tpp": (1, 64), "planes": (1, 2), "maxnreg": (0, 255)}
 
 
 def config_reason(cfg: object, kernels: frozenset[str] | None = None) -> str | None:
@@ -189,7 +189,8 @@ def config_reason(cfg: object, kernels: frozenset[str] | None = None) -> str | N
 
 
 def _short(cfg: dict) -> str:
-    order = ("kernel", "xs", "R", "BM", "BN", "BK", "split_k", "warps", "stages", "swap", "scale_w", "pair", "dq", "prefetch", "pf", "tpp", "waves_per_eu",
+    order = ("kernel", "xs", "R", "BM", "BN", "BK", "split_k", "warps", "stages", "planes", "maxnreg", "swap", "scale_w", "pair", "dq",
+             "prefetch", "pf", "tpp", "waves_per_eu",
              "matrix_instr_nonkdim", "kpack")
     return " ".join(f"{k}={cfg[k]}" for k in order if k in cfg)
 

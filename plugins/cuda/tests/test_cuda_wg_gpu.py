@@ -27,7 +27,8 @@ def _launch(layer, x, cfg, K):
 
 @pytest.mark.parametrize("cfg", [dict(BM=256, planes=1, stages=4, split_k=1), dict(BM=128, planes=2, stages=4, split_k=1),
                                  dict(BM=128, planes=1, stages=6, split_k=3), dict(BM=64, planes=2, stages=4, split_k=2),
-                                 dict(BM=256, planes=2, stages=4, split_k=2), dict(BM=256, warps=4, planes=1, stages=3)])
+                                 dict(BM=256, planes=2, stages=4, split_k=2), dict(BM=256, warps=4, planes=1, stages=3),
+                                 dict(BM=64, planes=2, maxnreg=128, split_k=2)])
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
 @pytest.mark.parametrize("group,sym,K,N,bias", [(128, True, 2048, 512, False), (128, False, 1536, 1040, True),
                                                  (-1, True, 1000, 392, True), (512, False, 4096, 256, False)])

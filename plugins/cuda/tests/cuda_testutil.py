@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+import json
+import os
+import subprocess
+import sys
+
 import torch
 
 from quantlinear_cuda.device import DeviceProps
@@ -67,3 +72,14 @@ def simulate(monkeypatch, props, triton=True):
     monkeypatch.setattr(cuda_device, "device_props", lambda device: props)
     monkeypatch.setattr(cuda_device, "triton_available", lambda: triton)
     clear_cache()
+
+
+# ---- cross-compile checks -------------------------------------------------------------------------------------
+def compile_in_subprocess(test_file: str, arg: str, timeout: int = 600) -> list[dict]:
+    """Run ``python test_file arg`` with compiled (not interpreted) Triton and return the JSON lines it prints: the
+    Gluon kernels' machine-code checks build them for a GPU target on a CPU-only machine."""
+    env = {k: v for k, v in os.environ.items() if k not in ("TRITON_INTERPRET", "QUANTLINEAR_CUDA_CPU_INTERPRET")}
+    r = subprocess.run([sys.executable, test_file, arg], env=env, capture_output=True, text=True, timeout=timeout,
+                       cwd=os.path.dirname(test_file))
+    assert r.returncode == 0, r.stderr[-3000:]
+    return [json.loads(line) for line in r.stdout.splitlines() if line.startswith("{")]

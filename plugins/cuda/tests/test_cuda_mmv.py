@@ -3,8 +3,6 @@ sm_80 / sm_90 machine code (cross-compiled: Triton ships ptxas).  Its numerics a
 (test_cuda_mmv_gpu.py)."""
 
 import json
-import os
-import subprocess
 import sys
 from pathlib import Path
 
@@ -13,7 +11,7 @@ import torch
 
 from quantlinear_triton import kernels_mmv as km
 
-from cuda_testutil import DEV, GPU, rel_err
+from cuda_testutil import GPU, compile_in_subprocess, rel_err
 from test_cuda_kernels import make_layer, rand_x, reference, run_cfg
 
 
@@ -111,11 +109,7 @@ def test_mmv_cross_compiles_for_sm80_and_sm90():
     """One m16n8k16 MMA per word of a row group and token tile, 16-byte weight and shared loads, nothing spilled."""
     pytest.importorskip("triton.experimental.gluon")
     pytest.importorskip("triton.backends.nvidia.compiler")
-    env = {k: v for k, v in os.environ.items() if k not in ("TRITON_INTERPRET", "QUANTLINEAR_CUDA_CPU_INTERPRET")}
-    r = subprocess.run([sys.executable, str(Path(__file__)), "compile-mmv"], env=env, capture_output=True, text=True,
-                       timeout=600, cwd=str(Path(__file__).parent))
-    assert r.returncode == 0, r.stderr[-3000:]
-    res = [json.loads(line) for line in r.stdout.splitlines() if line.startswith("{")]
+    res = compile_in_subprocess(str(Path(__file__)), "compile-mmv", timeout=600)
     assert len(res) == len(COMPILE_JOBS)
     for (name, consts, warps, cap), got in zip(COMPILE_JOBS, res):
         R, NT = consts["R"], consts["NT"]

@@ -2,7 +2,6 @@
 machine code (cross-compiled; Triton ships ptxas).  Its numerics are tested on an H100 (test_cuda_wg_gpu.py)."""
 
 import json
-import os
 import re
 import subprocess
 import sys
@@ -14,7 +13,7 @@ import torch
 
 from quantlinear_triton import kernels_wg as kw
 
-from cuda_testutil import GPU, rel_err
+from cuda_testutil import GPU, compile_in_subprocess, rel_err
 from test_cuda_kernels import make_layer, rand_x, reference, run_cfg
 
 
@@ -74,7 +73,6 @@ def compile_wg(consts: dict, warps: int) -> dict:
     """Compile ``_wg_kernel`` for sm_90a as :func:`kernels_wg.launch_wg` would launch it, and assemble it with ptxas."""
     import triton
     from triton.backends.compiler import GPUTarget
-    from triton.experimental.gluon import language as gl
     from triton.experimental.gluon._runtime import GluonASTSource
     from triton.runtime.jit import mangle_type
 
@@ -125,11 +123,7 @@ def test_wg_cross_compiles_for_sm90a():
     no spills and no wgmma serialization (ptxas C7513) at up to 255 registers."""
     pytest.importorskip("triton.experimental.gluon.language.nvidia.hopper")
     pytest.importorskip("triton.backends.nvidia.compiler")
-    env = {k: v for k, v in os.environ.items() if k not in ("TRITON_INTERPRET", "QUANTLINEAR_CUDA_CPU_INTERPRET")}
-    r = subprocess.run([sys.executable, str(Path(__file__)), "compile-wg"], env=env, capture_output=True, text=True,
-                       timeout=900, cwd=str(Path(__file__).parent))
-    assert r.returncode == 0, r.stderr[-3000:]
-    res = [json.loads(line) for line in r.stdout.splitlines() if line.startswith("{")]
+    res = compile_in_subprocess(str(Path(__file__)), "compile-wg", timeout=900)
     assert len(res) == len(COMPILE_JOBS)
     for (consts, warps), got in zip(COMPILE_JOBS, res):
         assert got["cubin"] > 0 and not got["local"] and got["ldmatrix"] == 0, (consts, got)

@@ -44,6 +44,7 @@ import functools
 import torch
 
 from . import launch as _fast
+from .kernels import _tile_of  # (a scalar Triton function: Gluon calls it as is)
 
 try:
     from triton.experimental import gluon
@@ -161,16 +162,6 @@ if HAS_WG:
         _tma_load(x_desc, [m0, c + 128], ready.index(st), xs.index(2 * st + 1))
 
     @gluon.jit
-    def _tile_id(pid, M, N, BM: gl.constexpr, BN: gl.constexpr, GROUP_M: gl.constexpr):
-        """``(pid_m, pid_n)`` of program ``pid``, ``GROUP_M`` token blocks of a weight block in a row (as
-        :func:`.kernels._tile_of`)."""
-        num_pid_m = gl.cdiv(M, BM)
-        in_group = GROUP_M * gl.cdiv(N, BN)
-        first_m = (pid // in_group) * GROUP_M
-        gsize = gl.minimum(num_pid_m - first_m, GROUP_M)
-        return first_m + (pid % in_group) % gsize, (pid % in_group) // gsize
-
-    @gluon.jit
     def _wg_kernel(x_desc, w_ptr, s_ptr, z_ptr, b_ptr, y_ptr, ws_ptr, cnt_ptr, M, N, K, KW, gsh, gmax, zh,
                    tiles_per_split, split_k,
                    BM: gl.constexpr, STAGES: gl.constexpr, GROUP_M: gl.constexpr, HAS_ZEROS: gl.constexpr,
@@ -186,7 +177,7 @@ if HAS_WG:
         else:
             dt: gl.constexpr = gl.float16
 
-        pid_m, pid_n = _tile_id(gl.program_id(0), M, N, BM, BN, GROUP_M)
+        pid_m, pid_n = _tile_of(gl.program_id(0), M, N, BM, BN, GROUP_M)
         pid_k = gl.program_id(1)
         n_tiles = KW // 32
         t0 = pid_k * tiles_per_split

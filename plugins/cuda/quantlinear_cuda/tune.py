@@ -134,9 +134,9 @@ def wg_fits(p: Problem, props: "_device.DeviceProps") -> bool:
 def wg_config(p: Problem, M: int, sms: int, **over) -> dict:
     """``wg``'s default: 256-token tiles (64 / 128 up to M = 64 / 128, with two code planes a step), 8 warps of 16 weight rows,
     4 activation stages, K split until the output tiles cover the GPU once.  On an H100 (fp16, W4 g128; CUDA graphs;
-    ``benchmarks/wg_variants.py``) this is 0.99-1.09x cuBLAS fp16 at M = 256 on five of the six benchmark shapes
-    (1.4-1.5x on 4096 x 4096, where split-K's reduction costs more than it saves; the tuned table takes 64-token
-    tiles there), 0.65-0.87x at M = 128 (1.25-1.4x on 4096 x 4096)."""
+    ``benchmarks/wg_variants.py``) this default is 0.99-1.09x cuBLAS fp16's time at M = 256 on five of the six
+    benchmark shapes (1.4-1.5x on 4096 x 4096, where split-K's reduction costs more than it saves: the tuned table
+    takes 128-token tiles split in two there) and 0.65-0.87x at M = 128 (1.25-1.4x on 4096 x 4096)."""
     small = M <= 128
     cfg = {"kernel": "wg", "BM": 64 if M <= 64 else 128 if small else 256, "warps": 8, "stages": 4,
            "planes": 2 if small else 1, "group_m": 8, "split_k": 1}
@@ -168,9 +168,9 @@ def default_config(p: Problem, M: int, props: "_device.DeviceProps", allow_dqmm:
         # the tensor-core decode kernel: 1.1-2.0x faster than dot16 / dot at M = 2..16 on an H100
         return mmv_config(p, M, sms)
     if b >= 64 and wg_fits(p, props) and (b <= 1024 or not allow_dqmm):
-        # the Hopper prefill kernel (kernels_wg): 0.65-0.87x cuBLAS fp16 at M = 128, 0.92-1.02x at M = 256 and 0.94-1.18x
-        # at M = 1024 on five of six shapes on an H100 (tc: 1.3-2.0x; at M = 64 0.62-0.97x the dot kernels' time); from
-        # M = 2048 dequantize-then-cuBLAS (1.08-1.11x)
+        # the Hopper prefill kernel (kernels_wg; H100, through the layer with the tuned table): 0.49-0.77x cuBLAS fp16
+        # at M = 64, 0.59-0.73x at 128, 0.92-1.05x at 256 and 0.98-1.02x at 1024 on five of six shapes (tc: 1.3-2.0x at
+        # 256); from M = 2048 dequantize-then-cuBLAS (0.97-1.11x at 4096)
         return wg_config(p, M, sms)
     if b <= 64:
         BM, BN = max(16, b), 64

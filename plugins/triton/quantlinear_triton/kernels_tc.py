@@ -60,7 +60,7 @@ key            meaning                                                          
 ``split_k``    programs along K per output tile                                      1
 =============  ====================================================================  =========
 
-On Hopper the CUDA plugin runs :mod:`.kernels_wg` instead from M = 33 (its own schedule in Gluon: 0.92-1.02x cuBLAS
+On Hopper the CUDA plugin runs :mod:`.kernels_wg` instead from M = 33 (its own schedule in Gluon: 0.92-1.05x cuBLAS
 at M = 256 on five of six shapes); this kernel stays the prefill path of Ampere, Ada, Blackwell, ROCm and of the
 layers ``wg`` does not take.
 

@@ -16,7 +16,7 @@ Here the schedule is explicit:
 * the activation boxes arrive through ``STAGES`` shared-memory buffers filled by TMA ``STAGES - 1`` steps ahead; the
   MMAs are asynchronous, and a step's A registers are dequantized while the previous step's MMAs run (one step in
   flight: ``warpgroup_mma_wait(2)`` after issuing a step's two MMAs);
-* the next tile's words are loaded one tile ahead into registers;
+* the next tile's words, scale pairs and zero pairs are loaded a tile ahead into registers;
 * split-K (``split_k > 1``) reduces through the workspace and tile counters of :mod:`.kernels` (the protocol of its
   ``_finish``).
 
@@ -30,10 +30,11 @@ defining input registers"), so one plane stays in flight.  The words' addresses 
 offsets (``w_ptr + (woff + t * 32)``): hoisted as eight 64-bit pointers they pushed the 256-token variants to 255
 registers and spills.
 
-Measured on an H100 (``plugins/cuda/benchmarks/wg_variants.py``, the graph-tuned table, ``quantlinear bench``; CUDA
-graphs, W4 g128): M = 256 at 0.92-1.02x cuBLAS fp16's time on five of the six benchmark shapes (1.5x on 4096 x 4096),
-M = 1024 at 0.94-1.18x, M = 128 at 0.65-0.87x (1.25-1.4x on 4096 x 4096); the ``tc`` kernel it replaces took 1.34-1.65x
-at M = 256.  With neither activation loads nor dequantization the schedule runs at ~740 TFLOP/s (75% of the dense
+Measured on an H100 through the layer (``quantlinear bench``, the graph-tuned table; CUDA graphs, W4 g128 fp16;
+variants by ``plugins/cuda/benchmarks/wg_variants.py``): 0.92-1.05x cuBLAS fp16's time at M = 256 on five of the six
+benchmark shapes (1.35x on 4096 x 4096), 0.98-1.02x at M = 1024 on five (1.17x on 4096 x 14336), 0.59-0.73x at M =
+128 and 0.49-0.77x at M = 64 on five (1.23x / 1.02x on 4096 x 4096); the ``tc`` kernel it replaces took 1.34-1.65x at
+M = 256.  With neither activation loads nor dequantization the schedule runs at ~740 TFLOP/s (75% of the dense
 peak): the loads cost 0-6%, the dequantization 3-11%.
 """
 
@@ -51,6 +52,8 @@ try:
     from triton.experimental.gluon import language as gl
     from triton.experimental.gluon.language.nvidia.hopper import mbarrier, tma, warpgroup_mma, warpgroup_mma_wait
     from triton.experimental.gluon.nvidia.hopper import TensorDescriptor
+
+    from .kernels_mmv import _pack as _pack2  # two 16-bit halves -> one int32 pair
 
     HAS_WG = True
     _cta_barrier = getattr(gl, "thread_barrier", None) or gl.barrier
@@ -82,8 +85,6 @@ if HAS_WG:
 
         def get_device(self):
             return self.base.get_device()
-
-if HAS_WG:
 
     @gluon.constexpr_function
     def _words_layout(NW):
@@ -121,11 +122,6 @@ if HAS_WG:
             r = gl.inline_asm_elementwise(_dq_asm(J, False), "=h,=h,r,r,r", [words, zp, sp],
                                           dtype=(gl.float16, gl.float16), is_pure=True, pack=1)
         return r
-
-    @gluon.jit
-    def _pack2(lo, hi):
-        return gl.inline_asm_elementwise("mov.b32 $0, {$1, $2};", "=r,h,h", [lo, hi], dtype=gl.int32, is_pure=True,
-                                         pack=1)
 
     @gluon.jit
     def _row_pairs(s_ptr, z_ptr, t, rows, gsh, gmax, N, zh, HAS_ZEROS: gl.constexpr, BF16: gl.constexpr):

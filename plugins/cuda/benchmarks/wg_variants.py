@@ -7,8 +7,8 @@ and cuBLAS, per launch configuration.
 First (unless ``--no-check``) a correctness block: ragged M / N / K, asymmetric zeros, bias, bf16, split-K and both
 step widths, each against the fp32 product with the dequantized weight and against the tc kernel on the same weights.
 Then, per (K, N, M): ``cublas`` (``F.linear`` with a dense weight), ``tc`` (its shipped default), ``dqmm`` (M >= 512)
-and every ``wg`` variant (``--variants``: name -> launch_wg configuration; ``"split_k": "auto"`` splits K until the
-output tiles cover the GPU once).  Device time per call from CUDA-graph replays over weight copies > 150 MB
+and every ``wg`` variant (``--variants``: name -> launch_wg configuration; ``"split_k": "auto"``: the CUDA plugin's default
+split rule, :func:`quantlinear_cuda.tune.wg_config`).  Device time per call from CUDA-graph replays over weight copies > 150 MB
 (:func:`quantlinear_cuda.bench.time_graph`).  Rows go to OUT.json as they are measured; a line per (K, N, M) with
 each variant's time over cuBLAS is printed at the end.  Needs an sm_90 GPU.
 """
@@ -49,12 +49,15 @@ def _weights(K, N, group, zeros, gen, dev):
     return q, s, z
 
 
-def _auto_split(cfg: dict, M: int, N: int, sms: int) -> dict:
-    cfg = dict(cfg)
-    if cfg.get("split_k") == "auto":
-        tiles = -(-N // (16 * cfg.get("warps", 8))) * -(-M // cfg["BM"])
-        cfg["split_k"] = max(1, min(8, round(sms / tiles))) if tiles < 0.75 * sms else 1
-    return cfg
+def _auto_split(cfg: dict, M: int, N: int, K: int, sms: int) -> dict:
+    """``cfg`` with ``"split_k": "auto"`` replaced by the CUDA plugin's default rule (:func:`quantlinear_cuda.tune.wg_config`)."""
+    if cfg.get("split_k") != "auto":
+        return dict(cfg)
+    from quantlinear_cuda.tune import Problem, wg_config
+
+    p = Problem(bits=4, slab=32, group_size=128, has_zeros=False, dtype="float16", N=N, K=K)
+    rest = {k: v for k, v in cfg.items() if k != "split_k"}
+    return dict(rest, split_k=wg_config(p, M, sms, **rest)["split_k"])
 
 
 def main() -> None:
@@ -127,7 +130,7 @@ def main() -> None:
                 if M >= 512:
                     runs.append(("dqmm", lambda q, s, x=x: TK.launch(x, q, s, None, None, 4, 32, 128, K, 8.0, dqmm)))
                 for name, cfg in variants.items():
-                    c = _auto_split(cfg, M, N, sms)
+                    c = _auto_split(cfg, M, N, K, sms)
                     runs.append((name, lambda q, s, x=x, c=c: WG.launch_wg(x, q, s, None, None, 128, 8.0, c)))
                 for name, fn in runs:
                     try:

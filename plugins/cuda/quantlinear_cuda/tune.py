@@ -142,7 +142,7 @@ def wg_config(p: Problem, M: int, sms: int, **over) -> dict:
            "planes": 2 if small else 1, "group_m": 8, "split_k": 1}
     cfg.update(over)
     if "split_k" not in over:
-        tiles = -(-p.N // 128) * -(-M // cfg["BM"])
+        tiles = -(-p.N // (16 * cfg["warps"])) * -(-M // cfg["BM"])
         if tiles < 0.75 * sms:
             cfg["split_k"] = max(1, min(8, p.k_tiles // 2, round(sms / tiles)))
     return cfg
@@ -314,8 +314,14 @@ kernels = frozenset({"gemv", "gemv16", "dot", "dot16", "tc", "mmv", "wg", "dqmm"
 
 
 def config_reason(p: Problem, cfg: object) -> str | None:
-    """Why a stored configuration (user cache, shipped table) cannot be used: :func:`quantlinear_triton.tune.config_reason`."""
-    return _tune.config_reason(cfg, kernels)
+    """Why a stored configuration (user cache, shipped table) cannot be used: :func:`quantlinear_triton.tune.config_reason`,
+    then for ``wg`` its own tile / step / warp set (:func:`quantlinear_triton.kernels_wg.config_reason`)."""
+    why = _tune.config_reason(cfg, kernels)
+    if why is None and cfg["kernel"] == "wg":
+        from quantlinear_triton import kernels_wg
+
+        why = kernels_wg.config_reason(cfg)
+    return why
 
 
 class Tuner(_tune.Tuner):

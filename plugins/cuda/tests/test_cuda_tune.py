@@ -323,6 +323,14 @@ def test_layers_wg_does_not_take_keep_the_other_kernels(bits, group, dtype, K):
     assert "wg" not in {c["kernel"] for c in tune.candidates(p, 256, H100)}
 
 
+def test_a_stored_wg_configuration_outside_its_tiles_is_refused():
+    """A hand-edited table entry the generic checks pass (BM = 512 is a power of two) but wg cannot launch is a reason
+    to skip the entry, not an error in the middle of a forward."""
+    assert tune.config_reason(P, {"kernel": "wg", "BM": 512}) == "kernels_wg: no configuration BM=512 planes=1 warps=8"
+    assert "planes" in tune.config_reason(P, {"kernel": "wg", "BM": 256, "planes": 3})
+    assert tune.config_reason(P, tune.wg_config(P, 256, 132)) is None
+
+
 def test_wg_splits_k_where_its_tiles_do_not_cover_the_gpu():
     wide = tune.Problem(bits=4, slab=32, group_size=128, has_zeros=False, dtype="float16", N=14336, K=4096)
     assert tune.wg_config(wide, 256, 132) == {"kernel": "wg", "BM": 256, "warps": 8, "stages": 4, "planes": 1, "group_m": 8,

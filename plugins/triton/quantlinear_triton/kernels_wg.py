@@ -45,7 +45,9 @@ import functools
 import torch
 
 from . import launch as _fast
-from .kernels import _tile_of  # (a scalar Triton function: Gluon calls it as is)
+from .kernels import _asm_ok, _h2_magic, _tile_of  # (_tile_of: a scalar Triton function, Gluon calls it as is)
+from .kernels_mmv import group_shift
+from .kernels_tc import _bf2_sub_magic, split_plan
 
 try:
     from triton.experimental import gluon
@@ -273,8 +275,6 @@ SMEM_BUDGET = 200 * 1024
 def fits(bits: int, slab: int, group_size: int, K: int, dtype: torch.dtype) -> bool:
     """Whether ``wg`` computes this layer: 4-bit codes in 32-word slabs, groups of 128 x 2^k channels (or one per row),
     fp16 / bf16 activations, and rows of ``x`` whose byte stride TMA takes (K a multiple of 8)."""
-    from .kernels_mmv import group_shift
-
     return (HAS_WG and bits == 4 and slab == 32 and K % 8 == 0 and group_shift(group_size, K) is not None
             and dtype in (torch.float16, torch.bfloat16))
 
@@ -287,9 +287,7 @@ def _hopper(index: int) -> bool:
 def runs(x: torch.Tensor, scales: torch.Tensor) -> bool:
     """Whether ``wg`` can run on these tensors: compiled CUDA on sm_90 (wgmma is Hopper's alone), fp16 activations
     with fp16 scales or bf16 activations with fp16 / bf16 scales, a 16-byte aligned ``x``."""
-    import os
-
-    if not (HAS_WG and x.is_cuda and os.environ.get("TRITON_INTERPRET", "0") in ("", "0") and torch.version.hip is None):
+    if not (HAS_WG and _asm_ok(x)):  # (CUDA, compiled: not the interpreter, not ROCm)
         return False
     if not (scales.dtype == x.dtype == torch.float16
             or (x.dtype == torch.bfloat16 and scales.dtype in (torch.float16, torch.bfloat16))):
@@ -300,6 +298,15 @@ def runs(x: torch.Tensor, scales: torch.Tensor) -> bool:
 @functools.lru_cache(maxsize=16)
 def _box_layout(BM: int, P: int, bf16: bool):
     return gl.NVMMASharedLayout.get_default_for([BM, BOX * P], gl.bfloat16 if bf16 else gl.float16)
+
+
+def config_reason(cfg: dict) -> str | None:
+    """Why ``cfg`` is no ``wg`` launch configuration (its tile, step width or warps; the rest defaults), or None: what
+    :func:`launch_wg` refuses, and what the CUDA tuner skips in a stored table."""
+    BM, P, warps = cfg.get("BM", DEFAULT_CFG["BM"]), cfg.get("planes", 1), cfg.get("warps", 8)
+    if BM not in (64, 128, 256) or P not in (1, 2) or warps not in (4, 8):
+        return f"kernels_wg: no configuration BM={BM} planes={P} warps={warps}"
+    return None
 
 
 def launch_wg(x: torch.Tensor, qweight: torch.Tensor, scales: torch.Tensor, zeros: torch.Tensor | None,
@@ -313,10 +320,6 @@ def launch_wg(x: torch.Tensor, qweight: torch.Tensor, scales: torch.Tensor, zero
     of a weight block in a row), ``split_k`` (programs along K; fp32 partials summed in order by the last),
     ``maxnreg`` (a register cap: 128 lets two 64-token programs share a multiprocessor).
     """
-    from .kernels import _h2_magic
-    from .kernels_mmv import group_shift
-    from .kernels_tc import _bf2_sub_magic, split_plan
-
     c = dict(DEFAULT_CFG)
     c.update(cfg or {})
     M, K = x.shape
@@ -324,9 +327,10 @@ def launch_wg(x: torch.Tensor, qweight: torch.Tensor, scales: torch.Tensor, zero
     y = out if out is not None else x.new_empty((M, N))
     if M == 0:
         return y
+    why = config_reason(c)
+    if why:
+        raise ValueError(why)
     BM, P, warps = int(c["BM"]), int(c.get("planes", 1)), int(c.get("warps", 8))
-    if BM not in (64, 128, 256) or P not in (1, 2) or warps not in (4, 8):
-        raise ValueError(f"kernels_wg: no configuration BM={BM} planes={P} warps={warps}")
     bf16 = x.dtype == torch.bfloat16
     stages = max(2, min(int(c["stages"]), SMEM_BUDGET // (128 * BM * P)))  # a stage: two [BM, 32 P] 16-bit boxes
     desc = _XDesc(x, [M, K], [K, 1], [BM, BOX * P], _box_layout(BM, P, bf16))

@@ -7,7 +7,8 @@ For int W4A16 g128 (fp16, bf16), MXFP4 and NVFP4 layers of one shape: wall time 
 per 200 calls: where the host is slower than the GPU this is the host's time), the same for ``F.linear`` on a dense
 fp16 weight of the shape, and the direct / ``kernel[grid]`` launch counts of those calls
 (:func:`quantlinear_triton.launch.stats`): a warm call that still takes the ``kernel[grid]`` path costs 25-45 us.
-``--profile M`` adds the top of a cProfile of 200 calls at that M per layer; ``--trace`` the GPU's own time per call
+``host`` is the CPU's time per call alone (the layer's / ``F.linear``'s, issued while the GPU is held busy:
+:func:`quantlinear_cuda.bench.time_host`).  ``--profile M,...`` adds the top of a cProfile of 200 calls at those M per layer; ``--trace`` the GPU's own time per call
 of those eager calls (torch.profiler: kernel durations summed, and the span from the first kernel's start to the
 last one's end over 50 calls), which tells a host-bound call from a slow kernel.  Issue #4's target: eager overhead
 within 10 us of ``F.linear``'s.
@@ -23,7 +24,7 @@ from quantlinear.benchutil import random_int_weights
 from quantlinear.scheme import PRESETS
 from quantlinear.testing import Case
 from quantlinear.testing_fp import build_float_layer, format_for
-from quantlinear_cuda.bench import host_profile, time_eager
+from quantlinear_cuda.bench import host_profile, time_eager, time_host
 from quantlinear_cuda.kernels.triton_fp import TritonFPLinear
 from quantlinear_cuda.kernels.triton_wna16 import TritonWNA16Linear
 from quantlinear_triton import launch as L
@@ -63,7 +64,7 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--shape", default="4096x14336")
     ap.add_argument("--m", default="1,2,16,64,300")
-    ap.add_argument("--profile", type=int, default=None)
+    ap.add_argument("--profile", default="", help="comma-separated M values to cProfile")
     ap.add_argument("--trace", action="store_true")
     ap.add_argument("--layers", default="W4A16 fp16,W4A16 bf16,MXFP4,NVFP4")
     ap.add_argument("--json", default=None)
@@ -85,15 +86,16 @@ def main():
             L.stats(reset=True)
             us = time_eager(lambda: layer(x), 200)
             st = {k: v for k, v in L.stats().items() if v != (0, 0)}
-            row = dict(layer=name, M=M, eager_us=us, f_linear_us=ref, launches=st)
+            host, ref_host = time_host(lambda: layer(x)), time_host(lambda: F.linear(x, dense[dt]))
+            row = dict(layer=name, M=M, eager_us=us, f_linear_us=ref, host_us=host, f_linear_host_us=ref_host, launches=st)
             if a.trace:
                 row["kernel_us"], row["span_us"] = trace(lambda: layer(x))
             rows.append(row)
-            print(f"  {name:<11} M={M:<4} {us:7.1f} us  F.linear {ref:7.1f} us  {us - ref:+7.1f}  "
+            print(f"  {name:<11} M={M:<4} {us:7.1f} us  F.linear {ref:7.1f} us  {us - ref:+7.1f}  host {host:5.1f} / {ref_host:4.1f} us  "
                   + (f"[GPU: kernels {row['kernel_us']:.1f} us, span {row['span_us']:.1f} us per call]  " if a.trace else "")
                   + ", ".join(f"{k} {d}/{n}" for k, (d, n) in st.items()), flush=True)
-            if a.profile == M:
-                print(host_profile(lambda: layer(x), 200, 12))
+            if str(M) in a.profile.split(","):
+                print(host_profile(lambda: layer(x), 200, 25))
     print(L.status())
     if a.json:
         with open(a.json, "w") as f:

@@ -170,6 +170,21 @@ def time_eager(fn: Callable[[], Any], iters: int) -> float:
     return (time.perf_counter() - t0) / iters * 1e6
 
 
+def time_host(fn: Callable[[], Any], calls: int = 200) -> float:
+    """Host time per call in us: ``calls`` calls issued while the GPU is held by ``torch.cuda._sleep`` (long enough to
+    outlast them), so no call waits for the device; what an eager call costs the CPU whatever the kernel takes."""
+    for _ in range(3):
+        fn()
+    torch.cuda.synchronize()
+    torch.cuda._sleep(int(calls * 200e-6 * 2e9))  # ~200 us a call at <= 2 GHz: longer than any host call here
+    t0 = time.perf_counter()
+    for _ in range(calls):
+        fn()
+    t = time.perf_counter() - t0
+    torch.cuda.synchronize()
+    return t / calls * 1e6
+
+
 def host_profile(fn: Callable[[], Any], calls: int, top: int) -> str:
     """The top ``top`` functions by own time of a cProfile of ``calls`` calls of ``fn`` (one synchronize at the end):
     where an eager call's host time goes."""

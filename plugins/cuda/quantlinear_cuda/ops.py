@@ -19,9 +19,11 @@ from . import tune
 
 def run_gemm(x: Tensor, qweight: Tensor, scales: Tensor, zeros: Optional[Tensor], bias: Optional[Tensor],
              bits: int, group_size: int, in_features: int, slab: int, zero_point: float,
-             problem: "tune.Problem | None" = None) -> Tensor:
-    """Choose the launch configuration for this M (tuning on first use if enabled) and launch."""
-    return _shared.run_gemm(tune.TUNER, x, qweight, scales, zeros, bias, bits, group_size, in_features, slab, zero_point, problem)
+             problem: "tune.Problem | None" = None, plans: dict | None = None) -> Tensor:
+    """Choose the launch configuration for this M (tuning on first use if enabled) and launch (``plans``: the layer's
+    launch plans, :func:`quantlinear_triton.ops.run_gemm`)."""
+    return _shared.run_gemm(tune.TUNER, x, qweight, scales, zeros, bias, bits, group_size, in_features, slab, zero_point, problem,
+                            plans)
 
 
 wna16_gemm = _shared.define_wna16_gemm("quantlinear_cuda::wna16_gemm", run_gemm)

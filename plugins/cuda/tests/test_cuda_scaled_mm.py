@@ -294,7 +294,7 @@ def test_layer_uses_the_op_and_says_which(monkeypatch):
         spec = fp8_spec(dtype=torch.float16)
         assert "fused Triton launch" in FP8ScaledMMLinear.can_implement(fp8_spec(device="cuda")).reason
         layer, w, b = build(FP8ScaledMMLinear, spec)
-        assert layer.act_quant == "triton" and not layer.fast_accum
+        assert layer.act_quant == "triton" and layer.fast_accum  # (the default)
         x = (torch.randn(6, 256, generator=torch.Generator().manual_seed(6)) * 3).to(torch.float16)
         calls = []
         real = fp8_act_ops.FP8_QUANT_OP
@@ -332,14 +332,16 @@ def test_compile_fullgraph_keeps_the_op(dtype):
         torch._dynamo.reset()
 
 
-@pytest.mark.parametrize("env,want", [(None, False), ("0", False), ("1", True)])
-def test_fast_accum_is_opt_in(monkeypatch, env, want):
+@pytest.mark.parametrize("env,want", [(None, True), ("0", False), ("off", False), ("1", True)])
+def test_fast_accum_is_the_default_and_can_be_turned_off(monkeypatch, env, want):
     if env is None:
         monkeypatch.delenv(fp8mod.FAST_ACCUM_ENV, raising=False)
     else:
         monkeypatch.setenv(fp8mod.FAST_ACCUM_ENV, env)
     fake = FakeCuda()
     with stand_in(SM90, (2, 11)), fake_cuda_scaled_mm(fake):
+        why = FP8ScaledMMLinear.can_implement(fp8_spec(device="cuda")).reason
+        assert ("; fast accumulation" in why) is want and ("fp32-exact accumulation" in why) is not want
         for gs in (-1, 0):
             layer, w, b = build(FP8ScaledMMLinear, fp8_spec(gs, torch.bfloat16))
             assert layer.fast_accum is want

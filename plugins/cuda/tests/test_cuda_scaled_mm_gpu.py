@@ -23,6 +23,13 @@ pytestmark = pytest.mark.skipif(not GPU or CAP < (8, 9), reason="needs an FP8 CU
 DEV = torch.device("cuda")
 
 
+@pytest.fixture(autouse=True)
+def exact_accumulation(monkeypatch):
+    """These tests hold ``_scaled_mm`` to fp32-exact sums (``QUANTLINEAR_FP8_FAST_ACCUM=0``); the default, fast
+    accumulation, has its own test (:func:`test_fast_accum_by_default`)."""
+    monkeypatch.setenv("QUANTLINEAR_FP8_FAST_ACCUM", "0")
+
+
 def fp8_layer(K, N, dtype, gs=-1, bias=False, seed=0):
     from quantlinear_cuda.kernels.scaled_mm_fp8 import FP8ScaledMMLinear
 
@@ -147,10 +154,12 @@ def test_compiled_torch_fallback_quantization(dtype):
     assert torch.equal(f(x, st).view(torch.uint8), fpquant.fp8_static_quantize_input(x, st).view(torch.uint8))
 
 
-def test_fast_accum_opt_in(monkeypatch):
+def test_fast_accum_by_default(monkeypatch):
+    """The default (fast accumulation): within the FP8 tensor cores' reduced-precision sums, far inside the error of the
+    activations' E4M3 rounding."""
     from quantlinear_cuda.kernels import scaled_mm_fp8
 
-    monkeypatch.setenv(scaled_mm_fp8.FAST_ACCUM_ENV, "1")
+    monkeypatch.delenv(scaled_mm_fp8.FAST_ACCUM_ENV, raising=False)
     layer, fw, b, _ = fp8_layer(4096, 1024, torch.float16, -1, False)
     assert layer.fast_accum
     x = torch.randn(256, 4096, device=DEV, dtype=torch.float16)

@@ -13,8 +13,10 @@ from . import tune
 
 
 def run_gemm(x: Tensor, qweight: Tensor, scales: Tensor, zeros: Optional[Tensor], bias: Optional[Tensor],
-             bits: int, group_size: int, in_features: int, slab: int, zero_point: float, problem=None) -> Tensor:
-    return _shared.run_gemm(tune.TUNER, x, qweight, scales, zeros, bias, bits, group_size, in_features, slab, zero_point, problem)
+             bits: int, group_size: int, in_features: int, slab: int, zero_point: float, problem=None,
+             plans: dict | None = None) -> Tensor:
+    return _shared.run_gemm(tune.TUNER, x, qweight, scales, zeros, bias, bits, group_size, in_features, slab, zero_point, problem,
+                            plans)
 
 
 wna16_gemm = _shared.define_wna16_gemm("quantlinear_rocm::wna16_gemm", run_gemm)

@@ -840,6 +840,16 @@ def _bf2_magic(zero_point: float) -> int | None:
 
 
 
+for _k in (_gemv_kernel, _gemv16_kernel, _dot16_kernel, _dot_kernel):  # each launch writes the whole output
+    _fast.replayable(_k)
+
+
+def persistent_tensors() -> list[torch.Tensor]:
+    """The split-K workspaces and tile counters, which live as long as the process (constants for a
+    :class:`.launch.Replay`)."""
+    return [*_ws.values(), *_ws_old, *_counters.values()]
+
+
 def launch(x: torch.Tensor, qweight: torch.Tensor, scales: torch.Tensor, zeros: torch.Tensor | None,
            bias: torch.Tensor | None, bits: int, slab: int, group_size: int, in_features: int,
            zero_point: float, cfg: dict, out: torch.Tensor | None = None) -> torch.Tensor:

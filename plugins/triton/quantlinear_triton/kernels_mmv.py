@@ -491,6 +491,8 @@ if HAS_GLUON:
         else:
             _final(y_ptr, b_ptr, r_ptr, omul, c0, c1, c2, c3, d0, d1, d2, d3, ta, r0, M, N, NT, HAS_BIAS, FP, HAS_ROWS)
 
+    _fast.replayable(_mmv_kernel)  # (one launch writes the whole output)
+
     @gluon.jit
     def _gdc_wait():
         """Programmatic dependent launch (``PDL``, :func:`.kernels.pdl_ok`): wait until the previous kernel of the stream

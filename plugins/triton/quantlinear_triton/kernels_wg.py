@@ -265,6 +265,8 @@ if HAS_WG:
                 out += gl.load(b_ptr + col, mask=col < N, other=0.0).to(gl.float32)
             gl.store(y_ptr + offs, out.to(y_ptr.dtype.element_ty), mask=mask)
 
+    _fast.replayable(_wg_kernel)  # (one launch writes the whole output)
+
 
 #: the configuration :func:`launch_wg` uses when none is given
 DEFAULT_CFG = {"BM": 256, "warps": 8, "stages": 4, "planes": 1, "group_m": 8, "split_k": 1}

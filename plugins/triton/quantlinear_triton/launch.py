@@ -16,6 +16,14 @@ have picked, on the current stream: CUDA-graph capturable like the normal path. 
 direct launch of a process is checked bit for bit against ``kernel[grid]`` (outside graph
 capture); a mismatch or an error turns the fast path off for the process.
 
+A layer can go one step further (:class:`Replay`): its first call at a given M runs inside :class:`recording`, and
+when that call was one verified direct launch of a kernel marked :func:`replayable` whose every tensor argument is the
+activations (or their TMA descriptor), the output, or a tensor that lives as long as the layer (its buffers, the
+persistent split-K workspace and counters), later calls at that M relaunch it with only ``x`` and ``y`` swapped in:
+no configuration lookup, no argument building, no specialization key.  Each relaunch still checks what could have
+changed since (the fast path switched off, a launch hook installed, another current device, the new tensors'
+16-byte alignment) and declines otherwise, and the caller takes the normal path.
+
 The normal path is used whenever the fast one cannot be trusted: under ``TRITON_INTERPRET``,
 for non-CUDA tensors (ROCm specializes on more, e.g. pointer ranges), when a launch hook is
 registered (profilers; an empty ``HookChain`` is no hook), when Triton's internals differ from what this module expects (checked
@@ -36,6 +44,11 @@ _compiled: dict[tuple, Any] = {}
 _state: dict[str, Any] = {}
 #: kernel name -> [direct launches, normal launches] (see :func:`stats`); a cached entry holds its kernel's list
 _stats: dict[str, list] = {}
+#: the kernels a :class:`Replay` may relaunch (one launch computes the whole output; :func:`replayable`)
+_replayable: set[int] = set()
+#: inside :class:`recording`: one entry per launch, ``(fn, grid, args, n_tensors, cached entry)`` for a verified
+#: direct launch, None for any other
+_recorded: list | None = None
 
 
 def _counts(fn) -> list:
@@ -130,6 +143,13 @@ def launch(fn, grid: tuple, tensors: Sequence[torch.Tensor], ints: Sequence[int]
     the kernel writes (deterministically): the first direct launch of the process is checked
     against the normal path on it, bit for bit, and a mismatch turns the fast path off.
     """
+    rec = _launch(fn, grid, tensors, ints, floats, consts, static_key, options, out)
+    if _recorded is not None:
+        _recorded.append(rec)
+
+
+def _launch(fn, grid, tensors, ints, floats, consts, static_key, options, out):
+    """:func:`launch`; returns ``(fn, grid, args, n_tensors, entry)`` where it was a verified direct launch, else None."""
     x0 = tensors[0]
     if x0.is_cuda and _supported():
         kr = _state["knobs"]
@@ -146,9 +166,9 @@ def launch(fn, grid: tuple, tensors: Sequence[torch.Tensor], ints: Sequence[int]
                     run, function, packed, counts, cvals = hit
                     args = (*tensors, *ints, *floats, *cvals)
                     n = len(grid)
+                    g3 = (grid[0], grid[1] if n > 1 else 1, grid[2] if n > 2 else 1)
                     try:
-                        run(grid[0], grid[1] if n > 1 else 1, grid[2] if n > 2 else 1, _state["stream"](dev), function, packed,
-                            None, None, None, *args)
+                        run(g3[0], g3[1], g3[2], _state["stream"](dev), function, packed, None, None, None, *args)
                     except Exception as e:  # an internal API this module does not know: normal launches from now on
                         _state["ok"] = False
                         _state["why"] = f"direct launch failed: {type(e).__name__}: {e}"
@@ -156,7 +176,7 @@ def launch(fn, grid: tuple, tensors: Sequence[torch.Tensor], ints: Sequence[int]
                     else:
                         counts[0] += 1
                         if verified:
-                            return
+                            return (fn, g3, args, len(tensors), hit)
                         fast = out.clone()
                         counts[1] += 1
                         fn[grid](*tensors, *ints, *floats, **consts, **options)
@@ -262,3 +282,93 @@ def _const_values(fn, consts: dict, static_key: tuple) -> tuple:
             _const_cache.clear()
         _const_cache[k] = v
     return v
+
+
+# ---- replaying one layer's launch -----------------------------------------------------------------
+def replayable(fn):
+    """Mark kernel ``fn`` as one whose single launch computes the whole output (a :class:`Replay` may relaunch it)."""
+    _replayable.add(id(fn))
+    return fn
+
+
+class recording:
+    """``with recording() as rec:`` -- ``rec`` lists the launches made inside the block (:func:`launch`'s records)."""
+
+    def __enter__(self) -> list:
+        global _recorded
+        _recorded = []
+        return _recorded
+
+    def __exit__(self, *exc) -> None:
+        global _recorded
+        _recorded = None
+
+
+class Replay:
+    """One verified direct launch of a layer at one M, with every argument resolved but the activations and the output.
+
+    ``replay(x, y)`` relaunches it with ``x`` (and the TMA descriptor it rebuilds on ``x`` where the kernel takes one)
+    and ``y`` in their places, on the current stream; it returns False, launching nothing, where the fast path was
+    switched off, a launch hook is installed, the current device changed, or ``x`` / ``y`` differ in 16-byte alignment
+    from the recorded launch (the specialization the kernel was compiled for).  The caller guarantees the rest: the same
+    layer (same constant tensors), the same M, dtype and device.
+    """
+
+    __slots__ = ("run", "function", "packed", "counts", "grid", "args", "x_slots", "d_slots", "y_slots", "x_aligned",
+                 "y_aligned", "dev", "desc")
+
+    def __call__(self, x: torch.Tensor, y: torch.Tensor) -> bool:
+        st = _state
+        if not st.get("ok") or not _no_hooks(st["knobs"]) or st["device"]() != self.dev:
+            return False
+        if ((x.data_ptr() & 15) == 0) is not self.x_aligned or ((y.data_ptr() & 15) == 0) is not self.y_aligned:
+            return False
+        args = list(self.args)
+        for i in self.x_slots:
+            args[i] = x
+        if self.d_slots:
+            d = object.__new__(type(self.desc))  # the recorded descriptor on x: same shape, strides, block and layout
+            d.__dict__.update(self.desc.__dict__)
+            d.base = x
+            for i in self.d_slots:
+                args[i] = d
+        for i in self.y_slots:
+            args[i] = y
+        g = self.grid
+        self.run(g[0], g[1], g[2], st["stream"](self.dev), self.function, self.packed, None, None, None, *args)
+        self.counts[0] += 1
+        return True
+
+
+def replay_of(records: list, x: torch.Tensor, y: torch.Tensor, constants: Sequence[torch.Tensor | None]) -> Replay | None:
+    """The :class:`Replay` of a call that made ``records`` (:class:`recording`), read ``x`` and returned ``y``, or None:
+    it must have been exactly one verified direct launch of a :func:`replayable` kernel, writing ``y``, whose tensor
+    arguments are each ``x``, a TMA descriptor of ``x``, ``y`` or one of ``constants`` (tensors that stay as they are
+    for the layer's life)."""
+    if len(records) != 1 or records[0] is None:
+        return None
+    fn, grid, args, n_tensors, (run, function, packed, counts, _) = records[0]
+    if id(fn) not in _replayable:
+        return None
+    keep = {id(t) for t in constants if t is not None}
+    x_slots, d_slots, y_slots, desc = [], [], [], None
+    for i, t in enumerate(args[:n_tensors]):
+        if t is x:
+            x_slots.append(i)
+        elif t is y:
+            y_slots.append(i)
+        elif getattr(t, "base", None) is x and hasattr(t, "block_shape") and hasattr(t, "__dict__"):
+            if desc is not None and (type(t) is not type(desc) or t.__dict__ != desc.__dict__):
+                return None
+            d_slots.append(i)
+            desc = t
+        elif id(t) not in keep:
+            return None
+    if not y_slots or not (x_slots or d_slots):
+        return None
+    r = Replay()
+    r.run, r.function, r.packed, r.counts, r.grid, r.args = run, function, packed, counts, grid, tuple(args)
+    r.x_slots, r.d_slots, r.y_slots, r.desc = tuple(x_slots), tuple(d_slots), tuple(y_slots), desc
+    r.x_aligned, r.y_aligned = (x.data_ptr() & 15) == 0, (y.data_ptr() & 15) == 0
+    r.dev = x.get_device()
+    return r

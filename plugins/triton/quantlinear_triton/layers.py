@@ -26,7 +26,8 @@ class TritonSlabBase(QuantLinear):
     (:mod:`.packing`), keeps the checkpoint's scales bit-exact, and drops zero points when they
     are one constant (every symmetric checkpoint).  No float copy of the weight is kept.
     ``compute`` runs the plugin's op: in eager mode its implementation directly (no dispatcher
-    round trip), under ``torch.compile`` the registered custom op.
+    round trip; after the first call at an M, through the layer's launch plan for it: see
+    :func:`quantlinear_triton.ops.run_gemm`), under ``torch.compile`` the registered custom op.
     """
 
     abstract = True
@@ -53,6 +54,7 @@ class TritonSlabBase(QuantLinear):
         self.register_buffer("w_zeros", None if zc is not None else pack_zeros(w.zeros))
         self.zero_point = float(zc if zc is not None else 0)
         self.problem = tune.Problem(bits, slab, g, zc is None, _ops.dtype_name(s.dtype), N, K)
+        self._plans = _ops.PlanCache()  # eager launch plans by M (quantlinear_triton.ops.run_gemm)
         if self.w_slab.is_cuda:  # allocate the split-K counters and workspace now, never during a graph capture
             _ops.triton_kernels().reserve(self.w_slab.device)
 
@@ -63,7 +65,7 @@ class TritonSlabBase(QuantLinear):
             # from ``_buffers`` (nn.Module.__getattr__ is a slow fallback, this is the decode hot path)
             b = self._buffers
             return self.ops_module.run_gemm(x, b["w_slab"], b["w_scales"], b["w_zeros"], b.get("bias"), m.bits, m.group_size,
-                                            m.in_features, m.slab, self.zero_point, self.problem)
+                                            m.in_features, m.slab, self.zero_point, self.problem, self._plans)
         return self.ops_module.OP(x, self.w_slab, self.w_scales, self.w_zeros, self.bias, m.bits, m.group_size, m.in_features, m.slab,
                                   self.zero_point)
 

@@ -205,6 +205,196 @@ def test_fast_launch_caches_per_specialization_and_verifies(monkeypatch):
     assert go() == ["jit"]
 
 
+class _FakeGPU:
+    """What the direct launcher and a replay read, without a GPU: tensor stand-ins, a JIT function and its compiled
+    kernel (the launcher records its calls)."""
+
+    def __init__(self, monkeypatch):
+        from types import SimpleNamespace
+
+        from quantlinear_triton import launch as fl
+
+        self.fl, self.calls, self.dev = fl, [], 0
+        outer = self
+
+        class T:
+            is_cuda = True
+
+            def __init__(self, ptr, dtype=torch.float16, shape=(1, 512)):
+                self.ptr, self.dtype, self.shape = ptr, dtype, shape
+
+            def data_ptr(self):
+                return self.ptr
+
+            def get_device(self):
+                return 0
+
+            def new_empty(self, shape):
+                return T(4096 + 512 * len(outer.calls), self.dtype, shape)
+
+        class CK:
+            function, packed_metadata = "fn-handle", "meta"
+
+            def run(self, *a):
+                outer.calls.append(("direct", a))
+
+        class Fn:
+            arg_names = ["x", "w", "y", "n", "A"]
+            params = [SimpleNamespace(name=n, is_constexpr=n.isupper(), has_default=False, default=None) for n in arg_names]
+
+            def __getitem__(self, grid):
+                def go(*a, **kw):
+                    outer.calls.append(("jit", a, kw))
+                    return CK()
+                return go
+
+        self.T, self.Fn = T, Fn
+        self.chain = SimpleNamespace(calls=[])
+        monkeypatch.setattr(fl, "_state", {"ok": True, "verified": True, "stream": lambda d: 77, "device": lambda: self.dev,
+                                           "knobs": SimpleNamespace(launch_enter_hook=self.chain, launch_exit_hook=None)})
+        for name in ("_compiled", "_const_cache", "_order_ok", "_stats"):
+            monkeypatch.setattr(fl, name, {})
+        monkeypatch.setattr(fl, "_replayable", set())
+        monkeypatch.setattr(torch.cuda, "is_current_stream_capturing", lambda: False)
+
+    def launch(self, fn, x, w, y, n=32):
+        self.fl.launch(fn, (3, 2), (x, w, y), (n,), (), {"A": 1}, ("cfg", id(fn)), {"num_warps": 4}, y)
+
+
+def test_a_replay_relaunches_one_recorded_launch_with_new_activations_and_output(monkeypatch):
+    g = _FakeGPU(monkeypatch)
+    fl, T = g.fl, g.T
+    fn, other = fl.replayable(g.Fn()), g.Fn()
+    x, w, y = T(64), T(128), T(256)
+    g.launch(fn, x, w, y)  # first launch of this specialization: the normal path (not recorded as direct)
+    with fl.recording() as rec:
+        g.launch(fn, x, w, y)
+    assert fl._recorded is None and len(rec) == 1 and rec[0][0] is fn
+    r = fl.replay_of(rec, x, y, (w,))
+    x2, y2 = T(512), T(1024)
+    g.calls.clear()
+    assert r(x2, y2) and g.calls == [("direct", (3, 2, 1, 77, "fn-handle", "meta", None, None, None, x2, w, y2, 32, 1))]
+    # what it cannot vouch for: declined, nothing launched (the caller takes the normal path)
+    g.calls.clear()
+    assert not r(T(72), y2) and not r(x2, T(8))  # another 16-byte alignment: another specialization
+    g.chain.calls.append(print)  # a profiler's launch hook
+    assert not r(x2, y2)
+    g.chain.calls.clear()
+    g.dev = 1  # another current device
+    assert not r(x2, y2)
+    g.dev = 0
+    fl._state["ok"] = False  # the fast path switched off since
+    assert not r(x2, y2) and g.calls == []
+    fl._state["ok"] = True
+    # no replay: a kernel not marked replayable, a tensor that is not x / y / a constant, two launches, a normal launch
+    with fl.recording() as rec:
+        g.launch(other, x, w, y)
+        g.launch(other, x, w, y)
+    assert fl.replay_of(rec[1:], x, y, (w,)) is None  # (rec[0] was other's first, normal launch)
+    assert rec[0] is None and fl.replay_of(rec[:1], x, y, (w,)) is None
+    with fl.recording() as rec:
+        g.launch(fn, x, w, y)
+    assert fl.replay_of(rec, x, y, ()) is None  # w unknown: it might change between calls
+    assert fl.replay_of(rec + rec, x, y, (w,)) is None
+    assert fl.replay_of(rec, T(64), y, (w,)) is None and fl.replay_of(rec, x, T(256), (w,)) is None  # other objects
+
+
+def test_a_replay_rebuilds_the_tma_descriptor_on_the_new_activations(monkeypatch):
+    from dataclasses import dataclass as dc
+
+    g = _FakeGPU(monkeypatch)
+    fl, T = g.fl, g.T
+
+    @dc
+    class Desc:  # a TensorDescriptor's fields (the launcher keys it like its tensor)
+        base: object
+        shape: list
+        strides: list
+        block_shape: list
+        layout: str
+
+        is_cuda = True
+
+        @property
+        def dtype(self):
+            return self.base.dtype
+
+        def data_ptr(self):
+            return self.base.data_ptr()
+
+        def get_device(self):
+            return 0
+
+    fn = fl.replayable(g.Fn())
+    x, w, y = T(64), T(128), T(256)
+    d = Desc(x, [4, 512], [512, 1], [64, 64], "nvmma")
+    g.launch(fn, d, w, y)
+    with fl.recording() as rec:
+        g.launch(fn, d, w, y)
+    r = fl.replay_of(rec, x, y, (w,))
+    x2, y2 = T(512), T(1024)
+    g.calls.clear()
+    assert r(x2, y2)
+    d2 = g.calls[0][1][9]
+    assert type(d2) is Desc and d2.base is x2 and (d2.shape, d2.strides, d2.block_shape, d2.layout) == (d.shape, d.strides,
+                                                                                                       d.block_shape, d.layout)
+    assert d.base is x  # the recorded descriptor is left as it was
+
+
+def test_a_layer_plans_its_launch_per_m_and_replans_when_the_configuration_or_weights_change(monkeypatch):
+    import copy
+    import pickle
+
+    g = _FakeGPU(monkeypatch)
+    fl, T = g.fl, g.T
+    fn = fl.replayable(g.Fn())
+
+    class Kernels:  # kernels.launch: one launch of fn writing a new output
+        launches = 0
+
+        @staticmethod
+        def launch(x, qweight, *rest):
+            Kernels.launches += 1
+            y = x.new_empty((1, 256))
+            g.launch(fn, x, qweight, y)
+            return y
+
+        @staticmethod
+        def persistent_tensors():
+            return []
+
+    class Tuner:
+        cfg = {"kernel": "gemv16"}
+
+        def settled(self, problem, x):
+            return self.cfg
+
+    monkeypatch.setattr(ops, "_kernels", Kernels)
+    tuner, plans = Tuner(), ops.PlanCache()
+    w, s = T(128), T(192)
+
+    def call(x, qweight=w):
+        g.calls.clear()
+        ops.run_gemm(tuner, x, qweight, s, None, None, 4, 128, 512, 32, 8.0, P, plans)
+        return [c[0] for c in g.calls], Kernels.launches
+
+    assert call(T(64)) == (["jit"], 1)  # a first launch: the normal path, no plan yet
+    assert len(plans) == 0
+    assert call(T(64)) == (["direct"], 2)  # recorded: the plan for this M
+    assert call(T(64)) == (["direct"], 2) and call(T(576)) == (["direct"], 2)  # replayed: kernels.launch not called
+    tuner.cfg = {"kernel": "gemv16", "BN": 64}  # the tuner settled on another configuration: planned again
+    assert call(T(64)) == (["direct"], 3) and call(T(64)) == (["direct"], 3)
+    assert call(T(64), qweight=T(128)) == (["direct"], 4)  # other weight tensors (the layer moved): planned again
+    assert call(T(72)) == (["jit"], 5)  # the replay declined (alignment): the normal path
+    assert len(plans) == 1 and len(copy.deepcopy(plans)) == 0 and len(pickle.loads(pickle.dumps(plans))) == 0
+    tuner.cfg = {"kernel": "dqmm-like"}  # a call that is no single replayable launch: planned without a replay
+    other = g.Fn()  # say, a dequantization into a temporary, then a matmul the launcher never sees
+    Kernels.launch = staticmethod(lambda x, qweight, *rest: (g.launch(other, x, qweight, x.new_empty((1, 256))),
+                                                             x.new_empty((1, 256)))[1])
+    call(T(64)), call(T(64))
+    assert plans[(1, 0, torch.float16)].replay is None and call(T(64))[0] == ["direct"]  # the normal path each time
+
+
 @pytest.mark.skipif(not interpreting(), reason="imports the kernels module under the interpreter")
 def test_programmatic_dependent_launch_only_for_the_decode_kernels_on_sm90(monkeypatch):
     """The GEMVs launch with PDL (``launch_pdl`` and the ``PDL`` constexpr) where ``pdl_ok``; other kernels never."""

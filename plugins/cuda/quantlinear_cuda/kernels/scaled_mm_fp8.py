@@ -58,12 +58,18 @@ only routes every M to ``_scaled_mm``; the bytes stay in slab order.)
 ``torch._scaled_mm`` is an aten op with a meta kernel: ``torch.compile(fullgraph=True)`` and CUDA graphs take the
 whole ``compute`` as is.
 
-Fast accumulation (opt-in): ``QUANTLINEAR_FP8_FAST_ACCUM=1`` (read once per layer at ``prepare``) passes
-``use_fast_accum=True``: Hopper's FP8 tensor cores then skip the periodic promotion of the partial sums to full
-fp32.  Measured on an H100 (torch 2.11, row-wise, fp16 out, GEMM alone, K x N in 4096 x 14336, 8192 x 28672,
-14336 x 4096, M = 1024 / 4096): 1.67-1.89x cuBLAS fp16 ``F.linear`` instead of 1.48-1.76x (slower at K=14336,
-M=1024), but a max relative error vs the exact product of 4.6e-3..9.8e-3 (fp16) / 5.6e-3..1.2e-2 (bf16) instead
-of 3.6e-4..4.9e-4 (fp16) / 2.1e-3..3.3e-3 (bf16, its own rounding).  Off by default.
+Fast accumulation (the default; ``QUANTLINEAR_FP8_FAST_ACCUM=0`` turns it off, read once per layer at ``prepare``):
+``use_fast_accum=True`` lets Hopper's FP8 tensor cores skip the periodic promotion of the partial sums to full fp32,
+as vLLM's sm90 FP8 GEMMs do (every ``sm90_fp8_config_*`` in ``csrc/quantization/cutlass_w8a8/c3x`` uses a
+``...FP8FastAccum`` kernel schedule) and torchao's float8 linear does for its output GEMM (``Float8LinearConfig``:
+``gemm_config_output = Float8GemmConfig(use_fast_accum=True)``).  Measured on an H100 (torch 2.11, row-wise, fp16 out,
+GEMM alone, K x N in 4096 x 14336, 8192 x 28672, 14336 x 4096, M = 1024 / 4096): 1.67-1.89x cuBLAS fp16 ``F.linear``
+instead of 1.48-1.76x; through the layer (activation quantization included) 1.52-1.87x instead of 1.37-1.56x.  The
+cost is a max relative error against the exact product of the same FP8 operands of 4.6e-3..9.8e-3 (fp16) /
+5.6e-3..1.2e-2 (bf16) instead of 3.6e-4..4.9e-4 (fp16) / 2.1e-3..3.3e-3 (bf16, its own rounding): 5-40x smaller than
+what quantizing the activations to E4M3 already does to the output (2.3e-2..3.3e-2 against the product with the
+unquantized activations, same runs).  Set ``QUANTLINEAR_FP8_FAST_ACCUM=0`` for fp32-exact sums (what the CPU
+plugin and the small-M GEMV compute); ``explain`` says which is used.
 
 Test-only: :data:`CPU_STANDS_IN` lets CPU layers stand for CUDA ones (with ``device.device_props`` simulated);
 torch's CPU ``_scaled_mm`` or ``tests/fake_scaled_mm.py`` (a fake of the CUDA op's contract) then runs them.
@@ -94,8 +100,13 @@ MIN_CAPABILITY = (8, 9)
 #: First torch whose row-wise ``_scaled_mm`` takes fp16 outputs on every path (CUTLASS: PR #166744).
 ROWWISE_MIN_TORCH = (2, 10)
 FP8_MAX = 448.0
-#: Opt-in: ``use_fast_accum=True`` (faster on Hopper, ~10-25x the error; module docstring).  Read at ``prepare``.
+#: ``use_fast_accum`` for ``_scaled_mm``: on unless this is ``0`` (module docstring).  Read at ``prepare``.
 FAST_ACCUM_ENV = "QUANTLINEAR_FP8_FAST_ACCUM"
+
+
+def fast_accum_on() -> bool:
+    """Whether ``_scaled_mm`` runs with fast accumulation (``QUANTLINEAR_FP8_FAST_ACCUM``, default on)."""
+    return env_on(FAST_ACCUM_ENV, default="1")
 #: Calls with at most this many rows run the Triton FP8 GEMV instead of ``_scaled_mm`` (module docstring): 16, and 32
 #: for layers with more inputs than outputs (measured: 6-16% faster there at M = 32, 2-13% slower on the wide
 #: shapes); read at ``prepare`` from ``QUANTLINEAR_FP8_SMALL_M`` (a number overrides both; 0: always ``_scaled_mm``).
@@ -175,7 +186,8 @@ class FP8ScaledMMLinear(FP8ScaledMMBase):
         if K % 16 or N % 16:
             return Verdict.no(f"torch._scaled_mm needs in_features and out_features to be multiples of 16 "
                               f"(cuBLASLt FP8 operand alignment); got K={K}, N={N}")
-        act = act_quant_how()
+        act = act_quant_how() + ("; fast accumulation (QUANTLINEAR_FP8_FAST_ACCUM=0: fp32-exact sums)" if fast_accum_on()
+                                 else "; fp32-exact accumulation (QUANTLINEAR_FP8_FAST_ACCUM=0)")
         lim = small_m_limit(spec.in_features, spec.out_features)
         if lim and triton_available() and TritonFPLinear.can_implement(spec):
             act += f"; M <= {lim}: cuda.triton_fp's FP8 GEMV on the same weight bytes"
@@ -192,7 +204,7 @@ class FP8ScaledMMLinear(FP8ScaledMMBase):
         per_tensor = self.spec.scheme.group_size == 0 or all_equal(w.scales)
         self.plan = choose_plan(per_tensor)
         self.act_quant = "triton" if triton_available() else "torch"
-        self.fast_accum = env_on(FAST_ACCUM_ENV)
+        self.fast_accum = fast_accum_on()
         self.small_m, self.slab = 0, 0
         if self.act_quant == "triton" and TritonFPLinear.can_implement(self.spec):
             # w_fp8: the GEMV's slab words as bytes (one copy for both paths).  The layout depends on what is installed

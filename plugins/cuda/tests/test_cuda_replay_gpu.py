@@ -1,0 +1,77 @@
+"""Eager launch plans on a real GPU (``quantlinear_triton.ops.run_gemm``'s ``plans``, :class:`quantlinear_triton.launch.Replay`):
+after its first calls at an M a layer relaunches the recorded kernel with only the activations and the output swapped,
+and must give exactly what the normal path gives, for every kernel it replays (the paired GEMV, ``mmv``, ``wg``, the
+dot kernels), with split-K, zeros and bias, unaligned activations (the replay declines) and inside CUDA graphs."""
+
+import pytest
+import torch
+
+from cuda_testutil import GPU, capture_graph
+from test_cuda_gpu import build
+
+pytestmark = pytest.mark.skipif(not GPU, reason="needs a CUDA GPU")
+
+
+def _normal(layer, x):
+    """The same call without the layer's plans: the configuration lookup and kernels.launch."""
+    m, b = layer.meta, layer._buffers
+    return layer.ops_module.run_gemm(x, b["w_slab"], b["w_scales"], b["w_zeros"], b.get("bias"), m.bits, m.group_size,
+                                     m.in_features, m.slab, layer.zero_point, layer.problem)
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("sym,bias", [(True, False), (False, True)])
+def test_replayed_calls_equal_the_normal_path(dtype, sym, bias):
+    from quantlinear_cuda.kernels.triton_wna16 import TritonWNA16Linear
+    from quantlinear_triton import launch as fl
+
+    layer, _, _ = build(TritonWNA16Linear, 4, 128, sym, K=4096, N=1024, bias=bias, dtype=dtype)
+    g = torch.Generator(device="cuda").manual_seed(3)
+    replayed = set()
+    for M in (1, 2, 16, 64, 256):
+        for i in range(4):  # compile / verify, record, then replays with fresh activations
+            x = torch.randn(M, 4096, device="cuda", dtype=dtype, generator=g)
+            y = layer(x)
+            assert torch.equal(y, _normal(layer, x)), (M, i)
+        p = layer._plans.get((M, x.get_device(), dtype))
+        if fl.enabled():
+            assert p is not None, M
+            if p.replay is not None:
+                replayed.add(M)
+        # activations 16-byte misaligned (a view 4 elements in): the replay declines, the normal path answers
+        buf = torch.randn(M * 4096 + 4, device="cuda", dtype=dtype, generator=g)
+        xu = buf[4:].view(M, 4096)
+        assert torch.equal(layer(xu), _normal(layer, xu))
+    if fl.enabled():
+        assert {1, 2, 16} <= replayed, replayed  # the decode kernels always; wg / dot where the GPU runs them
+        if torch.cuda.get_device_capability()[0] == 9:
+            assert {64, 256} <= replayed, replayed
+
+
+def test_a_graph_captures_the_replayed_launch():
+    from quantlinear_cuda.kernels.triton_wna16 import TritonWNA16Linear
+
+    layer, _, _ = build(TritonWNA16Linear, 4, 128, False, K=2048, N=512, bias=True)
+    for M in (1, 64):
+        x = torch.randn(M, 2048, device="cuda", dtype=torch.float16)
+        for _ in range(3):
+            layer(x)  # planned (and replayed) before the capture
+        g, y = capture_graph(layer, x)
+        x.copy_(torch.randn_like(x))
+        y.fill_(float("nan"))
+        g.replay()
+        torch.cuda.synchronize()
+        assert torch.equal(y, _normal(layer, x)), M
+
+
+def test_moving_the_layer_replans():
+    """Other weight tensors (``layer.to``, ``load_state_dict`` with assign): planned again, never the old buffers."""
+    from quantlinear_cuda.kernels.triton_wna16 import TritonWNA16Linear
+
+    a, _, _ = build(TritonWNA16Linear, 4, 128, True, K=1024, N=256, seed=1)
+    b, _, _ = build(TritonWNA16Linear, 4, 128, True, K=1024, N=256, seed=2)
+    x = torch.randn(1, 1024, device="cuda", dtype=torch.float16)
+    for _ in range(3):
+        a(x)
+    a.w_slab, a.w_scales = b.w_slab, b.w_scales  # what assigning new buffers does
+    assert torch.equal(a(x), b(x))

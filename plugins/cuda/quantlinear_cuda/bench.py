@@ -19,7 +19,7 @@ Numbers per row:
 * ``device_us``: device time per call, from CUDA-graph replays of a graph that calls the
   layer once on each of several weight copies whose total size exceeds the L2 cache
   (3x L2), so every call streams its weights from HBM;
-* ``eager_us``: wall time per call of plain eager calls (launch overhead included);
+* ``eager_us``: wall time per call of plain eager calls (launch overhead included; the median of five rounds);
 * ``floor_us``: the packed weight bytes of the scheme (codes + scales (+ zeros); float schemes:
   the checkpoint's codes and scale tensors) divided by the copy bandwidth measured in the same
   run (a large device-to-device ``copy_``, bytes read plus written over time); ``weight_bytes``
@@ -159,15 +159,20 @@ def time_graph(fns: list[Callable[[], Any]], target_ms: float = 40.0, batches: i
     return res[len(res) // 2]
 
 
-def time_eager(fn: Callable[[], Any], iters: int) -> float:
+def time_eager(fn: Callable[[], Any], iters: int, rounds: int = 5) -> float:
+    """Wall time per call of ``iters`` eager calls and one synchronize, the median of ``rounds`` such rounds (a busy or
+    throttled host moves single rounds by 2x)."""
     for _ in range(3):
         fn()
     torch.cuda.synchronize()
-    t0 = time.perf_counter()
-    for _ in range(iters):
-        fn()
-    torch.cuda.synchronize()
-    return (time.perf_counter() - t0) / iters * 1e6
+    res = []
+    for _ in range(rounds):
+        t0 = time.perf_counter()
+        for _ in range(iters):
+            fn()
+        torch.cuda.synchronize()
+        res.append((time.perf_counter() - t0) / iters * 1e6)
+    return sorted(res)[len(res) // 2]
 
 
 def time_host(fn: Callable[[], Any], calls: int = 200) -> float:

@@ -102,7 +102,8 @@ def compile_mmv(name: str, consts: dict, warps: int, cap: int) -> dict:
             "bar": ptx.count("bar.sync"), "atom": ptx.count("atom.global"), "hmul2": ptx.count("mul.rn.f16x2"),
             "prmt": ptx.count("prmt.b32"), "gdc": ptx.count("griddepcontrol.wait"), "cvt": ptx.count("cvt.rn.f16x2.e4m3x2"),
             "release": ptx.count("griddepcontrol.launch_dependents"),
-            "release_after_mma": ptx.rfind("griddepcontrol.launch_dependents") > ptx.rfind(mma)}
+            "release_after_mma": ptx.rfind("griddepcontrol.launch_dependents") > ptx.rfind(mma),
+            "loads_before_wait": ptx[:max(0, ptx.find("griddepcontrol.wait"))].count("ld.global")}
 
 
 def test_mmv_cross_compiles_for_sm80_and_sm90():
@@ -124,6 +125,8 @@ def test_mmv_cross_compiles_for_sm80_and_sm90():
         # PDL: one wait before the first load; the next grid released once, after the main loop (its last MMA)
         assert got["gdc"] == got["release"] == int(bool(consts.get("PDL"))), got
         assert got["release_after_mma"] or not consts.get("PDL"), got
+        # nothing read before the wait (the previous kernel may have written the weights, a state-dict copy)
+        assert got["loads_before_wait"] == 0 or not consts.get("PDL"), got
         if consts.get("FP"):  # E2M1: one scale multiply per code pair (64 per row group)
             assert got["hmul2"] == 64 * R, got
         if consts.get("FP") == 1:  # MXFP4: a byte permute per sigma pair (4 pairs x 2 rows per row group and tile)

@@ -75,3 +75,56 @@ def test_moving_the_layer_replans():
         a(x)
     a.w_slab, a.w_scales = b.w_slab, b.w_scales  # what assigning new buffers does
     assert torch.equal(a(x), b(x))
+
+
+@pytest.mark.parametrize("scheme", ["MXFP4", "NVFP4", "MXFP8"])
+def test_float_layers_replay_the_activation_kernel_and_the_gemv(scheme):
+    """Two launches a call (the activations' quantization into a temporary, then the GEMV): replayed in order with a
+    fresh temporary, equal to the normal path."""
+    from quantlinear import LayerSpec
+    from quantlinear.scheme import PRESETS
+    from quantlinear.testing import Case
+    from quantlinear.testing_fp import build_float_layer, format_for
+    from quantlinear_cuda.kernels.triton_fp import TritonFPLinear
+    from quantlinear_triton import launch as fl
+    from quantlinear_triton.fp_layers import run_float
+
+    sc = PRESETS[scheme]
+    spec = LayerSpec(sc, format_for(TritonFPLinear, sc), 2048, 512, dtype=torch.float16, device=torch.device("cuda"), name="r")
+    layer = build_float_layer(Case(TritonFPLinear, spec))[0]
+    b = layer._buffers
+    g = torch.Generator(device="cuda").manual_seed(5)
+    steps = []
+    for M in (1, 2, 16):
+        for i in range(4):
+            x = torch.randn(M, 2048, device="cuda", dtype=torch.float16, generator=g)
+            y = layer(x)
+            want = run_float(layer.ops_module, x, layer.meta, layer.problem, b["fp_qweight"], b["fp_scales"],
+                             b["fp_row_scales"], b.get("bias"), b["fp_act_scale"], b["fp_mmv_sigma"])
+            assert torch.equal(y, want), (scheme, M, i)
+        p = layer._plans.get((M, x.get_device(), torch.float16))
+        if p is not None and p.replay is not None:  # (the folded GEMV's split activations are not replayed)
+            steps.append(len(p.replay.steps))
+    if fl.enabled():
+        assert steps and set(steps) == {2}, (scheme, steps, fl.replay_refusal())
+
+
+def test_fp8_small_m_replays():
+    from test_cuda_scaled_mm_gpu import fp8_layer
+    from quantlinear_triton import launch as fl
+    from quantlinear_triton.fp_layers import run_float
+    from quantlinear_cuda import fp_ops
+
+    if torch.cuda.get_device_capability() < (8, 9):
+        pytest.skip("needs an FP8 GPU")
+    layer, fw, _, _ = fp8_layer(4096, 2048, torch.float16, -1, True)
+    b = layer._buffers
+    for M in (1, 8):
+        for i in range(4):
+            x = torch.randn(M, 4096, device="cuda", dtype=torch.float16)
+            want = run_float(fp_ops, x, layer.meta, layer.problem, b["w_fp8"].view(torch.int32), None,
+                             b["gemv_row_scales"], b.get("bias"), b["input_scale"])
+            assert torch.equal(layer(x), want), (M, i)
+        p = layer._plans.get((M, 0, torch.float16))
+        if fl.enabled() and layer.small_m >= M and p.cfg["kernel"] in ("gemv", "gemv16", "dot"):  # (not dqmm / tc)
+            assert p.replay is not None and len(p.replay.steps) == 2, fl.replay_refusal()

@@ -49,7 +49,8 @@ import triton.language as tl
 
 from .fp_packing import A_FP8, A_MX_E2M1, A_NONE, A_NVFP4, A_RCEIL, E0M4, E2M1, E4M3_NV, S_NONE, bits_of, slab_for
 from . import launch as _fast
-from .kernels import BACKEND_OPTIONS, COUNTER_SLOTS, MAXS, _asm_ok, _pack_h2, _pdl_enter, _pdl_exit, _tile_of, pdl_ok, reserve, split_buffers
+from .kernels import (BACKEND_OPTIONS, COUNTER_SLOTS, MAXS, _asm_ok, _pack_h2, _pdl_enter, _pdl_exit, _tile_of, pdl_ok,
+                      persistent_tensors, reserve, split_buffers)
 from .runtime import interpreting
 
 
@@ -678,6 +679,10 @@ def _act_quant_rest(x, y_ptr, a_ptr, pid_m, offs_b, k, mask, K, ACT: tl.constexp
     else:  # MX on the E2M1 grid
         v = _mx_qdq(x, 2, 0, 6.0, 2.0, ACT >= 8)
     tl.store(y_ptr + pid_m * K + k, v.to(y_ptr.dtype.element_ty), mask=mask)
+
+
+for _k in (_fp_gemv_kernel, _fp_gemv16_kernel, _fp_dot_kernel, _act_quant_kernel):  # each launch writes its whole output
+    _fast.replayable(_k)
 
 
 # ---- launches ---------------------------------------------------------------------------------------

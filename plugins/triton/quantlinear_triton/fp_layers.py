@@ -17,7 +17,7 @@ from quantlinear import LayerSpec, QuantLinear, UnsupportedSchemeError, fpquant
 from quantlinear.formats import FloatWeights, get_format
 
 from . import fp_ops
-from .fp_packing import E4M3, act_block_reason, prepare_float
+from .fp_packing import E4M3, S_E8M0, act_block_reason, prepare_float
 from .fp_tune import FPProblem
 from .ops import dtype_name
 
@@ -81,10 +81,19 @@ class FloatTritonBase(QuantLinear):
         self.register_buffer("fp_act_scale", t["act_scale"])
         self.register_buffer("fp_mmv_sigma", t["mmv_sigma"])
         self.problem = layer_problem(meta, self.spec.dtype, self.fp_qweight.device)
+        self._plans = fp_ops.PlanCache()  # eager launch plans by M (quantlinear_triton.ops.run_planned)
+        self._sig64 = None  # (fp_mmv_sigma, its int64 view) for MXFP4's mmv, made on the first call
 
     def compute(self, x: torch.Tensor) -> torch.Tensor:
-        return run_float(self.ops_module, x, self.meta, self.problem, self.fp_qweight, self.fp_scales, self.fp_row_scales,
-                         self.bias, self.fp_act_scale, self.fp_mmv_sigma)
+        b = self._buffers  # (nn.Module.__getattr__ is a slow fallback on the decode hot path)
+        sig = b["fp_mmv_sigma"]
+        if sig is not None and sig.dtype != torch.int64 and self.meta.scale == S_E8M0 and not torch.compiler.is_compiling():
+            c = self._sig64  # MXFP4: mmv reads a row's 8 sigma bytes of a tile as one int64; one view per storage, so
+            if c is None or c[0] is not sig or c[1].data_ptr() != sig.data_ptr():  # the launch plans know it by identity
+                c = self._sig64 = (sig, sig.view(torch.int64))
+            sig = c[1]
+        return run_float(self.ops_module, x, self.meta, self.problem, b["fp_qweight"], b["fp_scales"], b["fp_row_scales"],
+                         b.get("bias"), b["fp_act_scale"], sig, self._plans)
 
     def packed_bytes(self) -> int:
         """Bytes the kernels read per call for the weight (codes, block scales, row scales)."""
@@ -101,9 +110,10 @@ def layer_problem(meta, dtype: torch.dtype, device: torch.device) -> FPProblem:
 
 
 def run_float(ops_module: ModuleType, x: torch.Tensor, m, problem: FPProblem, qweight: torch.Tensor, scales, row_scales,
-              bias, act_scale, mmv_sigma=None) -> torch.Tensor:
+              bias, act_scale, mmv_sigma=None, plans: dict | None = None) -> torch.Tensor:
     """One call of the float kernels on prepared tensors (:func:`.fp_packing.prepare_float`): in eager mode the
-    plugin's implementation directly, under ``torch.compile`` (or for tensor subclasses / meta tensors) its custom op.
+    plugin's implementation directly (through the layer's launch ``plans`` where given), under ``torch.compile`` (or
+    for tensor subclasses / meta tensors) its custom op.
 
     Shared by :class:`FloatTritonBase` and the layers that keep the same tensors for a second path (the CUDA FP8
     ``_scaled_mm`` layer runs its small-M calls here).
@@ -111,7 +121,7 @@ def run_float(ops_module: ModuleType, x: torch.Tensor, m, problem: FPProblem, qw
     if not torch.compiler.is_compiling() and type(x) is torch.Tensor and not x.is_meta:
         # eager: skip the dispatcher round trip (same code the op runs)
         return ops_module.run_fp_gemm(x, qweight, scales, row_scales, bias, act_scale, m.in_features, m.elem, m.scale, m.block,
-                                      m.act, m.act_block, problem, mmv_sigma, m.mmv_mul)
+                                      m.act, m.act_block, problem, mmv_sigma, m.mmv_mul, plans)
     return ops_module.FP_OP(x, qweight, scales, row_scales, bias, act_scale, m.in_features, m.elem, m.scale, m.block, m.act,
                             m.act_block, mmv_sigma, m.mmv_mul)
 

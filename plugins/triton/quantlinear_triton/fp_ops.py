@@ -19,10 +19,11 @@ from typing import Callable, Optional
 import torch
 from torch import Tensor
 
+from . import ops as _ops
 from . import tune
 from .fp_packing import A_NONE, bits_of, slab_for
 from .fp_tune import FPProblem
-from .ops import dtype_name
+from .ops import PlanCache, dtype_name  # noqa: F401  (PlanCache: the float layers' plan caches)
 
 _kernels = None
 
@@ -58,13 +59,30 @@ def _as_fp16(problem: FPProblem) -> FPProblem:
 def run_fp_gemm(tuner: "tune.Tuner", x: Tensor, qweight: Tensor, scales: Optional[Tensor], row_scales: Optional[Tensor],
                 bias: Optional[Tensor], act_scale: Optional[Tensor], in_features: int, elem: int, scale: int, block: int,
                 act: int, act_block: int, problem: FPProblem | None = None, mmv_sigma: Optional[Tensor] = None,
-                mmv_mul: float = 0.0) -> Tensor:
+                mmv_mul: float = 0.0, plans: dict | None = None) -> Tensor:
     """Quantize the activations if the scheme says so, choose the configuration for this M, launch.
 
     ``mmv_sigma`` / ``mmv_mul``: the layer's scales for the tensor-core decode kernel (MXFP4 / NVFP4,
     :func:`.fp_packing.mx_sigma` / :func:`.fp_packing.nv_sigma`); a ``kernel: mmv`` configuration runs it where they
     exist and the activations are fp16 on an sm_80+ GPU (NVFP4: sm_89+), else the space's configuration without it.
+    ``plans``: the layer's launch plans (eager calls; as :func:`.ops.run_gemm`'s), here of the activation kernel and
+    the GEMV together, the quantized activations a fresh temporary per call.
     """
+    if plans is not None:
+        if problem is None:
+            problem = problem_of(x, qweight, in_features, elem, scale, block)
+        cfg = tuner.settled(problem, x)
+        if cfg is not None:
+            weights = (qweight, scales, row_scales, bias, act_scale, mmv_sigma)
+            return _ops.run_planned(plans, cfg, x, qweight.shape[0], weights, fp_kernels().persistent_tensors,
+                                    lambda: _run_fp_gemm(tuner, x, qweight, scales, row_scales, bias, act_scale, in_features,
+                                                         elem, scale, block, act, act_block, problem, mmv_sigma, mmv_mul))
+    return _run_fp_gemm(tuner, x, qweight, scales, row_scales, bias, act_scale, in_features, elem, scale, block, act,
+                        act_block, problem, mmv_sigma, mmv_mul)
+
+
+def _run_fp_gemm(tuner, x, qweight, scales, row_scales, bias, act_scale, in_features, elem, scale, block, act, act_block,
+                 problem, mmv_sigma, mmv_mul) -> Tensor:
     k = fp_kernels()
     x_in, qx = x, []  # the activations as given; their quantization for mmv (made once)
     if problem is None:
@@ -160,9 +178,10 @@ def bind_fp_gemm(namespace: str, tuner: "tune.Tuner"):
 
     def run(x: Tensor, qweight: Tensor, scales: Optional[Tensor], row_scales: Optional[Tensor], bias: Optional[Tensor],
             act_scale: Optional[Tensor], in_features: int, elem: int, scale: int, block: int, act: int, act_block: int,
-            problem: FPProblem | None = None, mmv_sigma: Optional[Tensor] = None, mmv_mul: float = 0.0) -> Tensor:
+            problem: FPProblem | None = None, mmv_sigma: Optional[Tensor] = None, mmv_mul: float = 0.0,
+            plans: dict | None = None) -> Tensor:
         return run_fp_gemm(tuner, x, qweight, scales, row_scales, bias, act_scale, in_features, elem, scale, block, act, act_block,
-                           problem, mmv_sigma, mmv_mul)
+                           problem, mmv_sigma, mmv_mul, plans)
 
     run.__name__ = run.__qualname__ = "run_fp_gemm"
     op = define_fp_gemm(f"{namespace}::fp_gemm", run)

@@ -713,7 +713,7 @@ def launch_mmv_fp(x: torch.Tensor, qweight: torch.Tensor, sigma: torch.Tensor, r
     y, plan = _plan(x, qweight, cfg, out, 4)
     if plan is None:
         return y
-    sig = sigma if nv else sigma.view(torch.int64)  # (MXFP4: a row's 8 bytes of a tile as one int64)
+    sig = sigma if nv or sigma.dtype == torch.int64 else sigma.view(torch.int64)  # (MXFP4: a row's 8 bytes of a tile as one int64)
     tensors = (x, qweight, sig, sig, bias if bias is not None else x, y, row_scales if row_scales is not None else y)
     _launch(plan, tensors, (0, 0, 0, 0), float(omul), y, has_zeros=False, has_bias=bias is not None, bf16=False,
             fp=2 if nv else 1, has_rows=row_scales is not None)

@@ -46,7 +46,7 @@ _state: dict[str, Any] = {}
 _stats: dict[str, list] = {}
 #: the kernels a :class:`Replay` may relaunch (one launch computes the whole output; :func:`replayable`)
 _replayable: set[int] = set()
-#: inside :class:`recording`: one entry per launch, ``(fn, grid, args, n_tensors, cached entry)`` for a verified
+#: inside :class:`recording`: one entry per launch, ``(fn, grid, args, n_tensors, cached entry, out)`` for a verified
 #: direct launch, None for any other
 _recorded: list | None = None
 
@@ -149,7 +149,7 @@ def launch(fn, grid: tuple, tensors: Sequence[torch.Tensor], ints: Sequence[int]
 
 
 def _launch(fn, grid, tensors, ints, floats, consts, static_key, options, out):
-    """:func:`launch`; returns ``(fn, grid, args, n_tensors, entry)`` where it was a verified direct launch, else None."""
+    """:func:`launch`; returns ``(fn, grid, args, n_tensors, entry, out)`` where it was a verified direct launch, else None."""
     x0 = tensors[0]
     if x0.is_cuda and _supported():
         kr = _state["knobs"]
@@ -176,7 +176,7 @@ def _launch(fn, grid, tensors, ints, floats, consts, static_key, options, out):
                     else:
                         counts[0] += 1
                         if verified:
-                            return (fn, g3, args, len(tensors), hit)
+                            return (fn, g3, args, len(tensors), hit, out)
                         fast = out.clone()
                         counts[1] += 1
                         fn[grid](*tensors, *ints, *floats, **consts, **options)
@@ -305,17 +305,19 @@ class recording:
 
 
 class Replay:
-    """One verified direct launch of a layer at one M, with every argument resolved but the activations and the output.
+    """The verified direct launches of one layer call at one M, with every argument resolved but the activations, the
+    output and the call's own temporaries (a launch's output that a later launch reads: the quantized activations of
+    the float schemes).
 
-    ``replay(x, y)`` relaunches it with ``x`` (and the TMA descriptor it rebuilds on ``x`` where the kernel takes one)
-    and ``y`` in their places, on the current stream; it returns False, launching nothing, where the fast path was
-    switched off, a launch hook is installed, the current device changed, or ``x`` / ``y`` differ in 16-byte alignment
-    from the recorded launch (the specialization the kernel was compiled for).  The caller guarantees the rest: the same
-    layer (same constant tensors), the same M, dtype and device.
+    ``replay(x, y)`` relaunches them in order on the current stream with ``x`` (and the TMA descriptor it rebuilds on
+    ``x`` where a kernel takes one), ``y`` and fresh temporaries (``torch.empty_like`` the recorded ones) in their
+    places; it returns False, launching nothing, where the fast path was switched off, a launch hook is installed, the
+    current device changed, or ``x`` / ``y`` differ in 16-byte alignment from the recorded call (the specialization
+    the kernels were compiled for).  The caller guarantees the rest: the same layer (same constant tensors), the same
+    M, dtype and device.
     """
 
-    __slots__ = ("run", "function", "packed", "counts", "grid", "args", "x_slots", "d_slots", "y_slots", "x_aligned",
-                 "y_aligned", "dev", "desc")
+    __slots__ = ("steps", "temps", "x_aligned", "y_aligned", "dev", "desc")
 
     def __call__(self, x: torch.Tensor, y: torch.Tensor) -> bool:
         st = _state
@@ -323,52 +325,92 @@ class Replay:
             return False
         if ((x.data_ptr() & 15) == 0) is not self.x_aligned or ((y.data_ptr() & 15) == 0) is not self.y_aligned:
             return False
-        args = list(self.args)
-        for i in self.x_slots:
-            args[i] = x
-        if self.d_slots:
-            d = object.__new__(type(self.desc))  # the recorded descriptor on x: same shape, strides, block and layout
+        vals = [t.new_empty(t.shape) for t in self.temps]  # the codes >= 0 of a step's fills (fresh, contiguous)
+        vals.append(y)  # -3
+        if self.desc is not None:  # -2: the recorded descriptor on x (same shape, strides, block and layout)
+            d = object.__new__(type(self.desc))
             d.__dict__.update(self.desc.__dict__)
             d.base = x
-            for i in self.d_slots:
-                args[i] = d
-        for i in self.y_slots:
-            args[i] = y
-        g = self.grid
-        self.run(g[0], g[1], g[2], st["stream"](self.dev), self.function, self.packed, None, None, None, *args)
-        self.counts[0] += 1
+            vals.append(d)
+        else:
+            vals.append(None)
+        vals.append(x)  # -1
+        stream = st["stream"](self.dev)
+        for run, function, packed, counts, g, args, fills in self.steps:
+            a = list(args)
+            for i, c in fills:
+                a[i] = vals[c]
+            run(g[0], g[1], g[2], stream, function, packed, None, None, None, *a)
+            counts[0] += 1
         return True
 
 
+_X, _D, _Y = -1, -2, -3
+
+
+def _contiguous(t) -> bool:
+    f = getattr(t, "is_contiguous", None)
+    return f() if f is not None else True
+
+
 def replay_of(records: list, x: torch.Tensor, y: torch.Tensor, constants: Sequence[torch.Tensor | None]) -> Replay | None:
-    """The :class:`Replay` of a call that made ``records`` (:class:`recording`), read ``x`` and returned ``y``, or None:
-    it must have been exactly one verified direct launch of a :func:`replayable` kernel, writing ``y``, whose tensor
-    arguments are each ``x``, a TMA descriptor of ``x``, ``y`` or one of ``constants`` (tensors that stay as they are
-    for the layer's life)."""
-    if len(records) != 1 or records[0] is None:
+    """The :class:`Replay` of a call that made ``records`` (:class:`recording`), read ``x`` and returned ``y``, or None
+    (why: :func:`replay_refusal`).
+
+    Every launch must have been a verified direct launch of a :func:`replayable` kernel; the last one writes ``y``, an
+    earlier one a temporary that is neither ``x``, ``y`` nor a constant (16-byte aligned and contiguous, as fresh
+    allocations are); and each tensor argument is ``x``, a TMA descriptor of ``x``, ``y``, one of ``constants``
+    (tensors that stay as they are for the layer's life) or a view of one, or the output of this or an earlier launch
+    of the call.
+    """
+    def no(why: str) -> None:
+        _state["replay_why"] = why
         return None
-    fn, grid, args, n_tensors, (run, function, packed, counts, _) = records[0]
-    if id(fn) not in _replayable:
-        return None
+
+    if not records or any(r is None for r in records):
+        return no("not every launch was a verified direct one")
+    for r in records:
+        if id(r[0]) not in _replayable:
+            return no(f"{getattr(r[0], '__name__', r[0])} is not marked replayable")
+    if records[-1][5] is not y:
+        return no("the last launch does not write the call's output")
     keep = {id(t) for t in constants if t is not None}
-    x_slots, d_slots, y_slots, desc = [], [], [], None
-    for i, t in enumerate(args[:n_tensors]):
-        if t is x:
-            x_slots.append(i)
-        elif t is y:
-            y_slots.append(i)
-        elif getattr(t, "base", None) is x and hasattr(t, "block_shape") and hasattr(t, "__dict__"):
-            if desc is not None and (type(t) is not type(desc) or t.__dict__ != desc.__dict__):
-                return None
-            d_slots.append(i)
-            desc = t
-        elif id(t) not in keep:
-            return None
-    if not y_slots or not (x_slots or d_slots):
-        return None
+    keep |= {id(t._base) for t in constants if getattr(t, "_base", None) is not None}  # (views: their root)
+    temps: list = []
+    desc, steps, seen_x = None, [], False
+    for fn, grid, args, n_tensors, (run, function, packed, counts, _), out in records:
+        if out is not y:
+            if (out is x or id(out) in keep or any(t is out for t in temps) or not hasattr(out, "shape") or out.data_ptr() & 15
+                    or not _contiguous(out)):
+                return no(f"{getattr(fn, '__name__', fn)} writes neither the output nor a fresh temporary")
+            temps.append(out)
+        fills = []
+        for i, t in enumerate(args[:n_tensors]):
+            if t is x:
+                fills.append((i, _X))
+                seen_x = True
+            elif t is y:
+                fills.append((i, _Y))
+            elif getattr(t, "base", None) is x and hasattr(t, "block_shape") and hasattr(t, "__dict__"):
+                if desc is not None and (type(t) is not type(desc) or t.__dict__ != desc.__dict__):
+                    return no("two different TMA descriptors of x")
+                fills.append((i, _D))
+                desc, seen_x = t, True
+            elif any(t is u for u in temps):
+                fills.append((i, next(j for j, u in enumerate(temps) if u is t)))
+            elif id(t) not in keep and id(getattr(t, "_base", None)) not in keep:  # (a view of a constant is one too)
+                return no(f"{getattr(fn, '__name__', fn)}: tensor argument {i} is neither x, the output, a temporary "
+                          f"nor one of the layer's tensors")
+        steps.append((run, function, packed, counts, grid, tuple(args), tuple(fills)))
+    if not seen_x:
+        return no("no launch reads x")
     r = Replay()
-    r.run, r.function, r.packed, r.counts, r.grid, r.args = run, function, packed, counts, grid, tuple(args)
-    r.x_slots, r.d_slots, r.y_slots, r.desc = tuple(x_slots), tuple(d_slots), tuple(y_slots), desc
+    r.steps, r.temps, r.desc = tuple(steps), tuple(temps), desc
     r.x_aligned, r.y_aligned = (x.data_ptr() & 15) == 0, (y.data_ptr() & 15) == 0
     r.dev = x.get_device()
     return r
+
+
+def replay_refusal() -> str:
+    """Why the last :func:`replay_of` that returned None did (for tests and diagnostics)."""
+    return _state.get("replay_why", "-")

@@ -75,20 +75,9 @@ def run_gemm(tuner: "tune.Tuner", x: Tensor, qweight: Tensor, scales: Tensor, ze
     cfg = tuner.settled(problem, x)  # the common case: this (layer kind, M) was decided before
     if cfg is not None:
         if plans is not None:
-            key = (x.shape[0], x.get_device(), x.dtype)
-            p = plans.get(key)
-            if p is not None and p.cfg is cfg and p.tensors == (id(qweight), id(scales), id(zeros), id(bias)):
-                if p.replay is not None:
-                    y = x.new_empty((x.shape[0], p.N))
-                    if p.replay(x, y):
-                        return y
-            elif (len(plans) < MAX_PLANS or p is not None) and _fast.enabled():
-                with _fast.recording() as rec:
-                    y = k.launch(x, qweight, scales, zeros, bias, bits, slab, group_size, in_features, zero_point, cfg)
-                if all(r is not None for r in rec):  # (a normal launch -- the first of a kernel, say: record the next call)
-                    r = _fast.replay_of(rec, x, y, (qweight, scales, zeros, bias, *k.persistent_tensors()))
-                    plans[key] = _Plan(cfg, r, qweight.shape[0], (id(qweight), id(scales), id(zeros), id(bias)))
-                return y
+            return run_planned(plans, cfg, x, qweight.shape[0], (qweight, scales, zeros, bias), k.persistent_tensors,
+                               lambda: k.launch(x, qweight, scales, zeros, bias, bits, slab, group_size, in_features,
+                                                zero_point, cfg))
         return k.launch(x, qweight, scales, zeros, bias, bits, slab, group_size, in_features, zero_point, cfg)
 
     def run(cfg: dict) -> Tensor:
@@ -98,6 +87,34 @@ def run_gemm(tuner: "tune.Tuner", x: Tensor, qweight: Tensor, scales: Tensor, ze
     if cfg["kernel"] == "dqmm" and not tuner.dqmm_enabled():
         cfg = tuner.default_config(problem, x.shape[0], tuner.device_props(x.device), allow_dqmm=False)
     return run(cfg)
+
+
+def run_planned(plans: dict, cfg: dict, x: Tensor, N: int, weights: tuple, persistent: Callable[[], list],
+                run: Callable[[], Tensor]) -> Tensor:
+    """``run()`` (one layer call at ``x``'s M with the settled configuration ``cfg``) through the layer's plan for that
+    M: replayed where the plan was made for ``cfg`` and these ``weights`` (the layer's tensors, by identity) and its
+    :class:`.launch.Replay` takes the call; else ``run()``, recorded (:class:`.launch.recording`) into a new plan when
+    every launch it made was a verified direct one (otherwise the next call records again).  ``persistent``: the
+    tensors besides ``weights`` that outlive the call (split-K workspace and counters)."""
+    key = (x.shape[0], x.get_device(), x.dtype)
+    p = plans.get(key)
+    ids = tuple(map(id, weights))
+    if p is not None and p.cfg is cfg and p.tensors == ids:
+        if p.replay is not None:
+            y = x.new_empty((x.shape[0], N))
+            if p.replay(x, y):
+                return y
+        return run()
+    if (len(plans) < MAX_PLANS or p is not None) and _fast.enabled():
+        with _fast.recording() as rec:
+            y = run()
+        if all(r is not None for r in rec):
+            r = None
+            if y.dtype == x.dtype and tuple(y.shape) == (x.shape[0], N):  # what a replay allocates
+                r = _fast.replay_of(rec, x, y, (*weights, *persistent()))
+            plans[key] = _Plan(cfg, r, N, ids)
+        return y
+    return run()
 
 
 def define_wna16_gemm(qualname: str, run: Callable[..., Tensor]):

@@ -290,13 +290,42 @@ def test_a_replay_relaunches_one_recorded_launch_with_new_activations_and_output
     with fl.recording() as rec:
         g.launch(other, x, w, y)
         g.launch(other, x, w, y)
-    assert fl.replay_of(rec[1:], x, y, (w,)) is None  # (rec[0] was other's first, normal launch)
-    assert rec[0] is None and fl.replay_of(rec[:1], x, y, (w,)) is None
+    assert fl.replay_of(rec[1:], x, y, (w,)) is None and "not marked replayable" in fl.replay_refusal()
+    assert rec[0] is None and fl.replay_of(rec[:1], x, y, (w,)) is None  # (other's first launch: the normal path)
+    assert "verified direct" in fl.replay_refusal()
     with fl.recording() as rec:
         g.launch(fn, x, w, y)
     assert fl.replay_of(rec, x, y, ()) is None  # w unknown: it might change between calls
-    assert fl.replay_of(rec + rec, x, y, (w,)) is None
+    assert "tensor argument 1" in fl.replay_refusal()
+    assert len(fl.replay_of(rec + rec, x, y, (w,)).steps) == 2  # (two launches writing y: both replayed, in order)
     assert fl.replay_of(rec, T(64), y, (w,)) is None and fl.replay_of(rec, x, T(256), (w,)) is None  # other objects
+
+
+def test_a_replay_of_two_launches_allocates_their_temporary_afresh(monkeypatch):
+    """The float schemes: the activation kernel writes a temporary (the quantized activations) the GEMV reads."""
+    g = _FakeGPU(monkeypatch)
+    fl, T = g.fl, g.T
+    act, gemv = fl.replayable(g.Fn()), fl.replayable(g.Fn())
+    x, w, t, y = T(64), T(128), T(2048, shape=(1, 512)), T(256)
+    for _ in range(2):
+        with fl.recording() as rec:
+            g.launch(act, x, x, t)  # (x as a placeholder argument too)
+            g.launch(gemv, t, w, y)
+    r = fl.replay_of(rec, x, y, (w,))
+    x2, y2 = T(512), T(1024)
+    g.calls.clear()
+    assert r(x2, y2) and len(g.calls) == 2
+    a1, a2 = g.calls[0][1][9:12], g.calls[1][1][9:12]
+    assert a1[0] is x2 and a1[1] is x2 and a1[2] is a2[0] and a2[1] is w and a2[2] is y2
+    assert a1[2] is not t and a1[2].shape == t.shape  # a fresh temporary, shaped like the recorded one
+    # a launch whose output is neither y nor new (here: a constant) is no temporary: no replay
+    with fl.recording() as rec:
+        g.launch(act, x, x, w)
+        g.launch(gemv, w, w, y)
+    assert fl.replay_of(rec, x, y, (w,)) is None
+    with fl.recording() as rec:
+        g.launch(gemv, t, w, y)  # reads a tensor no launch of the call wrote
+    assert fl.replay_of(rec, x, y, (w,)) is None
 
 
 def test_a_replay_rebuilds_the_tma_descriptor_on_the_new_activations(monkeypatch):
@@ -371,7 +400,7 @@ def test_a_layer_plans_its_launch_per_m_and_replans_when_the_configuration_or_we
 
     monkeypatch.setattr(ops, "_kernels", Kernels)
     tuner, plans = Tuner(), ops.PlanCache()
-    w, s = T(128), T(192)
+    w, s = T(128, torch.int32, (256, 64)), T(192)
 
     def call(x, qweight=w):
         g.calls.clear()
@@ -384,7 +413,7 @@ def test_a_layer_plans_its_launch_per_m_and_replans_when_the_configuration_or_we
     assert call(T(64)) == (["direct"], 2) and call(T(576)) == (["direct"], 2)  # replayed: kernels.launch not called
     tuner.cfg = {"kernel": "gemv16", "BN": 64}  # the tuner settled on another configuration: planned again
     assert call(T(64)) == (["direct"], 3) and call(T(64)) == (["direct"], 3)
-    assert call(T(64), qweight=T(128)) == (["direct"], 4)  # other weight tensors (the layer moved): planned again
+    assert call(T(64), qweight=T(128, torch.int32, (256, 64))) == (["direct"], 4)  # other weight tensors: planned again
     assert call(T(72)) == (["jit"], 5)  # the replay declined (alignment): the normal path
     assert len(plans) == 1 and len(copy.deepcopy(plans)) == 0 and len(pickle.loads(pickle.dumps(plans))) == 0
     tuner.cfg = {"kernel": "dqmm-like"}  # a call that is no single replayable launch: planned without a replay

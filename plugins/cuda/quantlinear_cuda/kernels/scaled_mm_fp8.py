@@ -85,6 +85,7 @@ import torch
 from quantlinear import LayerSpec, QuantLinearError, Verdict, fpquant
 from quantlinear.formats import FloatWeights
 from quantlinear_triton.fp_layers import layer_problem, run_float
+from quantlinear_triton.ops import PlanCache
 from quantlinear_triton.runtime import env_on, triton_available
 from quantlinear_triton.scaled_mm import FP8ScaledMMBase, fp8_static_reason, quantize_static
 
@@ -230,11 +231,22 @@ class FP8ScaledMMLinear(FP8ScaledMMBase):
         self.register_buffer("w_fp8", t["qweight"].view(torch.uint8))  # [N, K padded to 128]: channels in slab order
         self.register_buffer("gemv_row_scales", t["row_scales"])  # weight scale x input scale, fp32 [N]
         self.problem = layer_problem(meta, self.spec.dtype, self.w_fp8.device)
+        self._plans = PlanCache()  # the GEMV path's eager launch plans by M
+        self._w32 = None  # (w_fp8, its int32 view), made on the first GEMV call
 
     def compute(self, x: torch.Tensor) -> torch.Tensor:
         if x.shape[0] <= self.small_m:
-            return run_float(fp_ops, x, self.meta, self.problem, self.w_fp8.view(torch.int32), None, self.gemv_row_scales,
-                             self.bias, self.input_scale)
+            b = self._buffers
+            w = b["w_fp8"]
+            if torch.compiler.is_compiling():
+                w32 = w.view(torch.int32)
+            else:  # one int32 view per weight storage: the launch plans know it by identity
+                c = self._w32
+                if c is None or c[0] is not w or c[1].data_ptr() != w.data_ptr():
+                    c = self._w32 = (w, w.view(torch.int32))
+                w32 = c[1]
+            return run_float(fp_ops, x, self.meta, self.problem, w32, None, b["gemv_row_scales"], b.get("bias"),
+                             b["input_scale"], None, self._plans)
         if self.act_quant == "triton":
             x8 = FP8_QUANT_OP(x, self.input_scale, False, self.slab)
         else:

@@ -32,6 +32,7 @@ once, see :func:`_supported`), or when ``QUANTLINEAR_TRITON_FAST_LAUNCH=0``.
 
 from __future__ import annotations
 
+import threading
 from typing import Any, Sequence
 
 import torch
@@ -46,9 +47,9 @@ _state: dict[str, Any] = {}
 _stats: dict[str, list] = {}
 #: the kernels a :class:`Replay` may relaunch (one launch computes the whole output; :func:`replayable`)
 _replayable: set[int] = set()
-#: inside :class:`recording`: one entry per launch, ``(fn, grid, args, n_tensors, cached entry, out)`` for a verified
-#: direct launch, None for any other
-_recorded: list | None = None
+#: per thread, inside :class:`recording`: ``rec``, one entry per launch, ``(fn, grid, args, n_tensors, cached entry,
+#: out)`` for a verified direct launch, None for any other
+_local = threading.local()
 
 
 def _counts(fn) -> list:
@@ -144,8 +145,9 @@ def launch(fn, grid: tuple, tensors: Sequence[torch.Tensor], ints: Sequence[int]
     against the normal path on it, bit for bit, and a mismatch turns the fast path off.
     """
     rec = _launch(fn, grid, tensors, ints, floats, consts, static_key, options, out)
-    if _recorded is not None:
-        _recorded.append(rec)
+    lst = getattr(_local, "rec", None)
+    if lst is not None:
+        lst.append(rec)
 
 
 def _launch(fn, grid, tensors, ints, floats, consts, static_key, options, out):
@@ -292,16 +294,15 @@ def replayable(fn):
 
 
 class recording:
-    """``with recording() as rec:`` -- ``rec`` lists the launches made inside the block (:func:`launch`'s records)."""
+    """``with recording() as rec:`` -- ``rec`` lists the launches this thread makes inside the block (:func:`launch`'s
+    records)."""
 
     def __enter__(self) -> list:
-        global _recorded
-        _recorded = []
-        return _recorded
+        _local.rec = []
+        return _local.rec
 
     def __exit__(self, *exc) -> None:
-        global _recorded
-        _recorded = None
+        _local.rec = None
 
 
 class Replay:
@@ -325,7 +326,7 @@ class Replay:
             return False
         if ((x.data_ptr() & 15) == 0) is not self.x_aligned or ((y.data_ptr() & 15) == 0) is not self.y_aligned:
             return False
-        vals = [t.new_empty(t.shape) for t in self.temps]  # the codes >= 0 of a step's fills (fresh, contiguous)
+        vals = [torch.empty(shape, dtype=dtype, device=device) for shape, dtype, device in self.temps]  # codes >= 0
         vals.append(y)  # -3
         if self.desc is not None:  # -2: the recorded descriptor on x (same shape, strides, block and layout)
             d = object.__new__(type(self.desc))
@@ -401,11 +402,20 @@ def replay_of(records: list, x: torch.Tensor, y: torch.Tensor, constants: Sequen
             elif id(t) not in keep and id(getattr(t, "_base", None)) not in keep:  # (a view of a constant is one too)
                 return no(f"{getattr(fn, '__name__', fn)}: tensor argument {i} is neither x, the output, a temporary "
                           f"nor one of the layer's tensors")
-        steps.append((run, function, packed, counts, grid, tuple(args), tuple(fills)))
+        template = list(args)
+        for i, _ in fills:
+            template[i] = None  # (filled each call: the plan keeps no activations, output or temporary alive)
+        steps.append((run, function, packed, counts, grid, tuple(template), tuple(fills)))
     if not seen_x:
         return no("no launch reads x")
+    if desc is not None:  # the template holds no reference to this call's activations (nor do the argument templates)
+        d = object.__new__(type(desc))
+        d.__dict__.update(desc.__dict__)
+        d.base = None
+        desc = d
     r = Replay()
-    r.steps, r.temps, r.desc = tuple(steps), tuple(temps), desc
+    r.steps, r.desc = tuple(steps), desc
+    r.temps = tuple((tuple(t.shape), t.dtype, t.device) for t in temps)
     r.x_aligned, r.y_aligned = (x.data_ptr() & 15) == 0, (y.data_ptr() & 15) == 0
     r.dev = x.get_device()
     return r

@@ -220,6 +220,8 @@ class _FakeGPU:
         class T:
             is_cuda = True
 
+            device = "cpu"  # (where a replay allocates a temporary like this one)
+
             def __init__(self, ptr, dtype=torch.float16, shape=(1, 512)):
                 self.ptr, self.dtype, self.shape = ptr, dtype, shape
 
@@ -269,8 +271,9 @@ def test_a_replay_relaunches_one_recorded_launch_with_new_activations_and_output
     g.launch(fn, x, w, y)  # first launch of this specialization: the normal path (not recorded as direct)
     with fl.recording() as rec:
         g.launch(fn, x, w, y)
-    assert fl._recorded is None and len(rec) == 1 and rec[0][0] is fn
+    assert fl._local.rec is None and len(rec) == 1 and rec[0][0] is fn
     r = fl.replay_of(rec, x, y, (w,))
+    assert not any(a is x or a is y for step in r.steps for a in step[5])  # the plan keeps no activations / output
     x2, y2 = T(512), T(1024)
     g.calls.clear()
     assert r(x2, y2) and g.calls == [("direct", (3, 2, 1, 77, "fn-handle", "meta", None, None, None, x2, w, y2, 32, 1))]
@@ -298,6 +301,13 @@ def test_a_replay_relaunches_one_recorded_launch_with_new_activations_and_output
     assert fl.replay_of(rec, x, y, ()) is None  # w unknown: it might change between calls
     assert "tensor argument 1" in fl.replay_refusal()
     assert len(fl.replay_of(rec + rec, x, y, (w,)).steps) == 2  # (two launches writing y: both replayed, in order)
+    import threading
+
+    with fl.recording() as rec:  # another thread's launches are not this call's
+        th = threading.Thread(target=lambda: g.launch(fn, x, w, y))
+        th.start()
+        th.join()
+    assert rec == []
     assert fl.replay_of(rec, T(64), y, (w,)) is None and fl.replay_of(rec, x, T(256), (w,)) is None  # other objects
 
 
@@ -317,7 +327,8 @@ def test_a_replay_of_two_launches_allocates_their_temporary_afresh(monkeypatch):
     assert r(x2, y2) and len(g.calls) == 2
     a1, a2 = g.calls[0][1][9:12], g.calls[1][1][9:12]
     assert a1[0] is x2 and a1[1] is x2 and a1[2] is a2[0] and a2[1] is w and a2[2] is y2
-    assert a1[2] is not t and a1[2].shape == t.shape  # a fresh temporary, shaped like the recorded one
+    assert a1[2] is not t and tuple(a1[2].shape) == t.shape and a1[2].dtype == t.dtype  # fresh, like the recorded one
+    assert r.temps == (((1, 512), torch.float16, "cpu"),)  # (kept as a shape: the recorded temporary is not held)
     # a launch whose output is neither y nor new (here: a constant) is no temporary: no replay
     with fl.recording() as rec:
         g.launch(act, x, x, w)
@@ -367,7 +378,7 @@ def test_a_replay_rebuilds_the_tma_descriptor_on_the_new_activations(monkeypatch
     d2 = g.calls[0][1][9]
     assert type(d2) is Desc and d2.base is x2 and (d2.shape, d2.strides, d2.block_shape, d2.layout) == (d.shape, d.strides,
                                                                                                        d.block_shape, d.layout)
-    assert d.base is x  # the recorded descriptor is left as it was
+    assert d.base is x and r.desc.base is None  # the recorded descriptor is left as it was; the template holds no x
 
 
 def test_a_layer_plans_its_launch_per_m_and_replans_when_the_configuration_or_weights_change(monkeypatch):

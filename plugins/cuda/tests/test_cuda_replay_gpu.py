@@ -95,7 +95,7 @@ def test_float_layers_replay_the_activation_kernel_and_the_gemv(scheme):
     b = layer._buffers
     g = torch.Generator(device="cuda").manual_seed(5)
     steps = []
-    for M in (1, 2, 16):
+    for M in (1, 2, 16, 64):  # (M = 64: the activation kernel and the float tc kernel)
         for i in range(4):
             x = torch.randn(M, 2048, device="cuda", dtype=torch.float16, generator=g)
             y = layer(x)
@@ -128,3 +128,32 @@ def test_fp8_small_m_replays():
         p = layer._plans.get((M, 0, torch.float16))
         if fl.enabled() and layer.small_m >= M and p.cfg["kernel"] in ("gemv", "gemv16", "dot"):  # (not dqmm / tc)
             assert p.replay is not None and len(p.replay.steps) == 2, fl.replay_refusal()
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_the_tc_prefill_kernel_replays(dtype):
+    """The tensor-core prefill kernel of the GPUs without ``wg`` (forced here through a tuner that settles on it)."""
+    from quantlinear_cuda.kernels.triton_wna16 import TritonWNA16Linear
+    from quantlinear_triton import kernels_tc
+    from quantlinear_triton import launch as fl
+    from quantlinear_triton import ops as tops
+
+    layer, _, _ = build(TritonWNA16Linear, 4, 128, False, K=2048, N=1024, bias=True, dtype=dtype)
+    m, b = layer.meta, layer._buffers
+    plans = tops.PlanCache()
+    for M in (96, 300):
+        cfg = dict(kernels_tc.default_config(M, 1024, dtype), kernel="tc")
+
+        class Tuner:
+            def settled(self, problem, x):
+                return cfg
+
+        for i in range(4):
+            x = torch.randn(M, 2048, device="cuda", dtype=dtype)
+            y = tops.run_gemm(Tuner(), x, b["w_slab"], b["w_scales"], b["w_zeros"], b["bias"], 4, 128, 2048, m.slab,
+                              layer.zero_point, layer.problem, plans)
+            want = kernels_tc.launch_tc(x, b["w_slab"], b["w_scales"], b["w_zeros"], b["bias"], 4, m.slab, 128, 2048,
+                                        layer.zero_point, cfg)
+            assert torch.equal(y, want), (M, i)
+        if fl.enabled():
+            assert plans[(M, 0, dtype)].replay is not None, fl.replay_refusal()

@@ -33,6 +33,7 @@ import torch
 import triton
 import triton.language as tl
 
+from . import launch as _fast
 from .fp_kernels import _block_scale, _decode, _fp_finish
 from .fp_packing import S_NONE, bits_of, slab_for
 from .kernels_tc import _load_xt, _mma, _tc_coords, planes_per_step, split_plan
@@ -127,14 +128,18 @@ def launch_tc(x: torch.Tensor, qweight: torch.Tensor, scales: torch.Tensor | Non
     n_tiles_out = -(-M // BM) * -(-N // BN)
     split, sps, ws, cnt = split_plan(x, y, (KW // slab) * (vpw // pl), int(c.get("split_k", 1)), n_tiles_out)
     G = K // block if scale != S_NONE else 1
-    _fp_tc_kernel[(n_tiles_out, split)](
-        x, qweight, scales if scales is not None else qweight, row_scales if row_scales is not None else y,
-        bias if bias is not None else y, y, ws, cnt, M, N, K, KW, G, sps, split,
-        ELEM=elem, BITS=bits, SCALE=scale, SLAB=slab, PL=pl, BM=BM, BN=BN, GROUP_M=int(c.get("group_m", 8)),
-        PREFETCH=bool(c.get("prefetch", 1)), HAS_ROWS=row_scales is not None, HAS_BIAS=bias is not None,
-        USE_SPLIT=split > 1, EVEN_K=K % (slab * vpw) == 0, EVEN_N=N % BN == 0, EVEN_M=M % BM == 0,
-        num_warps=int(c.get("warps", 8)), num_stages=int(c.get("stages", 2)))
+    consts = dict(ELEM=elem, BITS=bits, SCALE=scale, SLAB=slab, PL=pl, BM=BM, BN=BN, GROUP_M=int(c.get("group_m", 8)),
+                  PREFETCH=bool(c.get("prefetch", 1)), HAS_ROWS=row_scales is not None, HAS_BIAS=bias is not None,
+                  USE_SPLIT=split > 1, EVEN_K=K % (slab * vpw) == 0, EVEN_N=N % BN == 0, EVEN_M=M % BM == 0)
+    opts = dict(num_warps=int(c.get("warps", 8)), num_stages=int(c.get("stages", 2)))
+    tensors = (x, qweight, scales if scales is not None else qweight, row_scales if row_scales is not None else y,
+               bias if bias is not None else y, y, ws, cnt)
+    _fast.launch(_fp_tc_kernel, (n_tiles_out, split), tensors, (M, N, K, KW, G, sps, split), (), consts,
+                 ("fp_tc", *consts.values(), *opts.values()), opts, y)
     return y
+
+
+_fast.replayable(_fp_tc_kernel)  # (one launch writes the whole output)
 
 
 __all__ = ["DEFAULT_CFG", "launch_tc"]

@@ -77,6 +77,7 @@ import torch
 import triton
 import triton.language as tl
 
+from . import launch as _fast
 from .kernels import COUNTER_SLOTS, _asm_ok, _dq_pair_h, _h2_magic, _pack_h2, _tile_of, split_buffers  # (split-K: its persistent buffers)
 
 #: the configuration :func:`launch_tc` uses when none is given (the best single one measured on H100, fp16)
@@ -98,7 +99,7 @@ def default_config(M: int, N: int, dtype: torch.dtype, sm_count: int = 132, bf16
         cfg["split_k"] = 2
     return cfg
 
-#: the CompiledKernel of the last launch (None under the interpreter): benchmarks read its asm / metadata
+#: the CompiledKernel of the last launch's configuration (None under the interpreter): benchmarks read its asm / metadata
 last_compiled = None
 
 
@@ -415,10 +416,15 @@ def launch_tc(x: torch.Tensor, qweight: torch.Tensor, scales: torch.Tensor, zero
     bp = bias if bias is not None else scales
     zh = _bf2_sub_magic(zero_point) if r["ASM"] == 2 else _h2_magic(zero_point)
     even_k = K % (slab * vpw) == 0
+    consts = dict(BITS=bits, SLAB=slab, PL=r["PL"], BM=r["BM"], BN=r["BN"], GROUP_M=r["GROUP_M"], GROUPS=r["GROUPS"],
+                  GS=r["GS"], ASM=r["ASM"], PREFETCH=r["PREFETCH"], EVEN_N=N % r["BN"] == 0, EVEN_M=M % r["BM"] == 0,
+                  HAS_ZEROS=zeros is not None, HAS_BIAS=bias is not None, USE_SPLIT=split > 1, EVEN_K=even_k)
+    opts = dict(num_warps=r["num_warps"], num_stages=r["num_stages"])
+    _fast.launch(_tc_kernel, (n_tiles_out, split), (x, qweight, scales, zp, bp, y, ws, cnt), (M, N, K, KW, sps, split, zh),
+                 (float(8388608.0 + zero_point),), consts, ("tc", *consts.values(), *opts.values()), opts, y)
     global last_compiled
-    last_compiled = _tc_kernel[(n_tiles_out, split)](
-        x, qweight, scales, zp, bp, y, ws, cnt, M, N, K, KW, sps, split, zh, float(8388608.0 + zero_point),
-        BITS=bits, SLAB=slab, PL=r["PL"], BM=r["BM"], BN=r["BN"], GROUP_M=r["GROUP_M"], GROUPS=r["GROUPS"], GS=r["GS"],
-        ASM=r["ASM"], PREFETCH=r["PREFETCH"], EVEN_N=N % r["BN"] == 0, EVEN_M=M % r["BM"] == 0,
-        HAS_ZEROS=zeros is not None, HAS_BIAS=bias is not None, USE_SPLIT=split > 1, EVEN_K=even_k, num_warps=r["num_warps"], num_stages=r["num_stages"])
+    last_compiled = _fast.compiled(_tc_kernel)
     return y
+
+
+_fast.replayable(_tc_kernel)  # (one launch writes the whole output)

@@ -45,6 +45,8 @@ _compiled: dict[tuple, Any] = {}
 _state: dict[str, Any] = {}
 #: kernel name -> [direct launches, normal launches] (see :func:`stats`); a cached entry holds its kernel's list
 _stats: dict[str, list] = {}
+#: kernel id -> the CompiledKernel its last normal launch returned (:func:`compiled`)
+_last_ck: dict[int, Any] = {}
 #: the kernels a :class:`Replay` may relaunch (one launch computes the whole output; :func:`replayable`)
 _replayable: set[int] = set()
 #: per thread, inside :class:`recording`: ``rec``, one entry per launch, ``(fn, grid, args, n_tensors, cached entry,
@@ -191,11 +193,11 @@ def _launch(fn, grid, tensors, ints, floats, consts, static_key, options, out):
                         return
                 else:
                     hit[3][1] += 1
-                    fn[grid](*tensors, *ints, *floats, **consts, **options)
+                    _last_ck[id(fn)] = fn[grid](*tensors, *ints, *floats, **consts, **options)
                     return
             counts = _counts(fn)
             counts[1] += 1
-            ck = fn[grid](*tensors, *ints, *floats, **consts, **options)
+            ck = _last_ck[id(fn)] = fn[grid](*tensors, *ints, *floats, **consts, **options)
             try:
                 entry = (ck.run, ck.function, ck.packed_metadata, counts, None)  # (reading ck.run loads the module where it is lazy)
             except Exception as e:
@@ -212,7 +214,13 @@ def _launch(fn, grid, tensors, ints, floats, consts, static_key, options, out):
     elif interpreting():
         _check_cacheable(fn, tensors, ints, floats, consts)
     _counts(fn)[1] += 1
-    fn[grid](*tensors, *ints, *floats, **consts, **options)
+    _last_ck[id(fn)] = fn[grid](*tensors, *ints, *floats, **consts, **options)
+
+
+def compiled(fn):
+    """The CompiledKernel of ``fn``'s last normal (``kernel[grid]``) launch, or None: what benchmarks read the machine
+    code and metadata of (a direct launch reuses the kernel of an earlier normal one)."""
+    return _last_ck.get(id(fn))
 
 
 class LaunchArgumentsError(RuntimeError):

@@ -17,12 +17,13 @@ direct launch of a process is checked bit for bit against ``kernel[grid]`` (outs
 capture); a mismatch or an error turns the fast path off for the process.
 
 A layer can go one step further (:class:`Replay`): its first call at a given M runs inside :class:`recording`, and
-when that call was one verified direct launch of a kernel marked :func:`replayable` whose every tensor argument is the
-activations (or their TMA descriptor), the output, or a tensor that lives as long as the layer (its buffers, the
-persistent split-K workspace and counters), later calls at that M relaunch it with only ``x`` and ``y`` swapped in:
-no configuration lookup, no argument building, no specialization key.  Each relaunch still checks what could have
-changed since (the fast path switched off, a launch hook installed, another current device, the new tensors'
-16-byte alignment) and declines otherwise, and the caller takes the normal path.
+when every launch of that call was a verified direct launch of a kernel marked :func:`replayable` whose tensor
+arguments are each the activations (or their TMA descriptor), the output, a tensor that lives as long as the layer
+(its buffers, the persistent split-K workspace and counters) or a temporary an earlier launch of the call wrote,
+later calls at that M relaunch them with only ``x``, ``y`` and fresh temporaries swapped in: no configuration
+lookup, no argument building, no specialization key.  Each relaunch still checks what could have changed since (the
+fast path switched off, a launch hook installed, another current device, the new tensors' 16-byte alignment) and
+declines otherwise, and the caller takes the normal path.
 
 The normal path is used whenever the fast one cannot be trusted: under ``TRITON_INTERPRET``,
 for non-CUDA tensors (ROCm specializes on more, e.g. pointer ranges), when a launch hook is
@@ -319,8 +320,7 @@ class Replay:
     the float schemes).
 
     ``replay(x, y)`` relaunches them in order on the current stream with ``x`` (and the TMA descriptor it rebuilds on
-    ``x`` where a kernel takes one), ``y`` and fresh temporaries (``torch.empty_like`` the recorded ones) in their
-    places; it returns False, launching nothing, where the fast path was switched off, a launch hook is installed, the
+    ``x`` where a kernel takes one), ``y`` and fresh temporaries (shaped like the recorded ones) in their places; it returns False, launching nothing, where the fast path was switched off, a launch hook is installed, the
     current device changed, or ``x`` / ``y`` differ in 16-byte alignment from the recorded call (the specialization
     the kernels were compiled for).  The caller guarantees the rest: the same layer (same constant tensors), the same
     M, dtype and device.
@@ -345,12 +345,18 @@ class Replay:
             vals.append(None)
         vals.append(x)  # -1
         stream = st["stream"](self.dev)
-        for run, function, packed, counts, g, args, fills in self.steps:
-            a = list(args)
-            for i, c in fills:
-                a[i] = vals[c]
-            run(g[0], g[1], g[2], stream, function, packed, None, None, None, *a)
-            counts[0] += 1
+        try:
+            for run, function, packed, counts, g, args, fills in self.steps:
+                a = list(args)
+                for i, c in fills:
+                    a[i] = vals[c]
+                run(g[0], g[1], g[2], stream, function, packed, None, None, None, *a)
+                counts[0] += 1
+        except Exception as e:  # as a failed direct launch: normal launches from now on (the caller runs the call again)
+            st["ok"] = False
+            st["why"] = f"replay failed: {type(e).__name__}: {e}"
+            _compiled.clear()
+            return False
         return True
 
 

@@ -308,6 +308,8 @@ def test_a_replay_relaunches_one_recorded_launch_with_new_activations_and_output
         th.start()
         th.join()
     assert rec == []
+    r.steps = ((lambda *a: 1 / 0, *r.steps[0][1:]),)  # a launcher that raises: declined, the fast path off from then on
+    assert not r(x2, y2) and fl._state["ok"] is False and "replay failed" in fl.status()
     assert fl.replay_of(rec, T(64), y, (w,)) is None and fl.replay_of(rec, x, T(256), (w,)) is None  # other objects
 
 

@@ -49,8 +49,7 @@ import triton.language as tl
 
 from .fp_packing import A_FP8, A_MX_E2M1, A_NONE, A_NVFP4, A_RCEIL, E0M4, E2M1, E4M3_NV, S_NONE, bits_of, slab_for
 from . import launch as _fast
-from .kernels import (BACKEND_OPTIONS, COUNTER_SLOTS, MAXS, _asm_ok, _pack_h2, _pdl_enter, _pdl_exit, _tile_of, pdl_ok,
-                      persistent_tensors, reserve, split_buffers)
+from .kernels import BACKEND_OPTIONS, COUNTER_SLOTS, MAXS, _asm_ok, _pack_h2, _pdl_enter, _pdl_exit, _tile_of, pdl_ok, reserve, split_buffers
 from .runtime import interpreting
 
 

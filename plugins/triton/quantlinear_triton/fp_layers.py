@@ -19,7 +19,7 @@ from quantlinear.formats import FloatWeights, get_format
 from . import fp_ops
 from .fp_packing import E4M3, S_E8M0, act_block_reason, prepare_float
 from .fp_tune import FPProblem
-from .ops import dtype_name
+from .ops import PlanCache, dtype_name, view_once
 
 
 class FloatTritonBase(QuantLinear):
@@ -81,17 +81,15 @@ class FloatTritonBase(QuantLinear):
         self.register_buffer("fp_act_scale", t["act_scale"])
         self.register_buffer("fp_mmv_sigma", t["mmv_sigma"])
         self.problem = layer_problem(meta, self.spec.dtype, self.fp_qweight.device)
-        self._plans = fp_ops.PlanCache()  # eager launch plans by M (quantlinear_triton.ops.run_planned)
+        self._plans = PlanCache()  # eager launch plans by M (quantlinear_triton.ops.run_planned)
         self._sig64 = None  # (fp_mmv_sigma, its int64 view) for MXFP4's mmv, made on the first call
 
     def compute(self, x: torch.Tensor) -> torch.Tensor:
         b = self._buffers  # (nn.Module.__getattr__ is a slow fallback on the decode hot path)
         sig = b["fp_mmv_sigma"]
         if sig is not None and sig.dtype != torch.int64 and self.meta.scale == S_E8M0 and not torch.compiler.is_compiling():
-            c = self._sig64  # MXFP4: mmv reads a row's 8 sigma bytes of a tile as one int64; one view per storage, so
-            if c is None or c[0] is not sig or c[1].data_ptr() != sig.data_ptr():  # the launch plans know it by identity
-                c = self._sig64 = (sig, sig.view(torch.int64))
-            sig = c[1]
+            self._sig64 = view_once(self._sig64, sig, torch.int64)  # MXFP4: mmv reads a row's 8 sigma bytes of a tile
+            sig = self._sig64[1]                                      # as one int64
         return run_float(self.ops_module, x, self.meta, self.problem, b["fp_qweight"], b["fp_scales"], b["fp_row_scales"],
                          b.get("bias"), b["fp_act_scale"], sig, self._plans)
 

@@ -23,7 +23,7 @@ from . import ops as _ops
 from . import tune
 from .fp_packing import A_NONE, bits_of, slab_for
 from .fp_tune import FPProblem
-from .ops import PlanCache, dtype_name  # noqa: F401  (PlanCache: the float layers' plan caches)
+from .ops import dtype_name
 
 _kernels = None
 
@@ -74,7 +74,7 @@ def run_fp_gemm(tuner: "tune.Tuner", x: Tensor, qweight: Tensor, scales: Optiona
         cfg = tuner.settled(problem, x)
         if cfg is not None:
             weights = (qweight, scales, row_scales, bias, act_scale, mmv_sigma)
-            return _ops.run_planned(plans, cfg, x, qweight.shape[0], weights, fp_kernels().persistent_tensors,
+            return _ops.run_planned(plans, cfg, x, qweight.shape[0], weights, _ops.triton_kernels().persistent_tensors,
                                     lambda: _run_fp_gemm(tuner, x, qweight, scales, row_scales, bias, act_scale, in_features,
                                                          elem, scale, block, act, act_block, problem, mmv_sigma, mmv_mul))
     return _run_fp_gemm(tuner, x, qweight, scales, row_scales, bias, act_scale, in_features, elem, scale, block, act,

@@ -320,9 +320,10 @@ class Replay:
     the float schemes).
 
     ``replay(x, y)`` relaunches them in order on the current stream with ``x`` (and the TMA descriptor it rebuilds on
-    ``x`` where a kernel takes one), ``y`` and fresh temporaries (shaped like the recorded ones) in their places; it returns False, launching nothing, where the fast path was switched off, a launch hook is installed, the
-    current device changed, or ``x`` / ``y`` differ in 16-byte alignment from the recorded call (the specialization
-    the kernels were compiled for).  The caller guarantees the rest: the same layer (same constant tensors), the same
+    ``x`` where a kernel takes one), ``y`` and fresh temporaries (shaped like the recorded ones) in their places; it
+    returns False, launching nothing, where the fast path was switched off, a launch hook is installed, the current
+    device changed, or ``x`` / ``y`` differ in 16-byte alignment from the recorded call (the specialization the
+    kernels were compiled for).  The caller guarantees the rest: the same layer (same constant tensors), the same
     M, dtype and device.
     """
 
@@ -336,13 +337,7 @@ class Replay:
             return False
         vals = [torch.empty(shape, dtype=dtype, device=device) for shape, dtype, device in self.temps]  # codes >= 0
         vals.append(y)  # -3
-        if self.desc is not None:  # -2: the recorded descriptor on x (same shape, strides, block and layout)
-            d = object.__new__(type(self.desc))
-            d.__dict__.update(self.desc.__dict__)
-            d.base = x
-            vals.append(d)
-        else:
-            vals.append(None)
+        vals.append(None if self.desc is None else _rebased(self.desc, x))  # -2
         vals.append(x)  # -1
         stream = st["stream"](self.dev)
         try:
@@ -361,6 +356,14 @@ class Replay:
 
 
 _X, _D, _Y = -1, -2, -3
+
+
+def _rebased(desc, base):
+    """TMA descriptor ``desc`` on ``base`` (same shape, strides, block and layout), without re-validating it."""
+    d = object.__new__(type(desc))
+    d.__dict__.update(desc.__dict__)
+    d.base = base
+    return d
 
 
 def _contiguous(t) -> bool:
@@ -422,13 +425,9 @@ def replay_of(records: list, x: torch.Tensor, y: torch.Tensor, constants: Sequen
         steps.append((run, function, packed, counts, grid, tuple(template), tuple(fills)))
     if not seen_x:
         return no("no launch reads x")
-    if desc is not None:  # the template holds no reference to this call's activations (nor do the argument templates)
-        d = object.__new__(type(desc))
-        d.__dict__.update(desc.__dict__)
-        d.base = None
-        desc = d
     r = Replay()
-    r.steps, r.desc = tuple(steps), desc
+    # (the descriptor template holds no reference to this call's activations, nor do the argument templates)
+    r.steps, r.desc = tuple(steps), None if desc is None else _rebased(desc, None)
     r.temps = tuple((tuple(t.shape), t.dtype, t.device) for t in temps)
     r.x_aligned, r.y_aligned = (x.data_ptr() & 15) == 0, (y.data_ptr() & 15) == 0
     r.dev = x.get_device()

@@ -49,6 +49,15 @@ class PlanCache(dict):
         return (PlanCache, ())
 
 
+def view_once(cached: tuple | None, t: Tensor, dtype: torch.dtype) -> tuple[Tensor, Tensor]:
+    """``(t, t.view(dtype))``: ``cached`` while it is that pair for ``t``'s current storage, else a new pair.  A layer
+    passing a dtype view of a buffer to its kernels keeps one view object per storage this way, so its launch plans
+    (which know the tensors by identity) keep replaying."""
+    if cached is None or cached[0] is not t or cached[1].data_ptr() != t.data_ptr():
+        return (t, t.view(dtype))
+    return cached
+
+
 class _Plan:
     """A layer's launch at one M (:func:`run_gemm`'s ``plans``): the configuration and the weight tensors it was made
     for, and its :class:`.launch.Replay` (None: that call was not one replayable launch; the normal path runs)."""

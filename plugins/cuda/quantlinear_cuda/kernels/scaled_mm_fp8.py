@@ -85,7 +85,7 @@ import torch
 from quantlinear import LayerSpec, QuantLinearError, Verdict, fpquant
 from quantlinear.formats import FloatWeights
 from quantlinear_triton.fp_layers import layer_problem, run_float
-from quantlinear_triton.ops import PlanCache
+from quantlinear_triton.ops import PlanCache, view_once
 from quantlinear_triton.runtime import env_on, triton_available
 from quantlinear_triton.scaled_mm import FP8ScaledMMBase, fp8_static_reason, quantize_static
 
@@ -241,10 +241,8 @@ class FP8ScaledMMLinear(FP8ScaledMMBase):
             if torch.compiler.is_compiling():
                 w32 = w.view(torch.int32)
             else:  # one int32 view per weight storage: the launch plans know it by identity
-                c = self._w32
-                if c is None or c[0] is not w or c[1].data_ptr() != w.data_ptr():
-                    c = self._w32 = (w, w.view(torch.int32))
-                w32 = c[1]
+                self._w32 = view_once(self._w32, w, torch.int32)
+                w32 = self._w32[1]
             return run_float(fp_ops, x, self.meta, self.problem, w32, None, b["gemv_row_scales"], b.get("bias"),
                              b["input_scale"], None, self._plans)
         if self.act_quant == "triton":

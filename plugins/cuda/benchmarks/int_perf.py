@@ -80,7 +80,9 @@ def make(p, M, copies=1, seed=0):
 #: the launch configurations ``mmv_check.py`` and ``mmv_fp_check.py`` check for correctness: 1 / 2 / 4 row groups,
 #: 4 and 8 warps, with and without the next tile's prefetch, no split and splits of 2, 3 (a remainder) and 4
 MMV_CHECK_CFGS = ({"R": 1, "warps": 4, "pf": True, "split_k": 1}, {"R": 2, "warps": 4, "pf": True, "split_k": 4},
-                  {"R": 1, "warps": 8, "pf": False, "split_k": 2}, {"R": 4, "warps": 8, "pf": True, "split_k": 3})
+                  {"R": 1, "warps": 8, "pf": False, "split_k": 2}, {"R": 4, "warps": 8, "pf": True, "split_k": 3},
+                  {"R": 1, "warps": 4, "pf": False, "split_k": 1, "ks": True},
+                  {"R": 2, "warps": 8, "pf": True, "split_k": 3, "ks": True})
 
 
 def mmv_script_args(ap: argparse.ArgumentParser) -> argparse.Namespace:

@@ -27,6 +27,7 @@ ap.add_argument("--table", default="plugins/cuda/quantlinear_cuda/tuned/sm90.jso
 ap.add_argument("--dtype", default="float16", choices=("float16", "bfloat16"), help="the sweep's activations")
 ap.add_argument("--grid", action="store_true", help="sweep R 1/2 x warps 4/8 x split 2..32 x pf instead of the candidates")
 ap.add_argument("--bits", type=int, default=4, choices=(4, 8), help="the sweep's code width")
+ap.add_argument("--ks", action="store_true", help="add the warps-split-K candidates (ks) to the grid")
 args = ip.mmv_script_args(ap)
 props = dev.device_props(torch.device("cuda"))
 res = {"device": torch.cuda.get_device_name(), "check": [], "sweep": []}
@@ -82,6 +83,9 @@ if args.sweep:
             if args.grid:  # (the default first: the summary line reports it)
                 cands = [dict(kernel="mmv", R=r, warps=w, pf=pf, split_k=sp) for r in (1, 2) for w in args.warps
                          for sp in (2, 4, 8, 16, 32) for pf in (False, True) if tune.mmv_steps(p) // sp >= 2]
+                if args.ks:  # the warps splitting K (M <= 8)
+                    cands += [dict(kernel="mmv", R=r, warps=w, pf=False, split_k=sp, ks=True) for r in (1, 2)
+                              for w in (4, 8, 16) for sp in (1, 2, 4) if tune.mmv_steps(p) // sp >= 2]
                 cands = [default] + [c for c in cands if c != default]
             ws, x = ip.make(p, M, copies=max(2, -(-150_000_000 // wb)))
             row = dict(K=K, N=N, M=M, bits=args.bits, dtype=args.dtype, floor=floor, default=default, times=[])

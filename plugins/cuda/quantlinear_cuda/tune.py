@@ -92,7 +92,8 @@ def mmv_steps(p: Problem) -> int:
 
 def mmv_candidates(p: Problem, M: int, sms: int) -> list[dict]:
     """What the tuner measures of ``mmv``: 8 and 4 warps at their default split, half and twice it, and 2 row groups
-    per warp."""
+    per warp; at M = 1 also the warps splitting K (``ks``: 4 or 8 warps, no split over programs), which won on the
+    short-K shapes (``results/h100-mmv-ks-2026-11-26.txt``)."""
     out = []
     for warps in (8, 4):
         d = mmv_config(p, M, sms, warps=warps)
@@ -101,6 +102,8 @@ def mmv_candidates(p: Problem, M: int, sms: int) -> list[dict]:
             if 1 <= sp and mmv_steps(p) // sp >= 2:
                 out.append(dict(d, split_k=sp))
     out.append(mmv_config(p, M, sms, R=2, warps=4))
+    if M == 1 and p.bits == 4:
+        out.extend(dict(kernel="mmv", R=1, warps=w, pf=False, split_k=1, ks=True) for w in (4, 8))
     return _tune.unique(out)
 
 

@@ -68,7 +68,14 @@ COMPILE_JOBS = [("_mmv_kernel", dict(R=1, NT=1, HAS_ZEROS=False, HAS_BIAS=False,
                 # 8-bit codes (two slabs a step, a byte permute per code pair)
                 ("_mmv_kernel", dict(R=1, NT=1, HAS_ZEROS=False, HAS_BIAS=True, PF=True, USE_SPLIT=True, W8=True, PDL=True),
                  4, 90),
-                ("_mmv_kernel", dict(R=2, NT=2, HAS_ZEROS=True, HAS_BIAS=False, PF=False, USE_SPLIT=False, W8=True), 4, 80)]
+                ("_mmv_kernel", dict(R=2, NT=2, HAS_ZEROS=True, HAS_BIAS=False, PF=False, USE_SPLIT=False, W8=True), 4, 80),
+                # the warps split K (KS): each its own tiles of the program's rows, activations read directly
+                ("_mmv_kernel", dict(R=1, NT=1, HAS_ZEROS=False, HAS_BIAS=True, PF=False, USE_SPLIT=True, PDL=True, KS=True),
+                 4, 90),
+                ("_mmv_kernel", dict(R=2, NT=1, HAS_ZEROS=True, HAS_BIAS=False, PF=False, USE_SPLIT=False, BF16=True,
+                                     KS=True), 8, 80),
+                ("_mmv_kernel", dict(R=1, NT=1, HAS_ZEROS=False, HAS_BIAS=True, PF=False, USE_SPLIT=True, FP=1, KS=True),
+                 8, 90)]
 
 
 def compile_mmv(name: str, consts: dict, warps: int, cap: int) -> dict:
@@ -80,7 +87,7 @@ def compile_mmv(name: str, consts: dict, warps: int, cap: int) -> dict:
     fn = getattr(km, name)
     act = "*bf16" if consts.get("BF16") else "*fp16"
     consts = dict(consts, BF16=bool(consts.get("BF16")), FP=int(consts.get("FP", 0)), HAS_ROWS=bool(consts.get("HAS_ROWS")),
-                  PDL=bool(consts.get("PDL")), W8=bool(consts.get("W8")))
+                  PDL=bool(consts.get("PDL")), W8=bool(consts.get("W8")), KS=bool(consts.get("KS")))
     types = dict(x_ptr=act, w_ptr="*i32", s_ptr={0: "*fp16", 1: "*i64", 2: "*i32"}[consts["FP"]], z_ptr="*u8", b_ptr=act, y_ptr=act,
                  ws_ptr="*fp32", cnt_ptr="*i32", r_ptr="*fp32", omul="fp32")
     sig, attrs = {}, {}
@@ -117,8 +124,10 @@ def test_mmv_cross_compiles_for_sm80_and_sm90():
         assert got["cubin"] > 0 and not got["local"], got
         assert got["mma"] == 16 * R * NT, (consts, got)  # a 256-channel tile: 4 code pairs x 4 words per MMA chain
         assert got["v4"] >= 4 * R, (consts, got)  # each row's 32 words: two 16-byte loads per lane and row
-        # the staged activations: 16-byte shared loads (8 per token tile and K tile), a barrier per tile; split-K's counter
-        assert got["lds"] == 8 * NT and got["bar"] >= 2, got
+        if consts.get("KS"):  # no staged activations: no shared loads in the loop (the warps' sums meet at the end)
+            assert got["lds"] == 0, got
+        else:  # the staged activations: 16-byte shared loads (8 per token tile and K tile), a barrier per tile
+            assert got["lds"] == 8 * NT and got["bar"] >= 2, got
         assert (got["atom"] > 0) == consts["USE_SPLIT"], got
         # bf16: two bf16x2 FMAs per code pair (q - z, then the scale), in the bf16 MMA
         assert (got["bf16x2"] >= 16 * 4 * R * 2) == bool(consts.get("BF16")), got

@@ -37,7 +37,9 @@ def test_layer_takes_mmv_from_m2_to_m8(no_tuning, group, sym, K, N, bias):
 
 @pytest.mark.parametrize("cfg", [dict(R=r, warps=w, pf=pf, split_k=sp) for r, w, pf, sp in
                                  ((1, 8, True, 1), (1, 8, True, 4), (2, 4, False, 2), (1, 4, True, 8), (4, 4, True, 3),
-                                  (1, 2, True, 4), (2, 1, False, 2))])
+                                  (1, 2, True, 4), (2, 1, False, 2))]
+                         # the warps splitting K (M <= 8; M = 9 and 16 run the row split instead)
+                         + [dict(R=r, warps=w, pf=False, split_k=sp, ks=True) for r, w, sp in ((1, 4, 1), (2, 8, 3), (1, 16, 2))])
 @pytest.mark.parametrize("sym", [True, False])
 def test_every_configuration_and_m_up_to_16(cfg, sym):
     from quantlinear_triton import kernels as tk

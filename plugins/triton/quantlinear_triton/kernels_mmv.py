@@ -65,6 +65,15 @@ On an H100 (``mmv_check.py --bits 8 --sweep --grid``, results/h100-mmv-w8-grid-2
 faster than the paired GEMV (W8 g128 at 1.21-1.25x the HBM floor on the 60 MB shapes through the layer), M = 2 and
 16 1.05-1.25x faster than ``dot``.
 
+Warps splitting K (``ks``, int codes, M <= 8): the warps of a program take the same rows and each its own K tiles
+(``t0 + w + NW i``), reading their activation pairs straight from global memory (no staging, no barrier in the
+loop), and their sums meet once in shared memory at the end, so no split over programs (and none of its workspace
+round trip) is needed.  Timing-only ablations at M = 1 (``results/h100-mmv-ks-2026-11-26.txt``) put the split-K
+finish at 1.1-1.7 us of the 14.9-15.4 us on the 30 MB shapes.  On an H100 ``ks`` is 3.4-4.9% faster at M = 1 on the
+short-K shapes (4096 x 14336: 14.4 vs 14.9 us; 3072 x 12288: 10.4 vs 10.9), 10-15% slower on the long-K ones and
+11-32% slower at M = 8, so the table takes it only at M = 1 on 4096 x 14336 and 3072 x 12288.  Float codes keep the
+row split (not measured with ``ks``).
+
 With programmatic dependent launch (sm_90) the kernel waits for the previous one before its first load
 (:func:`_gdc_wait`), so its launch overlaps the previous kernel's tail, and lets the next one be scheduled after its
 main loop (:func:`_gdc_launch`; released at the start instead, M = 16 on 8192 x 28672 took 67.5 us, not 63.3).
@@ -324,7 +333,8 @@ if HAS_GLUON:
                     tiles_per_split, split_k, omul,
                     R: gl.constexpr, NT: gl.constexpr, HAS_ZEROS: gl.constexpr, HAS_BIAS: gl.constexpr,
                     PF: gl.constexpr, USE_SPLIT: gl.constexpr, BF16: gl.constexpr = False, FP: gl.constexpr = 0,
-                    HAS_ROWS: gl.constexpr = False, PDL: gl.constexpr = False, W8: gl.constexpr = False):
+                    HAS_ROWS: gl.constexpr = False, PDL: gl.constexpr = False, W8: gl.constexpr = False,
+                    KS: gl.constexpr = False):
         NW: gl.constexpr = gl.num_warps()
         L: gl.constexpr = gl.BlockedLayout([1, 1, R, 4], [1, 32, 1, 1], [NW, 1, 1, 1], [3, 2, 1, 0])
         S: gl.constexpr = gl.SliceLayout(3, L)
@@ -345,7 +355,12 @@ if HAS_GLUON:
         t0 = pid_k * tiles_per_split
         t1 = gl.minimum(t0 + tiles_per_split, n_tiles)
         lane = _iota(32, 1, L)
-        rows = pid_n * (16 * R * NW) + _iota(NW, 0, L) * (16 * R) + _iota(R, 2, L) * 16 + lane // 4  # [NW, 32, R, 1]
+        if KS:  # the warps split K: all take the program's rows (the same in each warp), warp w tiles t0 + w + NW i
+            rows = pid_n * (16 * R) + _iota(NW, 0, L) * 0 + _iota(R, 2, L) * 16 + lane // 4
+            n_it = gl.cdiv(t1 - t0, NW)
+        else:
+            rows = pid_n * (16 * R * NW) + _iota(NW, 0, L) * (16 * R) + _iota(R, 2, L) * 16 + lane // 4  # [NW, 32, R, 1]
+            n_it = t1 - t0
         row0 = gl.minimum(rows, N - 1)
         row1 = gl.minimum(rows + 8, N - 1)
         woff0 = row0 * KW + (lane % 4) * 4 + _iota(4, 3, L)
@@ -371,26 +386,36 @@ if HAS_GLUON:
             _gdc_wait()
         if PF:
             nws, nsg0, nsg1 = _tile_words(w_ptr, s_ptr, woff0, woff1, soff0, soff1, t0, gsh, gmax, N, KW, BF16, FP, W8)
-        xs.index(0).store(_x_stage(x_ptr, t0, t0 < t1, M, K, 0, LP, FP == 2, W8))
-        if NT == 2:
-            xs.index(1).store(_x_stage(x_ptr, t0, t0 < t1, M, K, 1, LP, FP == 2, W8))
-        _cta_barrier()
-        for it in range(t1 - t0):
-            t = t0 + it
-            if PF:
-                ws, sg0, sg1 = nws, nsg0, nsg1
-                nws, nsg0, nsg1 = _tile_words(w_ptr, s_ptr, woff0, woff1, soff0, soff1, gl.minimum(t + 1, t1 - 1), gsh,
-                                              gmax, N, KW, BF16, FP, W8)
+        if not KS:
+            xs.index(0).store(_x_stage(x_ptr, t0, t0 < t1, M, K, 0, LP, FP == 2, W8))
+            if NT == 2:
+                xs.index(1).store(_x_stage(x_ptr, t0, t0 < t1, M, K, 1, LP, FP == 2, W8))
+            _cta_barrier()
+        for it in range(n_it):
+            if KS:
+                t = t0 + it * NW
+                tz = gl.minimum(t + _iota(NW, 0, S, 3), t1 - 1)  # (scales, zeros: any valid group past the end; x is 0)
+                ws = _ks_words(w_ptr, woff0, woff1, t + _iota(NW, 0, L), t1)
+                sg0, sg1 = _tile_scales(s_ptr, soff0, soff1, tz, gsh, gmax, N, BF16, FP)
             else:
-                ws, sg0, sg1 = _tile_words(w_ptr, s_ptr, woff0, woff1, soff0, soff1, t, gsh, gmax, N, KW, BF16, FP, W8)
+                t = t0 + it
+                if PF:
+                    ws, sg0, sg1 = nws, nsg0, nsg1
+                    nws, nsg0, nsg1 = _tile_words(w_ptr, s_ptr, woff0, woff1, soff0, soff1, gl.minimum(t + 1, t1 - 1),
+                                                  gsh, gmax, N, KW, BF16, FP, W8)
+                else:
+                    ws, sg0, sg1 = _tile_words(w_ptr, s_ptr, woff0, woff1, soff0, soff1, t, gsh, gmax, N, KW, BF16, FP,
+                                               W8)
             sp0 = sg0[0]
             sp1 = sg1[0]
-            xn0 = _x_stage(x_ptr, t + 1, t + 1 < t1, M, K, 0, LP, FP == 2, W8)  # the next tile's pairs, stored after this one
-            if NT == 2:
-                xn1 = _x_stage(x_ptr, t + 1, t + 1 < t1, M, K, 1, LP, FP == 2, W8)
+            if not KS:
+                tz = t
+                xn0 = _x_stage(x_ptr, t + 1, t + 1 < t1, M, K, 0, LP, FP == 2, W8)  # the next tile's pairs, stored after
+                if NT == 2:
+                    xn1 = _x_stage(x_ptr, t + 1, t + 1 < t1, M, K, 1, LP, FP == 2, W8)
             if HAS_ZEROS:
-                ga = (2 * t) >> gsh
-                gb = gl.minimum((2 * t + 1) >> gsh, gmax)
+                ga = (2 * tz) >> gsh
+                gb = gl.minimum((2 * tz + 1) >> gsh, gmax)
                 zpe0, zpo0 = _zero_pairs(z_ptr, ga, gb, N, srow0, BF16)
                 zpe1, zpo1 = _zero_pairs(z_ptr, ga, gb, N, srow1, BF16)
             a00 = _quarters(ws[0], S)
@@ -435,8 +460,12 @@ if HAS_GLUON:
                     g1 = _e4m3_pair(sg1[j // 2], j % 2)
                     h0 = _e4m3_pair(sg0[2 + j // 2], j % 2)
                     h1 = _e4m3_pair(sg1[2 + j // 2], j % 2)
-                p0 = _b_regs(xs, cur, j, 0, LB, LX, SX, S)
-                p1 = _b_regs(xs, cur, j, 1, LB, LX, SX, S)
+                if KS:
+                    p0 = _b_direct(x_ptr, t + _iota(NW, 0, LX), t1, M, K, j, 0, LX, SX, S)
+                    p1 = _b_direct(x_ptr, t + _iota(NW, 0, LX), t1, M, K, j, 1, LX, SX, S)
+                else:
+                    p0 = _b_regs(xs, cur, j, 0, LB, LX, SX, S)
+                    p1 = _b_regs(xs, cur, j, 1, LB, LX, SX, S)
                 if NT == 2:
                     q0 = _b_regs(xs, cur + 1, j, 0, LB, LX, SX, S)
                     q1 = _b_regs(xs, cur + 1, j, 1, LB, LX, SX, S)
@@ -459,14 +488,22 @@ if HAS_GLUON:
                     c0, c1, c2, c3 = _mma(r0, r1, r2, r3, p0[i], p1[i], c0, c1, c2, c3, BF16)
                     if NT == 2:
                         d0, d1, d2, d3 = _mma(r0, r1, r2, r3, q0[i], q1[i], d0, d1, d2, d3, BF16)
-            xs.index(((it + 1) % 2) * NT).store(xn0)
-            if NT == 2:
-                xs.index(((it + 1) % 2) * NT + 1).store(xn1)
-            _cta_barrier()
+            if not KS:
+                xs.index(((it + 1) % 2) * NT).store(xn0)
+                if NT == 2:
+                    xs.index(((it + 1) % 2) * NT + 1).store(xn1)
+                _cta_barrier()
         if PDL:  # after the main loop, not at the start (see .kernels._pdl_exit)
             _gdc_launch()
         ln = _iota(32, 1, S, 3)
-        r0 = pid_n * (16 * R * NW) + _iota(NW, 0, S, 3) * (16 * R) + _iota(R, 2, S, 3) * 16 + ln // 4
+        if KS:  # the warps' partial sums of the same rows, summed (every warp then holds the total)
+            c0 = gl.expand_dims(gl.sum(c0, axis=0), 0) + acc
+            c1 = gl.expand_dims(gl.sum(c1, axis=0), 0) + acc
+            c2 = gl.expand_dims(gl.sum(c2, axis=0), 0) + acc
+            c3 = gl.expand_dims(gl.sum(c3, axis=0), 0) + acc
+            r0 = pid_n * (16 * R) + _iota(NW, 0, S, 3) * 0 + _iota(R, 2, S, 3) * 16 + ln // 4
+        else:
+            r0 = pid_n * (16 * R * NW) + _iota(NW, 0, S, 3) * (16 * R) + _iota(R, 2, S, 3) * 16 + ln // 4
         ta = (ln % 4) * 2
         if USE_SPLIT:
             _store8(ws_ptr + pid_k * M * N, c0, c1, c2, c3, d0, d1, d2, d3, ta, r0, M, N, NT)
@@ -580,6 +617,36 @@ if HAS_GLUON:
                      gl.load(w_ptr + woff1 + t * STEP + 32), gl.load(w_ptr + woff1 + t * STEP + 48))
         else:
             words = (w00, w01, w10, w11)
+        sg0, sg1 = _tile_scales(s_ptr, soff0, soff1, t, gsh, gmax, N, BF16, FP)
+        return words, sg0, sg1
+
+    @gluon.jit
+    def _ks_words(w_ptr, woff0, woff1, tw, t1):
+        """The warps' own tiles' words (``KS``: tile ``tw`` per warp, ``[NW, 1, 1, 1]``), 0 past the split's end."""
+        ok = tw < t1
+        b0 = w_ptr + woff0 + tw * 32
+        b1 = w_ptr + woff1 + tw * 32
+        return (gl.load(b0, mask=ok, other=0), gl.load(b0 + 16, mask=ok, other=0), gl.load(b1, mask=ok, other=0),
+                gl.load(b1 + 16, mask=ok, other=0))
+
+    @gluon.jit
+    def _b_direct(x_ptr, tw, t1, M, K, J: gl.constexpr, B: gl.constexpr, LX: gl.constexpr, SX: gl.constexpr,
+                  S: gl.constexpr):
+        """:func:`_b_regs`' four B registers read straight from the activations (``KS``: each warp its own tile
+        ``tw``, ``[NW, 1, 1, 1]`` in ``LX``; int / MXFP4 channel order, tokens 0..7): lane ``(g, q)`` takes the pairs
+        ``(x[g, c], x[g, c + 128])``, ``c = 256 tw + 16 (2 j + b) + 4 q + i``; 0 past M, K or the split's end."""
+        ln = _iota(32, 1, LX)
+        g = ln // 4
+        c = tw * 256 + (2 * J + B) * 16 + (ln % 4) * 4 + _iota(4, 3, LX)
+        m = (g < M) & (tw < t1)
+        lo = gl.load(x_ptr + g * K + c, mask=m & (c < K), other=0.0)
+        hi = gl.load(x_ptr + g * K + c + 128, mask=m & (c + 128 < K), other=0.0)
+        return _into(_quarters(_pack(lo, hi), SX), S)
+
+    @gluon.jit
+    def _tile_scales(s_ptr, soff0, soff1, t, gsh, gmax, N, BF16: gl.constexpr, FP: gl.constexpr):
+        """Tile t's scales of the lane's two rows (see :func:`_tile_words`; ``t`` a scalar or, ``KS``, a tile per
+        warp)."""
         if FP == 1:  # two registers a row and tile (``s_ptr`` int64 ``[N, KW / 32]``)
             v0 = gl.load(s_ptr + soff0 + t)
             v1 = gl.load(s_ptr + soff1 + t)
@@ -595,7 +662,7 @@ if HAS_GLUON:
             gb = gl.minimum((2 * t + 1) >> gsh, gmax)  # (the far half of a ragged last tile: code 0, x 0)
             sg0 = (_scale_pairs(s_ptr, ga, gb, N, soff0, BF16), )
             sg1 = (_scale_pairs(s_ptr, ga, gb, N, soff1, BF16), )
-        return words, sg0, sg1
+        return sg0, sg1
 
 #: what :func:`launch_mmv` callers run instead where ``mmv`` cannot (interpreter, ROCm, other dtypes): ``dot16``
 #: (itself falling back to ``dot`` where the paired decode does not fit)
@@ -653,39 +720,43 @@ def launch_mmv(x: torch.Tensor, qweight: torch.Tensor, scales: torch.Tensor, zer
     return y
 
 
-def _plan(x: torch.Tensor, qweight: torch.Tensor, cfg: dict, out: torch.Tensor | None, warps: int, step_words: int = 32):
-    """The output and, for M > 0, the launch plan of ``cfg`` (``warps``: its default): R, warps, pf, blocks of rows,
-    and :func:`.kernels_tc.split_plan`'s split, steps per split, workspace and counters (``step_words``: a row's words
-    in one 256-channel step)."""
+def _plan(x: torch.Tensor, qweight: torch.Tensor, cfg: dict, out: torch.Tensor | None, warps: int, step_words: int = 32,
+          ks_ok: bool = True):
+    """The output and, for M > 0, the launch plan of ``cfg`` (``warps``: its default): R, warps, pf, ks, blocks of
+    rows, and :func:`.kernels_tc.split_plan`'s split, steps per split, workspace and counters (``step_words``: a row's
+    words in one 256-channel step).  ``ks`` (the warps of a program split K, taking the same rows) applies to 32-word
+    int / MXFP4 steps (``ks_ok``) and M <= 8; it replaces the prefetch."""
     M = x.shape[0]
     N, KW = qweight.shape
     R, warps, pf = int(cfg.get("R", 1)), int(cfg.get("warps", warps)), bool(cfg.get("pf", True))
+    ks = bool(cfg.get("ks")) and ks_ok and step_words == 32 and M <= 8
     y = out if out is not None else torch.empty(M, N, dtype=x.dtype, device=x.device)
     if M == 0:
         return y, None
-    blocks = -(-N // (16 * R * warps))
-    return y, (R, warps, pf, blocks, *split_plan(x, y, KW // step_words, int(cfg.get("split_k", 1)), blocks))
+    blocks = -(-N // (16 * R * (1 if ks else warps)))
+    return y, (R, warps, pf and not ks, ks, blocks,
+               *split_plan(x, y, KW // step_words, int(cfg.get("split_k", 1)), blocks))
 
 
 def _launch(plan: tuple, tensors: tuple, ints: tuple, omul: float, y: torch.Tensor, has_zeros: bool, has_bias: bool,
             bf16: bool, fp: int, has_rows: bool, w8: bool = False) -> None:
     """One ``_mmv_kernel`` launch: ``tensors`` = (x, w, s, z, b, y, r), ``ints`` = (gsh, gmax, zh, zh16)."""
-    R, warps, pf, blocks, split, tps, ws, cnt = plan
+    R, warps, pf, ks, blocks, split, tps, ws, cnt = plan
     x, w, s, z, b, _, r = tensors
     (M, K), (N, KW) = x.shape, w.shape
     consts, skey, opts = _statics(R, warps, pf, M <= 8, split > 1, pdl_ok(x), has_zeros, has_bias, bf16, fp, has_rows,
-                                  w8)
+                                  w8, ks)
     _fast.launch(_mmv_kernel, (blocks, split), (x, w, s, z, b, y, ws, cnt, r), (M, N, K, KW, *ints, tps, split), (omul,),
                  consts, skey, opts, y)
 
 
 @functools.lru_cache(maxsize=1024)
 def _statics(R: int, warps: int, pf: bool, one_tile: bool, use_split: bool, pdl: bool, has_zeros: bool, has_bias: bool,
-             bf16: bool, fp: int, has_rows: bool, w8: bool = False) -> tuple:
+             bf16: bool, fp: int, has_rows: bool, w8: bool = False, ks: bool = False) -> tuple:
     """Every constexpr of ``_mmv_kernel`` (the direct launcher caches only launches that give them all), the static key
     and the compile options of one launch class: made once, not per call (this is the eager decode path)."""
     consts = dict(R=R, NT=1 if one_tile else 2, PF=pf, USE_SPLIT=use_split, PDL=pdl, HAS_ZEROS=has_zeros,
-                  HAS_BIAS=has_bias, BF16=bf16, FP=fp, HAS_ROWS=has_rows, W8=w8)
+                  HAS_BIAS=has_bias, BF16=bf16, FP=fp, HAS_ROWS=has_rows, W8=w8, KS=ks)
     options = {"num_warps": warps, "launch_pdl": True} if pdl else {"num_warps": warps}
     return consts, ("mmv", warps, *sorted(consts.items())), options
 
@@ -710,7 +781,7 @@ def launch_mmv_fp(x: torch.Tensor, qweight: torch.Tensor, sigma: torch.Tensor, r
     32-word slabs (the int layout's word and plane order) with :func:`.fp_packing.mx_sigma`'s scales, or (``nv``)
     NVFP4's 16-word slabs, two tiles a step, with :func:`.fp_packing.nv_sigma`'s; ``x`` fp16 (the activations as
     the scheme quantizes them), ``cfg`` as :func:`launch_mmv`'s."""
-    y, plan = _plan(x, qweight, cfg, out, 4)
+    y, plan = _plan(x, qweight, cfg, out, 4, ks_ok=False)
     if plan is None:
         return y
     sig = sigma if nv or sigma.dtype == torch.int64 else sigma.view(torch.int64)  # (MXFP4: a row's 8 bytes of a tile as one int64)

@@ -394,6 +394,7 @@ if HAS_GLUON:
         for it in range(n_it):
             if KS:
                 t = t0 + it * NW
+                tx = t + _iota(NW, 0, LX)  # the warps' tiles, for their activations
                 tz = gl.minimum(t + _iota(NW, 0, S, 3), t1 - 1)  # (scales, zeros: any valid group past the end; x is 0)
                 ws = _ks_words(w_ptr, woff0, woff1, t + _iota(NW, 0, L), t1)
                 sg0, sg1 = _tile_scales(s_ptr, soff0, soff1, tz, gsh, gmax, N, BF16, FP)
@@ -461,8 +462,8 @@ if HAS_GLUON:
                     h0 = _e4m3_pair(sg0[2 + j // 2], j % 2)
                     h1 = _e4m3_pair(sg1[2 + j // 2], j % 2)
                 if KS:
-                    p0 = _b_direct(x_ptr, t + _iota(NW, 0, LX), t1, M, K, j, 0, LX, SX, S)
-                    p1 = _b_direct(x_ptr, t + _iota(NW, 0, LX), t1, M, K, j, 1, LX, SX, S)
+                    p0 = _b_direct(x_ptr, tx, t1, M, K, j, 0, LX, SX, S)
+                    p1 = _b_direct(x_ptr, tx, t1, M, K, j, 1, LX, SX, S)
                 else:
                     p0 = _b_regs(xs, cur, j, 0, LB, LX, SX, S)
                     p1 = _b_regs(xs, cur, j, 1, LB, LX, SX, S)

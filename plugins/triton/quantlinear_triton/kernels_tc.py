@@ -99,10 +99,6 @@ def default_config(M: int, N: int, dtype: torch.dtype, sm_count: int = 132, bf16
         cfg["split_k"] = 2
     return cfg
 
-#: the CompiledKernel of the last launch's configuration (None under the interpreter): benchmarks read its asm / metadata
-last_compiled = None
-
-
 @triton.jit
 def _dq_pair_bf(w, zp, sp):
     """Per word: the bf16 pair ``(q - z) * s`` of the codes at bits 0-3 (low) and 16-19 (high) of ``w`` (CUDA, sm_90).
@@ -422,8 +418,6 @@ def launch_tc(x: torch.Tensor, qweight: torch.Tensor, scales: torch.Tensor, zero
     opts = dict(num_warps=r["num_warps"], num_stages=r["num_stages"])
     _fast.launch(_tc_kernel, (n_tiles_out, split), (x, qweight, scales, zp, bp, y, ws, cnt), (M, N, K, KW, sps, split, zh),
                  (float(8388608.0 + zero_point),), consts, ("tc", *consts.values(), *opts.values()), opts, y)
-    global last_compiled
-    last_compiled = _fast.compiled(_tc_kernel)
     return y
 
 

@@ -62,10 +62,10 @@ class _Plan:
     """A layer's launch at one M (:func:`run_gemm`'s ``plans``): the configuration and the weight tensors it was made
     for, and its :class:`.launch.Replay` (None: that call was not one replayable launch; the normal path runs)."""
 
-    __slots__ = ("cfg", "replay", "N", "tensors")
+    __slots__ = ("cfg", "replay", "tensors")
 
-    def __init__(self, cfg: dict, replay, N: int, tensors: tuple):
-        self.cfg, self.replay, self.N, self.tensors = cfg, replay, N, tensors
+    def __init__(self, cfg: dict, replay, tensors: tuple):
+        self.cfg, self.replay, self.tensors = cfg, replay, tensors
 
 
 def run_gemm(tuner: "tune.Tuner", x: Tensor, qweight: Tensor, scales: Tensor, zeros: Optional[Tensor], bias: Optional[Tensor],
@@ -121,7 +121,7 @@ def run_planned(plans: dict, cfg: dict, x: Tensor, N: int, weights: tuple, persi
             r = None
             if y.dtype == x.dtype and tuple(y.shape) == (x.shape[0], N):  # what a replay allocates
                 r = _fast.replay_of(rec, x, y, (*weights, *persistent()))
-            plans[key] = _Plan(cfg, r, N, ids)
+            plans[key] = _Plan(cfg, r, ids)
         return y
     return run()
 

@@ -103,17 +103,17 @@ ROWWISE_MIN_TORCH = (2, 10)
 FP8_MAX = 448.0
 #: ``use_fast_accum`` for ``_scaled_mm``: on unless this is ``0`` (module docstring).  Read at ``prepare``.
 FAST_ACCUM_ENV = "QUANTLINEAR_FP8_FAST_ACCUM"
-
-
-def fast_accum_on() -> bool:
-    """Whether ``_scaled_mm`` runs with fast accumulation (``QUANTLINEAR_FP8_FAST_ACCUM``, default on)."""
-    return env_on(FAST_ACCUM_ENV, default="1")
 #: Calls with at most this many rows run the Triton FP8 GEMV instead of ``_scaled_mm`` (module docstring): 16, and 32
 #: for layers with more inputs than outputs (measured: 6-16% faster there at M = 32, 2-13% slower on the wide
 #: shapes); read at ``prepare`` from ``QUANTLINEAR_FP8_SMALL_M`` (a number overrides both; 0: always ``_scaled_mm``).
 SMALL_M = 16
 SMALL_M_K_HEAVY = 32
 SMALL_M_ENV = "QUANTLINEAR_FP8_SMALL_M"
+
+
+def fast_accum_on() -> bool:
+    """Whether ``_scaled_mm`` runs with fast accumulation (``QUANTLINEAR_FP8_FAST_ACCUM``, default on)."""
+    return env_on(FAST_ACCUM_ENV, default="1")
 
 
 def small_m_limit(in_features: int = 0, out_features: int = 1) -> int:

@@ -56,17 +56,17 @@ def test_bad_configurations_are_refused():
     x = torch.zeros(256, 512, dtype=torch.float16)
     w = torch.zeros(64, 64, dtype=torch.int32)
     s = torch.zeros(4, 64, dtype=torch.float16)
-    for cfg in ({"BM": 512}, {"planes": 4}, {"warps": 2}):
+    for cfg in ({"BM": 512}, {"planes": 4}, {"warps": 2}, {"tail": 2}):
         with pytest.raises(ValueError, match="kernels_wg: no configuration"):
             kw.launch_wg(x, w, s, None, None, 128, 8.0, cfg)
 
 
 #: (constexprs, warps) the compile check builds for sm_90a
-COMPILE_JOBS = [(dict(BM=256, STAGES=4, P=1, HAS_ZEROS=False, HAS_BIAS=False, USE_SPLIT=False, BF16=False), 8),
-                (dict(BM=128, STAGES=4, P=2, HAS_ZEROS=True, HAS_BIAS=True, USE_SPLIT=True, BF16=False), 8),
-                (dict(BM=256, STAGES=3, P=2, HAS_ZEROS=True, HAS_BIAS=True, USE_SPLIT=True, BF16=True), 8),
-                (dict(BM=64, STAGES=4, P=1, HAS_ZEROS=False, HAS_BIAS=True, USE_SPLIT=False, BF16=True), 8),
-                (dict(BM=256, STAGES=3, P=1, HAS_ZEROS=False, HAS_BIAS=False, USE_SPLIT=True, BF16=False), 4)]
+COMPILE_JOBS = [(dict(BM=256, STAGES=4, P=1, HAS_ZEROS=False, HAS_BIAS=False, SPLIT=1, BF16=False), 8),
+                (dict(BM=128, STAGES=4, P=2, HAS_ZEROS=True, HAS_BIAS=True, SPLIT=2, BF16=False), 8),
+                (dict(BM=256, STAGES=3, P=2, HAS_ZEROS=True, HAS_BIAS=True, SPLIT=3, BF16=True), 8),
+                (dict(BM=64, STAGES=4, P=1, HAS_ZEROS=False, HAS_BIAS=True, SPLIT=1, BF16=True), 8),
+                (dict(BM=256, STAGES=3, P=1, HAS_ZEROS=False, HAS_BIAS=False, SPLIT=2, BF16=False), 4)]
 
 
 def compile_wg(consts: dict, warps: int) -> dict:
@@ -157,6 +157,32 @@ def test_every_wg_launch_can_take_the_direct_launcher(monkeypatch, zeros, bias, 
     kw.launch_wg(x, torch.zeros(N, K // 8, dtype=torch.int32), s, z, b, 128, 8.0, {"BM": 128, "planes": 2, "split_k": split})
     (fn, grid, tensors, ints, floats, consts, skey), = seen
     assert fl._check_order(fn, tensors, ints, floats, consts), sorted(consts)
-    assert grid == (3 * 2, split) and tensors[0].dtype == dtype and tensors[0].block_shape == [128, 64]
-    assert consts["USE_SPLIT"] == (split > 1) and consts["HAS_ZEROS"] == zeros and consts["BF16"] == (dtype == torch.bfloat16)
+    assert grid == (3 * 2 * split, ) and tensors[0].dtype == dtype and tensors[0].block_shape == [128, 64]
+    assert consts["SPLIT"] == split and consts["HAS_ZEROS"] == zeros and consts["BF16"] == (dtype == torch.bfloat16)
 
+
+
+def test_a_small_last_wave_is_split_in_two_along_k():
+    """Whole waves run whole tiles; the tiles of a last wave at most half full run in two halves of K."""
+    # 4096 x 14336 at M = 1024: 448 tiles of 256 x 128 on 132 slots -> 396 whole, the last 52 in halves of 8 slab tiles
+    assert kw.split_schedule(448, 16, 1, 132, True) == (396, 52, 2, 8)
+    # a last wave of 104 (more than half): halves would take two rounds, no faster than whole tiles
+    assert kw.split_schedule(896, 32, 1, 132, True) == (896, 0, 1, 32)
+    # a short K (fewer than TAIL_MIN_TILES slab tiles), one wave or less, whole waves only, or the tail turned off
+    assert kw.split_schedule(160, 6, 1, 132, True) == (160, 0, 1, 6)
+    assert kw.split_schedule(100, 16, 1, 132, True) == (100, 0, 1, 16)
+    assert kw.split_schedule(264, 16, 1, 132, True) == (264, 0, 1, 16)
+    assert kw.split_schedule(448, 16, 1, 132, False) == (448, 0, 1, 16)
+    # an odd K range: halves of 9 and 8 slab tiles
+    assert kw.split_schedule(140, 17, 1, 132, True) == (132, 8, 2, 9)
+
+
+def test_split_k_splits_every_tile_without_empty_splits():
+    assert kw.split_schedule(64, 16, 2, 132, True) == (0, 64, 2, 8)
+    assert kw.split_schedule(64, 5, 4, 132, True) == (0, 64, 3, 2)  # 5 slab tiles in 4: 2 + 2 + 1, three splits
+    assert kw.split_schedule(64, 1, 4, 132, True) == (64, 0, 1, 1)
+
+
+def test_resident_programs_follow_shared_memory_and_registers():
+    assert kw.resident(256, 1, 4, 8, 0) == 1  # 128 KB of activation stages, up to 255 registers
+    assert kw.resident(64, 2, 4, 8, 128) == 2  # 64 KB, a 128-register cap: two a multiprocessor

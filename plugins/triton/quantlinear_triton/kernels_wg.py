@@ -17,8 +17,9 @@ Here the schedule is explicit:
   MMAs are asynchronous, and a step's A registers are dequantized while the previous step's MMAs run (one step in
   flight: ``warpgroup_mma_wait(2)`` after issuing a step's two MMAs);
 * the next tile's words, scale pairs and zero pairs are loaded a tile ahead into registers;
-* split-K (``split_k > 1``) reduces through the workspace and tile counters of :mod:`.kernels` (the protocol of its
-  ``_finish``).
+* split-K (``split_k > 1``, or the two halves of a small last wave's tiles: :func:`split_schedule`) reduces through
+  the workspace and tile counters of :mod:`.kernels` (each split's fp32 partial in its own slot, stored in whole
+  32-byte sectors; the last split of a tile sums them in order).
 
 Dequantization: fp16, ``(w >> 4j) & 0x000F000F | 0x64006400`` is the pair ``1024 + q``, minus ``1024 + z``
 (exact), times the scale pair (one rounding: bit-identical to the other fp16 paths); bf16 the same with ``128 + q``
@@ -31,11 +32,11 @@ offsets (``w_ptr + (woff + t * 32)``): hoisted as eight 64-bit pointers they pus
 registers and spills.
 
 Measured on an H100 through the layer (``quantlinear bench``, the graph-tuned table; CUDA graphs, W4 g128 fp16;
-variants by ``plugins/cuda/benchmarks/wg_variants.py``): 0.92-1.05x cuBLAS fp16's time at M = 256 on five of the six
-benchmark shapes (1.35x on 4096 x 4096), 0.98-1.02x at M = 1024 on five (1.17x on 4096 x 14336), 0.59-0.73x at M =
-128 and 0.49-0.77x at M = 64 on five (1.23x / 1.02x on 4096 x 4096); the ``tc`` kernel it replaces took 1.34-1.65x at
-M = 256.  With neither activation loads nor dequantization the schedule runs at ~740 TFLOP/s (75% of the dense
-peak): the loads cost 0-6%, the dequantization 3-11%.
+variants by ``plugins/cuda/benchmarks/wg_variants.py``; ``results/h100-bench-w4-fp16-wg-split-2026-11-26.txt``):
+0.91-1.01x cuBLAS fp16's time at M = 256 on five of the six benchmark shapes (1.15x on 4096 x 4096), 0.91-1.04x at
+M = 1024 on five (1.12x on 4096 x 14336, with its last wave in halves), 0.45-0.88x at M = 64; the ``tc`` kernel it
+replaces took 1.34-1.65x at M = 256.  With neither activation loads nor dequantization the schedule runs at ~740
+TFLOP/s (75% of the dense peak): the loads cost 0-6%, the dequantization 3-11%.
 """
 
 from __future__ import annotations
@@ -45,9 +46,9 @@ import functools
 import torch
 
 from . import launch as _fast
-from .kernels import _asm_ok, _h2_magic, _tile_of  # (_tile_of: a scalar Triton function, Gluon calls it as is)
+from .kernels import COUNTER_SLOTS, _asm_ok, _h2_magic, _tile_of, split_buffers  # (_tile_of: Gluon calls it as is)
 from .kernels_mmv import group_shift
-from .kernels_tc import _bf2_sub_magic, split_plan
+from .kernels_tc import _bf2_sub_magic
 
 try:
     from triton.experimental import gluon
@@ -97,6 +98,19 @@ if HAS_WG:
         return gl.DistributedLinearLayout(reg_bases=[[0, 1], [8, 0], [0, 8], [0, 16]],
                                           lane_bases=[[0, 2], [0, 4], [1, 0], [2, 0], [4, 0]],
                                           warp_bases=warps, block_bases=[], shape=[16 * NW, 32])
+
+    @gluon.constexpr_function
+    def _part_layout(NW):
+        """The ``[BM, 16 NW]`` fp32 partial in 16-byte runs, a warp covering whole rows: 512 (256) contiguous bytes a
+        store instruction."""
+        tn = 4 * NW
+        return gl.BlockedLayout([1, 4], [32 // tn, tn], [NW, 1], [1, 0])
+
+    @gluon.constexpr_function
+    def _chunk_rows(BM, SPLIT):
+        """Tokens of a chunk of the last split's in-order sum: the SPLIT partials' loads of a chunk, issued together,
+        take 64 registers a thread."""
+        return min(BM, max(8, 128 >> (SPLIT - 1).bit_length()))
 
     @gluon.constexpr_function
     def _out_layout(NW):
@@ -149,6 +163,17 @@ if HAS_WG:
         return sp, zp
 
     @gluon.jit
+    def _store_tile(out, y_ptr, b_ptr, m0, n0, M, N, LAYOUT: gl.constexpr, HAS_BIAS: gl.constexpr):
+        """``out`` (``[R, C]`` fp32 in ``LAYOUT``: tokens from ``m0``, columns from ``n0``; + bias) rounded into y."""
+        R: gl.constexpr = out.shape[0]
+        C: gl.constexpr = out.shape[1]
+        tok = m0 + gl.expand_dims(gl.arange(0, R, layout=gl.SliceLayout(1, LAYOUT)), 1)
+        col = n0 + gl.expand_dims(gl.arange(0, C, layout=gl.SliceLayout(0, LAYOUT)), 0)
+        if HAS_BIAS:
+            out += gl.load(b_ptr + col, mask=col < N, other=0.0).to(gl.float32)
+        gl.store(y_ptr + tok * N + col, out.to(y_ptr.dtype.element_ty), mask=(tok < M) & (col < N))
+
+    @gluon.jit
     def _issue(x_desc, xs, ready, s, t0, m0, STAGES: gl.constexpr, P: gl.constexpr):
         """TMA of step ``s`` (tile ``t0 + s // (4 / P)``, planes ``P (s % (4 / P))`` and on): the low and the high box
         into stage ``s % STAGES``."""
@@ -161,9 +186,9 @@ if HAS_WG:
 
     @gluon.jit
     def _wg_kernel(x_desc, w_ptr, s_ptr, z_ptr, b_ptr, y_ptr, ws_ptr, cnt_ptr, M, N, K, KW, gsh, gmax, zh,
-                   tiles_per_split, split_k,
+                   full, rest, tiles_per_split,
                    BM: gl.constexpr, STAGES: gl.constexpr, GROUP_M: gl.constexpr, HAS_ZEROS: gl.constexpr,
-                   HAS_BIAS: gl.constexpr, USE_SPLIT: gl.constexpr, BF16: gl.constexpr, P: gl.constexpr = 1):
+                   HAS_BIAS: gl.constexpr, SPLIT: gl.constexpr, BF16: gl.constexpr, P: gl.constexpr = 1):
         NW: gl.constexpr = gl.num_warps()
         BN: gl.constexpr = 16 * NW
         MMA: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[NW, 1], instr_shape=[16, BM, 16])
@@ -175,11 +200,21 @@ if HAS_WG:
         else:
             dt: gl.constexpr = gl.float16
 
-        pid_m, pid_n = _tile_of(gl.program_id(0), M, N, BM, BN, GROUP_M)
-        pid_k = gl.program_id(1)
         n_tiles = KW // 32
-        t0 = pid_k * tiles_per_split
-        t1 = gl.minimum(t0 + tiles_per_split, n_tiles)
+        # programs [0, full) take whole output tiles; the others SPLIT K ranges of each of the last `rest` tiles:
+        # range kk of tile full + i is program full + kk * rest + i (see split_schedule)
+        tile = gl.program_id(0)
+        kk = 0
+        t0 = 0
+        t1 = n_tiles
+        if SPLIT > 1:
+            if tile >= full:
+                q = tile - full
+                tile = full + q % rest
+                kk = q // rest
+                t0 = kk * tiles_per_split
+                t1 = gl.minimum(t0 + tiles_per_split, n_tiles)
+        pid_m, pid_n = _tile_of(tile, M, N, BM, BN, GROUP_M)
         SPT: gl.constexpr = 4 // P  # steps per slab tile
         n_steps = (t1 - t0) * SPT
         m0 = pid_m * BM
@@ -238,38 +273,41 @@ if HAS_WG:
             mbarrier.invalidate(ready.index(i))
 
         OL: gl.constexpr = _out_layout(NW)
-        out = gl.convert_layout(gl.permute(acc, (1, 0)), OL)  # [BM, BN]
-        tok = m0 + gl.expand_dims(gl.arange(0, BM, layout=gl.SliceLayout(1, OL)), 1)
-        col = pid_n * BN + gl.expand_dims(gl.arange(0, BN, layout=gl.SliceLayout(0, OL)), 0)
-        mask = (tok < M) & (col < N)
-        offs = tok * N + col
-        if USE_SPLIT:
-            gl.store(ws_ptr + pid_k * M * N + offs, out, mask=mask)
-            _cta_barrier()
-            old = gl.atomic_add(cnt_ptr + gl.program_id(0), 1, sem="acq_rel", scope="gpu")
-            if old == split_k - 1:  # every split has stored its partial: sum them in order, 64 tokens at a time
-                RB: gl.constexpr = 64 if BM > 64 else BM
-                for c in gl.static_range(BM // RB):
-                    tk = m0 + c * RB + gl.expand_dims(gl.arange(0, RB, layout=gl.SliceLayout(1, OL)), 1)
-                    mk = (tk < M) & (col < N)
-                    ok = tk * N + col
-                    part = gl.zeros([RB, BN], gl.float32, OL)
-                    for sk in range(split_k):
-                        part += gl.load(ws_ptr + sk * M * N + ok, mask=mk, other=0.0, cache_modifier=".cg")
-                    if HAS_BIAS:
-                        part += gl.load(b_ptr + col, mask=col < N, other=0.0).to(gl.float32)
-                    gl.store(y_ptr + ok, part.to(y_ptr.dtype.element_ty), mask=mk)
-                gl.atomic_xchg(cnt_ptr + gl.program_id(0), 0, sem="relaxed", scope="gpu")
+        if SPLIT == 1:
+            _store_tile(gl.convert_layout(gl.permute(acc, (1, 0)), OL), y_ptr, b_ptr, m0, pid_n * BN, M, N, OL, HAS_BIAS)
+        elif gl.program_id(0) < full:
+            _store_tile(gl.convert_layout(gl.permute(acc, (1, 0)), OL), y_ptr, b_ptr, m0, pid_n * BN, M, N, OL, HAS_BIAS)
         else:
-            if HAS_BIAS:
-                out += gl.load(b_ptr + col, mask=col < N, other=0.0).to(gl.float32)
-            gl.store(y_ptr + offs, out.to(y_ptr.dtype.element_ty), mask=mask)
+            # the fp32 partial goes to its own [BM, BN] slot, a warp writing whole rows per instruction (whole 32-byte
+            # sectors: in the output layout, 16-byte pieces of sectors, the split epilogue took 9-15 us, not 6), no masks
+            # (rows past N repeat row N - 1, tokens past M are TMA's zeros); the last of the tile's splits sums
+            # them in order, a chunk of tokens at a time
+            PL: gl.constexpr = _part_layout(NW)
+            part = gl.convert_layout(gl.permute(acc, (1, 0)), PL)
+            loc = gl.expand_dims(gl.arange(0, BM, layout=gl.SliceLayout(1, PL)), 1) * BN \
+                + gl.expand_dims(gl.arange(0, BN, layout=gl.SliceLayout(0, PL)), 0)
+            slot0 = ws_ptr + (tile - full) * (BM * BN)  # (split kk's slot: slot0 + kk * rest * BM * BN)
+            gl.store(slot0 + kk * (rest * BM * BN) + loc, part)
+            _cta_barrier()
+            old = gl.atomic_add(cnt_ptr + tile, 1, sem="acq_rel", scope="gpu")
+            if old == SPLIT - 1:
+                RB: gl.constexpr = _chunk_rows(BM, SPLIT)
+                for c in gl.static_range(BM // RB):
+                    lc = c * (RB * BN) + gl.expand_dims(gl.arange(0, RB, layout=gl.SliceLayout(1, PL)), 1) * BN \
+                        + gl.expand_dims(gl.arange(0, BN, layout=gl.SliceLayout(0, PL)), 0)
+                    acc_c = gl.load(slot0 + lc, cache_modifier=".cg")
+                    for sk in gl.static_range(1, SPLIT):  # (independent loads: issued before the sums wait)
+                        acc_c += gl.load(slot0 + sk * (rest * BM * BN) + lc, cache_modifier=".cg")
+                    _store_tile(acc_c, y_ptr, b_ptr, m0 + c * RB, pid_n * BN, M, N, PL, HAS_BIAS)
+                gl.atomic_xchg(cnt_ptr + tile, 0, sem="relaxed", scope="gpu")
 
     _fast.replayable(_wg_kernel)  # (one launch writes the whole output)
 
 
 #: the configuration :func:`launch_wg` uses when none is given
-DEFAULT_CFG = {"BM": 256, "warps": 8, "stages": 4, "planes": 1, "group_m": 8, "split_k": 1}
+DEFAULT_CFG = {"BM": 256, "warps": 8, "stages": 4, "planes": 1, "group_m": 8, "split_k": 1, "tail": 1}
+#: the fewest slab tiles a layer needs for its last wave's tiles to be split in two (:func:`split_schedule`)
+TAIL_MIN_TILES = 8
 #: shared memory the activation stages may take (bytes; an H100 block gets 227 KB, the epilogue reuses it)
 SMEM_BUDGET = 200 * 1024
 
@@ -308,7 +346,45 @@ def config_reason(cfg: dict) -> str | None:
     BM, P, warps = cfg.get("BM", DEFAULT_CFG["BM"]), cfg.get("planes", 1), cfg.get("warps", 8)
     if BM not in (64, 128, 256) or P not in (1, 2) or warps not in (4, 8):
         return f"kernels_wg: no configuration BM={BM} planes={P} warps={warps}"
+    if cfg.get("tail", 1) not in (0, 1):
+        return f"kernels_wg: no configuration tail={cfg.get('tail')!r}"
     return None
+
+
+@functools.lru_cache(maxsize=None)
+def _sm_count(index: int) -> int:
+    return torch.cuda.get_device_properties(index).multi_processor_count
+
+
+def resident(BM: int, P: int, stages: int, warps: int, maxnreg: int) -> int:
+    """Programs of one configuration a multiprocessor holds at once: by its activation stages in 227 KB of shared
+    memory and by its registers (``maxnreg``, else the 255 a ``wg`` program may take)."""
+    smem = stages * 2 * BM * BOX * P * 2 + 1024
+    return max(1, min(227 * 1024 // smem, 65536 // ((maxnreg or 255) * 32 * warps)))
+
+
+def split_schedule(n_tiles_out: int, n_k: int, split_k: int, slots: int, tail: bool) -> tuple[int, int, int, int]:
+    """``(full, rest, split, tiles per split)``: programs ``[0, full)`` compute whole output tiles, then ``split``
+    programs share each of the last ``rest`` tiles along its ``n_k`` slab tiles.
+
+    * ``split_k > 1``: every tile split as the configuration says (``full`` 0), no split empty.
+    * else, with ``tail``, where the tiles fill the ``slots`` (programs resident at once) more than once and the last
+      wave is at most half full: that wave's tiles are split in two, so that it takes about half a tile's time (with
+      at least :data:`TAIL_MIN_TILES` slab tiles).  4096 x 14336 at M = 1024 (448 tiles of 256 x 128, 132 slots on an
+      H100): 396 whole, 52 in halves, 190 -> 180 us (``results/h100-wg-tail-halves-2026-11-26.txt``).  A wave more
+      than half full would take two rounds of halves, no faster; splitting in four took longer than it saved.
+    * else every tile whole (``rest`` 0).
+    """
+    if split_k > 1:
+        split = max(1, min(split_k, n_k))
+        tps = -(-n_k // split)
+        split = -(-n_k // tps)
+        if split > 1:
+            return 0, n_tiles_out, split, tps
+    elif tail and 0 < slots < n_tiles_out and 0 < 2 * (n_tiles_out % slots) <= slots and n_k >= TAIL_MIN_TILES:
+        rest = n_tiles_out % slots
+        return n_tiles_out - rest, rest, 2, -(-n_k // 2)
+    return n_tiles_out, 0, 1, n_k
 
 
 def launch_wg(x: torch.Tensor, qweight: torch.Tensor, scales: torch.Tensor, zeros: torch.Tensor | None,
@@ -320,7 +396,8 @@ def launch_wg(x: torch.Tensor, qweight: torch.Tensor, scales: torch.Tensor, zero
     ``planes`` (1 or 2 code planes, i.e. 32 or 64 channels of each half-tile, per TMA box and pipeline step),
     ``stages`` (activation buffers; fewer where they would not fit :data:`SMEM_BUDGET`), ``group_m`` (token blocks
     of a weight block in a row), ``split_k`` (programs along K; fp32 partials summed in order by the last),
-    ``maxnreg`` (a register cap: 128 lets two 64-token programs share a multiprocessor).
+    ``maxnreg`` (a register cap: 128 lets two 64-token programs share a multiprocessor), ``tail`` (1, the default:
+    without ``split_k``, split a small last wave's tiles in two along K, :func:`split_schedule`; 0: never).
     """
     c = dict(DEFAULT_CFG)
     c.update(cfg or {})
@@ -336,23 +413,32 @@ def launch_wg(x: torch.Tensor, qweight: torch.Tensor, scales: torch.Tensor, zero
     bf16 = x.dtype == torch.bfloat16
     stages = max(2, min(int(c["stages"]), SMEM_BUDGET // (128 * BM * P)))  # a stage: two [BM, 32 P] 16-bit boxes
     desc = _XDesc(x, [M, K], [K, 1], [BM, BOX * P], _box_layout(BM, P, bf16))
-    n_tiles_out = -(-M // BM) * -(-N // (16 * warps))
-    split, tps, ws, cnt = split_plan(x, y, KW // 32, int(c.get("split_k", 1)), n_tiles_out)
+    BN, maxnreg = 16 * warps, int(c.get("maxnreg", 0))
+    n_tiles_out = -(-M // BM) * -(-N // BN)
+    di = x.get_device()
+    slots = _sm_count(di) * resident(BM, P, stages, warps, maxnreg) if di >= 0 else 0
+    full, rest, split, tps = split_schedule(n_tiles_out, KW // 32, int(c.get("split_k", 1)), slots, bool(c.get("tail", 1)))
+    ws = cnt = y
+    if split > 1 and (n_tiles_out > COUNTER_SLOTS or rest * split * BM * BN >= 2**31):
+        full, rest, split, tps = n_tiles_out, 0, 1, KW // 32
+    if split > 1:
+        ws, cnt = split_buffers(x, rest * split * BM * BN)
     zh = _bf2_sub_magic(zero_point) if bf16 else _h2_magic(zero_point)
-    consts, skey, opts = _statics(BM, stages, int(c.get("group_m", 8)), zeros is not None, bias is not None, split > 1, bf16,
-                                  P, warps, int(c.get("maxnreg", 0)))
+    consts, skey, opts = _statics(BM, stages, int(c.get("group_m", 8)), zeros is not None, bias is not None, split, bf16,
+                                  P, warps, maxnreg)
     tensors = (desc, qweight, scales, zeros if zeros is not None else scales, bias if bias is not None else scales, y, ws, cnt)
-    _fast.launch(_wg_kernel, (n_tiles_out, split), tensors,
-                 (M, N, K, KW, group_shift(group_size, K), scales.shape[0] - 1, zh, tps, split), (), consts, skey, opts, y)
+    _fast.launch(_wg_kernel, (full + rest * split, ), tensors,
+                 (M, N, K, KW, group_shift(group_size, K), scales.shape[0] - 1, zh, full, max(rest, 1), tps), (), consts,
+                 skey, opts, y)
     return y
 
 
 @functools.lru_cache(maxsize=256)
-def _statics(BM: int, stages: int, group_m: int, has_zeros: bool, has_bias: bool, use_split: bool, bf16: bool, P: int,
+def _statics(BM: int, stages: int, group_m: int, has_zeros: bool, has_bias: bool, split: int, bf16: bool, P: int,
              warps: int, maxnreg: int = 0) -> tuple:
     """Every constexpr of ``_wg_kernel``, the direct launcher's static key and the compile options of one launch class
     (made once: an eager prefill call is host-bound on small layers)."""
-    consts = dict(BM=BM, STAGES=stages, GROUP_M=group_m, HAS_ZEROS=has_zeros, HAS_BIAS=has_bias, USE_SPLIT=use_split,
+    consts = dict(BM=BM, STAGES=stages, GROUP_M=group_m, HAS_ZEROS=has_zeros, HAS_BIAS=has_bias, SPLIT=split,
                   BF16=bf16, P=P)
     opts = {"num_warps": warps, "maxnreg": maxnreg} if maxnreg else {"num_warps": warps}
     return consts, ("wg", warps, maxnreg, *sorted(consts.items())), opts

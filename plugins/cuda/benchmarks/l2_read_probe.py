@@ -28,17 +28,17 @@ from __future__ import annotations
 import argparse
 import itertools
 import json
+import sys
+from pathlib import Path
 
 import torch
 import triton
 import triton.language as tl
 
-from quantlinear_cuda.bench import time_graph
-
-
-@triton.jit
-def _xor(a, b):
-    return a ^ b
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from quantlinear_cuda.bench import time_graph  # noqa: E402
+from read_floor import _xor  # noqa: E402
+from wg_variants import _weights  # noqa: E402
 
 
 @triton.jit
@@ -70,9 +70,9 @@ WG_CELLS = [(K, N, 1024, {"BM": 256}) for K, N in ((4096, 4096), (4096, 14336), 
 
 
 def wg_traffic() -> list[dict]:
-    """``wg``'s device time per call (CUDA graphs over weight copies > 150 MB) and the bytes its programs read: each
-    reads its ``BM`` rows of ``x`` over its K range (2 bytes an element) and its 128 weight rows (half a byte a weight,
-    2 bytes a scale per 128)."""
+    """``wg``'s device time per call (CUDA graphs over weight copies > 150 MB, :func:`wg_variants._weights`'s random
+    codes and scales) and the bytes its programs read: each reads its ``BM`` rows of ``x`` over its K range (2 bytes an
+    element) and its 128 weight rows (half a byte a weight, 2 bytes a scale per 128)."""
     import math
 
     from quantlinear_triton import kernels_wg as WG
@@ -80,10 +80,8 @@ def wg_traffic() -> list[dict]:
     gen = torch.Generator(device="cuda").manual_seed(0)
     out = []
     for K, N, M, cfg in WG_CELLS:
-        KW = K // 8
         copies = max(2, math.ceil(150e6 / (N * K // 2)))
-        ws = [(torch.randint(-2**31, 2**31 - 1, (N, KW), dtype=torch.int32, device="cuda", generator=gen),
-               (torch.rand(K // 128, N, device="cuda", generator=gen) * 0.02).half()) for _ in range(copies)]
+        ws = [_weights(K, N, 128, False, gen, "cuda")[:2] for _ in range(copies)]
         x = torch.randn(M, K, device="cuda", generator=gen).half()
         t = time_graph([lambda q=q, s=s: WG.launch_wg(x, q, s, None, None, 128, 8.0, cfg) for q, s in ws], target_ms=20.0)
         BM = cfg["BM"]

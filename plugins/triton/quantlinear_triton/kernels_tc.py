@@ -336,16 +336,26 @@ def planes_per_step(bits: int, slab: int, BK: int) -> int:
     return pl
 
 
-def split_plan(x: torch.Tensor, y: torch.Tensor, n_steps: int, split_k: int, n_tiles_out: int) -> tuple:
-    """``(split, steps per split, workspace, counters)`` of a split-K launch (tc, mmv): no empty split (the kernels
-    assume a non-empty K range); no split where the tile counters or int32 offsets would not cover it; partials in the
-    persistent
-    workspace of :mod:`.kernels` (``y`` stands in for both when there is no split)."""
-    M, N = y.shape
+def split_count(n_steps: int, split_k: int) -> tuple[int, int]:
+    """``(split, steps per split)``: at most ``split_k`` splits of ``n_steps``, none empty (the kernels assume a
+    non-empty K range)."""
     split = max(1, min(split_k, n_steps))
     sps = -(-n_steps // split)
-    split = -(-n_steps // sps)
-    if split > 1 and (n_tiles_out > COUNTER_SLOTS or split * M * N >= 2**31):
+    return -(-n_steps // sps), sps
+
+
+def split_fits(n_tiles_out: int, numel: int) -> bool:
+    """Whether the tile counters cover ``n_tiles_out`` tiles and int32 offsets a workspace of ``numel`` partials."""
+    return n_tiles_out <= COUNTER_SLOTS and numel < 2**31
+
+
+def split_plan(x: torch.Tensor, y: torch.Tensor, n_steps: int, split_k: int, n_tiles_out: int) -> tuple:
+    """``(split, steps per split, workspace, counters)`` of a split-K launch (tc, mmv): :func:`split_count`'s split, none
+    where :func:`split_fits` says no; partials in the persistent workspace of :mod:`.kernels` (``y`` stands in for
+    both when there is no split)."""
+    M, N = y.shape
+    split, sps = split_count(n_steps, split_k)
+    if split > 1 and not split_fits(n_tiles_out, split * M * N):
         split, sps = 1, n_steps
     if split == 1:
         return split, sps, y, y

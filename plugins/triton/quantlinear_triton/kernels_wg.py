@@ -46,9 +46,9 @@ import functools
 import torch
 
 from . import launch as _fast
-from .kernels import COUNTER_SLOTS, _asm_ok, _h2_magic, _tile_of, split_buffers  # (_tile_of: Gluon calls it as is)
+from .kernels import _asm_ok, _h2_magic, _tile_of, split_buffers  # (_tile_of: a scalar Triton function, Gluon calls it)
 from .kernels_mmv import group_shift
-from .kernels_tc import _bf2_sub_magic
+from .kernels_tc import _bf2_sub_magic, split_count, split_fits
 
 try:
     from triton.experimental import gluon
@@ -367,7 +367,7 @@ def split_schedule(n_tiles_out: int, n_k: int, split_k: int, slots: int, tail: b
     """``(full, rest, split, tiles per split)``: programs ``[0, full)`` compute whole output tiles, then ``split``
     programs share each of the last ``rest`` tiles along its ``n_k`` slab tiles.
 
-    * ``split_k > 1``: every tile split as the configuration says (``full`` 0), no split empty.
+    * ``split_k > 1``: every tile split as the configuration says (``full`` 0; :func:`.kernels_tc.split_count`).
     * else, with ``tail``, where the tiles fill the ``slots`` (programs resident at once) more than once and the last
       wave is at most half full: that wave's tiles are split in two, so that it takes about half a tile's time (with
       at least :data:`TAIL_MIN_TILES` slab tiles).  4096 x 14336 at M = 1024 (448 tiles of 256 x 128, 132 slots on an
@@ -376,9 +376,7 @@ def split_schedule(n_tiles_out: int, n_k: int, split_k: int, slots: int, tail: b
     * else every tile whole (``rest`` 0).
     """
     if split_k > 1:
-        split = max(1, min(split_k, n_k))
-        tps = -(-n_k // split)
-        split = -(-n_k // tps)
+        split, tps = split_count(n_k, split_k)
         if split > 1:
             return 0, n_tiles_out, split, tps
     elif tail and 0 < slots < n_tiles_out and 0 < 2 * (n_tiles_out % slots) <= slots and n_k >= TAIL_MIN_TILES:
@@ -419,7 +417,7 @@ def launch_wg(x: torch.Tensor, qweight: torch.Tensor, scales: torch.Tensor, zero
     slots = _sm_count(di) * resident(BM, P, stages, warps, maxnreg) if di >= 0 else 0
     full, rest, split, tps = split_schedule(n_tiles_out, KW // 32, int(c.get("split_k", 1)), slots, bool(c.get("tail", 1)))
     ws = cnt = y
-    if split > 1 and (n_tiles_out > COUNTER_SLOTS or rest * split * BM * BN >= 2**31):
+    if split > 1 and not split_fits(n_tiles_out, rest * split * BM * BN):
         full, rest, split, tps = n_tiles_out, 0, 1, KW // 32
     if split > 1:
         ws, cnt = split_buffers(x, rest * split * BM * BN)

@@ -18,7 +18,10 @@ Numbers per row:
 
 * ``device_us``: device time per call, from CUDA-graph replays of a graph that calls the
   layer once on each of several weight copies whose total size exceeds the L2 cache
-  (3x L2), so every call streams its weights from HBM;
+  (3x L2), so every call streams its weights from HBM; the median of five batches of about
+  8 ms, each after 100 ms of untimed replays, the batches of all implementations of one (K, N, M)
+  taken in turns (:func:`time_interleaved`): each runs at its own steady clock under the power
+  limit, and a temperature drift during the run biases no ratio;
 * ``eager_us``: wall time per call of plain eager calls (launch overhead included; the median of five rounds);
 * ``floor_us``: the packed weight bytes of the scheme (codes + scales (+ zeros); float schemes:
   the checkpoint's codes and scale tensors) divided by the copy bandwidth measured in the same
@@ -124,39 +127,77 @@ def weights_to(w, dev: torch.device, clone: bool = False):
                                      if isinstance(getattr(w, f.name), torch.Tensor)})
 
 
+class GraphTimer:
+    """One CUDA graph calling every ``fn`` once, replayed in timed batches of about ``batch_ms`` on demand: the unit
+    that :func:`time_graph` and :func:`time_interleaved` repeat."""
+
+    def __init__(self, fns: list[Callable[[], Any]], batch_ms: float = 8.0):
+        side = torch.cuda.Stream()
+        side.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(side):
+            for f in fns:
+                f()
+        torch.cuda.current_stream().wait_stream(side)
+        torch.cuda.synchronize()
+        self.graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(self.graph):
+            for f in fns:
+                f()
+        self.calls = len(fns)
+        self.fns = fns  # (the graph reads their weights by address: they must outlive it)
+        self.graph.replay()
+        torch.cuda.synchronize()
+        self._s, self._e = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        self.reps, self.batch_ms = 1, batch_ms
+        one = self.batch() * self.calls / 1e3  # ms per replay
+        self.reps = int(min(200, max(2, batch_ms / max(one, 1e-3))))
+
+    def settle(self, ms: float) -> None:
+        """About ``ms`` of untimed replays: the GPU's clock controller adapts to this workload's power before a batch."""
+        for _ in range(max(1, round(self.reps * ms / max(self.batch_ms, 1e-3)))):
+            self.graph.replay()
+
+    def batch(self) -> float:
+        """Device time per call (us) of one batch of ``reps`` replays."""
+        self._s.record()
+        for _ in range(self.reps):
+            self.graph.replay()
+        self._e.record()
+        self._e.synchronize()
+        return self._s.elapsed_time(self._e) * 1e3 / (self.reps * self.calls)
+
+
 def time_graph(fns: list[Callable[[], Any]], target_ms: float = 40.0, batches: int = 5) -> float:
     """Median device time per call (us) of CUDA-graph replays calling every ``fn`` once."""
-    side = torch.cuda.Stream()
-    side.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(side):
-        for f in fns:
-            f()
-    torch.cuda.current_stream().wait_stream(side)
-    torch.cuda.synchronize()
-    g = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(g):
-        for f in fns:
-            f()
-    g.replay()
-    torch.cuda.synchronize()
-    s, e = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-    s.record()
-    g.replay()
-    e.record()
-    e.synchronize()
-    one = max(s.elapsed_time(e), 1e-3)
-    reps = int(min(200, max(2, target_ms / batches / one)))
-    res = []
-    for _ in range(batches):
-        s.record()
-        for _ in range(reps):
-            g.replay()
-        e.record()
-        e.synchronize()
-        res.append(s.elapsed_time(e) * 1e3 / (reps * len(fns)))
-    del g
-    res.sort()
+    t = GraphTimer(fns, target_ms / batches)
+    res = sorted(t.batch() for _ in range(batches))
+    del t
     return res[len(res) // 2]
+
+
+#: untimed replays before each timed batch of :func:`time_interleaved` in the benchmark (ms)
+SETTLE_MS = 100.0
+
+
+def time_interleaved(timers: dict[str, GraphTimer], rounds: int = 5, settle_ms: float = 0.0) -> dict[str, float]:
+    """Median device time per call (us) of each timer, its batches taken in turns with the others' (the order rotated
+    every round), each batch after ``settle_ms`` of untimed replays of the same graph.
+
+    Why: an H100 under prefill GEMMs runs at its power limit, and its clock follows the workload within milliseconds.
+    Timed one after the other, the first implementation ran cold and the second hot (cuBLAS fp16 on 8192 x 28672 at
+    M = 4096: 2498 and 2950 us in two runs); taken in turns without a settle, each batch ran at the clock the previous
+    implementation had left (the W4 kernel, which the limit holds at ~1480 MHz where cuBLAS gets ~1250, measured
+    1.20-1.28x cuBLAS on 4096 x 14336, M = 1024, against 1.10-1.12x with each at its own steady state:
+    results/h100-bench-protocol-2026-11-26.txt).  Turns with a settle give each its steady state, and spread the
+    temperature drift over all of them."""
+    names = list(timers)
+    res: dict[str, list[float]] = {n: [] for n in names}
+    for r in range(rounds):
+        for n in names[r % len(names):] + names[:r % len(names)]:
+            if settle_ms > 0:
+                timers[n].settle(settle_ms)
+            res[n].append(timers[n].batch())
+    return {n: sorted(v)[len(v) // 2] for n, v in res.items()}
 
 
 def time_eager(fn: Callable[[], Any], iters: int, rounds: int = 5) -> float:
@@ -382,6 +423,47 @@ def _reference_act(x: torch.Tensor, w, spec: LayerSpec) -> torch.Tensor:
     return reference_act(x, w, spec)
 
 
+def _time_m(impls: list[_Impl], copies: list[list[Callable]], x: torch.Tensor, ref: torch.Tensor, K: int, N: int, M: int,
+            floor_us: float, options: BenchOptions, log) -> list[BenchRow]:
+    """One M: each implementation warmed (compiled, tuned) and checked against ``ref``, then every device time from
+    :func:`time_interleaved` (batches of all implementations in turns), then each one's eager times."""
+    rows, timers = [], {}
+    for im, fns in zip(impls, copies):
+        row = BenchRow(im.name, im.kind, K, N, M, None, None, floor_us=floor_us, weight_bytes=im.nbytes, note=im.note)
+        try:
+            y = im.first(x)  # warm: compiles, and tunes this M bucket if tuning is on
+            torch.cuda.synchronize()
+            row.max_rel_err = float((y.float() - ref).abs().max() / ref.abs().max().clamp_min(1e-30))
+            if not torch.isfinite(y).all():
+                row.note = (row.note + " non-finite output").strip()
+            timers[im.name] = GraphTimer([lambda f=f: f(x) for f in fns])
+        except Exception as e:
+            row.note = (row.note + f" FAILED {type(e).__name__}: {str(e)[:160]}").strip()
+        rows.append(row)
+    dev_us = time_interleaved(timers, settle_ms=SETTLE_MS) if timers else {}
+    timers.clear()
+    for im, fns, row in zip(impls, copies, rows):
+        if im.name not in dev_us:
+            continue
+        row.device_us = dev_us[im.name]
+        try:
+            row.eager_us = time_eager(lambda: im.first(x), options.iters)
+            if im.op_call is not None and options.extra.get("op_path", True):
+                op_us = time_eager(lambda: im.op_call(x), options.iters)
+                row.note = (row.note + f" op-path eager {op_us:.1f}us").strip()
+        except Exception as e:
+            row.note = (row.note + f" FAILED {type(e).__name__}: {str(e)[:160]}").strip()
+        if len(fns) > 1:
+            row.note = (row.note + f" x{len(fns)} copies").strip()
+    for row in rows:
+        log(f"  {row.kernel:<24} M={M:<5} dev {row.device_us if row.device_us is not None else float('nan'):9.1f} us  eager "
+            f"{row.eager_us if row.eager_us is not None else float('nan'):8.1f} us  floor {floor_us:7.1f}  err "
+            f"{row.max_rel_err if row.max_rel_err is not None else float('nan'):.1e}")
+    gc.collect()
+    torch.cuda.empty_cache()
+    return rows
+
+
 def run(options: BenchOptions) -> list[BenchRow]:
     """Time kernels and peers on one CUDA device; one row per (implementation, K, N, M)."""
     log = options.extra.get("log") or ((lambda s: print(s, flush=True)) if options.progress else (lambda s: None))
@@ -413,41 +495,18 @@ def run(options: BenchOptions) -> list[BenchRow]:
         refs = {M: _reference_act(xs[M], w, spec) @ W.t() for M in options.ms}
         impls = _impls(K, N, scheme, dtype, dev, w, W, options, log)
         del W
+        # every implementation's weight copies at once, so that each M's device times can be taken in turns
+        copies = []
         for im in impls:
             copies_n = int(options.extra.get("copies") or min(64, max(1, math.ceil(3 * props.l2_bytes / max(1, im.nbytes)))))
             try:
-                fns = [im.first] + [im.build() for _ in range(copies_n - 1)]
+                copies.append([im.first] + [im.build() for _ in range(copies_n - 1)])
             except Exception as e:
                 log(f"  {im.name}: copies failed ({type(e).__name__}: {e})")
-                fns = [im.first]
-            for M in options.ms:
-                x = xs[M]
-                row = BenchRow(im.name, im.kind, K, N, M, None, None, floor_us=floor_us, weight_bytes=im.nbytes, note=im.note)
-                try:
-                    y = im.first(x)  # warm: compiles, and tunes this M bucket if tuning is on
-                    torch.cuda.synchronize()
-                    ref = refs[M]
-                    row.max_rel_err = float((y.float() - ref).abs().max() / ref.abs().max().clamp_min(1e-30))
-                    if not torch.isfinite(y).all():
-                        row.note = (row.note + " non-finite output").strip()
-                    row.device_us = time_graph([lambda f=f: f(x) for f in fns])
-                    row.eager_us = time_eager(lambda: im.first(x), options.iters)
-                    if im.op_call is not None and options.extra.get("op_path", True):
-                        op_us = time_eager(lambda: im.op_call(x), options.iters)
-                        row.note = (row.note + f" op-path eager {op_us:.1f}us").strip()
-                    if len(fns) > 1:
-                        row.note = (row.note + f" x{len(fns)} copies").strip()
-                except Exception as e:
-                    row.note = (row.note + f" FAILED {type(e).__name__}: {str(e)[:160]}").strip()
-                rows.append(row)
-                log(f"  {im.name:<24} M={M:<5} dev {row.device_us if row.device_us is not None else float('nan'):9.1f} us  eager "
-                    f"{row.eager_us if row.eager_us is not None else float('nan'):8.1f} us  floor {floor_us:7.1f}  err "
-                    f"{row.max_rel_err if row.max_rel_err is not None else float('nan'):.1e}")
-            del fns
-            im.first = None
-            gc.collect()
-            torch.cuda.empty_cache()
-        del impls, xs, refs, w
+                copies.append([im.first])
+        for M in options.ms:
+            rows.extend(_time_m(impls, copies, xs[M], refs[M], K, N, M, floor_us, options, log))
+        del impls, copies, xs, refs, w
         gc.collect()
         torch.cuda.empty_cache()
     return rows

@@ -35,3 +35,33 @@ def test_host_profile_lists_where_the_calls_spend_their_time():
     text = host_profile(decode_call, 20, 5)
     row = next(line for line in text.splitlines() if "(decode_call)" in line)
     assert row.split()[0] == "20" and "tottime" in text  # 20 calls of it, listed by own time
+
+
+def test_interleaved_timing_spreads_a_clock_drift_over_every_implementation():
+    """Batches are taken in turns (the order rotated each round): under a GPU that slows down through the run, two
+    equally fast implementations still measure equal, where timing one after the other would favour the first."""
+    from quantlinear_cuda.bench import time_interleaved
+
+    clock = {"t": 0}
+    order = []
+
+    class Drifting:  # a timer whose every batch reads 1% slower than the last one of any implementation
+        def __init__(self, name, us):
+            self.name, self.us = name, us
+
+        def settle(self, ms):
+            order.append(f"settle {self.name} {ms:g}")
+
+        def batch(self):
+            order.append(self.name)
+            clock["t"] += 1
+            return self.us * (1.01 ** clock["t"])
+
+    got = time_interleaved({"ours": Drifting("ours", 100.0), "cublas": Drifting("cublas", 100.0)}, rounds=5)
+    assert order == ["ours", "cublas", "cublas", "ours", "ours", "cublas", "cublas", "ours", "ours", "cublas"]
+    assert abs(got["ours"] / got["cublas"] - 1) < 0.011  # the medians: batch 5 vs batch 6 of ten
+    one_after_other = [100.0 * 1.01 ** t for t in range(1, 11)]
+    assert one_after_other[7] / one_after_other[2] > 1.05  # what five batches each, in sequence, would have read
+    order.clear()
+    time_interleaved({"ours": Drifting("ours", 1.0), "cublas": Drifting("cublas", 1.0)}, rounds=1, settle_ms=100.0)
+    assert order == ["settle ours 100", "ours", "settle cublas 100", "cublas"]  # each batch at its own steady clock

@@ -437,7 +437,8 @@ def stage_gprecompile(out: Path, keys_re: str, budget_s: float, jobs: int, resum
     return lines
 
 
-def stage_gtune(out: Path, keys_re: str, budget_s: float, jobs: int, resume: list[str], target_ms: float = 15.0) -> list[str]:
+def stage_gtune(out: Path, keys_re: str, budget_s: float, jobs: int, resume: list[str], target_ms: float = 15.0,
+                settle_ms: float = 0.0) -> list[str]:
     from quantlinear_cuda import tune
     from quantlinear_triton import kernels as tk
     from quantlinear_triton.packing import SlabMeta, dequantize_slabs
@@ -452,8 +453,9 @@ def stage_gtune(out: Path, keys_re: str, budget_s: float, jobs: int, resume: lis
     res_path = out / "gtune.json"
     data = {"version": tune.CACHE_VERSION, "arch": props.arch, "device": props.name, "torch": torch.__version__,
             "triton": __import__("triton").__version__, "date": time.strftime("%Y-%m-%d"),
-            "timing": f"CUDA graph replays, median of 5 batches (~{target_ms:.0f} ms), over weight copies > 150 MB "
-                      "(quantlinear_cuda.bench.time_graph)",
+            "timing": f"CUDA graph replays, median of 5 batches (~{target_ms:.0f} ms"
+                      + (f", after {settle_ms:.0f} ms of untimed replays" if settle_ms > 0 else "")
+                      + "), over weight copies > 150 MB (quantlinear_cuda.bench.time_graph)",
             "configs": dict(done)}
     lines = []
     from quantlinear_cuda.bench import time_graph
@@ -471,7 +473,8 @@ def stage_gtune(out: Path, keys_re: str, budget_s: float, jobs: int, resume: lis
         for cfg in plan[key]:
             fns = [lambda q=q, s=s, cfg=cfg: tk.launch(x, q, s, None, None, p.bits, p.slab, p.group_size, p.K, zp, cfg) for q, s, _ in ws]
             try:
-                rows.append((cfg, time_graph(fns, target_ms=target_ms)))
+                rows.append((cfg, time_graph(fns, target_ms=target_ms, settle_ms=settle_ms) if settle_ms > 0
+                              else time_graph(fns, target_ms=target_ms)))
             except Exception as e:
                 rows.append((cfg, None))
                 log(f"  {tune._tune._short(cfg)}: {type(e).__name__}: {str(e)[:160]}")
@@ -629,6 +632,8 @@ def main() -> int:
     ap.add_argument("--gtune-jobs", type=int, default=max(1, min(14, (os.cpu_count() or 2) - 2)))
     ap.add_argument("--gtune-ms", default="1,16", help="comma-separated M values of the keys gtune measures")
     ap.add_argument("--gtune-resume", default="", help="comma-separated gtune.json files whose keys are not measured again")
+    ap.add_argument("--gtune-settle-ms", type=float, default=0.0,
+                    help="untimed replays before each candidate's batches (ms): its steady clock under the power limit")
     ap.add_argument("--gtune-worker", default=None, help=argparse.SUPPRESS)
     ap.add_argument("--merge", default=None, help="comma-separated gtune.json files to merge into tuned/sm90.json, then exit")
     args = ap.parse_args()
@@ -661,7 +666,8 @@ def main() -> int:
             elif stage == "gprecompile":
                 lines += stage_gprecompile(out, args.keys, args.tune_budget, args.gtune_jobs, args.gtune_resume.split(","))
             elif stage == "gtune":
-                lines += stage_gtune(out, args.keys, args.tune_budget, args.gtune_jobs, args.gtune_resume.split(","))
+                lines += stage_gtune(out, args.keys, args.tune_budget, args.gtune_jobs, args.gtune_resume.split(","),
+                                     settle_ms=args.gtune_settle_ms)
         except Exception as e:
             import traceback
 

@@ -167,9 +167,12 @@ class GraphTimer:
         return self._s.elapsed_time(self._e) * 1e3 / (self.reps * self.calls)
 
 
-def time_graph(fns: list[Callable[[], Any]], target_ms: float = 40.0, batches: int = 5) -> float:
-    """Median device time per call (us) of CUDA-graph replays calling every ``fn`` once."""
+def time_graph(fns: list[Callable[[], Any]], target_ms: float = 40.0, batches: int = 5, settle_ms: float = 0.0) -> float:
+    """Median device time per call (us) of CUDA-graph replays calling every ``fn`` once (after ``settle_ms`` of untimed
+    replays: the clock the power limit gives this workload, see :func:`time_interleaved`)."""
     t = GraphTimer(fns, target_ms / batches)
+    if settle_ms > 0:
+        t.settle(settle_ms)
     res = sorted(t.batch() for _ in range(batches))
     del t
     return res[len(res) // 2]

@@ -473,8 +473,7 @@ def stage_gtune(out: Path, keys_re: str, budget_s: float, jobs: int, resume: lis
         for cfg in plan[key]:
             fns = [lambda q=q, s=s, cfg=cfg: tk.launch(x, q, s, None, None, p.bits, p.slab, p.group_size, p.K, zp, cfg) for q, s, _ in ws]
             try:
-                rows.append((cfg, time_graph(fns, target_ms=target_ms, settle_ms=settle_ms) if settle_ms > 0
-                              else time_graph(fns, target_ms=target_ms)))
+                rows.append((cfg, time_graph(fns, target_ms=target_ms, settle_ms=settle_ms)))
             except Exception as e:
                 rows.append((cfg, None))
                 log(f"  {tune._tune._short(cfg)}: {type(e).__name__}: {str(e)[:160]}")

@@ -237,7 +237,7 @@ def test_gtune_stage_smoke(monkeypatch, tmp_path):
     monkeypatch.setattr(int_perf, "GT_KINDS", ((4, "bfloat16"), (8, "float16")))
     rnd = random.Random(0)
     monkeypatch.setattr(int_perf, "_copies", lambda p: 2)
-    monkeypatch.setattr(int_perf, "_GT_TIMER", lambda fns, target_ms: [f() for f in fns] and rnd.uniform(5, 15))
+    monkeypatch.setattr(int_perf, "_GT_TIMER", lambda fns, target_ms, settle_ms=0.0: [f() for f in fns] and rnd.uniform(5, 15))
     monkeypatch.setattr(dev, "device_props", lambda d: H100)
     full = tune.candidates
     monkeypatch.setattr(tune, "candidates", lambda p, M, props, wide=False: full(p, M, props, wide)[:3])
@@ -250,6 +250,13 @@ def test_gtune_stage_smoke(monkeypatch, tmp_path):
     assert int_perf.gtune_worker(str(tmp_path / "w.json")) == 0
     # resumed keys are not measured again
     assert int_perf.stage_gtune(tmp_path / "again", "M1$", 1e9, 0, [str(tmp_path / "gtune.json")]) == []
+    # with a settle (each candidate at its steady clock under the power limit) every timing gets it, and the table says so
+    seen = []
+    monkeypatch.setattr(int_perf, "_GT_TIMER", lambda fns, target_ms, settle_ms=0.0: seen.append(settle_ms) or 7.0)
+    (tmp_path / "settled").mkdir()
+    int_perf.stage_gtune(tmp_path / "settled", "M1$", 1e9, 0, [], settle_ms=100.0)
+    assert seen and set(seen) == {100.0}
+    assert "after 100 ms of untimed replays" in json.loads((tmp_path / "settled" / "gtune.json").read_text())["timing"]
     table = tmp_path / "sm90.json"
     table.write_text(tune.shipped_path("sm90").read_text())
     int_perf.merge_gtune([str(tmp_path / "gtune.json")], table)

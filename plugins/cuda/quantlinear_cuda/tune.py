@@ -151,6 +151,13 @@ def wg_config(p: Problem, M: int, sms: int, **over) -> dict:
     return cfg
 
 
+#: dqmm's dequantization launch: 32 rows by one 256-channel slab tile a program.  On an H100 the pass alone took 1.05-1.12x
+#: its bytes' floor where 64 rows by four tiles took 1.13-1.23x (M = 4096 layers, results/h100-dqmm-probe-2026-11-26.json;
+#: 18.0 -> 15.3 us on 4096 x 4096); the whole layer at M = 4096, two steady rounds on twelve fp16 / bf16 cells, 0.7% faster
+#: on average (0.95-1.03x, within the rounds' noise; h100-dqmm-launch-ab-2026-11-26.txt), outputs identical
+DQMM_DEFAULT = {"kernel": "dqmm", "BN": 32, "tpp": 1, "warps": 4}
+
+
 def default_config(p: Problem, M: int, props: "_device.DeviceProps", allow_dqmm: bool = True) -> dict:
     """Deterministic heuristic configuration (no measurement).
 
@@ -192,7 +199,7 @@ def default_config(p: Problem, M: int, props: "_device.DeviceProps", allow_dqmm:
         tiles = -(-M // BM) * -(-p.N // BN)
         return {"kernel": "dot", "BM": BM, "BN": BN, "split_k": _split_for(tiles, sms, p.k_tiles, cap=4), "warps": 8,
                 "stages": 3, "swap": True, "scale_w": False, "group_m": 8}
-    return {"kernel": "dqmm", "BN": 64, "tpp": 4, "warps": 4}
+    return dict(DQMM_DEFAULT)
 
 
 def candidates(p: Problem, M: int, props: "_device.DeviceProps", wide: bool = False) -> list[dict]:
@@ -308,6 +315,7 @@ def candidates(p: Problem, M: int, props: "_device.DeviceProps", wide: bool = Fa
             out.append(wg_config(p, M0, sms, BM=64, planes=2, split_k=2 if p.k_tiles >= 4 else 1))
     if b >= 64 and p.dtype != "float32" and dqmm_enabled():
         # dequantize into a temporary, then cuBLAS: wins where the GEMM is compute-bound
+        out.append(dict(DQMM_DEFAULT))
         out.append({"kernel": "dqmm", "BN": 64, "tpp": 4, "warps": 4})
     return _tune.unique(out)
 

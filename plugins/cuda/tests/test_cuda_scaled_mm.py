@@ -23,7 +23,9 @@ from quantlinear_cuda.device import DeviceProps
 from quantlinear_cuda.kernels import scaled_mm_fp8 as fp8mod
 from quantlinear_cuda.kernels.scaled_mm_fp8 import FP8ScaledMMLinear, choose_plan
 from quantlinear_cuda.kernels.scaled_mm_mx import ScaledMMMXLinear
+from quantlinear_triton import scaled_mm as scaled_mm_shared
 from quantlinear_triton.fp_packing import pack_slabs
+from quantlinear_triton.scaled_mm import unit_rows
 
 from fake_scaled_mm import FakeContractError, FakeCuda, blocked_offset, fake_cuda_scaled_mm, unswizzle
 
@@ -207,6 +209,42 @@ def test_fp8_against_fake_cuda_op(props, cublas, path, dtype):
                 assert call["path"] == path
                 if dtype == torch.float16:
                     assert call["bias_dtype"] == torch.float16  # the zero bias when the layer has none
+
+
+def test_rowwise_calls_pass_shared_ones_and_the_folded_column_scale(monkeypatch):
+    """Row-wise ``scale_a`` is a slice of one all-ones column per device (a view: no per-call ``[M, 1]`` copy, which was
+    a kernel launch of its own), and ``scale_b`` is the weight scales times the input scale, both in fp32."""
+    fake = FakeCuda(SM90.name, SM90.capability, torch=(2, 11), cublas=(13, 0))
+    seen = []
+    with stand_in(SM90, (2, 11)), fake_cuda_scaled_mm(fake):
+        inner = torch._scaled_mm
+        monkeypatch.setattr(torch, "_scaled_mm", lambda a, b, scale_a, scale_b, **kw: seen.append((scale_a, scale_b))
+                            or inner(a, b, scale_a, scale_b, **kw))
+        spec = fp8_spec(-1, torch.float16, K=256, N=80)
+        layer, w, b = build(FP8ScaledMMLinear, spec, seed=3)
+        for M in (1, 19, 40):
+            x = (torch.randn(M, 256, generator=torch.Generator().manual_seed(M)) * 3).half()
+            assert within_one_ulp(layer(x), x, w, spec, b)
+    column = unit_rows(1, torch.device("cpu"))
+    want_b = w.scales.to(torch.float32).reshape(1, 80) * w.input_scale.to(torch.float32)
+    assert [sa.shape for sa, _ in seen] == [(1, 1), (19, 1), (40, 1)]
+    for sa, sb in seen:
+        assert sa.dtype == torch.float32 and sa.is_contiguous() and bool((sa == 1).all())
+        assert sa.untyped_storage().data_ptr() == column.untyped_storage().data_ptr()
+        assert sb.shape == (1, 80) and torch.equal(sb, want_b)
+
+
+def test_unit_rows_are_views_of_a_column_that_grows_and_stays_alive():
+    cpu = torch.device("cpu")
+    a, b = unit_rows(5, cpu), unit_rows(3, cpu)
+    assert a.shape == (5, 1) and b.shape == (3, 1) and a.is_contiguous() and bool((a == 1).all())
+    assert a.untyped_storage().data_ptr() == b.untyped_storage().data_ptr()
+    big = unit_rows(scaled_mm_shared.UNIT_ROWS + 3, cpu)
+    assert big.shape == (scaled_mm_shared.UNIT_ROWS + 3, 1) and bool((big == 1).all())
+    assert big.untyped_storage().data_ptr() != a.untyped_storage().data_ptr()
+    assert unit_rows(2, cpu).untyped_storage().data_ptr() == big.untyped_storage().data_ptr()  # the grown one serves now
+    kept = {t.untyped_storage().data_ptr() for t in scaled_mm_shared._unit_keep}
+    assert a.untyped_storage().data_ptr() in kept  # (a graph captured with the old column still reads it)
 
 
 # ---- FP8: small M through the Triton GEMV, on the same bytes -------------------------------------------------

@@ -18,6 +18,7 @@ from quantlinear.testing_fp import FloatKernelConformance, random_float_weights
 from quantlinear_rocm import device as rocm_device
 from quantlinear_rocm.kernels import scaled_mm_fp8 as mod
 from quantlinear_rocm.kernels.scaled_mm_fp8 import RocmFP8ScaledMMLinear
+from quantlinear_triton.scaled_mm import unit_rows
 
 import fake_rocm
 from fake_rocm import simulate_rocm
@@ -124,6 +125,26 @@ def test_numerics_on_the_fake_rocm_op(arch, hip, fmt, dtype):
             call = rt.scaled_mm_calls[-1]
             assert call["a"] == call["b"] == fmt
             assert call["kind"] == ("rowwise" if rowwise else "tensorwise")
+
+
+def test_rowwise_folds_the_input_scale_into_the_column_scale(monkeypatch):
+    """gfx942 row-wise: ``scale_a`` is a slice of the shared ones column (no per-call ``[M, 1]`` copy) and ``scale_b``
+    the doubled fnuz weight scales times the doubled input scale: the same product as the e4m3fn scales."""
+    seen = []
+    with on("gfx942", "6.4.43484"):
+        inner = torch._scaled_mm
+        monkeypatch.setattr(torch, "_scaled_mm", lambda a, b, scale_a, scale_b, **kw: seen.append((scale_a, scale_b))
+                            or inner(a, b, scale_a, scale_b, **kw))
+        s = spec(-1, torch.bfloat16)
+        w = weights(s)
+        layer = RocmFP8ScaledMMLinear.from_weights(s, w)
+        assert layer.plan == "rowwise"
+        layer((torch.randn(9, 256, generator=torch.Generator().manual_seed(2)) * 3).to(torch.bfloat16))
+    (sa, sb), = seen
+    assert sa.shape == (9, 1) and bool((sa == 1).all())
+    assert sa.untyped_storage().data_ptr() == unit_rows(1, torch.device("cpu")).untyped_storage().data_ptr()
+    want = (w.scales.to(torch.float32).reshape(1, 80) * 2) * (w.input_scale.to(torch.float32) * 2)
+    assert torch.equal(sb, want)
 
 
 def test_refusals_say_why():

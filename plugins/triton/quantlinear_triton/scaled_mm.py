@@ -4,8 +4,8 @@
 kernels share (FP8_STATIC: E4M3 weights with one or per-channel scales, static FP8 activations,
 fp16/bf16 activations, bias fused).  It is device-neutral and not a kernel: each plugin's subclass
 adds its name, priority, device family, checks and ``prepare``/``compute``.  Shared with them: :func:`fp8_static_reason`
-(the scheme check), :func:`define_fp8_quant_static` (each plugin's activation quantization op) and
-:func:`quantize_static` (its torch fallback).  Imports no Triton.
+(the scheme check), :func:`define_fp8_quant_static` (each plugin's activation quantization op),
+:func:`quantize_static` (its torch fallback) and :func:`unit_rows` (the row-wise ``scale_a``).  Imports no Triton.
 """
 
 from __future__ import annotations
@@ -60,6 +60,35 @@ def quantize_static(x: torch.Tensor, scale: torch.Tensor, qmax: float = 448.0,
     return torch.clamp(q, -qmax, qmax).to(fp8_dtype)
 
 
+#: rows of the all-ones column :func:`unit_rows` keeps per device (64K rows, 256 KB; grown outside graph capture)
+UNIT_ROWS = 1 << 16
+_unit_cols: dict[tuple[str, int | None], torch.Tensor] = {}
+#: every column :func:`unit_rows` ever handed out: a CUDA graph captured with a slice of one reads it at every replay
+_unit_keep: list[torch.Tensor] = []
+
+
+def unit_rows(M: int, device: torch.device) -> torch.Tensor:
+    """``[M, 1]`` fp32 ones on ``device``, contiguous: the row-wise ``scale_a`` of the FP8 layers.
+
+    Why: row-wise ``_scaled_mm`` wants a contiguous ``[M, 1]`` activation scale, and the layers' static input scale
+    repeated M times, made per call (``expand(M, 1).contiguous()``), was a kernel launch of its own on every call (a
+    few microseconds in a CUDA graph, next to a ~30 us GEMM at M = 1024).  The layers fold the input scale into the
+    per-channel ``scale_b`` instead and pass a slice of one shared column of ones: a view, no launch.  Under
+    ``torch.compile``, or when a graph capture needs more rows than the column has, a fresh ``torch.ones`` (one fill).
+    """
+    if torch.compiler.is_compiling():
+        return torch.ones((M, 1), dtype=torch.float32, device=device)
+    key = (device.type, device.index)
+    col = _unit_cols.get(key)
+    if col is None or col.shape[0] < M:
+        if device.type == "cuda" and torch.cuda.is_current_stream_capturing():
+            return torch.ones((M, 1), dtype=torch.float32, device=device)
+        rows = max(M, UNIT_ROWS, 2 * (col.shape[0] if col is not None else 0))
+        col = _unit_cols[key] = torch.ones((rows, 1), dtype=torch.float32, device=device)
+        _unit_keep.append(col)
+    return col[:M]
+
+
 def define_fp8_quant_static(qualname: str):
     """Register ``qualname`` (``"<namespace>::fp8_quant_static"``) as a plugin's activation quantization custom op.
 
@@ -89,4 +118,4 @@ def define_fp8_quant_static(qualname: str):
     return op
 
 
-__all__ = ["FP8ScaledMMBase", "define_fp8_quant_static", "fp8_static_reason", "quantize_static"]
+__all__ = ["FP8ScaledMMBase", "define_fp8_quant_static", "fp8_static_reason", "quantize_static", "unit_rows"]

@@ -12,8 +12,12 @@ How the scales reach ``_scaled_mm`` (``plan``, chosen once per layer at ``prepar
 
 * ``tensorwise``: one weight scale (``group_size 0``, or per-channel scales that are all equal): both scales are
   fp32 singletons; the bias is fused.  Works on every FP8 GPU.
-* ``rowwise``: per-channel weight scales: ``scale_a`` fp32 ``[M, 1]`` (the input scale repeated), ``scale_b``
-  fp32 ``[1, N]``; the bias is fused.  sm90 runs it in cuBLASLt (cuBLAS >= 12.9), sm89 / sm100+ in PyTorch's
+* ``rowwise``: per-channel weight scales: ``scale_a`` fp32 ``[M, 1]`` of ones (a view of a shared column,
+  :func:`quantlinear_triton.scaled_mm.unit_rows`), ``scale_b`` fp32 ``[1, N]`` the weight scales times the input scale
+  (``col_scale``, the product the small-M GEMV uses too); the bias is fused.  The input scale repeated into ``[M, 1]``
+  per call (``expand(M, 1).contiguous()``) was a launch of its own: on an H100, 4096 x 4096 at M = 1024 took 36.4 us
+  with it and 35.0 without (1.49x -> 1.54x cuBLAS fp16), outputs bit-identical on all six benchmark shapes at M = 1024
+  and 4096 (``results/h100-fp8-scale-rows-2026-11-26.*``).  sm90 runs it in cuBLASLt (cuBLAS >= 12.9), sm89 / sm100+ in PyTorch's
   CUTLASS kernel.  Used from torch 2.10 on (fp16 output on the CUTLASS path arrived in 2.10, PR #166744).  With
   fp16 output a bias is always passed (zeros when the layer has none): before PR #187569 the CUTLASS kernel's
   no-bias branch wrote bf16 values whatever the output dtype; a zero bias takes the fp16 branch, adds exactly 0.
@@ -87,7 +91,7 @@ from quantlinear.formats import FloatWeights
 from quantlinear_triton.fp_layers import layer_problem, run_float
 from quantlinear_triton.ops import PlanCache, view_once
 from quantlinear_triton.runtime import env_on, triton_available
-from quantlinear_triton.scaled_mm import FP8ScaledMMBase, fp8_static_reason, quantize_static
+from quantlinear_triton.scaled_mm import FP8ScaledMMBase, fp8_static_reason, quantize_static, unit_rows
 
 from .. import fp_ops
 from ..fp8_act_ops import FP8_QUANT_OP, how as act_quant_how
@@ -216,6 +220,9 @@ class FP8ScaledMMLinear(FP8ScaledMMBase):
         ws = w.scales.to(torch.float32).reshape(N)
         self.register_buffer("w_scale", ws[:1].clone() if self.plan == "tensorwise" else ws.reshape(1, N).contiguous())
         isc = w.input_scale.reshape(1)
+        # row-wise: the input scale folded into the column scales (scale_a is then ones: no per-call [M, 1] copy)
+        col = (ws * isc.to(torch.float32)).reshape(1, N).contiguous() if self.plan == "rowwise" else None
+        self.register_buffer("col_scale", col)
         self.register_buffer("input_scale", isc.clone())  # stored dtype: the quantization divides by it as AutoRound does
         self.register_buffer("input_scale_f32", isc.to(torch.float32).clone())
         self.register_buffer("unit_scale", torch.ones(1, dtype=torch.float32, device=isc.device) if self.plan == "fold" else None)
@@ -255,9 +262,9 @@ class FP8ScaledMMLinear(FP8ScaledMMBase):
             return torch._scaled_mm(x8, w8t, scale_a=self.input_scale_f32, scale_b=self.w_scale, bias=self.bias, out_dtype=x.dtype,
                                     use_fast_accum=fast)
         if plan == "rowwise":
-            sa = self.input_scale_f32.reshape(1, 1).expand(x.shape[0], 1).contiguous()
             bias = self.bias if self.bias is not None else self.zero_bias
-            return torch._scaled_mm(x8, w8t, scale_a=sa, scale_b=self.w_scale, bias=bias, out_dtype=x.dtype, use_fast_accum=fast)
+            return torch._scaled_mm(x8, w8t, scale_a=unit_rows(x.shape[0], x.device), scale_b=self.col_scale, bias=bias,
+                                    out_dtype=x.dtype, use_fast_accum=fast)
         y = torch._scaled_mm(x8, w8t, scale_a=self.input_scale_f32, scale_b=self.unit_scale, out_dtype=torch.float32,
                              use_fast_accum=fast) * self.w_scale
         if self.bias is not None:

@@ -19,6 +19,8 @@ The FP8 format is the architecture's (``archs.Arch.fp8``):
 Scales (``ScaledBlas.cpp``): one weight scale -> tensor-wise (bias fused); per-channel -> row-wise on gfx942 with a
 bf16 output (hipBLASLt row-wise is an MI300 feature and PyTorch allows only bf16 outputs with it, torch 2.7+),
 otherwise the tensor-wise GEMM with fp32 output and the per-channel scale and bias in one elementwise epilogue.
+Row-wise calls fold the input scale into the per-channel ``scale_b`` (``col_scale``) and pass ones as ``scale_a`` (a
+view of a shared column, :func:`quantlinear_triton.scaled_mm.unit_rows`): no per-call ``[M, 1]`` copy.
 K and N must be multiples of 16; activations bf16 or fp16.
 
 Activation quantization: the custom op ``torch.ops.quantlinear_rocm.fp8_quant_static`` (one Triton launch,
@@ -35,7 +37,7 @@ import torch
 from quantlinear import CheckpointError, LayerSpec, Verdict
 from quantlinear.formats import FloatWeights
 from quantlinear_triton.runtime import triton_available
-from quantlinear_triton.scaled_mm import FP8ScaledMMBase, define_fp8_quant_static, fp8_static_reason, quantize_static
+from quantlinear_triton.scaled_mm import FP8ScaledMMBase, define_fp8_quant_static, fp8_static_reason, quantize_static, unit_rows
 
 from .. import archs
 from .. import device as _device
@@ -132,6 +134,8 @@ class RocmFP8ScaledMMLinear(FP8ScaledMMBase):
         self.register_buffer("input_scale", isc.clone())
         self.register_buffer("input_scale_f32", isc.to(torch.float32).clone())
         self.register_buffer("unit_scale", torch.ones(1, dtype=torch.float32, device=isc.device) if self.plan == "fold" else None)
+        col = (s * isc.to(torch.float32)).reshape(1, N).contiguous() if self.plan == "rowwise" else None
+        self.register_buffer("col_scale", col)  # (row-wise: weight scale x input scale; scale_a is ones)
 
     def compute(self, x: torch.Tensor) -> torch.Tensor:
         if self.act_quant == "triton":
@@ -142,8 +146,8 @@ class RocmFP8ScaledMMLinear(FP8ScaledMMBase):
         if self.plan == "tensorwise":
             return torch._scaled_mm(x8, w8t, scale_a=self.input_scale_f32, scale_b=self.w_scale, bias=self.bias, out_dtype=x.dtype)
         if self.plan == "rowwise":
-            sa = self.input_scale_f32.reshape(1, 1).expand(x.shape[0], 1).contiguous()
-            return torch._scaled_mm(x8, w8t, scale_a=sa, scale_b=self.w_scale, bias=self.bias, out_dtype=x.dtype)
+            return torch._scaled_mm(x8, w8t, scale_a=unit_rows(x.shape[0], x.device), scale_b=self.col_scale, bias=self.bias,
+                                    out_dtype=x.dtype)
         y = torch._scaled_mm(x8, w8t, scale_a=self.input_scale_f32, scale_b=self.unit_scale, out_dtype=torch.float32) * self.w_scale
         if self.bias is not None:
             y = y + self.bias.to(torch.float32)

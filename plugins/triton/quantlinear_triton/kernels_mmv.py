@@ -71,8 +71,11 @@ loop), and their sums meet once in shared memory at the end, so no split over pr
 round trip) is needed.  Timing-only ablations at M = 1 (``results/h100-mmv-ks-2026-11-26.txt``) put the split-K
 finish at 1.1-1.7 us of the 14.9-15.4 us on the 30 MB shapes.  On an H100 ``ks`` is 3.4-4.9% faster at M = 1 on the
 short-K shapes (4096 x 14336: 14.4 vs 14.9 us; 3072 x 12288: 10.4 vs 10.9), 10-15% slower on the long-K ones and
-11-32% slower at M = 8, so the table takes it only at M = 1 on 4096 x 14336 and 3072 x 12288.  Float codes keep the
-row split (not measured with ``ks``).
+11-32% slower at M = 8, so the table takes it only at M = 1 on 4096 x 14336 and 3072 x 12288.  MXFP4 takes ``ks`` too
+(its steps are the int layout's; NVFP4's two-tile steps keep the row split): ``mmv`` alone at M = 1
+(``results/h100-mmv-fp-ks-2026-11-26.json``) 3072 x 12288 10.7 vs 12.5 us, 4096 x 14336 15.1 vs 15.7, 4096 x 4096 7.3 vs
+7.7 (8 warps), slower on the long-K and 117 MB shapes and at M >= 2 on all but two cells within 1%; the table takes it
+on those three M = 1 cells.
 
 With programmatic dependent launch (sm_90) the kernel waits for the previous one before its first load
 (:func:`_gdc_wait`), so its launch overlaps the previous kernel's tail, and lets the next one be scheduled after its
@@ -782,7 +785,7 @@ def launch_mmv_fp(x: torch.Tensor, qweight: torch.Tensor, sigma: torch.Tensor, r
     32-word slabs (the int layout's word and plane order) with :func:`.fp_packing.mx_sigma`'s scales, or (``nv``)
     NVFP4's 16-word slabs, two tiles a step, with :func:`.fp_packing.nv_sigma`'s; ``x`` fp16 (the activations as
     the scheme quantizes them), ``cfg`` as :func:`launch_mmv`'s."""
-    y, plan = _plan(x, qweight, cfg, out, 4, ks_ok=False)
+    y, plan = _plan(x, qweight, cfg, out, 4, ks_ok=not nv)  # (NVFP4: two 128-channel tiles a step, no ks)
     if plan is None:
         return y
     sig = sigma if nv or sigma.dtype == torch.int64 else sigma.view(torch.int64)  # (MXFP4: a row's 8 bytes of a tile as one int64)

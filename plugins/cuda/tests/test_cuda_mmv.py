@@ -75,7 +75,9 @@ COMPILE_JOBS = [("_mmv_kernel", dict(R=1, NT=1, HAS_ZEROS=False, HAS_BIAS=False,
                 ("_mmv_kernel", dict(R=2, NT=1, HAS_ZEROS=True, HAS_BIAS=False, PF=False, USE_SPLIT=False, BF16=True,
                                      KS=True), 8, 80),
                 ("_mmv_kernel", dict(R=1, NT=1, HAS_ZEROS=False, HAS_BIAS=True, PF=False, USE_SPLIT=True, FP=1, KS=True),
-                 8, 90)]
+                 8, 90),
+                ("_mmv_kernel", dict(R=1, NT=1, HAS_ZEROS=False, HAS_BIAS=False, PF=False, USE_SPLIT=False, FP=2, HAS_ROWS=True,
+                                     PDL=True, KS=True), 4, 90)]
 
 
 def compile_mmv(name: str, consts: dict, warps: int, cap: int) -> dict:

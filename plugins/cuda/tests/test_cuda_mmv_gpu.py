@@ -140,6 +140,33 @@ def test_mxfp4_layers_take_mmv_up_to_16_rows(weight_only, K, N, bias, monkeypatc
     assert sum(fl.stats().get("_mmv_kernel", (0, 0))) - sum(before) >= 6
 
 
+@pytest.mark.parametrize("name,weight_only", [("MXFP4", False), ("MXFP4", True), ("NVFP4", False), ("NVFP4", True)])
+@pytest.mark.parametrize("warps,split", [(4, 1), (8, 1), (4, 3)])
+def test_float_layers_with_the_warps_splitting_k(name, weight_only, warps, split, monkeypatch):
+    """``ks`` forced on MXFP4 / NVFP4 layers: MXFP4 K = 1184 (a partial last step), NVFP4 K = 1280 (its ``mmv`` takes
+    whole 256-channel steps only), ragged N, bias, a split over programs too; M = 1..8 (9 runs the row split), against
+    the fp32 reference (W4A4: of the quantized activations)."""
+    import test_cuda_fp_gpu as fpg
+    from quantlinear.testing_fp import float_reference
+    from quantlinear_cuda import fp_ops
+    from quantlinear_triton import launch as fl
+
+    K = 1184 if name == "MXFP4" else 1280
+    monkeypatch.setattr(fpg, "K", K)
+    monkeypatch.setattr(fpg, "N", 784)
+    layer, w, b, spec = fpg.layer_for(name, torch.float16, bias=True, weight_only=weight_only)
+    assert layer.fp_mmv_sigma is not None
+    cfg = {"kernel": "mmv", "R": 1, "warps": warps, "pf": False, "split_k": split, "ks": True}
+    monkeypatch.setattr(fp_ops.TUNER, "settled", lambda *a, **k: None)
+    monkeypatch.setattr(fp_ops.TUNER, "get", lambda *a, **k: dict(cfg))
+    g = torch.Generator(device="cuda").manual_seed(warps + split)
+    before = sum(fl.stats().get("_mmv_kernel", (0, 0)))
+    for M in (1, 2, 5, 8, 9):
+        x = (torch.randn(M, K, device="cuda", generator=g) * 1.5).half()
+        assert rel_err(layer(x), float_reference(x, w, spec, b)) < 1e-3, (M, cfg)
+    assert sum(fl.stats().get("_mmv_kernel", (0, 0))) - before >= 5
+
+
 def test_mxfp4_graph_capture_and_compile():
     import test_cuda_fp_gpu as fpg
     from quantlinear.testing_fp import float_reference

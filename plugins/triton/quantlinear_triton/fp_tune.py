@@ -255,8 +255,8 @@ class FPSpace(_tune.Settings):
                 d = self.mmv_config(p, M, u, warps=warps)
                 out += [d, dict(d, split_k=max(1, d["split_k"] // 2)), dict(d, split_k=d["split_k"] * 2)]
             out += [self.mmv_config(p, M, u, R=2), self.mmv_config(p, M, u, pf=False)]
-            if M == 1 and p.scale == 1:  # MXFP4: the warps splitting K (ks), no split over programs; won at M = 1 on
-                # the short-K shapes (results/h100-mmv-fp-ks-2026-11-26.json; NVFP4's 16-word slabs have no ks)
+            if M == 1:  # the warps splitting K (ks), no split over programs: won at M = 1 on the short-K shapes
+                # (results/h100-mmv-fp-ks-2026-11-26.json, h100-mmv-nvfp4-ks-2026-11-26.json)
                 out += [{"kernel": "mmv", "R": 1, "warps": w, "pf": False, "split_k": 1, "ks": True} for w in (4, 8)]
         if 2 <= b <= 512 and p.dtype != "float32" and self.tc(props):
             base = self.tc_config(p, b, u)

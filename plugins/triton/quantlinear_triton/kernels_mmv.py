@@ -71,11 +71,12 @@ loop), and their sums meet once in shared memory at the end, so no split over pr
 round trip) is needed.  Timing-only ablations at M = 1 (``results/h100-mmv-ks-2026-11-26.txt``) put the split-K
 finish at 1.1-1.7 us of the 14.9-15.4 us on the 30 MB shapes.  On an H100 ``ks`` is 3.4-4.9% faster at M = 1 on the
 short-K shapes (4096 x 14336: 14.4 vs 14.9 us; 3072 x 12288: 10.4 vs 10.9), 10-15% slower on the long-K ones and
-11-32% slower at M = 8, so the table takes it only at M = 1 on 4096 x 14336 and 3072 x 12288.  MXFP4 takes ``ks`` too
-(its steps are the int layout's; NVFP4's two-tile steps keep the row split): ``mmv`` alone at M = 1
-(``results/h100-mmv-fp-ks-2026-11-26.json``) 3072 x 12288 10.7 vs 12.5 us, 4096 x 14336 15.1 vs 15.7, 4096 x 4096 7.3 vs
-7.7 (8 warps), slower on the long-K and 117 MB shapes and at M >= 2 on all but two cells within 1%; the table takes it
-on those three M = 1 cells.
+11-32% slower at M = 8, so the table takes it only at M = 1 on 4096 x 14336 and 3072 x 12288.  Float codes take ``ks``
+too (NVFP4's activations in its own channel order, :func:`_b_direct`).  ``mmv`` alone at M = 1 against the table's row
+split: MXFP4 (``results/h100-mmv-fp-ks-2026-11-26.json``) 3072 x 12288 10.7 vs 12.5 us, 4096 x 14336 15.1 vs 15.7,
+4096 x 4096 7.3 vs 7.7 (8 warps); NVFP4 (``results/h100-mmv-nvfp4-ks-2026-11-26.json``) 3072 x 12288 11.5 vs 12.4 (M = 2
+11.8 vs 12.3), 4096 x 4096 7.8 vs 8.1; slower on the other shapes (NVFP4 4096 x 14336 too) and at larger M.  The table
+takes it on those cells.
 
 With programmatic dependent launch (sm_90) the kernel waits for the previous one before its first load
 (:func:`_gdc_wait`), so its launch overlaps the previous kernel's tail, and lets the next one be scheduled after its
@@ -465,8 +466,8 @@ if HAS_GLUON:
                     h0 = _e4m3_pair(sg0[2 + j // 2], j % 2)
                     h1 = _e4m3_pair(sg1[2 + j // 2], j % 2)
                 if KS:
-                    p0 = _b_direct(x_ptr, tx, t1, M, K, j, 0, LX, SX, S)
-                    p1 = _b_direct(x_ptr, tx, t1, M, K, j, 1, LX, SX, S)
+                    p0 = _b_direct(x_ptr, tx, t1, M, K, j, 0, LX, SX, S, FP == 2)
+                    p1 = _b_direct(x_ptr, tx, t1, M, K, j, 1, LX, SX, S, FP == 2)
                 else:
                     p0 = _b_regs(xs, cur, j, 0, LB, LX, SX, S)
                     p1 = _b_regs(xs, cur, j, 1, LB, LX, SX, S)
@@ -635,16 +636,23 @@ if HAS_GLUON:
 
     @gluon.jit
     def _b_direct(x_ptr, tw, t1, M, K, J: gl.constexpr, B: gl.constexpr, LX: gl.constexpr, SX: gl.constexpr,
-                  S: gl.constexpr):
+                  S: gl.constexpr, NV: gl.constexpr = False):
         """:func:`_b_regs`' four B registers read straight from the activations (``KS``: each warp its own tile
-        ``tw``, ``[NW, 1, 1, 1]`` in ``LX``; int / MXFP4 channel order, tokens 0..7): lane ``(g, q)`` takes the pairs
-        ``(x[g, c], x[g, c + 128])``, ``c = 256 tw + 16 (2 j + b) + 4 q + i``; 0 past M, K or the split's end."""
+        ``tw``, ``[NW, 1, 1, 1]`` in ``LX``; tokens 0..7), in :func:`_x_stage`'s channel order: lane ``(g, q)`` takes
+        the pairs ``(x[g, c], x[g, c + d])``; int / MXFP4 ``c = 256 tw + 16 (2 j + b) + 4 q + i``, ``d = 128``; NVFP4
+        (word half ``b`` = 128-channel tile ``2 tw + b``) ``c = 256 tw + 128 b + 16 j + 4 q + i``, ``d = 64``; 0 past M,
+        K or the split's end."""
         ln = _iota(32, 1, LX)
         g = ln // 4
-        c = tw * 256 + (2 * J + B) * 16 + (ln % 4) * 4 + _iota(4, 3, LX)
+        if NV:
+            c = tw * 256 + B * 128 + J * 16 + (ln % 4) * 4 + _iota(4, 3, LX)
+            d: gl.constexpr = 64
+        else:
+            c = tw * 256 + (2 * J + B) * 16 + (ln % 4) * 4 + _iota(4, 3, LX)
+            d: gl.constexpr = 128
         m = (g < M) & (tw < t1)
         lo = gl.load(x_ptr + g * K + c, mask=m & (c < K), other=0.0)
-        hi = gl.load(x_ptr + g * K + c + 128, mask=m & (c + 128 < K), other=0.0)
+        hi = gl.load(x_ptr + g * K + c + d, mask=m & (c + d < K), other=0.0)
         return _into(_quarters(_pack(lo, hi), SX), S)
 
     @gluon.jit
@@ -785,7 +793,7 @@ def launch_mmv_fp(x: torch.Tensor, qweight: torch.Tensor, sigma: torch.Tensor, r
     32-word slabs (the int layout's word and plane order) with :func:`.fp_packing.mx_sigma`'s scales, or (``nv``)
     NVFP4's 16-word slabs, two tiles a step, with :func:`.fp_packing.nv_sigma`'s; ``x`` fp16 (the activations as
     the scheme quantizes them), ``cfg`` as :func:`launch_mmv`'s."""
-    y, plan = _plan(x, qweight, cfg, out, 4, ks_ok=not nv)  # (NVFP4: two 128-channel tiles a step, no ks)
+    y, plan = _plan(x, qweight, cfg, out, 4)
     if plan is None:
         return y
     sig = sigma if nv or sigma.dtype == torch.int64 else sigma.view(torch.int64)  # (MXFP4: a row's 8 bytes of a tile as one int64)

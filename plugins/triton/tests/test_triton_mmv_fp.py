@@ -140,9 +140,9 @@ def test_float_space_offers_mmv_for_mxfp4_fp16_up_to_16_rows():
     assert plain.default_config(mx, 4, _Props())["kernel"] != "mmv"  # a space without the predicate
 
 
-def test_mxfp4_takes_warps_splitting_k_at_one_row_only():
-    """``ks`` (the warps of a program split K) is a candidate for MXFP4 at M = 1, never for NVFP4 (two tiles a step)
-    or beyond one row; its launch plan drops the prefetch and the split over programs, and NVFP4 ignores the key."""
+def test_float_codes_take_warps_splitting_k_at_one_row_only():
+    """``ks`` (the warps of a program split K) is a candidate for MXFP4 and NVFP4 at M = 1, not beyond one row; its
+    launch plan drops the prefetch and the split over programs (and is refused where ``ks_ok`` is false)."""
     from quantlinear_triton import kernels_mmv as km
 
     space = fp_tune.FPSpace("toy_fp", "/nonexistent", lambda d: _Props(), units=lambda p: p.sm_count, paired_fp16=True,
@@ -152,7 +152,7 @@ def test_mxfp4_takes_warps_splitting_k_at_one_row_only():
     ks = [c for c in space.candidates(mx, 1, _Props()) if c.get("ks")]
     assert [c["warps"] for c in ks] == [4, 8] and all(c["split_k"] == 1 and not c["pf"] for c in ks)
     assert not any(c.get("ks") for c in space.candidates(mx, 2, _Props()))
-    assert not any(c.get("ks") for c in space.candidates(nv, 1, _Props()))
+    assert [c["warps"] for c in space.candidates(nv, 1, _Props()) if c.get("ks")] == [4, 8]
     x, w = torch.zeros(1, 3072, dtype=torch.float16), torch.zeros(12288, 384, dtype=torch.int32)
     plan = km._plan(x, w, ks[0], None, 4, ks_ok=True)[1]
     assert plan[:5] == (1, 4, False, True, 12288 // 16)  # (R, warps, pf, ks, row blocks: one 16-row block a program)

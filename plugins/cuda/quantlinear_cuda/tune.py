@@ -103,7 +103,7 @@ def mmv_candidates(p: Problem, M: int, sms: int) -> list[dict]:
                 out.append(dict(d, split_k=sp))
     out.append(mmv_config(p, M, sms, R=2, warps=4))
     if M == 1 and p.bits == 4:
-        out.extend(dict(kernel="mmv", R=1, warps=w, pf=False, split_k=1, ks=True) for w in (4, 8))
+        out.extend(_tune.mmv_ks_candidates())
     return _tune.unique(out)
 
 

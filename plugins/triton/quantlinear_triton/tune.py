@@ -89,6 +89,12 @@ def split_for(programs: int, target: int, k_tiles: int, cap: int = 16) -> int:
     return split
 
 
+def mmv_ks_candidates() -> list[dict]:
+    """``mmv`` with the warps of a program splitting K (``ks``: 4 or 8 warps, no split over programs, no prefetch): the
+    M = 1 candidates the int and the float tuners both offer (:mod:`.kernels_mmv`)."""
+    return [{"kernel": "mmv", "R": 1, "warps": w, "pf": False, "split_k": 1, "ks": True} for w in (4, 8)]
+
+
 def unique(configs: list[dict]) -> list[dict]:
     """Configurations without repeats, first occurrence kept."""
     out, seen = [], set()

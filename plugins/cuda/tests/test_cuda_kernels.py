@@ -224,21 +224,21 @@ def test_split_k_workspace_is_persistent(monkeypatch):
 
     layer, W, b = make_layer(4, 128, True, 512, 64, torch.float16, seed=3)
     # (after the layer: on a GPU its constructor reserves the device's workspace at the real minimum size)
-    monkeypatch.setattr(K, "_ws", {})
-    monkeypatch.setattr(K, "_ws_old", [])
+    monkeypatch.setattr(K._WS, "current", {})
+    monkeypatch.setattr(K._WS, "retired", [])
     monkeypatch.setattr(K, "WORKSPACE_MIN", 64)
     x = rand_x(1, 512, torch.float16)
     di = x.get_device()
     cfg = dict(GEMV16, split_k=2, BN=16)
     assert rel_err(run_cfg(layer, x, cfg), reference(x, W, b)) < TOL[torch.float16]
-    buf = K._ws[di]
+    buf = K._WS.current[di]
     assert buf.numel() == 128 and buf.dtype == torch.float32  # 2 splits x 1 row x 64 outputs, rounded up
     run_cfg(layer, x, cfg)
-    assert K._ws[di] is buf and not K._ws_old
+    assert K._WS.current[di] is buf and not K._WS.retired
     x5 = rand_x(5, 512, torch.float16)
     for c in (dict(GEMV, BN=16, split_k=2), dict(DOT16, split_k=2)):  # 2 x 5 x 64 = 640 elements: grows to 1024
         assert rel_err(run_cfg(layer, x5, c), reference(x5, W, b)) < TOL[torch.float16], c
-    assert K._ws[di].numel() == 1024 and K._ws_old == [buf]
+    assert K._WS.current[di].numel() == 1024 and K._WS.retired == [buf]
 
 
 # ---- bf16 activations in the paired GEMV ---------------------------------------------------------------------

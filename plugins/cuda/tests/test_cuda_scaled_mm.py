@@ -243,7 +243,7 @@ def test_unit_rows_are_views_of_a_column_that_grows_and_stays_alive():
     assert big.shape == (scaled_mm_shared.UNIT_ROWS + 3, 1) and bool((big == 1).all())
     assert big.untyped_storage().data_ptr() != a.untyped_storage().data_ptr()
     assert unit_rows(2, cpu).untyped_storage().data_ptr() == big.untyped_storage().data_ptr()  # the grown one serves now
-    kept = {t.untyped_storage().data_ptr() for t in scaled_mm_shared._unit_keep}
+    kept = {t.untyped_storage().data_ptr() for t in scaled_mm_shared._UNITS.tensors()}
     assert a.untyped_storage().data_ptr() in kept  # (a graph captured with the old column still reads it)
 
 

@@ -52,6 +52,7 @@ import triton
 import triton.language as tl
 
 from . import launch as _fast
+from .device_buffers import GrowingBuffers
 from .runtime import env_on
 from .packing import GEMV16_BITS, slabs_per_group
 
@@ -73,11 +74,11 @@ _counters: dict[torch.device, torch.Tensor] = {}
 
 
 _cnt_by_index: dict[int, torch.Tensor] = {}  # the same buffers by ``Tensor.get_device()`` (the per-call lookup)
-#: Persistent split-K workspaces (fp32), by ``Tensor.get_device()``: the current one, and every
-#: smaller one it replaced (kept alive: a CUDA graph captured earlier may still write into it).
+#: Persistent split-K workspaces (fp32, 1-D), by ``Tensor.get_device()``: the current one, and every smaller one it
+#: replaced (kept alive: a CUDA graph captured earlier may still write into it); sizes are powers of two
 WORKSPACE_MIN = 1 << 20
-_ws: dict[int, torch.Tensor] = {}
-_ws_old: list[torch.Tensor] = []
+_WS = GrowingBuffers(lambda n, device: torch.empty(n, dtype=torch.float32, device=device),
+                     lambda need, old: max(WORKSPACE_MIN, 1 << (need - 1).bit_length()))
 
 
 def _capturing(device_index: int) -> bool:
@@ -99,16 +100,11 @@ def _workspace(x: torch.Tensor, device_index: int, numel: int) -> torch.Tensor:
     captured a buffer that is too small is not replaced: that launch gets its own temporary
     (from the graph's pool), as every launch did before.
     """
-    buf = _ws.get(device_index)
+    buf = _WS.current.get(device_index)  # (the per-call path: one lookup)
     if buf is not None and buf.numel() >= numel:
         return buf
-    if _capturing(device_index):
-        return torch.empty(numel, dtype=torch.float32, device=x.device)
-    size = max(WORKSPACE_MIN, 1 << (numel - 1).bit_length())
-    if buf is not None:
-        _ws_old.append(buf)
-    buf = _ws[device_index] = torch.empty(size, dtype=torch.float32, device=x.device)
-    return buf
+    buf = _WS.get(device_index, numel, x.device, _capturing(device_index))
+    return buf if buf is not None else torch.empty(numel, dtype=torch.float32, device=x.device)
 
 
 def split_buffers(x: torch.Tensor, numel: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -127,9 +123,7 @@ def reserve(device: torch.device) -> None:
     device = torch.device(device)
     if device.type == "cuda" and device.index is None:
         device = torch.device("cuda", torch.cuda.current_device())
-    di = device.index if device.type == "cuda" else -1
-    if di not in _ws:
-        _ws[di] = torch.empty(WORKSPACE_MIN, dtype=torch.float32, device=device)
+    _WS.get(device.index if device.type == "cuda" else -1, WORKSPACE_MIN, device)
 
 
 def counters(device: torch.device) -> torch.Tensor:
@@ -847,7 +841,7 @@ for _k in (_gemv_kernel, _gemv16_kernel, _dot16_kernel, _dot_kernel):  # each la
 def persistent_tensors() -> list[torch.Tensor]:
     """The split-K workspaces and tile counters, which live as long as the process (constants for a
     :class:`.launch.Replay`)."""
-    return [*_ws.values(), *_ws_old, *_counters.values()]
+    return [*_WS.tensors(), *_counters.values()]
 
 
 def launch(x: torch.Tensor, qweight: torch.Tensor, scales: torch.Tensor, zeros: torch.Tensor | None,

@@ -14,6 +14,8 @@ import torch
 
 from quantlinear import LayerSpec, QuantLinear, UnsupportedSchemeError, fpquant
 
+from .device_buffers import GrowingBuffers
+
 
 class FP8ScaledMMBase(QuantLinear):
     """FP8 x FP8 ``torch._scaled_mm`` with a static per-tensor activation scale (FP8_STATIC)."""
@@ -62,9 +64,10 @@ def quantize_static(x: torch.Tensor, scale: torch.Tensor, qmax: float = 448.0,
 
 #: rows of the all-ones column :func:`unit_rows` keeps per device (64K rows, 256 KB; grown outside graph capture)
 UNIT_ROWS = 1 << 16
-_unit_cols: dict[tuple[str, int | None], torch.Tensor] = {}
-#: every column :func:`unit_rows` ever handed out: a CUDA graph captured with a slice of one reads it at every replay
-_unit_keep: list[torch.Tensor] = []
+#: the all-ones columns by (device type, index); a CUDA graph captured with a slice of one reads it at every replay,
+#: so every column ever handed out stays alive
+_UNITS = GrowingBuffers(lambda n, device: torch.ones((n, 1), dtype=torch.float32, device=device),
+                        lambda need, old: max(need, UNIT_ROWS, 2 * old))
 
 
 def unit_rows(M: int, device: torch.device) -> torch.Tensor:
@@ -78,15 +81,9 @@ def unit_rows(M: int, device: torch.device) -> torch.Tensor:
     """
     if torch.compiler.is_compiling():
         return torch.ones((M, 1), dtype=torch.float32, device=device)
-    key = (device.type, device.index)
-    col = _unit_cols.get(key)
-    if col is None or col.shape[0] < M:
-        if device.type == "cuda" and torch.cuda.is_current_stream_capturing():
-            return torch.ones((M, 1), dtype=torch.float32, device=device)
-        rows = max(M, UNIT_ROWS, 2 * (col.shape[0] if col is not None else 0))
-        col = _unit_cols[key] = torch.ones((rows, 1), dtype=torch.float32, device=device)
-        _unit_keep.append(col)
-    return col[:M]
+    col = _UNITS.get((device.type, device.index), M, device,
+                     device.type == "cuda" and torch.cuda.is_current_stream_capturing())
+    return col[:M] if col is not None else torch.ones((M, 1), dtype=torch.float32, device=device)
 
 
 def define_fp8_quant_static(qualname: str):

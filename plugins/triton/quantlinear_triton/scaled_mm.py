@@ -81,9 +81,13 @@ def unit_rows(M: int, device: torch.device) -> torch.Tensor:
     """
     if torch.compiler.is_compiling():
         return torch.ones((M, 1), dtype=torch.float32, device=device)
-    col = _UNITS.get((device.type, device.index), M, device,
-                     device.type == "cuda" and torch.cuda.is_current_stream_capturing())
-    return col[:M] if col is not None else torch.ones((M, 1), dtype=torch.float32, device=device)
+    key = (device.type, device.index)
+    col = _UNITS.current.get(key)  # (the per-call path: one lookup; the capture test only where it must grow)
+    if col is None or col.shape[0] < M:
+        col = _UNITS.get(key, M, device, device.type == "cuda" and torch.cuda.is_current_stream_capturing())
+        if col is None:
+            return torch.ones((M, 1), dtype=torch.float32, device=device)
+    return col[:M]
 
 
 def define_fp8_quant_static(qualname: str):

@@ -306,19 +306,29 @@ if HAS_GLUON:
         ``d = 64``."""
         n = _iota(8, 0, LP, 2) + 8 * NTI
         col = _iota(128, 1, LP, 2)
-        if NV:
-            c = t * 256 + ((col // 16) % 2) * 128 + (col // 32) * 16 + col % 16
+        if NV:  # (col = 32 j + 16 b + p)
+            c = _pair_channel(t, col // 32, (col // 16) % 2, col % 16, True)
             d: gl.constexpr = 64
         elif W8:
             c = t * 256 + (col // 64) * 128 + col % 64
             d: gl.constexpr = 64
-        else:
+        else:  # (_pair_channel with col = 32 j + 16 b + p, folded)
             c = t * 256 + col
             d: gl.constexpr = 128
         m = (n < M) & ok
         lo = gl.load(x_ptr + n * K + c, mask=m & (c < K), other=0.0)
         hi = gl.load(x_ptr + n * K + c + d, mask=m & (c + d < K), other=0.0)
         return _pack(lo, hi)
+
+    @gluon.jit
+    def _pair_channel(t, j, b, p, NV: gl.constexpr):
+        """The low channel of code pair ``j`` of word ``16 b + p`` (``p`` 0..15) in 256-channel step ``t``: the slab map
+        that :func:`_x_stage` stages and :func:`_b_direct` reads by (4-bit codes; the pair's other channel is 128
+        further, NVFP4's 64).  Int / MXFP4 ``256 t + 32 j + 16 b + p``; NVFP4 (word half ``b`` is 128-channel tile
+        ``2 t + b``, its 16-word slabs pairing channels 64 apart) ``256 t + 128 b + 16 j + p``."""
+        if NV:
+            return t * 256 + b * 128 + j * 16 + p
+        return t * 256 + (2 * j + b) * 16 + p
 
     @gluon.jit
     def _b_regs(xs, slot, J: gl.constexpr, B: gl.constexpr, LB: gl.constexpr, LX: gl.constexpr,
@@ -644,11 +654,10 @@ if HAS_GLUON:
         K or the split's end."""
         ln = _iota(32, 1, LX)
         g = ln // 4
+        c = _pair_channel(tw, J, B, (ln % 4) * 4 + _iota(4, 3, LX), NV)
         if NV:
-            c = tw * 256 + B * 128 + J * 16 + (ln % 4) * 4 + _iota(4, 3, LX)
             d: gl.constexpr = 64
         else:
-            c = tw * 256 + (2 * J + B) * 16 + (ln % 4) * 4 + _iota(4, 3, LX)
             d: gl.constexpr = 128
         m = (g < M) & (tw < t1)
         lo = gl.load(x_ptr + g * K + c, mask=m & (c < K), other=0.0)

@@ -30,6 +30,8 @@ class BenchOptions:
     kernels: tuple[str, ...] = ()  # empty: every kernel that can run, plus peers
     warmup: int = 10
     iters: int = 50
+    #: timed batches per implementation on devices that time batches in turns (CUDA: the median of ``rounds``)
+    rounds: int = 9
     progress: bool = True
     extra: dict[str, Any] = field(default_factory=dict)
 

@@ -255,7 +255,8 @@ def cmd_bench(args: argparse.Namespace) -> int:
     runner = reg.benchmark_runner(fam)
     if runner is None:
         raise QuantLinearError(f"no installed plugin provides a benchmark for device family {fam!r} (pip install 'quantlinear[{fam}]')")
-    opts = benchutil.BenchOptions(device=str(dev), scheme=args.scheme, dtype=args.dtype, iters=args.iters, warmup=args.warmup, kernels=tuple(args.kernels or ()))
+    opts = benchutil.BenchOptions(device=str(dev), scheme=args.scheme, dtype=args.dtype, iters=args.iters, warmup=args.warmup,
+                                  rounds=args.rounds, kernels=tuple(args.kernels or ()))
     if args.shapes:
         opts.shapes = benchutil.parse_shapes(args.shapes)
     if args.m:
@@ -320,6 +321,8 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--kernels", nargs="*", help="restrict to these kernels/peers")
     b.add_argument("--iters", type=int, default=50)
     b.add_argument("--warmup", type=int, default=10)
+    b.add_argument("--rounds", type=int, default=9,
+                   help="timed batches per implementation where batches are taken in turns (CUDA); the median is reported")
     b.add_argument("--out", help="write results as JSON to this file")
     b.add_argument("--plot", help="draw time against M per kernel (PNG)")
     b.add_argument("--json", action="store_true", help="print JSON instead of the table")

@@ -18,10 +18,13 @@ Numbers per row:
 
 * ``device_us``: device time per call, from CUDA-graph replays of a graph that calls the
   layer once on each of several weight copies whose total size exceeds the L2 cache
-  (3x L2), so every call streams its weights from HBM; the median of five batches of about
-  8 ms, each after 100 ms of untimed replays, the batches of all implementations of one (K, N, M)
-  taken in turns (:func:`time_interleaved`): each runs at its own steady clock under the power
-  limit, and a temperature drift during the run biases no ratio;
+  (3x L2), so every call streams its weights from HBM; the median of ``options.rounds`` (9) batches
+  of about 8 ms, each after 100 ms of untimed replays, the batches of all implementations of one
+  (K, N, M) taken in turns (:func:`time_interleaved`): each runs at its own steady clock under the
+  power limit, and a temperature drift during the run biases no ratio.  Nine, not five: an A/A run
+  (identical implementations timed as different ones, results/h100-session13-probes-2026-11-26.txt)
+  saw cuBLAS fp16's batches on 4096 x 14336 at M = 1024 range over 174-215 us, and the five-batch
+  medians of two identical cuBLAS timers came out 184 and 204 us (25 batches: 190 and 192);
 * ``eager_us``: wall time per call of plain eager calls (launch overhead included; the median of five rounds);
 * ``floor_us``: the packed weight bytes of the scheme (codes + scales (+ zeros); float schemes:
   the checkpoint's codes and scale tensors) divided by the copy bandwidth measured in the same
@@ -443,7 +446,7 @@ def _time_m(impls: list[_Impl], copies: list[list[Callable]], x: torch.Tensor, r
         except Exception as e:
             row.note = (row.note + f" FAILED {type(e).__name__}: {str(e)[:160]}").strip()
         rows.append(row)
-    dev_us = time_interleaved(timers, settle_ms=SETTLE_MS) if timers else {}
+    dev_us = time_interleaved(timers, rounds=options.rounds, settle_ms=SETTLE_MS) if timers else {}
     timers.clear()
     for im, fns, row in zip(impls, copies, rows):
         if im.name not in dev_us:

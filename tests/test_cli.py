@@ -81,3 +81,27 @@ def test_inspect_reads_float_checkpoints(tmp_path, capsys, preset, fmt, packing)
     d = json.loads(capsys.readouterr().out)
     assert d["config"]["format"] == fmt
     assert [(layer["in_features"], layer["out_features"]) for layer in d["layers"]] == [(128, 64)]
+
+
+def test_bench_passes_rounds_and_kernels_to_the_plugins_runner(monkeypatch, capsys):
+    """``quantlinear bench --rounds`` reaches the runner's options (the CUDA runner takes that many timed batches per
+    implementation, in turns, and reports their median)."""
+    registry_mod = sys.modules["quantlinear.registry"]  # (the package exports a function of the same name)
+
+    seen = {}
+
+    class FakeRegistry:
+        def load_for_family(self, fam):
+            seen["family"] = fam
+
+        def benchmark_runner(self, fam):
+            def run(opts):
+                seen["opts"] = opts
+                return []
+            return run
+
+    monkeypatch.setattr(registry_mod, "registry", lambda: FakeRegistry())
+    assert main(["bench", "--device", "cpu", "--rounds", "25", "--m", "1,16", "--kernels", "cpu.*", "--json"]) == 0
+    opts = seen["opts"]
+    assert (seen["family"], opts.rounds, opts.ms, opts.kernels) == ("cpu", 25, (1, 16), ("cpu.*",))
+    assert main(["bench", "--device", "cpu", "--json"]) == 0 and seen["opts"].rounds == 9  # the default

@@ -105,3 +105,8 @@ def test_bench_passes_rounds_and_kernels_to_the_plugins_runner(monkeypatch, caps
     opts = seen["opts"]
     assert (seen["family"], opts.rounds, opts.ms, opts.kernels) == ("cpu", 25, (1, 16), ("cpu.*",))
     assert main(["bench", "--device", "cpu", "--json"]) == 0 and seen["opts"].rounds == 9  # the default
+
+
+def test_bench_refuses_zero_rounds(capsys):
+    assert main(["bench", "--device", "cpu", "--rounds", "0"]) == 2
+    assert "rounds must be at least 1" in capsys.readouterr().err

@@ -15,6 +15,8 @@ from typing import Any, Iterable
 
 import torch
 
+from .errors import QuantLinearError
+
 #: (K, N) of the reference benchmark (Llama-3-8B/70B and FLUX-like projections).
 DEFAULT_SHAPES: tuple[tuple[int, int], ...] = ((4096, 4096), (4096, 14336), (14336, 4096), (8192, 28672), (28672, 8192), (3072, 12288))
 DEFAULT_MS: tuple[int, ...] = (1, 4, 16, 64, 256, 1024, 4096)
@@ -34,6 +36,10 @@ class BenchOptions:
     rounds: int = 9
     progress: bool = True
     extra: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if int(self.rounds) < 1:
+            raise QuantLinearError(f"bench: rounds must be at least 1 (timed batches per implementation), got {self.rounds!r}")
 
 
 @dataclass

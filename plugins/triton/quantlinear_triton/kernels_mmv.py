@@ -741,16 +741,15 @@ def launch_mmv(x: torch.Tensor, qweight: torch.Tensor, scales: torch.Tensor, zer
     return y
 
 
-def _plan(x: torch.Tensor, qweight: torch.Tensor, cfg: dict, out: torch.Tensor | None, warps: int, step_words: int = 32,
-          ks_ok: bool = True):
+def _plan(x: torch.Tensor, qweight: torch.Tensor, cfg: dict, out: torch.Tensor | None, warps: int, step_words: int = 32):
     """The output and, for M > 0, the launch plan of ``cfg`` (``warps``: its default): R, warps, pf, ks, blocks of
     rows, and :func:`.kernels_tc.split_plan`'s split, steps per split, workspace and counters (``step_words``: a row's
     words in one 256-channel step).  ``ks`` (the warps of a program split K, taking the same rows) applies to 32-word
-    int / MXFP4 steps (``ks_ok``) and M <= 8; it replaces the prefetch."""
+    steps (4-bit int, MXFP4, NVFP4; not 8-bit codes' 64) and M <= 8; it replaces the prefetch."""
     M = x.shape[0]
     N, KW = qweight.shape
     R, warps, pf = int(cfg.get("R", 1)), int(cfg.get("warps", warps)), bool(cfg.get("pf", True))
-    ks = bool(cfg.get("ks")) and ks_ok and step_words == 32 and M <= 8
+    ks = bool(cfg.get("ks")) and step_words == 32 and M <= 8
     y = out if out is not None else torch.empty(M, N, dtype=x.dtype, device=x.device)
     if M == 0:
         return y, None

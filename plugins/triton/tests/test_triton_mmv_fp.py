@@ -142,7 +142,8 @@ def test_float_space_offers_mmv_for_mxfp4_fp16_up_to_16_rows():
 
 def test_float_codes_take_warps_splitting_k_at_one_row_only():
     """``ks`` (the warps of a program split K) is a candidate for MXFP4 and NVFP4 at M = 1, not beyond one row; its
-    launch plan drops the prefetch and the split over programs (and is refused where ``ks_ok`` is false)."""
+    launch plan drops the prefetch and the split over programs (and is refused for 8-bit codes' 64-word steps and past
+    eight rows)."""
     from quantlinear_triton import kernels_mmv as km
 
     space = fp_tune.FPSpace("toy_fp", "/nonexistent", lambda d: _Props(), units=lambda p: p.sm_count, paired_fp16=True,
@@ -154,9 +155,10 @@ def test_float_codes_take_warps_splitting_k_at_one_row_only():
     assert not any(c.get("ks") for c in space.candidates(mx, 2, _Props()))
     assert [c["warps"] for c in space.candidates(nv, 1, _Props()) if c.get("ks")] == [4, 8]
     x, w = torch.zeros(1, 3072, dtype=torch.float16), torch.zeros(12288, 384, dtype=torch.int32)
-    plan = km._plan(x, w, ks[0], None, 4, ks_ok=True)[1]
+    plan = km._plan(x, w, ks[0], None, 4)[1]
     assert plan[:5] == (1, 4, False, True, 12288 // 16)  # (R, warps, pf, ks, row blocks: one 16-row block a program)
-    assert km._plan(x, w, ks[0], None, 4, ks_ok=False)[1][3] is False
+    assert km._plan(x, w, ks[0], None, 4, step_words=64)[1][3] is False
+    assert km._plan(torch.zeros(9, 3072, dtype=torch.float16), w, ks[0], None, 4)[1][3] is False
 
 
 def test_prepare_writes_sigma_only_when_asked():

@@ -5,7 +5,8 @@ kernels share (FP8_STATIC: E4M3 weights with one or per-channel scales, static F
 fp16/bf16 activations, bias fused).  It is device-neutral and not a kernel: each plugin's subclass
 adds its name, priority, device family, checks and ``prepare``/``compute``.  Shared with them: :func:`fp8_static_reason`
 (the scheme check), :func:`define_fp8_quant_static` (each plugin's activation quantization op),
-:func:`quantize_static` (its torch fallback) and :func:`unit_rows` (the row-wise ``scale_a``).  Imports no Triton.
+:func:`quantize_static` (its torch fallback), :func:`unit_rows` and :func:`rowwise_scale_b` (the row-wise ``scale_a``
+and ``scale_b``).  Imports no Triton.
 """
 
 from __future__ import annotations
@@ -90,6 +91,12 @@ def unit_rows(M: int, device: torch.device) -> torch.Tensor:
     return col[:M]
 
 
+def rowwise_scale_b(weight_scales: torch.Tensor, input_scale: torch.Tensor) -> torch.Tensor:
+    """The row-wise ``scale_b`` that goes with :func:`unit_rows` as ``scale_a``: the per-channel weight scales times the
+    static input scale, fp32 ``[1, N]``, contiguous (made once at ``prepare``)."""
+    return (weight_scales.to(torch.float32).reshape(1, -1) * input_scale.to(torch.float32).reshape(1, 1)).contiguous()
+
+
 def define_fp8_quant_static(qualname: str):
     """Register ``qualname`` (``"<namespace>::fp8_quant_static"``) as a plugin's activation quantization custom op.
 
@@ -119,4 +126,5 @@ def define_fp8_quant_static(qualname: str):
     return op
 
 
-__all__ = ["FP8ScaledMMBase", "define_fp8_quant_static", "fp8_static_reason", "quantize_static", "unit_rows"]
+__all__ = ["FP8ScaledMMBase", "define_fp8_quant_static", "fp8_static_reason", "quantize_static", "rowwise_scale_b",
+           "unit_rows"]

@@ -91,7 +91,7 @@ from quantlinear.formats import FloatWeights
 from quantlinear_triton.fp_layers import layer_problem, run_float
 from quantlinear_triton.ops import PlanCache, view_once
 from quantlinear_triton.runtime import env_on, triton_available
-from quantlinear_triton.scaled_mm import FP8ScaledMMBase, fp8_static_reason, quantize_static, unit_rows
+from quantlinear_triton.scaled_mm import FP8ScaledMMBase, fp8_static_reason, quantize_static, rowwise_scale_b, unit_rows
 
 from .. import fp_ops
 from ..fp8_act_ops import FP8_QUANT_OP, how as act_quant_how
@@ -221,8 +221,7 @@ class FP8ScaledMMLinear(FP8ScaledMMBase):
         self.register_buffer("w_scale", ws[:1].clone() if self.plan == "tensorwise" else ws.reshape(1, N).contiguous())
         isc = w.input_scale.reshape(1)
         # row-wise: the input scale folded into the column scales (scale_a is then ones: no per-call [M, 1] copy)
-        col = (ws * isc.to(torch.float32)).reshape(1, N).contiguous() if self.plan == "rowwise" else None
-        self.register_buffer("col_scale", col)
+        self.register_buffer("col_scale", rowwise_scale_b(ws, isc) if self.plan == "rowwise" else None)
         self.register_buffer("input_scale", isc.clone())  # stored dtype: the quantization divides by it as AutoRound does
         self.register_buffer("input_scale_f32", isc.to(torch.float32).clone())
         self.register_buffer("unit_scale", torch.ones(1, dtype=torch.float32, device=isc.device) if self.plan == "fold" else None)

@@ -37,7 +37,8 @@ import torch
 from quantlinear import CheckpointError, LayerSpec, Verdict
 from quantlinear.formats import FloatWeights
 from quantlinear_triton.runtime import triton_available
-from quantlinear_triton.scaled_mm import FP8ScaledMMBase, define_fp8_quant_static, fp8_static_reason, quantize_static, unit_rows
+from quantlinear_triton.scaled_mm import (FP8ScaledMMBase, define_fp8_quant_static, fp8_static_reason, quantize_static,
+                                          rowwise_scale_b, unit_rows)
 
 from .. import archs
 from .. import device as _device
@@ -134,8 +135,8 @@ class RocmFP8ScaledMMLinear(FP8ScaledMMBase):
         self.register_buffer("input_scale", isc.clone())
         self.register_buffer("input_scale_f32", isc.to(torch.float32).clone())
         self.register_buffer("unit_scale", torch.ones(1, dtype=torch.float32, device=isc.device) if self.plan == "fold" else None)
-        col = (s * isc.to(torch.float32)).reshape(1, N).contiguous() if self.plan == "rowwise" else None
-        self.register_buffer("col_scale", col)  # (row-wise: weight scale x input scale; scale_a is ones)
+        # (row-wise: weight scale x input scale; scale_a is ones)
+        self.register_buffer("col_scale", rowwise_scale_b(s, isc) if self.plan == "rowwise" else None)
 
     def compute(self, x: torch.Tensor) -> torch.Tensor:
         if self.act_quant == "triton":

@@ -312,6 +312,8 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--json", action="store_true")
     e.set_defaults(func=cmd_explain)
 
+    from .benchutil import BenchOptions  # (its defaults)
+
     b = sub.add_parser("bench", help="time every installed kernel and its peers on this device")
     b.add_argument("--device")
     b.add_argument("--scheme", default="W4A16")
@@ -321,7 +323,7 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--kernels", nargs="*", help="restrict to these kernels/peers")
     b.add_argument("--iters", type=int, default=50)
     b.add_argument("--warmup", type=int, default=10)
-    b.add_argument("--rounds", type=int, default=9,
+    b.add_argument("--rounds", type=int, default=BenchOptions.rounds,
                    help="timed batches per implementation where batches are taken in turns (CUDA); the median is reported")
     b.add_argument("--out", help="write results as JSON to this file")
     b.add_argument("--plot", help="draw time against M per kernel (PNG)")

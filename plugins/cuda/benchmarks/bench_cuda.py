@@ -32,7 +32,7 @@ def parse_args(argv=None):
     p.add_argument("--device", default="cuda")
     p.add_argument("--iters", type=int, default=50, help="eager calls timed per row")
     p.add_argument("--warmup", type=int, default=10)
-    p.add_argument("--rounds", type=int, default=9, help="timed batches per implementation, taken in turns (the median)")
+    p.add_argument("--rounds", type=int, default=BenchOptions.rounds, help="timed batches per implementation, taken in turns (the median)")
     p.add_argument("--json", default=None, help="write rows and environment here")
     p.add_argument("--plot", default=None, help="write a PNG plot here")
     p.add_argument("--quiet", action="store_true")

@@ -93,7 +93,9 @@ def mmv_steps(p: Problem) -> int:
 def mmv_candidates(p: Problem, M: int, sms: int) -> list[dict]:
     """What the tuner measures of ``mmv``: 8 and 4 warps at their default split, half and twice it, and 2 row groups
     per warp; at M = 1 also the warps splitting K (``ks``: 4 or 8 warps, no split over programs), which won on the
-    short-K shapes (``results/h100-mmv-ks-2026-11-26.txt``)."""
+    short-K shapes (``results/h100-mmv-ks-2026-11-26.txt``); at M <= 2 also ``ks`` with 8 warps, each step's
+    activation loads issued first (``xh``) and 96 or 128 registers a thread (``maxnreg``), which won on 4096 x 4096
+    (``results/h100-session14-probes-2026-11-26.txt``)."""
     out = []
     for warps in (8, 4):
         d = mmv_config(p, M, sms, warps=warps)
@@ -104,6 +106,9 @@ def mmv_candidates(p: Problem, M: int, sms: int) -> list[dict]:
     out.append(mmv_config(p, M, sms, R=2, warps=4))
     if M == 1 and p.bits == 4:
         out.extend(_tune.mmv_ks_candidates())
+    if M <= 2 and p.bits == 4:  # 8 warps splitting K with the step's activations loaded first, under a register budget
+        out.extend({"kernel": "mmv", "R": 1, "warps": 8, "pf": False, "split_k": 1, "ks": True, "xh": True, "maxnreg": r}
+                   for r in (96, 128))
     return _tune.unique(out)
 
 

@@ -3,6 +3,7 @@ sm_80 / sm_90 machine code (cross-compiled: Triton ships ptxas).  Its numerics a
 (test_cuda_mmv_gpu.py)."""
 
 import json
+import re
 import sys
 from pathlib import Path
 
@@ -77,7 +78,10 @@ COMPILE_JOBS = [("_mmv_kernel", dict(R=1, NT=1, HAS_ZEROS=False, HAS_BIAS=False,
                 ("_mmv_kernel", dict(R=1, NT=1, HAS_ZEROS=False, HAS_BIAS=True, PF=False, USE_SPLIT=True, FP=1, KS=True),
                  8, 90),
                 ("_mmv_kernel", dict(R=1, NT=1, HAS_ZEROS=False, HAS_BIAS=False, PF=False, USE_SPLIT=False, FP=2, HAS_ROWS=True,
-                                     PDL=True, KS=True), 4, 90)]
+                                     PDL=True, KS=True), 4, 90),
+                # ... with the step's activation loads first (XH)
+                ("_mmv_kernel", dict(R=1, NT=1, HAS_ZEROS=False, HAS_BIAS=True, PF=False, USE_SPLIT=False, PDL=True, KS=True,
+                                     XH=True), 8, 90)]
 
 
 def compile_mmv(name: str, consts: dict, warps: int, cap: int) -> dict:
@@ -89,7 +93,7 @@ def compile_mmv(name: str, consts: dict, warps: int, cap: int) -> dict:
     fn = getattr(km, name)
     act = "*bf16" if consts.get("BF16") else "*fp16"
     consts = dict(consts, BF16=bool(consts.get("BF16")), FP=int(consts.get("FP", 0)), HAS_ROWS=bool(consts.get("HAS_ROWS")),
-                  PDL=bool(consts.get("PDL")), W8=bool(consts.get("W8")), KS=bool(consts.get("KS")))
+                  PDL=bool(consts.get("PDL")), W8=bool(consts.get("W8")), KS=bool(consts.get("KS")), XH=bool(consts.get("XH")))
     types = dict(x_ptr=act, w_ptr="*i32", s_ptr={0: "*fp16", 1: "*i64", 2: "*i32"}[consts["FP"]], z_ptr="*u8", b_ptr=act, y_ptr=act,
                  ws_ptr="*fp32", cnt_ptr="*i32", r_ptr="*fp32", omul="fp32")
     sig, attrs = {}, {}
@@ -106,13 +110,15 @@ def compile_mmv(name: str, consts: dict, warps: int, cap: int) -> dict:
                        options=dict(num_warps=warps))
     ptx = c.asm["ptx"]
     mma = "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32" if consts["BF16"] else "mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32"
-    return {"mma": ptx.count(mma), "v4": ptx.count("ld.global.v4"), "bf16x2": ptx.count("fma.rn.bf16x2"),
+    return {"mma": ptx.count(mma), "v4": len(re.findall(r"ld\.global(?:\.L1::evict_first\.L2::cache_hint)?\.v4", ptx)), "bf16x2": ptx.count("fma.rn.bf16x2"),
             "local": ".local" in ptx, "cubin": len(c.asm.get("cubin", b"")), "lds": ptx.count("ld.shared.v4"),
             "bar": ptx.count("bar.sync"), "atom": ptx.count("atom.global"), "hmul2": ptx.count("mul.rn.f16x2"),
             "prmt": ptx.count("prmt.b32"), "gdc": ptx.count("griddepcontrol.wait"), "cvt": ptx.count("cvt.rn.f16x2.e4m3x2"),
             "release": ptx.count("griddepcontrol.launch_dependents"),
             "release_after_mma": ptx.rfind("griddepcontrol.launch_dependents") > ptx.rfind(mma),
-            "loads_before_wait": ptx[:max(0, ptx.find("griddepcontrol.wait"))].count("ld.global")}
+            "loads_before_wait": ptx[:max(0, ptx.find("griddepcontrol.wait"))].count("ld.global"),
+            "evict_first": ptx.count("ld.global.L1::evict_first"),
+            "x_before_mma": ptx[:max(0, ptx.find(mma))].count("ld.global.b16")}
 
 
 def test_mmv_cross_compiles_for_sm80_and_sm90():
@@ -146,12 +152,32 @@ def test_mmv_cross_compiles_for_sm80_and_sm90():
             assert got["cvt"] == 16 * R, got
         if consts.get("W8"):  # 8-bit codes: four 16-byte loads per row and step, a byte permute per code pair
             assert got["v4"] >= 8 * R and got["prmt"] >= 64 * R, got
+        # one token tile: the weight words leave L1 first (the activations stay); two tiles: plain loads
+        assert (got["evict_first"] >= 4 * R) == (NT == 1), got
+        if consts.get("KS"):  # XH: the step's 64 two-byte activation loads (8 pairs x lo / hi x 4) before the first
+            # MMA, beside the scales'; without it only the first code pair's 16
+            assert (got["x_before_mma"] >= 64) == bool(consts.get("XH")), got
 
 
 if __name__ == "__main__":  # the compile check's subprocess
     if sys.argv[1:] == ["compile-mmv"]:
         for name, consts, warps, cap in COMPILE_JOBS:
             print(json.dumps(compile_mmv(name, consts, warps, cap)), flush=True)
+
+
+def test_hoisted_activations_ride_on_ks_and_the_register_budget_reaches_the_compile():
+    """``xh`` (a step's activation loads first) applies where the warps split K (M <= 8); ``maxnreg`` becomes the
+    compile option and part of the launch class's key, so two budgets never share a cached launcher."""
+    w = torch.zeros(12288, 384, dtype=torch.int32)
+    cfg = dict(kernel="mmv", R=1, warps=8, pf=False, split_k=1, ks=True, xh=True, maxnreg=128)
+    assert km._plan(torch.zeros(1, 3072, dtype=torch.float16), w, cfg, None, 8)[1][-2:] == (True, 128)
+    assert km._plan(torch.zeros(9, 3072, dtype=torch.float16), w, cfg, None, 8)[1][-2:] == (False, 128)  # row split
+    assert km._plan(torch.zeros(1, 3072, dtype=torch.float16), w, dict(cfg, ks=False), None, 8)[1][-2:] == (False, 128)
+    base = (1, 8, False, True, False, True, False, False, False, 0, False, False, True)  # ... ks, with PDL
+    consts, key, opts = km._statics(*base, True, 128)
+    assert consts["XH"] and opts == {"num_warps": 8, "launch_pdl": True, "maxnreg": 128}
+    consts0, key0, opts0 = km._statics(*base, True, 0)
+    assert "maxnreg" not in opts0 and key0 != key and consts0 == consts
 
 
 @pytest.mark.skipif(not km.HAS_GLUON, reason="needs Triton's Gluon")

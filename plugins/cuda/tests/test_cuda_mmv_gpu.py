@@ -39,7 +39,11 @@ def test_layer_takes_mmv_from_m2_to_m8(no_tuning, group, sym, K, N, bias):
                                  ((1, 8, True, 1), (1, 8, True, 4), (2, 4, False, 2), (1, 4, True, 8), (4, 4, True, 3),
                                   (1, 2, True, 4), (2, 1, False, 2))]
                          # the warps splitting K (M <= 8; M = 9 and 16 run the row split instead)
-                         + [dict(R=r, warps=w, pf=False, split_k=sp, ks=True) for r, w, sp in ((1, 4, 1), (2, 8, 3), (1, 16, 2))])
+                         + [dict(R=r, warps=w, pf=False, split_k=sp, ks=True) for r, w, sp in ((1, 4, 1), (2, 8, 3), (1, 16, 2))]
+                         # ... with the step's activation loads first, under a register budget
+                         + [dict(R=1, warps=8, pf=False, split_k=1, ks=True, xh=True, maxnreg=128),
+                            dict(R=2, warps=4, pf=False, split_k=3, ks=True, xh=True, maxnreg=96),
+                            dict(R=1, warps=4, pf=False, split_k=1, ks=True, xh=True)])
 @pytest.mark.parametrize("sym", [True, False])
 def test_every_configuration_and_m_up_to_16(cfg, sym):
     from quantlinear_triton import kernels as tk
@@ -141,8 +145,8 @@ def test_mxfp4_layers_take_mmv_up_to_16_rows(weight_only, K, N, bias, monkeypatc
 
 
 @pytest.mark.parametrize("name,weight_only", [("MXFP4", False), ("MXFP4", True), ("NVFP4", False), ("NVFP4", True)])
-@pytest.mark.parametrize("warps,split", [(4, 1), (8, 1), (4, 3)])
-def test_float_layers_with_the_warps_splitting_k(name, weight_only, warps, split, monkeypatch):
+@pytest.mark.parametrize("warps,split,xh", [(4, 1, False), (8, 1, False), (4, 3, False), (8, 1, True)])
+def test_float_layers_with_the_warps_splitting_k(name, weight_only, warps, split, xh, monkeypatch):
     """``ks`` forced on MXFP4 / NVFP4 layers: MXFP4 K = 1184 (a partial last step), NVFP4 K = 1280 (its ``mmv`` takes
     whole 256-channel steps only), ragged N, bias, a split over programs too; M = 1..8 (9 runs the row split), against
     the fp32 reference (W4A4: of the quantized activations)."""
@@ -157,6 +161,8 @@ def test_float_layers_with_the_warps_splitting_k(name, weight_only, warps, split
     layer, w, b, spec = fpg.layer_for(name, torch.float16, bias=True, weight_only=weight_only)
     assert layer.fp_mmv_sigma is not None
     cfg = {"kernel": "mmv", "R": 1, "warps": warps, "pf": False, "split_k": split, "ks": True}
+    if xh:
+        cfg.update(xh=True, maxnreg=128)
     monkeypatch.setattr(fp_ops.TUNER, "settled", lambda *a, **k: None)
     monkeypatch.setattr(fp_ops.TUNER, "get", lambda *a, **k: dict(cfg))
     g = torch.Generator(device="cuda").manual_seed(warps + split)

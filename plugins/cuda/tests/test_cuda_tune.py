@@ -309,6 +309,20 @@ def test_mmv_is_offered_only_where_it_runs():
     assert not offered(P, H100, M=17)
 
 
+def test_the_decode_tuner_offers_ks_with_hoisted_activations_at_one_or_two_rows():
+    """``mmv`` with the warps splitting K, a step's activation loads first and a register budget (it won 4096 x 4096
+    at M = 1 / 2): offered for 4-bit codes at M <= 2 only, where ``ks`` itself runs."""
+    def xh(p, M):
+        return [c for c in tune.mmv_candidates(p, M, 132) if c.get("xh")]
+
+    got = xh(P, 1)
+    assert [c["maxnreg"] for c in got] == [96, 128]
+    assert all(c["ks"] and c["warps"] == 8 and c["split_k"] == 1 and not c["pf"] for c in got)
+    assert all(tune._tune.config_reason(c) is None for c in got)
+    assert xh(P, 2) == got and not xh(P, 16)
+    assert not xh(tune.Problem(8, 32, 128, False, "float16", 4096, 4096), 1)  # 8-bit steps: no ks
+
+
 @pytest.mark.parametrize("cap,M,kernel", [((9, 0), 256, "wg"), ((9, 0), 128, "wg"), ((9, 0), 64, "wg"), ((9, 0), 32, "dot16"),
                                           ((8, 0), 256, "tc"), ((8, 9), 512, "tc"), ((10, 0), 256, "tc"),
                                           ((12, 0), 256, "tc")])

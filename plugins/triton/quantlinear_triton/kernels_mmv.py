@@ -78,6 +78,17 @@ split: MXFP4 (``results/h100-mmv-fp-ks-2026-11-26.json``) 3072 x 12288 10.7 vs 1
 11.8 vs 12.3), 4096 x 4096 7.8 vs 8.1; slower on the other shapes (NVFP4 4096 x 14336 too) and at larger M.  The table
 takes it on those cells.
 
+Cache hints and registers at M <= 8 (one token tile).  The weight words are read once, the activations once a step
+by every program, all through L1: the words are loaded ``evict_first`` (:func:`_stream`) so that the activations stay
+there.  On an H100 (CUDA-graph chains, same run, ``results/h100-session14-probes-2026-11-26.txt``) this took ``ks`` at
+M = 1 on 4096 x 14336 from 14.4 to 13.5 us, on 8192 x 28672 from 59.4 to 45.7, the table's row split on 28672 x 8192
+from 50.1 to 48.1 and bf16 alike; at M = 16 (activations staged in shared memory) it cost up to 2% on the 117 MB
+shapes, so two token tiles keep the plain load.  ``xh`` (``ks`` only) issues the step's eight activation loads with
+its words instead of one pair of them before each code pair's MMAs, at the price of 32 registers a thread; with 8 warps
+and a register budget (``maxnreg`` 96 / 128: ptxas then keeps the loads together) it takes 4096 x 4096 at M = 1 from
+6.56 us (``gemv16``) to 6.22 (fp16) and from 6.96 to 6.00 (bf16).  Where a wave of programs needs every register
+slot (4096 x 14336: 896 programs of 4 warps at <= 72 registers) the budget costs more than the loads save.
+
 With programmatic dependent launch (sm_90) the kernel waits for the previous one before its first load
 (:func:`_gdc_wait`), so its launch overlaps the previous kernel's tail, and lets the next one be scheduled after its
 main loop (:func:`_gdc_launch`; released at the start instead, M = 16 on 8192 x 28672 took 67.5 us, not 63.3).
@@ -348,7 +359,7 @@ if HAS_GLUON:
                     R: gl.constexpr, NT: gl.constexpr, HAS_ZEROS: gl.constexpr, HAS_BIAS: gl.constexpr,
                     PF: gl.constexpr, USE_SPLIT: gl.constexpr, BF16: gl.constexpr = False, FP: gl.constexpr = 0,
                     HAS_ROWS: gl.constexpr = False, PDL: gl.constexpr = False, W8: gl.constexpr = False,
-                    KS: gl.constexpr = False):
+                    KS: gl.constexpr = False, XH: gl.constexpr = False):
         NW: gl.constexpr = gl.num_warps()
         L: gl.constexpr = gl.BlockedLayout([1, 1, R, 4], [1, 32, 1, 1], [NW, 1, 1, 1], [3, 2, 1, 0])
         S: gl.constexpr = gl.SliceLayout(3, L)
@@ -399,7 +410,8 @@ if HAS_GLUON:
         if PDL:  # before any load: the previous kernel may have written the weights too (a state-dict copy)
             _gdc_wait()
         if PF:
-            nws, nsg0, nsg1 = _tile_words(w_ptr, s_ptr, woff0, woff1, soff0, soff1, t0, gsh, gmax, N, KW, BF16, FP, W8)
+            nws, nsg0, nsg1 = _tile_words(w_ptr, s_ptr, woff0, woff1, soff0, soff1, t0, gsh, gmax, N, KW, BF16, FP, W8,
+                                          NT == 1)
         if not KS:
             xs.index(0).store(_x_stage(x_ptr, t0, t0 < t1, M, K, 0, LP, FP == 2, W8))
             if NT == 2:
@@ -417,10 +429,10 @@ if HAS_GLUON:
                 if PF:
                     ws, sg0, sg1 = nws, nsg0, nsg1
                     nws, nsg0, nsg1 = _tile_words(w_ptr, s_ptr, woff0, woff1, soff0, soff1, gl.minimum(t + 1, t1 - 1),
-                                                  gsh, gmax, N, KW, BF16, FP, W8)
+                                                  gsh, gmax, N, KW, BF16, FP, W8, NT == 1)
                 else:
                     ws, sg0, sg1 = _tile_words(w_ptr, s_ptr, woff0, woff1, soff0, soff1, t, gsh, gmax, N, KW, BF16, FP,
-                                               W8)
+                                               W8, NT == 1)
             sp0 = sg0[0]
             sp1 = sg1[0]
             if not KS:
@@ -451,6 +463,15 @@ if HAS_GLUON:
                 za1 = _twice(zpe1, 0)
                 zb1 = _twice(zpe1, 1)
             cur = (it % 2) * NT
+            if KS and XH:  # every activation load of the step first, beside the words' (registers for latency)
+                xb = (_b_direct(x_ptr, tx, t1, M, K, 0, 0, LX, SX, S, FP == 2),
+                      _b_direct(x_ptr, tx, t1, M, K, 0, 1, LX, SX, S, FP == 2),
+                      _b_direct(x_ptr, tx, t1, M, K, 1, 0, LX, SX, S, FP == 2),
+                      _b_direct(x_ptr, tx, t1, M, K, 1, 1, LX, SX, S, FP == 2),
+                      _b_direct(x_ptr, tx, t1, M, K, 2, 0, LX, SX, S, FP == 2),
+                      _b_direct(x_ptr, tx, t1, M, K, 2, 1, LX, SX, S, FP == 2),
+                      _b_direct(x_ptr, tx, t1, M, K, 3, 0, LX, SX, S, FP == 2),
+                      _b_direct(x_ptr, tx, t1, M, K, 3, 1, LX, SX, S, FP == 2))
             for j in gl.static_range(4):
                 if j % 2 == 1:
                     zq0 = zpo0
@@ -475,7 +496,10 @@ if HAS_GLUON:
                     g1 = _e4m3_pair(sg1[j // 2], j % 2)
                     h0 = _e4m3_pair(sg0[2 + j // 2], j % 2)
                     h1 = _e4m3_pair(sg1[2 + j // 2], j % 2)
-                if KS:
+                if KS and XH:
+                    p0 = xb[2 * j]
+                    p1 = xb[2 * j + 1]
+                elif KS:
                     p0 = _b_direct(x_ptr, tx, t1, M, K, j, 0, LX, SX, S, FP == 2)
                     p1 = _b_direct(x_ptr, tx, t1, M, K, j, 1, LX, SX, S, FP == 2)
                 else:
@@ -613,7 +637,7 @@ if HAS_GLUON:
 
     @gluon.jit
     def _tile_words(w_ptr, s_ptr, woff0, woff1, soff0, soff1, t, gsh, gmax, N, KW, BF16: gl.constexpr,
-                    FP: gl.constexpr, W8: gl.constexpr = False):
+                    FP: gl.constexpr, W8: gl.constexpr = False, EF: gl.constexpr = True):
         """Tile t's (a scalar: every warp of the program reads the same tile) words of the lane's two rows and the
         rows' scales: int codes, the scale pairs of groups ``2t >> gsh`` and ``(2t + 1) >> gsh`` (see
         :func:`group_shift`; twice); float codes, the two registers of each row's eight sigma bytes
@@ -623,13 +647,14 @@ if HAS_GLUON:
             STEP: gl.constexpr = 64
         else:
             STEP: gl.constexpr = 32
-        w00 = gl.load(w_ptr + woff0 + t * STEP)
-        w01 = gl.load(w_ptr + woff0 + t * STEP + 16)
-        w10 = gl.load(w_ptr + woff1 + t * STEP)
-        w11 = gl.load(w_ptr + woff1 + t * STEP + 16)
+        w00 = _stream(w_ptr + woff0 + t * STEP, EF)
+        w01 = _stream(w_ptr + woff0 + t * STEP + 16, EF)
+        w10 = _stream(w_ptr + woff1 + t * STEP, EF)
+        w11 = _stream(w_ptr + woff1 + t * STEP + 16, EF)
         if W8:
-            words = (w00, w01, w10, w11, gl.load(w_ptr + woff0 + t * STEP + 32), gl.load(w_ptr + woff0 + t * STEP + 48),
-                     gl.load(w_ptr + woff1 + t * STEP + 32), gl.load(w_ptr + woff1 + t * STEP + 48))
+            words = (w00, w01, w10, w11, _stream(w_ptr + woff0 + t * STEP + 32, EF),
+                     _stream(w_ptr + woff0 + t * STEP + 48, EF), _stream(w_ptr + woff1 + t * STEP + 32, EF),
+                     _stream(w_ptr + woff1 + t * STEP + 48, EF))
         else:
             words = (w00, w01, w10, w11)
         sg0, sg1 = _tile_scales(s_ptr, soff0, soff1, t, gsh, gmax, N, BF16, FP)
@@ -641,8 +666,21 @@ if HAS_GLUON:
         ok = tw < t1
         b0 = w_ptr + woff0 + tw * 32
         b1 = w_ptr + woff1 + tw * 32
-        return (gl.load(b0, mask=ok, other=0), gl.load(b0 + 16, mask=ok, other=0), gl.load(b1, mask=ok, other=0),
-                gl.load(b1 + 16, mask=ok, other=0))
+        return _stream_masked(b0, ok), _stream_masked(b0 + 16, ok), _stream_masked(b1, ok), _stream_masked(b1 + 16, ok)
+
+    @gluon.jit
+    def _stream(ptr, EF: gl.constexpr):
+        """Weight words, read once: with ``EF`` (one token tile) marked first to leave L1 (``evict_first``), so the
+        activations every step reads again stay there (the module's "Cache hints"; ``gemv16`` has had the hint from
+        the start)."""
+        if EF:
+            return gl.load(ptr, eviction_policy="evict_first")
+        return gl.load(ptr)
+
+    @gluon.jit
+    def _stream_masked(ptr, ok):
+        """:func:`_stream`, 0 where ``ok`` is false."""
+        return gl.load(ptr, mask=ok, other=0, eviction_policy="evict_first")
 
     @gluon.jit
     def _b_direct(x_ptr, tw, t1, M, K, J: gl.constexpr, B: gl.constexpr, LX: gl.constexpr, SX: gl.constexpr,
@@ -722,8 +760,9 @@ def launch_mmv(x: torch.Tensor, qweight: torch.Tensor, scales: torch.Tensor, zer
 
     cfg: ``R`` (row groups of 16 per warp), ``warps`` (each its own rows; they share the K tiles), ``pf`` (load the
     next tile's words before the current tile's arithmetic), ``split_k`` (programs along K; their fp32 partials
-    meet in the persistent workspace, summed in order by the last).  Launched through the direct launcher
-    (:mod:`quantlinear_triton.launch`).
+    meet in the persistent workspace, summed in order by the last), ``ks`` (the warps split K instead, M <= 8) with
+    ``xh`` (a step's activation loads first), ``maxnreg`` (registers a thread, 0: ptxas' choice).  Launched through
+    the direct launcher (:mod:`quantlinear_triton.launch`).
     """
     w8 = bits == 8
     y, plan = _plan(x, qweight, cfg, out, 8, 64 if w8 else 32)
@@ -743,8 +782,8 @@ def launch_mmv(x: torch.Tensor, qweight: torch.Tensor, scales: torch.Tensor, zer
 
 def _plan(x: torch.Tensor, qweight: torch.Tensor, cfg: dict, out: torch.Tensor | None, warps: int, step_words: int = 32):
     """The output and, for M > 0, the launch plan of ``cfg`` (``warps``: its default): R, warps, pf, ks, blocks of
-    rows, and :func:`.kernels_tc.split_plan`'s split, steps per split, workspace and counters (``step_words``: a row's
-    words in one 256-channel step).  ``ks`` (the warps of a program split K, taking the same rows) applies to 32-word
+    rows, :func:`.kernels_tc.split_plan`'s split, steps per split, workspace and counters (``step_words``: a row's
+    words in one 256-channel step), then xh and maxnreg.  ``ks`` (the warps of a program split K, taking the same rows) applies to 32-word
     steps (4-bit int, MXFP4, NVFP4; not 8-bit codes' 64) and M <= 8; it replaces the prefetch."""
     M = x.shape[0]
     N, KW = qweight.shape
@@ -755,30 +794,34 @@ def _plan(x: torch.Tensor, qweight: torch.Tensor, cfg: dict, out: torch.Tensor |
         return y, None
     blocks = -(-N // (16 * R * (1 if ks else warps)))
     return y, (R, warps, pf and not ks, ks, blocks,
-               *split_plan(x, y, KW // step_words, int(cfg.get("split_k", 1)), blocks))
+               *split_plan(x, y, KW // step_words, int(cfg.get("split_k", 1)), blocks), ks and bool(cfg.get("xh")),
+               int(cfg.get("maxnreg", 0)))
 
 
 def _launch(plan: tuple, tensors: tuple, ints: tuple, omul: float, y: torch.Tensor, has_zeros: bool, has_bias: bool,
             bf16: bool, fp: int, has_rows: bool, w8: bool = False) -> None:
     """One ``_mmv_kernel`` launch: ``tensors`` = (x, w, s, z, b, y, r), ``ints`` = (gsh, gmax, zh, zh16)."""
-    R, warps, pf, ks, blocks, split, tps, ws, cnt = plan
+    R, warps, pf, ks, blocks, split, tps, ws, cnt, xh, maxnreg = plan
     x, w, s, z, b, _, r = tensors
     (M, K), (N, KW) = x.shape, w.shape
     consts, skey, opts = _statics(R, warps, pf, M <= 8, split > 1, pdl_ok(x), has_zeros, has_bias, bf16, fp, has_rows,
-                                  w8, ks)
+                                  w8, ks, xh, maxnreg)
     _fast.launch(_mmv_kernel, (blocks, split), (x, w, s, z, b, y, ws, cnt, r), (M, N, K, KW, *ints, tps, split), (omul,),
                  consts, skey, opts, y)
 
 
 @functools.lru_cache(maxsize=1024)
 def _statics(R: int, warps: int, pf: bool, one_tile: bool, use_split: bool, pdl: bool, has_zeros: bool, has_bias: bool,
-             bf16: bool, fp: int, has_rows: bool, w8: bool = False, ks: bool = False) -> tuple:
+             bf16: bool, fp: int, has_rows: bool, w8: bool = False, ks: bool = False, xh: bool = False,
+             maxnreg: int = 0) -> tuple:
     """Every constexpr of ``_mmv_kernel`` (the direct launcher caches only launches that give them all), the static key
     and the compile options of one launch class: made once, not per call (this is the eager decode path)."""
     consts = dict(R=R, NT=1 if one_tile else 2, PF=pf, USE_SPLIT=use_split, PDL=pdl, HAS_ZEROS=has_zeros,
-                  HAS_BIAS=has_bias, BF16=bf16, FP=fp, HAS_ROWS=has_rows, W8=w8, KS=ks)
+                  HAS_BIAS=has_bias, BF16=bf16, FP=fp, HAS_ROWS=has_rows, W8=w8, KS=ks, XH=xh)
     options = {"num_warps": warps, "launch_pdl": True} if pdl else {"num_warps": warps}
-    return consts, ("mmv", warps, *sorted(consts.items())), options
+    if maxnreg:
+        options["maxnreg"] = maxnreg
+    return consts, ("mmv", warps, maxnreg, *sorted(consts.items())), options
 
 
 def runs_fp(x: torch.Tensor, M: int, nv: bool = False) -> bool:

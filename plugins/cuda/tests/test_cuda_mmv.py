@@ -81,7 +81,10 @@ COMPILE_JOBS = [("_mmv_kernel", dict(R=1, NT=1, HAS_ZEROS=False, HAS_BIAS=False,
                                      PDL=True, KS=True), 4, 90),
                 # ... with the step's activation loads first (XH)
                 ("_mmv_kernel", dict(R=1, NT=1, HAS_ZEROS=False, HAS_BIAS=True, PF=False, USE_SPLIT=False, PDL=True, KS=True,
-                                     XH=True), 8, 90)]
+                                     XH=True), 8, 90),
+                # ... every warp's steps whole and inside its split: no masks in the loop (FULL)
+                ("_mmv_kernel", dict(R=1, NT=1, HAS_ZEROS=True, HAS_BIAS=False, PF=False, USE_SPLIT=True, PDL=True, KS=True,
+                                     FULL=True), 4, 90)]
 
 
 def compile_mmv(name: str, consts: dict, warps: int, cap: int) -> dict:
@@ -93,7 +96,8 @@ def compile_mmv(name: str, consts: dict, warps: int, cap: int) -> dict:
     fn = getattr(km, name)
     act = "*bf16" if consts.get("BF16") else "*fp16"
     consts = dict(consts, BF16=bool(consts.get("BF16")), FP=int(consts.get("FP", 0)), HAS_ROWS=bool(consts.get("HAS_ROWS")),
-                  PDL=bool(consts.get("PDL")), W8=bool(consts.get("W8")), KS=bool(consts.get("KS")), XH=bool(consts.get("XH")))
+                  PDL=bool(consts.get("PDL")), W8=bool(consts.get("W8")), KS=bool(consts.get("KS")), XH=bool(consts.get("XH")),
+                  FULL=bool(consts.get("FULL")))
     types = dict(x_ptr=act, w_ptr="*i32", s_ptr={0: "*fp16", 1: "*i64", 2: "*i32"}[consts["FP"]], z_ptr="*u8", b_ptr=act, y_ptr=act,
                  ws_ptr="*fp32", cnt_ptr="*i32", r_ptr="*fp32", omul="fp32")
     sig, attrs = {}, {}
@@ -118,7 +122,8 @@ def compile_mmv(name: str, consts: dict, warps: int, cap: int) -> dict:
             "release_after_mma": ptx.rfind("griddepcontrol.launch_dependents") > ptx.rfind(mma),
             "loads_before_wait": ptx[:max(0, ptx.find("griddepcontrol.wait"))].count("ld.global"),
             "evict_first": ptx.count("ld.global.L1::evict_first"),
-            "x_before_mma": ptx[:max(0, ptx.find(mma))].count("ld.global.b16")}
+            "x_before_mma": ptx[:max(0, ptx.find(mma))].count("ld.global.b16"),
+            "masked_in_loop": len(re.findall(r"@%p\d+ ld\.global", ptx[:ptx.rfind(mma)]))}
 
 
 def test_mmv_cross_compiles_for_sm80_and_sm90():
@@ -157,12 +162,22 @@ def test_mmv_cross_compiles_for_sm80_and_sm90():
         if consts.get("KS"):  # XH: the step's 64 two-byte activation loads (8 pairs x lo / hi x 4) before the first
             # MMA, beside the scales'; without it only the first code pair's 16
             assert (got["x_before_mma"] >= 64) == bool(consts.get("XH")), got
+            # FULL: no predicated load up to the last MMA (words and activations unmasked)
+            assert (got["masked_in_loop"] == 0) == bool(consts.get("FULL")), got
 
 
 if __name__ == "__main__":  # the compile check's subprocess
     if sys.argv[1:] == ["compile-mmv"]:
         for name, consts, warps, cap in COMPILE_JOBS:
             print(json.dumps(compile_mmv(name, consts, warps, cap)), flush=True)
+
+
+def test_ks_drops_its_masks_only_where_every_warp_has_a_whole_step_inside_its_split():
+    assert km.ks_unmasked(4096, 16, 16, 1, 4) and km.ks_unmasked(4096, 16, 16, 1, 8)
+    assert km.ks_unmasked(4096, 16, 8, 2, 4)  # two splits of 8 steps
+    assert not km.ks_unmasked(4096, 16, 6, 3, 4)  # splits of 6, 6, 4 steps: 6 is no multiple of 4
+    assert not km.ks_unmasked(2304, 9, 9, 1, 4)  # 9 steps over 4 warps: the last round is partial
+    assert not km.ks_unmasked(1184, 5, 5, 1, 1)  # a partial last step (K not a multiple of 256)
 
 
 def test_hoisted_activations_ride_on_ks_and_the_register_budget_reaches_the_compile():

@@ -17,6 +17,28 @@ def no_tuning(monkeypatch):
     monkeypatch.setattr(tune, "TUNER", tune.Tuner())
 
 
+@pytest.mark.parametrize("cfg", [dict(warps=4, split_k=1), dict(warps=8, split_k=1), dict(warps=4, split_k=2),
+                                 dict(warps=8, split_k=1, xh=True, maxnreg=128)])
+@pytest.mark.parametrize("sym", [True, False])
+def test_ks_without_masks(cfg, sym):
+    """K = 2048 (8 whole steps): every warp's steps inside its split, so ``ks`` loads without masks and its token
+    columns past M read row M - 1; M = 1..8 against the reference (9 and 16 take the row split)."""
+    from quantlinear_triton import kernels as tk
+    from quantlinear_triton import kernels_mmv as km
+    from quantlinear_cuda.kernels.triton_wna16 import TritonWNA16Linear
+
+    layer, W, b = build(TritonWNA16Linear, 4, 128, sym, K=2048, N=528, bias=True)
+    c = dict(kernel="mmv", R=1, pf=False, ks=True, **cfg)
+    split = cfg["split_k"]
+    assert km.ks_unmasked(2048, 8, 8 // split, split, cfg["warps"])
+    g = torch.Generator(device="cuda").manual_seed(11)
+    for M in (1, 2, 3, 5, 8, 9):
+        x = torch.randn(M, 2048, device="cuda", dtype=torch.float16, generator=g)
+        y = tk.launch(x, layer.w_slab, layer.w_scales, layer.w_zeros, layer.bias, 4, layer.meta.slab, 128, 2048,
+                      layer.zero_point, c)
+        assert rel_err(y, ref(x, W, b)) < 1e-3, (M, c)
+
+
 @pytest.mark.parametrize("group,sym,K,N,bias", [(128, True, 1024, 512, False), (128, False, 1024, 512, True),
                                                  (256, False, 1536, 1040, True), (-1, True, 2048, 768, False),
                                                  (128, True, 1152, 784, True), (128, False, 4224, 200, False),

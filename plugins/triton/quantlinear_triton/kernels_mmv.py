@@ -792,8 +792,9 @@ def launch_mmv(x: torch.Tensor, qweight: torch.Tensor, scales: torch.Tensor, zer
 def _plan(x: torch.Tensor, qweight: torch.Tensor, cfg: dict, out: torch.Tensor | None, warps: int, step_words: int = 32):
     """The output and, for M > 0, the launch plan of ``cfg`` (``warps``: its default): R, warps, pf, ks, blocks of
     rows, :func:`.kernels_tc.split_plan`'s split, steps per split, workspace and counters (``step_words``: a row's
-    words in one 256-channel step), then xh and maxnreg.  ``ks`` (the warps of a program split K, taking the same rows) applies to 32-word
-    steps (4-bit int, MXFP4, NVFP4; not 8-bit codes' 64) and M <= 8; it replaces the prefetch."""
+    words in one 256-channel step), then xh and maxnreg.  ``ks`` (the warps of a program split K, taking the same
+    rows) applies to 32-word steps (4-bit int, MXFP4, NVFP4; not 8-bit codes' 64) and M <= 8; it replaces the
+    prefetch, and ``xh`` applies with it only."""
     M = x.shape[0]
     N, KW = qweight.shape
     R, warps, pf = int(cfg.get("R", 1)), int(cfg.get("warps", warps)), bool(cfg.get("pf", True))

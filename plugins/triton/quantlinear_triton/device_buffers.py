@@ -18,21 +18,24 @@ import torch
 
 class GrowingBuffers:
     """One buffer per key (a device), made by ``make(size, device)``; ``grow(need, old_size)`` says the new size when
-    the current one (``old_size``, 0 if none) is shorter than ``need`` along dimension 0."""
+    the current one (``old_size``, 0 if none) is shorter than ``need`` along dimension 0; ``capturing(key, device)``
+    says whether a graph is being captured there (asked only when a buffer must grow: the per-call path is one
+    lookup)."""
 
-    def __init__(self, make: Callable[[int, torch.device], torch.Tensor], grow: Callable[[int, int], int]):
-        self._make, self._grow = make, grow
+    def __init__(self, make: Callable[[int, torch.device], torch.Tensor], grow: Callable[[int, int], int],
+                 capturing: Callable[[Hashable, torch.device], bool]):
+        self._make, self._grow, self._capturing = make, grow, capturing
         #: the buffer each key hands out now
         self.current: dict[Hashable, torch.Tensor] = {}
         #: every buffer a larger one replaced (a captured graph may still use it)
         self.retired: list[torch.Tensor] = []
 
-    def get(self, key: Hashable, need: int, device: torch.device, capturing: bool = False) -> torch.Tensor | None:
-        """The key's buffer, at least ``need`` long, grown if needed; None if it must grow while ``capturing``."""
+    def get(self, key: Hashable, need: int, device: torch.device) -> torch.Tensor | None:
+        """The key's buffer, at least ``need`` long, grown if needed; None if it must grow during a capture."""
         buf = self.current.get(key)
         if buf is not None and buf.shape[0] >= need:
             return buf
-        if capturing:
+        if self._capturing(key, device):
             return None
         old = 0 if buf is None else buf.shape[0]
         if buf is not None:

@@ -74,11 +74,6 @@ _counters: dict[torch.device, torch.Tensor] = {}
 
 
 _cnt_by_index: dict[int, torch.Tensor] = {}  # the same buffers by ``Tensor.get_device()`` (the per-call lookup)
-#: Persistent split-K workspaces (fp32, 1-D), by ``Tensor.get_device()``: the current one, and every smaller one it
-#: replaced (kept alive: a CUDA graph captured earlier may still write into it); sizes are powers of two
-WORKSPACE_MIN = 1 << 20
-_WS = GrowingBuffers(lambda n, device: torch.empty(n, dtype=torch.float32, device=device),
-                     lambda need, old: max(WORKSPACE_MIN, 1 << (need - 1).bit_length()))
 
 
 def _capturing(device_index: int) -> bool:
@@ -88,6 +83,14 @@ def _capturing(device_index: int) -> bool:
         return torch.cuda.is_current_stream_capturing()
     except Exception:
         return True
+
+
+#: Persistent split-K workspaces (fp32, 1-D), by ``Tensor.get_device()``: the current one, and every smaller one it
+#: replaced (kept alive: a CUDA graph captured earlier may still write into it); sizes are powers of two
+WORKSPACE_MIN = 1 << 20
+_WS = GrowingBuffers(lambda n, device: torch.empty(n, dtype=torch.float32, device=device),
+                     lambda need, old: max(WORKSPACE_MIN, 1 << (need - 1).bit_length()),
+                     lambda device_index, device: _capturing(device_index))
 
 
 def _workspace(x: torch.Tensor, device_index: int, numel: int) -> torch.Tensor:
@@ -100,10 +103,7 @@ def _workspace(x: torch.Tensor, device_index: int, numel: int) -> torch.Tensor:
     captured a buffer that is too small is not replaced: that launch gets its own temporary
     (from the graph's pool), as every launch did before.
     """
-    buf = _WS.current.get(device_index)  # (the per-call path: one lookup)
-    if buf is not None and buf.numel() >= numel:
-        return buf
-    buf = _WS.get(device_index, numel, x.device, _capturing(device_index))
+    buf = _WS.get(device_index, numel, x.device)
     return buf if buf is not None else torch.empty(numel, dtype=torch.float32, device=x.device)
 
 

@@ -68,7 +68,8 @@ UNIT_ROWS = 1 << 16
 #: the all-ones columns by (device type, index); a CUDA graph captured with a slice of one reads it at every replay,
 #: so every column ever handed out stays alive
 _UNITS = GrowingBuffers(lambda n, device: torch.ones((n, 1), dtype=torch.float32, device=device),
-                        lambda need, old: max(need, UNIT_ROWS, 2 * old))
+                        lambda need, old: max(need, UNIT_ROWS, 2 * old),
+                        lambda key, device: device.type == "cuda" and torch.cuda.is_current_stream_capturing())
 
 
 def unit_rows(M: int, device: torch.device) -> torch.Tensor:
@@ -82,13 +83,8 @@ def unit_rows(M: int, device: torch.device) -> torch.Tensor:
     """
     if torch.compiler.is_compiling():
         return torch.ones((M, 1), dtype=torch.float32, device=device)
-    key = (device.type, device.index)
-    col = _UNITS.current.get(key)  # (the per-call path: one lookup; the capture test only where it must grow)
-    if col is None or col.shape[0] < M:
-        col = _UNITS.get(key, M, device, device.type == "cuda" and torch.cuda.is_current_stream_capturing())
-        if col is None:
-            return torch.ones((M, 1), dtype=torch.float32, device=device)
-    return col[:M]
+    col = _UNITS.get((device.type, device.index), M, device)
+    return col[:M] if col is not None else torch.ones((M, 1), dtype=torch.float32, device=device)
 
 
 def rowwise_scale_b(weight_scales: torch.Tensor, input_scale: torch.Tensor) -> torch.Tensor:

@@ -7,8 +7,11 @@ from quantlinear_triton.device_buffers import GrowingBuffers
 CPU = torch.device("cpu")
 
 
-def doubling() -> GrowingBuffers:
-    return GrowingBuffers(lambda n, device: torch.zeros(n, device=device), lambda need, old: max(need, 8, 2 * old))
+def doubling(capture: dict | None = None) -> GrowingBuffers:
+    """Buffers doubling from 8; ``capture["on"]`` plays a graph capture in progress."""
+    capture = capture if capture is not None else {"on": False}
+    return GrowingBuffers(lambda n, device: torch.zeros(n, device=device), lambda need, old: max(need, 8, 2 * old),
+                          lambda key, device: capture["on"])
 
 
 def test_a_buffer_long_enough_is_handed_out_again():
@@ -28,10 +31,12 @@ def test_a_longer_request_grows_the_buffer_and_keeps_the_old_one_alive():
 
 
 def test_no_buffer_grows_while_a_graph_is_captured():
-    bufs = doubling()
+    capture = {"on": False}
+    bufs = doubling(capture)
     a = bufs.get("cpu", 4, CPU)
-    assert bufs.get("cpu", 4, CPU, capturing=True) is a  # long enough: fine during capture
-    assert bufs.get("cpu", 100, CPU, capturing=True) is None  # the caller makes a temporary
+    capture["on"] = True
+    assert bufs.get("cpu", 4, CPU) is a  # long enough: fine during capture
+    assert bufs.get("cpu", 100, CPU) is None  # the caller makes a temporary
     assert bufs.current["cpu"] is a and bufs.retired == []
 
 

@@ -92,8 +92,10 @@ def mmv_steps(p: Problem) -> int:
 
 def mmv_candidates(p: Problem, M: int, sms: int) -> list[dict]:
     """What the tuner measures of ``mmv``: 8 and 4 warps at their default split, half and twice it, and 2 row groups
-    per warp; at M = 1 also the warps splitting K (``ks``: 4 or 8 warps, no split over programs), which won on the
-    short-K shapes (``results/h100-mmv-ks-2026-11-26.txt``); at M <= 2 also ``ks`` with 8 warps, each step's
+    per warp; at M = 9..16 each of them also with ``evict_first`` weight loads, and the 4-warp default without the
+    prefetch (:func:`quantlinear_triton.tune.with_evict_first`); at M = 1 also the warps splitting K (``ks``,
+    :func:`quantlinear_triton.tune.mmv_ks_candidates`), which won on the short-K shapes
+    (``results/h100-mmv-ks-2026-11-26.txt``); at M <= 2 also ``ks`` with 8 warps, each step's
     activation loads issued first (``xh``) and 96 or 128 registers a thread (``maxnreg``), which won on 4096 x 4096
     (``results/h100-session14-probes-2026-11-26.txt``)."""
     out = []
@@ -104,6 +106,8 @@ def mmv_candidates(p: Problem, M: int, sms: int) -> list[dict]:
             if 1 <= sp and mmv_steps(p) // sp >= 2:
                 out.append(dict(d, split_k=sp))
     out.append(mmv_config(p, M, sms, R=2, warps=4))
+    if M > 8:  # two token tiles: each also with evict_first weight loads, and the 4-warp default without the prefetch
+        out = _tune.with_evict_first(out + [mmv_config(p, M, sms, pf=False)])
     if M == 1 and p.bits == 4:
         out.extend(_tune.mmv_ks_candidates())
     if M <= 2 and p.bits == 4:  # 8 warps splitting K with the step's activations loaded first, under a register budget

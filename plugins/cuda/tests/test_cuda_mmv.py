@@ -84,7 +84,15 @@ COMPILE_JOBS = [("_mmv_kernel", dict(R=1, NT=1, HAS_ZEROS=False, HAS_BIAS=False,
                                      XH=True), 8, 90),
                 # ... every warp's steps whole and inside its split: no masks in the loop (FULL)
                 ("_mmv_kernel", dict(R=1, NT=1, HAS_ZEROS=True, HAS_BIAS=False, PF=False, USE_SPLIT=True, PDL=True, KS=True,
-                                     FULL=True), 4, 90)]
+                                     FULL=True), 4, 90),
+                # ... the next step's words a step ahead (PF), masked and not
+                ("_mmv_kernel", dict(R=1, NT=1, HAS_ZEROS=False, HAS_BIAS=False, PF=True, USE_SPLIT=False, PDL=True, KS=True,
+                                     FULL=True), 8, 90),
+                ("_mmv_kernel", dict(R=1, NT=1, HAS_ZEROS=False, HAS_BIAS=True, PF=True, USE_SPLIT=True, KS=True, XH=True,
+                                     FP=1), 8, 90),
+                # two token tiles with evict_first weight loads (EF)
+                ("_mmv_kernel", dict(R=2, NT=2, HAS_ZEROS=False, HAS_BIAS=False, PF=True, USE_SPLIT=True, PDL=True, EF=True),
+                 4, 90)]
 
 
 def compile_mmv(name: str, consts: dict, warps: int, cap: int) -> dict:
@@ -97,7 +105,7 @@ def compile_mmv(name: str, consts: dict, warps: int, cap: int) -> dict:
     act = "*bf16" if consts.get("BF16") else "*fp16"
     consts = dict(consts, BF16=bool(consts.get("BF16")), FP=int(consts.get("FP", 0)), HAS_ROWS=bool(consts.get("HAS_ROWS")),
                   PDL=bool(consts.get("PDL")), W8=bool(consts.get("W8")), KS=bool(consts.get("KS")), XH=bool(consts.get("XH")),
-                  FULL=bool(consts.get("FULL")))
+                  FULL=bool(consts.get("FULL")), EF=bool(consts.get("EF", consts["NT"] == 1)))
     types = dict(x_ptr=act, w_ptr="*i32", s_ptr={0: "*fp16", 1: "*i64", 2: "*i32"}[consts["FP"]], z_ptr="*u8", b_ptr=act, y_ptr=act,
                  ws_ptr="*fp32", cnt_ptr="*i32", r_ptr="*fp32", omul="fp32")
     sig, attrs = {}, {}
@@ -157,8 +165,10 @@ def test_mmv_cross_compiles_for_sm80_and_sm90():
             assert got["cvt"] == 16 * R, got
         if consts.get("W8"):  # 8-bit codes: four 16-byte loads per row and step, a byte permute per code pair
             assert got["v4"] >= 8 * R and got["prmt"] >= 64 * R, got
-        # one token tile: the weight words leave L1 first (the activations stay); two tiles: plain loads
-        assert (got["evict_first"] >= 4 * R) == (NT == 1), got
+        # one token tile: the weight words leave L1 first (the activations stay); two tiles: plain loads unless EF
+        assert (got["evict_first"] >= 4 * R) == consts.get("EF", NT == 1), got
+        if consts.get("KS") and consts["PF"]:  # a step's words and the next step's: two sets of 16-byte loads
+            assert got["v4"] >= 8 * R, got
         if consts.get("KS"):  # XH: the step's 64 two-byte activation loads (8 pairs x lo / hi x 4) before the first
             # MMA, beside the scales'; without it only the first code pair's 16
             assert (got["x_before_mma"] >= 64) == bool(consts.get("XH")), got
@@ -185,14 +195,33 @@ def test_hoisted_activations_ride_on_ks_and_the_register_budget_reaches_the_comp
     compile option and part of the launch class's key, so two budgets never share a cached launcher."""
     w = torch.zeros(12288, 384, dtype=torch.int32)
     cfg = dict(kernel="mmv", R=1, warps=8, pf=False, split_k=1, ks=True, xh=True, maxnreg=128)
-    assert km._plan(torch.zeros(1, 3072, dtype=torch.float16), w, cfg, None, 8)[1][-2:] == (True, 128)
-    assert km._plan(torch.zeros(9, 3072, dtype=torch.float16), w, cfg, None, 8)[1][-2:] == (False, 128)  # row split
-    assert km._plan(torch.zeros(1, 3072, dtype=torch.float16), w, dict(cfg, ks=False), None, 8)[1][-2:] == (False, 128)
+    assert km._plan(torch.zeros(1, 3072, dtype=torch.float16), w, cfg, None, 8)[1][-3:-1] == (True, 128)
+    assert km._plan(torch.zeros(9, 3072, dtype=torch.float16), w, cfg, None, 8)[1][-3:-1] == (False, 128)  # row split
+    assert km._plan(torch.zeros(1, 3072, dtype=torch.float16), w, dict(cfg, ks=False), None, 8)[1][-3:-1] == (False, 128)
     base = (1, 8, False, True, False, True, False, False, False, 0, False, False, True)  # ... ks, with PDL
     consts, key, opts = km._statics(*base, True, 128)
     assert consts["XH"] and opts == {"num_warps": 8, "launch_pdl": True, "maxnreg": 128}
     consts0, key0, opts0 = km._statics(*base, True, 0)
     assert "maxnreg" not in opts0 and key0 != key and consts0 == consts
+
+
+def test_prefetch_rides_on_ks_as_configured_and_evict_first_is_one_token_tiles_unless_asked():
+    """``pf`` with ``ks``: the next step's words a step ahead, off unless the configuration says so (every stored ``ks``
+    entry before it ran without); ``ef``: evict_first weight loads, always at one token tile (M <= 8), at two only
+    where the configuration asks."""
+    w = torch.zeros(12288, 384, dtype=torch.int32)
+    x1, x16 = torch.zeros(1, 3072, dtype=torch.float16), torch.zeros(16, 3072, dtype=torch.float16)
+
+    def plan(x, **cfg):
+        R, warps, pf, ks, *_, ef = km._plan(x, w, dict(kernel="mmv", R=1, warps=8, split_k=1, **cfg), None, 8)[1]
+        return pf, ks, ef
+
+    assert plan(x1, ks=True) == (False, True, True) and plan(x1, ks=True, pf=True) == (True, True, True)
+    assert plan(x16, ks=True) == (True, False, False)  # M = 16: the row split, prefetching by default
+    assert plan(x16, pf=False, ef=True) == (False, False, True) and plan(x1, ef=False) == (True, False, True)
+    base = (1, 4, True, False, True, False, False, False, False, 0, False)  # two token tiles, split, no PDL
+    on, off = km._statics(*base, ef=True), km._statics(*base, ef=False)
+    assert on[0]["EF"] and not off[0]["EF"] and on[1] != off[1]  # two launch classes
 
 
 @pytest.mark.skipif(not km.HAS_GLUON, reason="needs Triton's Gluon")

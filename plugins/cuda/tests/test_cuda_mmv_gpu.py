@@ -18,7 +18,9 @@ def no_tuning(monkeypatch):
 
 
 @pytest.mark.parametrize("cfg", [dict(warps=4, split_k=1), dict(warps=8, split_k=1), dict(warps=4, split_k=2),
-                                 dict(warps=8, split_k=1, xh=True, maxnreg=128)])
+                                 dict(warps=8, split_k=1, xh=True, maxnreg=128),
+                                 # the next step's words a step ahead (the last step re-reads a tile of its split)
+                                 dict(warps=8, split_k=1, pf=True), dict(warps=4, split_k=2, pf=True, xh=True)])
 @pytest.mark.parametrize("sym", [True, False])
 def test_ks_without_masks(cfg, sym):
     """K = 2048 (8 whole steps): every warp's steps inside its split, so ``ks`` loads without masks and its token
@@ -28,7 +30,7 @@ def test_ks_without_masks(cfg, sym):
     from quantlinear_cuda.kernels.triton_wna16 import TritonWNA16Linear
 
     layer, W, b = build(TritonWNA16Linear, 4, 128, sym, K=2048, N=528, bias=True)
-    c = dict(kernel="mmv", R=1, pf=False, ks=True, **cfg)
+    c = dict(dict(kernel="mmv", R=1, pf=False, ks=True), **cfg)
     split = cfg["split_k"]
     assert km.ks_unmasked(2048, 8, 8 // split, split, cfg["warps"])
     g = torch.Generator(device="cuda").manual_seed(11)
@@ -65,7 +67,12 @@ def test_layer_takes_mmv_from_m2_to_m8(no_tuning, group, sym, K, N, bias):
                          # ... with the step's activation loads first, under a register budget
                          + [dict(R=1, warps=8, pf=False, split_k=1, ks=True, xh=True, maxnreg=128),
                             dict(R=2, warps=4, pf=False, split_k=3, ks=True, xh=True, maxnreg=96),
-                            dict(R=1, warps=4, pf=False, split_k=1, ks=True, xh=True)])
+                            dict(R=1, warps=4, pf=False, split_k=1, ks=True, xh=True)]
+                         # ... with the next step's words a step ahead (masked: 9 steps over 8 warps, a ragged split)
+                         + [dict(R=1, warps=8, pf=True, split_k=1, ks=True), dict(R=2, warps=4, pf=True, split_k=3, ks=True),
+                            dict(R=1, warps=8, pf=True, split_k=1, ks=True, xh=True, maxnreg=128)]
+                         # evict_first weight loads at two token tiles too (M = 9 and 16)
+                         + [dict(R=1, warps=4, pf=False, split_k=2, ef=True), dict(R=2, warps=4, pf=True, split_k=4, ef=True)])
 @pytest.mark.parametrize("sym", [True, False])
 def test_every_configuration_and_m_up_to_16(cfg, sym):
     from quantlinear_triton import kernels as tk
@@ -167,8 +174,9 @@ def test_mxfp4_layers_take_mmv_up_to_16_rows(weight_only, K, N, bias, monkeypatc
 
 
 @pytest.mark.parametrize("name,weight_only", [("MXFP4", False), ("MXFP4", True), ("NVFP4", False), ("NVFP4", True)])
-@pytest.mark.parametrize("warps,split,xh", [(4, 1, False), (8, 1, False), (4, 3, False), (8, 1, True)])
-def test_float_layers_with_the_warps_splitting_k(name, weight_only, warps, split, xh, monkeypatch):
+@pytest.mark.parametrize("warps,split,xh,pf", [(4, 1, False, False), (8, 1, False, False), (4, 3, False, False),
+                                             (8, 1, True, False), (8, 1, True, True), (4, 3, False, True)])
+def test_float_layers_with_the_warps_splitting_k(name, weight_only, warps, split, xh, pf, monkeypatch):
     """``ks`` forced on MXFP4 / NVFP4 layers: MXFP4 K = 1184 (a partial last step), NVFP4 K = 1280 (its ``mmv`` takes
     whole 256-channel steps only), ragged N, bias, a split over programs too; M = 1..8 (9 runs the row split), against
     the fp32 reference (W4A4: of the quantized activations)."""
@@ -182,7 +190,7 @@ def test_float_layers_with_the_warps_splitting_k(name, weight_only, warps, split
     monkeypatch.setattr(fpg, "N", 784)
     layer, w, b, spec = fpg.layer_for(name, torch.float16, bias=True, weight_only=weight_only)
     assert layer.fp_mmv_sigma is not None
-    cfg = {"kernel": "mmv", "R": 1, "warps": warps, "pf": False, "split_k": split, "ks": True}
+    cfg = {"kernel": "mmv", "R": 1, "warps": warps, "pf": pf, "split_k": split, "ks": True}
     if xh:
         cfg.update(xh=True, maxnreg=128)
     monkeypatch.setattr(fp_ops.TUNER, "settled", lambda *a, **k: None)

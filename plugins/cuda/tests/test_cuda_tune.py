@@ -316,11 +316,25 @@ def test_the_decode_tuner_offers_ks_with_hoisted_activations_at_one_or_two_rows(
         return [c for c in tune.mmv_candidates(p, M, 132) if c.get("xh")]
 
     got = xh(P, 1)
-    assert [c["maxnreg"] for c in got] == [96, 128]
-    assert all(c["ks"] and c["warps"] == 8 and c["split_k"] == 1 and not c["pf"] for c in got)
+    assert [(c["maxnreg"], c["pf"]) for c in got] == [(128, True), (96, False), (128, False)]  # (the first: ks's own)
+    assert all(c["ks"] and c["warps"] == 8 and c["split_k"] == 1 for c in got)
     assert all(tune._tune.config_reason(c) is None for c in got)
-    assert xh(P, 2) == got and not xh(P, 16)
+    assert xh(P, 2) == got[1:] and not xh(P, 16)
     assert not xh(tune.Problem(8, 32, 128, False, "float16", 4096, 4096), 1)  # 8-bit steps: no ks
+
+
+def test_the_decode_tuner_offers_evict_first_at_two_token_tiles_and_ks_prefetch_at_one_row():
+    """M = 9..16 (activations staged in shared memory): every row-split candidate again with evict_first weight loads,
+    and the 4-warp default without the prefetch; M = 1: 8 warps splitting K with the next step's words a step ahead."""
+    m16 = tune.mmv_candidates(P, 16, 132)
+    plain = [c for c in m16 if not c.get("ef")]
+    assert plain and all(not c.get("ks") for c in m16)
+    assert [dict(c, ef=True) for c in plain] == [c for c in m16 if c.get("ef")]
+    assert any(not c["pf"] and c["warps"] == 4 and c["R"] == 1 for c in plain)
+    assert not any(c.get("ef") for c in tune.mmv_candidates(P, 8, 132))  # one token tile: always evict_first
+    m1 = tune.mmv_candidates(P, 1, 132)
+    assert {"kernel": "mmv", "R": 1, "warps": 8, "pf": True, "split_k": 1, "ks": True} in m1
+    assert all(tune._tune.config_reason(c) is None for c in m16 + m1)
 
 
 @pytest.mark.parametrize("cap,M,kernel", [((9, 0), 256, "wg"), ((9, 0), 128, "wg"), ((9, 0), 64, "wg"), ((9, 0), 32, "dot16"),

@@ -255,6 +255,8 @@ class FPSpace(_tune.Settings):
                 d = self.mmv_config(p, M, u, warps=warps)
                 out += [d, dict(d, split_k=max(1, d["split_k"] // 2)), dict(d, split_k=d["split_k"] * 2)]
             out += [self.mmv_config(p, M, u, R=2), self.mmv_config(p, M, u, pf=False)]
+            if M > 8:  # two token tiles: each also with evict_first weight loads (as one tile always has)
+                out = _tune.with_evict_first(out)
             if M == 1:  # the warps splitting K (ks), no split over programs: won at M = 1 on the short-K shapes
                 # (results/h100-mmv-fp-ks-2026-11-26.json, h100-mmv-nvfp4-ks-2026-11-26.json)
                 out += _tune.mmv_ks_candidates()

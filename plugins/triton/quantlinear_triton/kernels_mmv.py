@@ -89,7 +89,13 @@ and a register budget (``maxnreg`` 96 / 128: ptxas then keeps the loads together
 6.56 us (``gemv16``) to 6.22 (fp16) and from 6.96 to 6.00 (bf16).  Where a wave of programs needs every register
 slot (4096 x 14336: 896 programs of 4 warps at <= 72 registers) the budget costs more than the loads save.  Where
 every warp's steps are whole and inside its split (:func:`ks_unmasked`) ``ks`` loads without masks: 4096 x 14336 M = 1
-13.26 -> 13.10 us, 8192 x 28672 45.5 -> 44.6, M = 2 47.9 -> 46.4 (same run, bit-equal outputs).
+13.26 -> 13.10 us, 8192 x 28672 45.5 -> 44.6, M = 2 47.9 -> 46.4 (same run, bit-equal outputs).  ``ks`` takes the next
+step's words a step ahead where the configuration asks (``pf``; the last step re-reads a tile of its split instead of
+reading past it): with 8 warps it won where one program of 16 rows walks a long K (28672 x 8192 M = 1 46.8 us against
+the row split's 48.4; MXFP4 14336 x 4096 14.6 against 15.5) and lost elsewhere.  At two token tiles the words are
+loaded ``evict_first`` too where the configuration asks (``ef``): with the activations in shared memory the hint won
+or lost by configuration, 3-11% on the shipped M = 16 entries that take it (4096 x 14336 19.8 -> 18.9 us without the
+prefetch, 8192 x 28672 64.1 -> 60.6 with two row groups a warp; ``results/h100-session15-probes-2026-11-27.txt``).
 
 With programmatic dependent launch (sm_90) the kernel waits for the previous one before its first load
 (:func:`_gdc_wait`), so its launch overlaps the previous kernel's tail, and lets the next one be scheduled after its
@@ -361,7 +367,8 @@ if HAS_GLUON:
                     R: gl.constexpr, NT: gl.constexpr, HAS_ZEROS: gl.constexpr, HAS_BIAS: gl.constexpr,
                     PF: gl.constexpr, USE_SPLIT: gl.constexpr, BF16: gl.constexpr = False, FP: gl.constexpr = 0,
                     HAS_ROWS: gl.constexpr = False, PDL: gl.constexpr = False, W8: gl.constexpr = False,
-                    KS: gl.constexpr = False, XH: gl.constexpr = False, FULL: gl.constexpr = False):
+                    KS: gl.constexpr = False, XH: gl.constexpr = False, FULL: gl.constexpr = False,
+                    EF: gl.constexpr = True):
         NW: gl.constexpr = gl.num_warps()
         L: gl.constexpr = gl.BlockedLayout([1, 1, R, 4], [1, 32, 1, 1], [NW, 1, 1, 1], [3, 2, 1, 0])
         S: gl.constexpr = gl.SliceLayout(3, L)
@@ -411,9 +418,11 @@ if HAS_GLUON:
         zpo1 = zpo0
         if PDL:  # before any load: the previous kernel may have written the weights too (a state-dict copy)
             _gdc_wait()
-        if PF:
+        if PF and KS:  # the warps' first tiles' words (the scales stay in the loop)
+            nws = _ks_words(w_ptr, woff0, woff1, t0 + _iota(NW, 0, L), t1, FULL)
+        elif PF:
             nws, nsg0, nsg1 = _tile_words(w_ptr, s_ptr, woff0, woff1, soff0, soff1, t0, gsh, gmax, N, KW, BF16, FP, W8,
-                                          NT == 1)
+                                          EF)
         if not KS:
             xs.index(0).store(_x_stage(x_ptr, t0, t0 < t1, M, K, 0, LP, FP == 2, W8))
             if NT == 2:
@@ -424,17 +433,25 @@ if HAS_GLUON:
                 t = t0 + it * NW
                 tx = t + _iota(NW, 0, LX)  # the warps' tiles, for their activations
                 tz = gl.minimum(t + _iota(NW, 0, S, 3), t1 - 1)  # (scales, zeros: any valid group past the end; x is 0)
-                ws = _ks_words(w_ptr, woff0, woff1, t + _iota(NW, 0, L), t1, FULL)
+                if PF:  # this step's words came with the last; the next step's go out now (unmasked: the last
+                    # step re-reads a tile of the split, never past it)
+                    ws = nws
+                    tn = t + NW + _iota(NW, 0, L)
+                    if FULL:
+                        tn = gl.minimum(tn, t1 - 1)
+                    nws = _ks_words(w_ptr, woff0, woff1, tn, t1, FULL)
+                else:
+                    ws = _ks_words(w_ptr, woff0, woff1, t + _iota(NW, 0, L), t1, FULL)
                 sg0, sg1 = _tile_scales(s_ptr, soff0, soff1, tz, gsh, gmax, N, BF16, FP)
             else:
                 t = t0 + it
                 if PF:
                     ws, sg0, sg1 = nws, nsg0, nsg1
                     nws, nsg0, nsg1 = _tile_words(w_ptr, s_ptr, woff0, woff1, soff0, soff1, gl.minimum(t + 1, t1 - 1),
-                                                  gsh, gmax, N, KW, BF16, FP, W8, NT == 1)
+                                                  gsh, gmax, N, KW, BF16, FP, W8, EF)
                 else:
                     ws, sg0, sg1 = _tile_words(w_ptr, s_ptr, woff0, woff1, soff0, soff1, t, gsh, gmax, N, KW, BF16, FP,
-                                               W8, NT == 1)
+                                               W8, EF)
             sp0 = sg0[0]
             sp1 = sg1[0]
             if not KS:
@@ -675,9 +692,9 @@ if HAS_GLUON:
 
     @gluon.jit
     def _stream(ptr, EF: gl.constexpr):
-        """Weight words, read once: with ``EF`` (one token tile) marked first to leave L1 (``evict_first``), so the
-        activations every step reads again stay there (the module's "Cache hints"; ``gemv16`` has had the hint from
-        the start)."""
+        """Weight words, read once: with ``EF`` (one token tile, or a configuration's ``ef``) marked first to leave L1
+        (``evict_first``), so the activations every step reads again stay there (the module's "Cache hints";
+        ``gemv16`` has had the hint from the start)."""
         if EF:
             return gl.load(ptr, eviction_policy="evict_first")
         return gl.load(ptr)
@@ -768,10 +785,11 @@ def launch_mmv(x: torch.Tensor, qweight: torch.Tensor, scales: torch.Tensor, zer
     """``y = x @ W^T (+ bias)`` with ``mmv`` for ``bits``-bit codes (the caller checked :func:`fits` and :func:`runs`).
 
     cfg: ``R`` (row groups of 16 per warp), ``warps`` (each its own rows; they share the K tiles), ``pf`` (load the
-    next tile's words before the current tile's arithmetic), ``split_k`` (programs along K; their fp32 partials
-    meet in the persistent workspace, summed in order by the last), ``ks`` (the warps split K instead, M <= 8) with
-    ``xh`` (a step's activation loads first), ``maxnreg`` (registers a thread, 0: ptxas' choice).  Launched through
-    the direct launcher (:mod:`quantlinear_triton.launch`).
+    next tile's words before the current tile's arithmetic; default on, off with ``ks``), ``split_k`` (programs along
+    K; their fp32 partials meet in the persistent workspace, summed in order by the last), ``ks`` (the warps split K
+    instead, M <= 8) with ``xh`` (a step's activation loads first), ``ef`` (``evict_first`` weight loads at M = 9..16;
+    always at M <= 8), ``maxnreg`` (registers a thread, 0: ptxas' choice).  Launched through the direct launcher
+    (:mod:`quantlinear_triton.launch`).
     """
     w8 = bits == 8
     y, plan = _plan(x, qweight, cfg, out, 8, 64 if w8 else 32)
@@ -792,31 +810,31 @@ def launch_mmv(x: torch.Tensor, qweight: torch.Tensor, scales: torch.Tensor, zer
 def _plan(x: torch.Tensor, qweight: torch.Tensor, cfg: dict, out: torch.Tensor | None, warps: int, step_words: int = 32):
     """The output and, for M > 0, the launch plan of ``cfg`` (``warps``: its default): R, warps, pf, ks, blocks of
     rows, :func:`.kernels_tc.split_plan`'s split, steps per split, workspace and counters (``step_words``: a row's
-    words in one 256-channel step), then xh and maxnreg.  ``ks`` (the warps of a program split K, taking the same
-    rows) applies to 32-word steps (4-bit int, MXFP4, NVFP4; not 8-bit codes' 64) and M <= 8; it replaces the
-    prefetch, and ``xh`` applies with it only."""
+    words in one 256-channel step), then xh, maxnreg and ef.  ``ks`` (the warps of a program split K, taking the same
+    rows) applies to 32-word steps (4-bit int, MXFP4, NVFP4; not 8-bit codes' 64) and M <= 8, prefetching only where
+    ``pf`` says so, and ``xh`` applies with it only; ``ef`` is true at one token tile and where asked."""
     M = x.shape[0]
     N, KW = qweight.shape
-    R, warps, pf = int(cfg.get("R", 1)), int(cfg.get("warps", warps)), bool(cfg.get("pf", True))
     ks = bool(cfg.get("ks")) and step_words == 32 and M <= 8
+    R, warps, pf = int(cfg.get("R", 1)), int(cfg.get("warps", warps)), bool(cfg.get("pf", not ks))
     y = out if out is not None else torch.empty(M, N, dtype=x.dtype, device=x.device)
     if M == 0:
         return y, None
     blocks = -(-N // (16 * R * (1 if ks else warps)))
-    return y, (R, warps, pf and not ks, ks, blocks,
+    return y, (R, warps, pf, ks, blocks,
                *split_plan(x, y, KW // step_words, int(cfg.get("split_k", 1)), blocks), ks and bool(cfg.get("xh")),
-               int(cfg.get("maxnreg", 0)))
+               int(cfg.get("maxnreg", 0)), M <= 8 or bool(cfg.get("ef")))
 
 
 def _launch(plan: tuple, tensors: tuple, ints: tuple, omul: float, y: torch.Tensor, has_zeros: bool, has_bias: bool,
             bf16: bool, fp: int, has_rows: bool, w8: bool = False) -> None:
     """One ``_mmv_kernel`` launch: ``tensors`` = (x, w, s, z, b, y, r), ``ints`` = (gsh, gmax, zh, zh16)."""
-    R, warps, pf, ks, blocks, split, tps, ws, cnt, xh, maxnreg = plan
+    R, warps, pf, ks, blocks, split, tps, ws, cnt, xh, maxnreg, ef = plan
     x, w, s, z, b, _, r = tensors
     (M, K), (N, KW) = x.shape, w.shape
     full = ks and ks_unmasked(K, KW // 32, tps, split, warps)
     consts, skey, opts = _statics(R, warps, pf, M <= 8, split > 1, pdl_ok(x), has_zeros, has_bias, bf16, fp, has_rows,
-                                  w8, ks, xh, maxnreg, full)
+                                  w8, ks, xh, maxnreg, full, ef)
     _fast.launch(_mmv_kernel, (blocks, split), (x, w, s, z, b, y, ws, cnt, r), (M, N, K, KW, *ints, tps, split), (omul,),
                  consts, skey, opts, y)
 
@@ -832,11 +850,11 @@ def ks_unmasked(K: int, steps: int, per_split: int, split: int, warps: int) -> b
 @functools.lru_cache(maxsize=1024)
 def _statics(R: int, warps: int, pf: bool, one_tile: bool, use_split: bool, pdl: bool, has_zeros: bool, has_bias: bool,
              bf16: bool, fp: int, has_rows: bool, w8: bool = False, ks: bool = False, xh: bool = False,
-             maxnreg: int = 0, full: bool = False) -> tuple:
+             maxnreg: int = 0, full: bool = False, ef: bool = True) -> tuple:
     """Every constexpr of ``_mmv_kernel`` (the direct launcher caches only launches that give them all), the static key
     and the compile options of one launch class: made once, not per call (this is the eager decode path)."""
     consts = dict(R=R, NT=1 if one_tile else 2, PF=pf, USE_SPLIT=use_split, PDL=pdl, HAS_ZEROS=has_zeros,
-                  HAS_BIAS=has_bias, BF16=bf16, FP=fp, HAS_ROWS=has_rows, W8=w8, KS=ks, XH=xh, FULL=full)
+                  HAS_BIAS=has_bias, BF16=bf16, FP=fp, HAS_ROWS=has_rows, W8=w8, KS=ks, XH=xh, FULL=full, EF=ef)
     options = {"num_warps": warps, "launch_pdl": True} if pdl else {"num_warps": warps}
     if maxnreg:
         options["maxnreg"] = maxnreg

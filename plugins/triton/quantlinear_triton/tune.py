@@ -90,9 +90,22 @@ def split_for(programs: int, target: int, k_tiles: int, cap: int = 16) -> int:
 
 
 def mmv_ks_candidates() -> list[dict]:
-    """``mmv`` with the warps of a program splitting K (``ks``: 4 or 8 warps, no split over programs, no prefetch): the
-    M = 1 candidates the int and the float tuners both offer (:mod:`.kernels_mmv`)."""
-    return [{"kernel": "mmv", "R": 1, "warps": w, "pf": False, "split_k": 1, "ks": True} for w in (4, 8)]
+    """``mmv`` with the warps of a program splitting K (``ks``: 4 or 8 warps, no split over programs): the M = 1
+    candidates the int and the float tuners both offer (:mod:`.kernels_mmv`).  8 warps also with the next step's words
+    loaded a step ahead (``pf``), alone and with the step's activations first under 128 registers (``xh``): on an H100
+    they won int W4 28672 x 8192 (46.8 us against the row split's 48.4) and MXFP4 14336 x 4096 (14.6 against 15.5),
+    where one program of 16 rows walks the long K (``results/h100-session15-probes-2026-11-27.txt``)."""
+    out = [{"kernel": "mmv", "R": 1, "warps": w, "pf": False, "split_k": 1, "ks": True} for w in (4, 8)]
+    return out + [{"kernel": "mmv", "R": 1, "warps": 8, "pf": True, "split_k": 1, "ks": True},
+                  {"kernel": "mmv", "R": 1, "warps": 8, "pf": True, "split_k": 1, "ks": True, "xh": True, "maxnreg": 128}]
+
+
+def with_evict_first(configs: list[dict]) -> list[dict]:
+    """``configs`` and each ``mmv`` one again with its weight words loaded ``evict_first`` (``ef``), as one token tile
+    always is: at two (M = 9..16) the activations are staged in shared memory, and the hint won or lost by shape
+    (``results/h100-session15-probes-2026-11-27.txt``: 4096 x 14336 M = 16 19.8 -> 18.8 us without the prefetch,
+    8192 x 28672 64.1 -> 60.6 with two row groups a warp)."""
+    return configs + [dict(c, ef=True) for c in configs if c.get("kernel") == "mmv" and not c.get("ks")]
 
 
 def unique(configs: list[dict]) -> list[dict]:
@@ -196,7 +209,7 @@ def config_reason(cfg: object, kernels: frozenset[str] | None = None) -> str | N
 
 def _short(cfg: dict) -> str:
     order = ("kernel", "xs", "R", "BM", "BN", "BK", "split_k", "warps", "stages", "planes", "maxnreg", "swap", "scale_w", "pair", "dq",
-             "prefetch", "pf", "ks", "xh", "tpp", "waves_per_eu",
+             "prefetch", "pf", "ks", "xh", "ef", "tpp", "waves_per_eu",
              "matrix_instr_nonkdim", "kpack")
     return " ".join(f"{k}={cfg[k]}" for k in order if k in cfg)
 

@@ -141,9 +141,9 @@ def test_float_space_offers_mmv_for_mxfp4_fp16_up_to_16_rows():
 
 
 def test_float_codes_take_warps_splitting_k_at_one_row_only():
-    """``ks`` (the warps of a program split K) is a candidate for MXFP4 and NVFP4 at M = 1, not beyond one row; its
-    launch plan drops the prefetch and the split over programs (and is refused for 8-bit codes' 64-word steps and past
-    eight rows)."""
+    """``ks`` (the warps of a program split K) is a candidate for MXFP4 and NVFP4 at M = 1, not beyond one row: 4 and 8
+    warps, 8 also with the next step's words a step ahead (alone and with ``xh``); its launch plan drops the split over
+    programs and prefetches only where asked (and is refused for 8-bit codes' 64-word steps and past eight rows)."""
     from quantlinear_triton import kernels_mmv as km
 
     space = fp_tune.FPSpace("toy_fp", "/nonexistent", lambda d: _Props(), units=lambda p: p.sm_count, paired_fp16=True,
@@ -151,14 +151,17 @@ def test_float_codes_take_warps_splitting_k_at_one_row_only():
     mx = fp_tune.FPProblem(P.E2M1, P.S_E8M0, 32, 4, "float16", 12288, 3072)
     nv = fp_tune.FPProblem(P.E2M1, P.S_E4M3, 16, 4, "float16", 12288, 3072)
     ks = [c for c in space.candidates(mx, 1, _Props()) if c.get("ks")]
-    assert [c["warps"] for c in ks] == [4, 8] and all(c["split_k"] == 1 and not c["pf"] for c in ks)
+    assert [(c["warps"], c["pf"], bool(c.get("xh"))) for c in ks] == [(4, False, False), (8, False, False), (8, True, False),
+                                                                       (8, True, True)]
+    assert all(c["split_k"] == 1 for c in ks)
     assert not any(c.get("ks") for c in space.candidates(mx, 2, _Props()))
-    assert [c["warps"] for c in space.candidates(nv, 1, _Props()) if c.get("ks")] == [4, 8]
+    assert [c["warps"] for c in space.candidates(nv, 1, _Props()) if c.get("ks")] == [4, 8, 8, 8]
     x, w = torch.zeros(1, 3072, dtype=torch.float16), torch.zeros(12288, 384, dtype=torch.int32)
     plan = km._plan(x, w, ks[0], None, 4)[1]
     assert plan[:5] == (1, 4, False, True, 12288 // 16)  # (R, warps, pf, ks, row blocks: one 16-row block a program)
     assert km._plan(x, w, ks[0], None, 4, step_words=64)[1][3] is False
     assert km._plan(torch.zeros(9, 3072, dtype=torch.float16), w, ks[0], None, 4)[1][3] is False
+    assert km._plan(x, w, ks[2], None, 4)[1][2:4] == (True, True)  # ks with the prefetch
 
 
 def test_prepare_writes_sigma_only_when_asked():

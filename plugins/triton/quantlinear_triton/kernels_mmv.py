@@ -65,7 +65,7 @@ On an H100 (``mmv_check.py --bits 8 --sweep --grid``, results/h100-mmv-w8-grid-2
 faster than the paired GEMV (W8 g128 at 1.21-1.25x the HBM floor on the 60 MB shapes through the layer), M = 2 and
 16 1.05-1.25x faster than ``dot``.
 
-Warps splitting K (``ks``, int codes, M <= 8): the warps of a program take the same rows and each its own K tiles
+Warps splitting K (``ks``, 32-word steps, M <= 8): the warps of a program take the same rows and each its own K tiles
 (``t0 + w + NW i``), reading their activation pairs straight from global memory (no staging, no barrier in the
 loop), and their sums meet once in shared memory at the end, so no split over programs (and none of its workspace
 round trip) is needed.  Timing-only ablations at M = 1 (``results/h100-mmv-ks-2026-11-26.txt``) put the split-K
@@ -83,7 +83,8 @@ by every program, all through L1: the words are loaded ``evict_first`` (:func:`_
 there.  On an H100 (CUDA-graph chains, same run, ``results/h100-session14-probes-2026-11-26.txt``) this took ``ks`` at
 M = 1 on 4096 x 14336 from 14.4 to 13.5 us, on 8192 x 28672 from 59.4 to 45.7, the table's row split on 28672 x 8192
 from 50.1 to 48.1 and bf16 alike; at M = 16 (activations staged in shared memory) it cost up to 2% on the 117 MB
-shapes, so two token tiles keep the plain load.  ``xh`` (``ks`` only) issues the step's eight activation loads with
+shapes with the then table's configurations, so two token tiles take it only where a configuration asks (``ef``,
+below).  ``xh`` (``ks`` only) issues the step's eight activation loads with
 its words instead of one pair of them before each code pair's MMAs, at the price of 32 registers a thread; with 8 warps
 and a register budget (``maxnreg`` 96 / 128: ptxas then keeps the loads together) it takes 4096 x 4096 at M = 1 from
 6.56 us (``gemv16``) to 6.22 (fp16) and from 6.96 to 6.00 (bf16).  Where a wave of programs needs every register

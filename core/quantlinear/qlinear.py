@@ -67,6 +67,10 @@ class QuantLinear(nn.Module):
     fuses_bias: ClassVar[bool] = False
     #: schemes that quantize activations need a kernel that says so
     quantizes_activations: ClassVar[bool] = False
+    #: the kernel may read its weight tensors before the previous kernel of the stream has finished (programmatic
+    #: dependent launch with loads ahead of the grid-dependency wait): every write of those tensors (``prepare``, a
+    #: state-dict copy into a prepared layer) is then waited for before the layer runs (:meth:`weights_written`)
+    reads_weights_early: ClassVar[bool] = False
     #: set True on intermediate base classes that are not kernels themselves
     abstract: ClassVar[bool] = True
 
@@ -197,7 +201,9 @@ class QuantLinear(nn.Module):
 
     def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs):
         if self._prepared:
-            return super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs)
+            super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs)
+            self.weights_written()
+            return
         names = list(self._format.tensor_specs(self.spec))
         mine = {n: state_dict[prefix + n] for n in names if prefix + n in state_dict}
         try:
@@ -229,10 +235,27 @@ class QuantLinear(nn.Module):
         self.input_perm = perm
         with torch.no_grad():
             self.prepare(weights)
+        self.weights_written()
         self._compute_dtype = self.spec.dtype
         self._permutes = self._buffers.get("input_perm") is not None
         self._adds_bias = self._buffers.get("bias") is not None and not self.fuses_bias
         self._prepared = True
+
+    def weights_written(self) -> None:
+        """Called after the layer's tensors were written (``prepare``, a state-dict copy into a prepared layer).
+
+        Why: a kernel that reads its weights before waiting on the previous kernel (:attr:`reads_weights_early`) would
+        race the kernel that wrote them if that one came just before it in the stream.  For such kernels the device
+        is synchronized here, once per write (load time, never on the forward path); the others do nothing.
+        """
+        if not self.reads_weights_early:
+            return
+        for device in self._tensor_devices():
+            torch.accelerator.synchronize(device)
+
+    def _tensor_devices(self) -> set[torch.device]:
+        """The devices other than the CPU (and meta) that hold this layer's tensors."""
+        return {t.device for t in self._buffers.values() if t is not None and t.device.type not in ("cpu", "meta")}
 
     @property
     def prepared(self) -> bool:

@@ -92,7 +92,19 @@ COMPILE_JOBS = [("_mmv_kernel", dict(R=1, NT=1, HAS_ZEROS=False, HAS_BIAS=False,
                                      FP=1), 8, 90),
                 # two token tiles with evict_first weight loads (EF)
                 ("_mmv_kernel", dict(R=2, NT=2, HAS_ZEROS=False, HAS_BIAS=False, PF=True, USE_SPLIT=True, PDL=True, EF=True),
-                 4, 90)]
+                 4, 90),
+                # starting on the weights before the grid-dependency wait (EARLY): 1 loads (ks, row split at two token
+                # tiles, MXFP4), 2 L2 prefetches (ks, 8-bit codes)
+                ("_mmv_kernel", dict(R=1, NT=1, HAS_ZEROS=False, HAS_BIAS=False, PF=False, USE_SPLIT=False, PDL=True, KS=True,
+                                     XH=True, FULL=True, EARLY=1), 8, 90),
+                ("_mmv_kernel", dict(R=1, NT=2, HAS_ZEROS=True, HAS_BIAS=False, PF=False, USE_SPLIT=True, PDL=True, EF=True,
+                                     EARLY=1), 4, 90),
+                ("_mmv_kernel", dict(R=1, NT=1, HAS_ZEROS=False, HAS_BIAS=False, PF=False, USE_SPLIT=True, PDL=True, FP=1,
+                                     EARLY=1), 4, 90),
+                ("_mmv_kernel", dict(R=1, NT=1, HAS_ZEROS=False, HAS_BIAS=True, PF=False, USE_SPLIT=False, PDL=True, KS=True,
+                                     FULL=True, EARLY=2), 4, 90),
+                ("_mmv_kernel", dict(R=1, NT=1, HAS_ZEROS=True, HAS_BIAS=False, PF=True, USE_SPLIT=True, PDL=True, W8=True,
+                                     EARLY=2), 4, 90)]
 
 
 def compile_mmv(name: str, consts: dict, warps: int, cap: int) -> dict:
@@ -105,7 +117,7 @@ def compile_mmv(name: str, consts: dict, warps: int, cap: int) -> dict:
     act = "*bf16" if consts.get("BF16") else "*fp16"
     consts = dict(consts, BF16=bool(consts.get("BF16")), FP=int(consts.get("FP", 0)), HAS_ROWS=bool(consts.get("HAS_ROWS")),
                   PDL=bool(consts.get("PDL")), W8=bool(consts.get("W8")), KS=bool(consts.get("KS")), XH=bool(consts.get("XH")),
-                  FULL=bool(consts.get("FULL")), EF=bool(consts.get("EF", consts["NT"] == 1)))
+                  FULL=bool(consts.get("FULL")), EF=bool(consts.get("EF", consts["NT"] == 1)), EARLY=int(consts.get("EARLY", 0)))
     types = dict(x_ptr=act, w_ptr="*i32", s_ptr={0: "*fp16", 1: "*i64", 2: "*i32"}[consts["FP"]], z_ptr="*u8", b_ptr=act, y_ptr=act,
                  ws_ptr="*fp32", cnt_ptr="*i32", r_ptr="*fp32", omul="fp32")
     sig, attrs = {}, {}
@@ -129,6 +141,7 @@ def compile_mmv(name: str, consts: dict, warps: int, cap: int) -> dict:
             "release": ptx.count("griddepcontrol.launch_dependents"),
             "release_after_mma": ptx.rfind("griddepcontrol.launch_dependents") > ptx.rfind(mma),
             "loads_before_wait": ptx[:max(0, ptx.find("griddepcontrol.wait"))].count("ld.global"),
+            "prefetch_before_wait": ptx[:max(0, ptx.find("griddepcontrol.wait"))].count("prefetch.global.L2"),
             "evict_first": ptx.count("ld.global.L1::evict_first"),
             "x_before_mma": ptx[:max(0, ptx.find(mma))].count("ld.global.b16"),
             "masked_in_loop": len(re.findall(r"@%p\d+ ld\.global", ptx[:ptx.rfind(mma)]))}
@@ -155,8 +168,11 @@ def test_mmv_cross_compiles_for_sm80_and_sm90():
         # PDL: one wait before the first load; the next grid released once, after the main loop (its last MMA)
         assert got["gdc"] == got["release"] == int(bool(consts.get("PDL"))), got
         assert got["release_after_mma"] or not consts.get("PDL"), got
-        # nothing read before the wait (the previous kernel may have written the weights, a state-dict copy)
-        assert got["loads_before_wait"] == 0 or not consts.get("PDL"), got
+        # nothing read before the wait unless the configuration starts early: 1 the first step's 16-byte word loads
+        # (and the scales'), 2 only L2 prefetches of their lines (two per 16 words and row, and the scales')
+        early = consts.get("EARLY", 0) if consts.get("PDL") else 0
+        assert (got["loads_before_wait"] >= 4 * R) if early == 1 else got["loads_before_wait"] == 0 or not consts.get("PDL"), got
+        assert (got["prefetch_before_wait"] >= 4 * R) == (early == 2), got
         if consts.get("FP"):  # E2M1: one scale multiply per code pair (64 per row group)
             assert got["hmul2"] == 64 * R, got
         if consts.get("FP") == 1:  # MXFP4: a byte permute per sigma pair (4 pairs x 2 rows per row group and tile)
@@ -195,9 +211,9 @@ def test_hoisted_activations_ride_on_ks_and_the_register_budget_reaches_the_comp
     compile option and part of the launch class's key, so two budgets never share a cached launcher."""
     w = torch.zeros(12288, 384, dtype=torch.int32)
     cfg = dict(kernel="mmv", R=1, warps=8, pf=False, split_k=1, ks=True, xh=True, maxnreg=128)
-    assert km._plan(torch.zeros(1, 3072, dtype=torch.float16), w, cfg, None, 8)[1][-3:-1] == (True, 128)
-    assert km._plan(torch.zeros(9, 3072, dtype=torch.float16), w, cfg, None, 8)[1][-3:-1] == (False, 128)  # row split
-    assert km._plan(torch.zeros(1, 3072, dtype=torch.float16), w, dict(cfg, ks=False), None, 8)[1][-3:-1] == (False, 128)
+    assert km._plan(torch.zeros(1, 3072, dtype=torch.float16), w, cfg, None, 8)[1][-4:-2] == (True, 128)
+    assert km._plan(torch.zeros(9, 3072, dtype=torch.float16), w, cfg, None, 8)[1][-4:-2] == (False, 128)  # row split
+    assert km._plan(torch.zeros(1, 3072, dtype=torch.float16), w, dict(cfg, ks=False), None, 8)[1][-4:-2] == (False, 128)
     base = (1, 8, False, True, False, True, False, False, False, 0, False, False, True)  # ... ks, with PDL
     consts, key, opts = km._statics(*base, True, 128)
     assert consts["XH"] and opts == {"num_warps": 8, "launch_pdl": True, "maxnreg": 128}
@@ -213,7 +229,7 @@ def test_prefetch_rides_on_ks_as_configured_and_evict_first_is_one_token_tiles_u
     x1, x16 = torch.zeros(1, 3072, dtype=torch.float16), torch.zeros(16, 3072, dtype=torch.float16)
 
     def plan(x, **cfg):
-        R, warps, pf, ks, *_, ef = km._plan(x, w, dict(kernel="mmv", R=1, warps=8, split_k=1, **cfg), None, 8)[1]
+        R, warps, pf, ks, *_, ef, early = km._plan(x, w, dict(kernel="mmv", R=1, warps=8, split_k=1, **cfg), None, 8)[1]
         return pf, ks, ef
 
     assert plan(x1, ks=True) == (False, True, True) and plan(x1, ks=True, pf=True) == (True, True, True)
@@ -222,6 +238,24 @@ def test_prefetch_rides_on_ks_as_configured_and_evict_first_is_one_token_tiles_u
     base = (1, 4, True, False, True, False, False, False, False, 0, False)  # two token tiles, split, no PDL
     on, off = km._statics(*base, ef=True), km._statics(*base, ef=False)
     assert on[0]["EF"] and not off[0]["EF"] and on[1] != off[1]  # two launch classes
+
+
+def test_early_weight_reads_are_a_configurations_choice_and_need_programmatic_dependent_launch():
+    """``early`` (1: the first step's words loaded before the grid-dependency wait, 2: prefetched into L2) is the plan's
+    last element, 0 unless asked; without PDL there is no wait to run ahead of, so the launch class is the plain one."""
+    w = torch.zeros(12288, 384, dtype=torch.int32)
+    x1 = torch.zeros(1, 3072, dtype=torch.float16)
+    assert km._plan(x1, w, dict(kernel="mmv", R=1, warps=4, split_k=1), None, 8)[1][-1] == 0
+    assert km._plan(x1, w, dict(kernel="mmv", R=1, warps=4, split_k=1, early=2), None, 8)[1][-1] == 2
+    base = (1, 4, True, True, True)  # one token tile, split over programs
+    rest = (False, False, False, False, 0, False)
+    with_pdl = km._statics(*base, True, *rest, early=1)
+    assert with_pdl[0]["EARLY"] == 1 and with_pdl[1] != km._statics(*base, True, *rest)[1]
+    assert km._statics(*base, False, *rest, early=2) == km._statics(*base, False, *rest)  # no PDL: EARLY 0
+    # the layers that run mmv declare it, so every write of their tensors is waited for at load time
+    from quantlinear_triton.fp_layers import FloatTritonBase
+    from quantlinear_triton.layers import TritonSlabBase
+    assert TritonSlabBase.reads_weights_early and FloatTritonBase.reads_weights_early
 
 
 @pytest.mark.skipif(not km.HAS_GLUON, reason="needs Triton's Gluon")

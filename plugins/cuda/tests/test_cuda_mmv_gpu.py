@@ -72,7 +72,14 @@ def test_layer_takes_mmv_from_m2_to_m8(no_tuning, group, sym, K, N, bias):
                          + [dict(R=1, warps=8, pf=True, split_k=1, ks=True), dict(R=2, warps=4, pf=True, split_k=3, ks=True),
                             dict(R=1, warps=8, pf=True, split_k=1, ks=True, xh=True, maxnreg=128)]
                          # evict_first weight loads at two token tiles too (M = 9 and 16)
-                         + [dict(R=1, warps=4, pf=False, split_k=2, ef=True), dict(R=2, warps=4, pf=True, split_k=4, ef=True)])
+                         + [dict(R=1, warps=4, pf=False, split_k=2, ef=True), dict(R=2, warps=4, pf=True, split_k=4, ef=True)]
+                         # the weights started on before the grid-dependency wait: 1 loaded (each next step's after the
+                         # step's arithmetic), 2 prefetched into L2
+                         + [dict(R=1, warps=4, pf=False, split_k=1, ks=True, early=1),
+                            dict(R=1, warps=8, pf=False, split_k=1, ks=True, xh=True, maxnreg=128, early=1),
+                            dict(R=1, warps=8, pf=True, split_k=1, ks=True, xh=True, maxnreg=128, early=1),
+                            dict(R=1, warps=4, pf=False, split_k=2, ef=True, early=1), dict(R=2, warps=4, pf=True, split_k=3, early=1),
+                            dict(R=1, warps=4, pf=True, split_k=8, early=2), dict(R=2, warps=8, pf=False, split_k=3, ks=True, early=2)])
 @pytest.mark.parametrize("sym", [True, False])
 def test_every_configuration_and_m_up_to_16(cfg, sym):
     from quantlinear_triton import kernels as tk
@@ -105,7 +112,8 @@ def test_8bit_layers_take_mmv(no_tuning, group, sym, K, N, bias):
         assert rel_err(layer(x), ref(x, W, b)) < 1e-3, M
     assert sum(fl.stats().get("_mmv_kernel", (0, 0))) - before >= 5
     for cfg in (dict(R=1, warps=4, pf=True, split_k=1), dict(R=2, warps=4, pf=False, split_k=3),
-                dict(R=1, warps=8, pf=True, split_k=2), dict(R=4, warps=4, pf=True, split_k=1)):
+                dict(R=1, warps=8, pf=True, split_k=2), dict(R=4, warps=4, pf=True, split_k=1),
+                dict(R=1, warps=4, pf=True, split_k=2, early=2), dict(R=2, warps=4, pf=False, split_k=3, early=1)):
         for M in (1, 5, 16):
             x = torch.randn(M, K, device="cuda", dtype=torch.float16, generator=g)
             y = tk.launch(x, layer.w_slab, layer.w_scales, layer.w_zeros, layer.bias, 8, layer.meta.slab, layer.meta.group_size,
@@ -174,9 +182,10 @@ def test_mxfp4_layers_take_mmv_up_to_16_rows(weight_only, K, N, bias, monkeypatc
 
 
 @pytest.mark.parametrize("name,weight_only", [("MXFP4", False), ("MXFP4", True), ("NVFP4", False), ("NVFP4", True)])
-@pytest.mark.parametrize("warps,split,xh,pf", [(4, 1, False, False), (8, 1, False, False), (4, 3, False, False),
-                                             (8, 1, True, False), (8, 1, True, True), (4, 3, False, True)])
-def test_float_layers_with_the_warps_splitting_k(name, weight_only, warps, split, xh, pf, monkeypatch):
+@pytest.mark.parametrize("warps,split,xh,pf,early", [(4, 1, False, False, 0), (8, 1, False, False, 0), (4, 3, False, False, 0),
+                                                   (8, 1, True, False, 0), (8, 1, True, True, 0), (4, 3, False, True, 0),
+                                                   (8, 1, True, False, 1), (4, 3, False, False, 2)])
+def test_float_layers_with_the_warps_splitting_k(name, weight_only, warps, split, xh, pf, early, monkeypatch):
     """``ks`` forced on MXFP4 / NVFP4 layers: MXFP4 K = 1184 (a partial last step), NVFP4 K = 1280 (its ``mmv`` takes
     whole 256-channel steps only), ragged N, bias, a split over programs too; M = 1..8 (9 runs the row split), against
     the fp32 reference (W4A4: of the quantized activations)."""
@@ -190,7 +199,7 @@ def test_float_layers_with_the_warps_splitting_k(name, weight_only, warps, split
     monkeypatch.setattr(fpg, "N", 784)
     layer, w, b, spec = fpg.layer_for(name, torch.float16, bias=True, weight_only=weight_only)
     assert layer.fp_mmv_sigma is not None
-    cfg = {"kernel": "mmv", "R": 1, "warps": warps, "pf": pf, "split_k": split, "ks": True}
+    cfg = {"kernel": "mmv", "R": 1, "warps": warps, "pf": pf, "split_k": split, "ks": True, "early": early}
     if xh:
         cfg.update(xh=True, maxnreg=128)
     monkeypatch.setattr(fp_ops.TUNER, "settled", lambda *a, **k: None)
@@ -262,7 +271,13 @@ def test_warm_eager_calls_never_take_the_jit_launch_path(no_tuning, layer_kind):
 @pytest.mark.parametrize("M,cfg", [(1, dict(kernel="gemv16", BM=1, BN=64, split_k=4, warps=4, stages=3)),
                                    (2, dict(kernel="mmv", R=1, warps=4, pf=True, split_k=1)),
                                    (2, dict(kernel="mmv", R=2, warps=4, pf=False, split_k=4)),
-                                   (16, dict(kernel="mmv", R=1, warps=8, pf=True, split_k=4))])
+                                   (16, dict(kernel="mmv", R=1, warps=8, pf=True, split_k=4)),
+                                   # weights started on before the wait (loaded / prefetched): the inputs never are
+                                   (1, dict(kernel="mmv", R=1, warps=8, pf=False, split_k=1, ks=True, xh=True, maxnreg=128,
+                                            early=1)),
+                                   (1, dict(kernel="mmv", R=1, warps=4, pf=False, split_k=1, ks=True, early=2)),
+                                   (16, dict(kernel="mmv", R=1, warps=4, pf=False, split_k=2, ef=True, early=1)),
+                                   (8, dict(kernel="mmv", R=1, warps=4, pf=True, split_k=4, early=2))])
 def test_chained_layers_with_pdl_give_the_plain_launches_results(monkeypatch, M, cfg):
     """Decode kernels launched with PDL wait for the previous kernel before their first load and release the next one
     after their main loop: a chain of layers, each reading the output the previous one has just written, gives

@@ -313,7 +313,7 @@ def test_the_decode_tuner_offers_ks_with_hoisted_activations_at_one_or_two_rows(
     """``mmv`` with the warps splitting K, a step's activation loads first and a register budget (it won 4096 x 4096
     at M = 1 / 2): offered for 4-bit codes at M <= 2 only, where ``ks`` itself runs."""
     def xh(p, M):
-        return [c for c in tune.mmv_candidates(p, M, 132) if c.get("xh")]
+        return [c for c in tune.mmv_candidates(p, M, 132) if c.get("xh") and not c.get("early")]
 
     got = xh(P, 1)
     assert [(c["maxnreg"], c["pf"]) for c in got] == [(128, True), (96, False), (128, False)]  # (the first: ks's own)
@@ -335,6 +335,18 @@ def test_the_decode_tuner_offers_evict_first_at_two_token_tiles_and_ks_prefetch_
     m1 = tune.mmv_candidates(P, 1, 132)
     assert {"kernel": "mmv", "R": 1, "warps": 8, "pf": True, "split_k": 1, "ks": True} in m1
     assert all(tune._tune.config_reason(c) is None for c in m16 + m1)
+
+
+@pytest.mark.parametrize("M", [1, 2, 16])
+def test_every_decode_candidate_is_also_measured_starting_on_its_weights_early(M):
+    """``early`` 1 (the first step's words loaded before the grid-dependency wait) and 2 (prefetched into L2) won or
+    lost by configuration on an H100, so the tuner measures both twins of every mmv candidate (int and float)."""
+    got = tune.mmv_candidates(P, M, 132)
+    base = [c for c in got if not c.get("early")]
+    assert [dict(c, early=1) for c in base] == [c for c in got if c.get("early") == 1]
+    assert [dict(c, early=2) for c in base] == [c for c in got if c.get("early") == 2]
+    assert len(got) == 3 * len(base) and all(tune._tune.config_reason(c) is None for c in got)
+    assert tune._tune.config_reason(dict(base[0], early=3)) == "early=3 is outside [0, 2]"
 
 
 @pytest.mark.parametrize("cap,M,kernel", [((9, 0), 256, "wg"), ((9, 0), 128, "wg"), ((9, 0), 64, "wg"), ((9, 0), 32, "dot16"),

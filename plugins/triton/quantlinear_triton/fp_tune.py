@@ -260,6 +260,7 @@ class FPSpace(_tune.Settings):
             if M == 1:  # the warps splitting K (ks), no split over programs: won at M = 1 on the short-K shapes
                 # (results/h100-mmv-fp-ks-2026-11-26.json, h100-mmv-nvfp4-ks-2026-11-26.json)
                 out += _tune.mmv_ks_candidates()
+            out = _tune.with_early(out)  # (each also starting on its weights before the wait: kernels_mmv)
         if 2 <= b <= 512 and p.dtype != "float32" and self.tc(props):
             base = self.tc_config(p, b, u)
             out += [base, dict(base, BN=64, warps=4), dict(base, BN=128, warps=8), dict(base, stages=3),

@@ -98,9 +98,19 @@ loaded ``evict_first`` too where the configuration asks (``ef``): with the activ
 or lost by configuration, 3-11% on the shipped M = 16 entries that take it (4096 x 14336 19.8 -> 18.9 us without the
 prefetch, 8192 x 28672 64.1 -> 60.6 with two row groups a warp; ``results/h100-session15-probes-2026-11-27.txt``).
 
-With programmatic dependent launch (sm_90) the kernel waits for the previous one before its first load
-(:func:`_gdc_wait`), so its launch overlaps the previous kernel's tail, and lets the next one be scheduled after its
-main loop (:func:`_gdc_launch`; released at the start instead, M = 16 on 8192 x 28672 took 67.5 us, not 63.3).
+With programmatic dependent launch (sm_90) the kernel waits for the previous one (:func:`_gdc_wait`) before it reads
+the activations, so its launch overlaps the previous kernel's tail, and lets the next one be scheduled after its
+main loop (:func:`_gdc_launch`; released at the start instead, M = 16 on 8192 x 28672 took 67.5 us, not 63.3).  By
+default nothing is read before the wait.  A configuration's ``early`` starts on the weights first: 1 loads the first
+step's words (and scales) before the wait and each next step's after the step's arithmetic, 2 only prefetches the
+first step's lines into L2 (:func:`_prefetch_step`; no data comes back, so nothing read can be stale).  Where
+programs of the previous grid exit early, this grid's programs then stream weights in their slots while the last
+ones finish.  The weights are never written by a kernel just before this one: the layers that run ``mmv`` declare
+``reads_weights_early``, and :meth:`quantlinear.QuantLinear.weights_written` synchronizes after every write of their
+tensors.  On an H100 (CUDA-graph chains, ``results/h100-session16-probes-2026-11-27.txt``) ``early`` won 2-7% on 25
+of 132 table entries and lost on others (1 on ``ks`` without its prefetch, 2 on most float ones), so the tables take
+it per entry: W4 M = 16 on 28672 x 8192 61.8 -> 57.2 us, 4096 x 14336 19.0 -> 18.4; M = 1 on 14336 x 4096 14.8 ->
+14.0 (``ks`` 8 warps ``xh``); W8 M = 1 / 2 6-7% with 2.
 """
 
 from __future__ import annotations
@@ -369,7 +379,7 @@ if HAS_GLUON:
                     PF: gl.constexpr, USE_SPLIT: gl.constexpr, BF16: gl.constexpr = False, FP: gl.constexpr = 0,
                     HAS_ROWS: gl.constexpr = False, PDL: gl.constexpr = False, W8: gl.constexpr = False,
                     KS: gl.constexpr = False, XH: gl.constexpr = False, FULL: gl.constexpr = False,
-                    EF: gl.constexpr = True):
+                    EF: gl.constexpr = True, EARLY: gl.constexpr = 0):
         NW: gl.constexpr = gl.num_warps()
         L: gl.constexpr = gl.BlockedLayout([1, 1, R, 4], [1, 32, 1, 1], [NW, 1, 1, 1], [3, 2, 1, 0])
         S: gl.constexpr = gl.SliceLayout(3, L)
@@ -417,13 +427,23 @@ if HAS_GLUON:
         zpo0 = gl.full([NW, 32, R], zh16, gl.int32, S)
         zpe1 = zpe0
         zpo1 = zpo0
-        if PDL:  # before any load: the previous kernel may have written the weights too (a state-dict copy)
+        if PDL and EARLY == 0:  # before any load
             _gdc_wait()
-        if PF and KS:  # the warps' first tiles' words (the scales stay in the loop)
+        if PDL and EARLY == 2:  # the first step's words and scales into L2 (no data returns: nothing can be stale)
+            if KS:
+                tp = gl.minimum(t0 + _iota(NW, 0, S, 3), t1 - 1)
+            else:
+                tp = t0
+            _prefetch_step(w_ptr, s_ptr, srow0, srow1, soff0, soff1, (_iota(32, 1, S, 3) % 4) * 4, tp, gsh, gmax, N,
+                           KW, FP, W8)
+            _gdc_wait()
+        if (PF or EARLY == 1) and KS:  # the warps' first tiles' words (the scales stay in the loop)
             nws = _ks_words(w_ptr, woff0, woff1, t0 + _iota(NW, 0, L), t1, FULL)
-        elif PF:
+        elif PF or EARLY == 1:
             nws, nsg0, nsg1 = _tile_words(w_ptr, s_ptr, woff0, woff1, soff0, soff1, t0, gsh, gmax, N, KW, BF16, FP, W8,
                                           EF)
+        if PDL and EARLY == 1:  # the first step's weights are on their way while the previous kernel drains
+            _gdc_wait()
         if not KS:
             xs.index(0).store(_x_stage(x_ptr, t0, t0 < t1, M, K, 0, LP, FP == 2, W8))
             if NT == 2:
@@ -441,6 +461,8 @@ if HAS_GLUON:
                     if FULL:
                         tn = gl.minimum(tn, t1 - 1)
                     nws = _ks_words(w_ptr, woff0, woff1, tn, t1, FULL)
+                elif EARLY == 1:  # this step's words were loaded at the end of the last (the first before the wait)
+                    ws = nws
                 else:
                     ws = _ks_words(w_ptr, woff0, woff1, t + _iota(NW, 0, L), t1, FULL)
                 sg0, sg1 = _tile_scales(s_ptr, soff0, soff1, tz, gsh, gmax, N, BF16, FP)
@@ -450,6 +472,8 @@ if HAS_GLUON:
                     ws, sg0, sg1 = nws, nsg0, nsg1
                     nws, nsg0, nsg1 = _tile_words(w_ptr, s_ptr, woff0, woff1, soff0, soff1, gl.minimum(t + 1, t1 - 1),
                                                   gsh, gmax, N, KW, BF16, FP, W8, EF)
+                elif EARLY == 1:
+                    ws, sg0, sg1 = nws, nsg0, nsg1
                 else:
                     ws, sg0, sg1 = _tile_words(w_ptr, s_ptr, woff0, woff1, soff0, soff1, t, gsh, gmax, N, KW, BF16, FP,
                                                W8, EF)
@@ -547,6 +571,15 @@ if HAS_GLUON:
                     c0, c1, c2, c3 = _mma(r0, r1, r2, r3, p0[i], p1[i], c0, c1, c2, c3, BF16)
                     if NT == 2:
                         d0, d1, d2, d3 = _mma(r0, r1, r2, r3, q0[i], q1[i], d0, d1, d2, d3, BF16)
+            if EARLY == 1 and not PF:  # the next step's words, after this step's arithmetic (no more registers live)
+                if KS:
+                    tn = t + NW + _iota(NW, 0, L)
+                    if FULL:
+                        tn = gl.minimum(tn, t1 - 1)
+                    nws = _ks_words(w_ptr, woff0, woff1, tn, t1, FULL)
+                else:
+                    nws, nsg0, nsg1 = _tile_words(w_ptr, s_ptr, woff0, woff1, soff0, soff1, gl.minimum(t + 1, t1 - 1),
+                                                  gsh, gmax, N, KW, BF16, FP, W8, EF)
             if not KS:
                 xs.index(((it + 1) % 2) * NT).store(xn0)
                 if NT == 2:
@@ -601,6 +634,38 @@ if HAS_GLUON:
         """Let the next kernel of the stream be scheduled (after the main loop: :func:`.kernels._pdl_exit`)."""
         gl.inline_asm_elementwise("griddepcontrol.launch_dependents; // $0", "=r", [], dtype=gl.int32, is_pure=False,
                                   pack=1)
+
+    @gluon.jit
+    def _pf_l2(ptr):
+        """``prefetch.global.L2`` of the line holding each address (no register written, nothing returned)."""
+        gl.inline_asm_elementwise("prefetch.global.L2 [$1]; // $0", "=r,l", [ptr], dtype=gl.int32, is_pure=False,
+                                  pack=1)
+
+    @gluon.jit
+    def _prefetch_step(w_ptr, s_ptr, srow0, srow1, soff0, soff1, q4, t, gsh, gmax, N, KW, FP: gl.constexpr,
+                       W8: gl.constexpr):
+        """``early`` 2: step ``t``'s weight lines (the lane's 16-byte chunks of both rows) and scale lines into L2,
+        before the grid-dependency wait (:func:`_tile_words`' and :func:`_tile_scales`' addresses)."""
+        if W8:
+            STEP: gl.constexpr = 64
+        else:
+            STEP: gl.constexpr = 32
+        for h in gl.static_range(STEP // 16):
+            _pf_l2(w_ptr + srow0 * KW + q4 + t * STEP + 16 * h)
+            _pf_l2(w_ptr + srow1 * KW + q4 + t * STEP + 16 * h)
+        if FP == 1:
+            _pf_l2(s_ptr + soff0 + t)
+            _pf_l2(s_ptr + soff1 + t)
+        elif FP == 2:
+            _pf_l2(s_ptr + soff0 + 4 * t)
+            _pf_l2(s_ptr + soff1 + 4 * t)
+        else:
+            ga = (2 * t) >> gsh
+            gb = gl.minimum((2 * t + 1) >> gsh, gmax)
+            _pf_l2(s_ptr + ga * N + soff0)
+            _pf_l2(s_ptr + ga * N + soff1)
+            _pf_l2(s_ptr + gb * N + soff0)
+            _pf_l2(s_ptr + gb * N + soff1)
 
     @gluon.jit
     def _partial(part, tok, row, M, N):
@@ -789,7 +854,9 @@ def launch_mmv(x: torch.Tensor, qweight: torch.Tensor, scales: torch.Tensor, zer
     next tile's words before the current tile's arithmetic; default on, off with ``ks``), ``split_k`` (programs along
     K; their fp32 partials meet in the persistent workspace, summed in order by the last), ``ks`` (the warps split K
     instead, M <= 8) with ``xh`` (a step's activation loads first), ``ef`` (``evict_first`` weight loads at M = 9..16;
-    always at M <= 8), ``maxnreg`` (registers a thread, 0: ptxas' choice).  Launched through the direct launcher
+    always at M <= 8), ``early`` (with programmatic dependent launch: 1 the first step's weights loaded, 2 prefetched
+    into L2, before waiting on the previous kernel; see the module docstring), ``maxnreg`` (registers a thread, 0:
+    ptxas' choice).  Launched through the direct launcher
     (:mod:`quantlinear_triton.launch`).
     """
     w8 = bits == 8
@@ -811,9 +878,10 @@ def launch_mmv(x: torch.Tensor, qweight: torch.Tensor, scales: torch.Tensor, zer
 def _plan(x: torch.Tensor, qweight: torch.Tensor, cfg: dict, out: torch.Tensor | None, warps: int, step_words: int = 32):
     """The output and, for M > 0, the launch plan of ``cfg`` (``warps``: its default): R, warps, pf, ks, blocks of
     rows, :func:`.kernels_tc.split_plan`'s split, steps per split, workspace and counters (``step_words``: a row's
-    words in one 256-channel step), then xh, maxnreg and ef.  ``ks`` (the warps of a program split K, taking the same
+    words in one 256-channel step), then xh, maxnreg, ef and early.  ``ks`` (the warps of a program split K, taking the same
     rows) applies to 32-word steps (4-bit int, MXFP4, NVFP4; not 8-bit codes' 64) and M <= 8, prefetching only where
-    ``pf`` says so, and ``xh`` applies with it only; ``ef`` is true at one token tile and where asked."""
+    ``pf`` says so, and ``xh`` applies with it only; ``ef`` is true at one token tile and where asked; ``early`` last
+    (0 / 1 / 2, taken only where the launch has programmatic dependent launch)."""
     M = x.shape[0]
     N, KW = qweight.shape
     ks = bool(cfg.get("ks")) and step_words == 32 and M <= 8
@@ -824,18 +892,18 @@ def _plan(x: torch.Tensor, qweight: torch.Tensor, cfg: dict, out: torch.Tensor |
     blocks = -(-N // (16 * R * (1 if ks else warps)))
     return y, (R, warps, pf, ks, blocks,
                *split_plan(x, y, KW // step_words, int(cfg.get("split_k", 1)), blocks), ks and bool(cfg.get("xh")),
-               int(cfg.get("maxnreg", 0)), M <= 8 or bool(cfg.get("ef")))
+               int(cfg.get("maxnreg", 0)), M <= 8 or bool(cfg.get("ef")), int(cfg.get("early", 0)))
 
 
 def _launch(plan: tuple, tensors: tuple, ints: tuple, omul: float, y: torch.Tensor, has_zeros: bool, has_bias: bool,
             bf16: bool, fp: int, has_rows: bool, w8: bool = False) -> None:
     """One ``_mmv_kernel`` launch: ``tensors`` = (x, w, s, z, b, y, r), ``ints`` = (gsh, gmax, zh, zh16)."""
-    R, warps, pf, ks, blocks, split, tps, ws, cnt, xh, maxnreg, ef = plan
+    R, warps, pf, ks, blocks, split, tps, ws, cnt, xh, maxnreg, ef, early = plan
     x, w, s, z, b, _, r = tensors
     (M, K), (N, KW) = x.shape, w.shape
     full = ks and ks_unmasked(K, KW // 32, tps, split, warps)
     consts, skey, opts = _statics(R, warps, pf, M <= 8, split > 1, pdl_ok(x), has_zeros, has_bias, bf16, fp, has_rows,
-                                  w8, ks, xh, maxnreg, full, ef)
+                                  w8, ks, xh, maxnreg, full, ef, early)
     _fast.launch(_mmv_kernel, (blocks, split), (x, w, s, z, b, y, ws, cnt, r), (M, N, K, KW, *ints, tps, split), (omul,),
                  consts, skey, opts, y)
 
@@ -851,11 +919,12 @@ def ks_unmasked(K: int, steps: int, per_split: int, split: int, warps: int) -> b
 @functools.lru_cache(maxsize=1024)
 def _statics(R: int, warps: int, pf: bool, one_tile: bool, use_split: bool, pdl: bool, has_zeros: bool, has_bias: bool,
              bf16: bool, fp: int, has_rows: bool, w8: bool = False, ks: bool = False, xh: bool = False,
-             maxnreg: int = 0, full: bool = False, ef: bool = True) -> tuple:
+             maxnreg: int = 0, full: bool = False, ef: bool = True, early: int = 0) -> tuple:
     """Every constexpr of ``_mmv_kernel`` (the direct launcher caches only launches that give them all), the static key
     and the compile options of one launch class: made once, not per call (this is the eager decode path)."""
     consts = dict(R=R, NT=1 if one_tile else 2, PF=pf, USE_SPLIT=use_split, PDL=pdl, HAS_ZEROS=has_zeros,
-                  HAS_BIAS=has_bias, BF16=bf16, FP=fp, HAS_ROWS=has_rows, W8=w8, KS=ks, XH=xh, FULL=full, EF=ef)
+                  HAS_BIAS=has_bias, BF16=bf16, FP=fp, HAS_ROWS=has_rows, W8=w8, KS=ks, XH=xh, FULL=full, EF=ef,
+                  EARLY=early if pdl else 0)
     options = {"num_warps": warps, "launch_pdl": True} if pdl else {"num_warps": warps}
     if maxnreg:
         options["maxnreg"] = maxnreg

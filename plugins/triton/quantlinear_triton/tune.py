@@ -108,6 +108,14 @@ def with_evict_first(configs: list[dict]) -> list[dict]:
     return configs + [dict(c, ef=True) for c in configs if c.get("kernel") == "mmv" and not c.get("ks")]
 
 
+def with_early(configs: list[dict]) -> list[dict]:
+    """``configs`` and each ``mmv`` one twice more, starting on its weights before waiting on the previous kernel
+    (``early`` 1: the first step's words loaded, 2: prefetched into L2; :mod:`.kernels_mmv`).  On an H100 either won
+    2-7% on 25 of the 132 table entries and lost on others, by configuration rather than by shape
+    (``results/h100-session16-probes-2026-11-27.txt``), so both are measured."""
+    return configs + [dict(c, early=e) for e in (1, 2) for c in configs if c.get("kernel") == "mmv"]
+
+
 def unique(configs: list[dict]) -> list[dict]:
     """Configurations without repeats, first occurrence kept."""
     out, seen = [], set()
@@ -181,7 +189,8 @@ class Settings:
 #: options that must be powers of two (tile sizes, warps per program, row groups per warp) and their largest values
 _POW2_LIMITS = {"BM": 1024, "BN": 1024, "BK": 1024, "warps": 16, "R": 4}
 #: other integer options and their ranges
-_INT_RANGES = {"split_k": (1, 256), "stages": (1, 8), "group_m": (1, 64), "tpp": (1, 64), "planes": (1, 2), "maxnreg": (0, 255)}
+_INT_RANGES = {"split_k": (1, 256), "stages": (1, 8), "group_m": (1, 64), "tpp": (1, 64), "planes": (1, 2), "maxnreg": (0, 255),
+               "early": (0, 2)}
 
 
 def config_reason(cfg: object, kernels: frozenset[str] | None = None) -> str | None:
@@ -209,7 +218,7 @@ def config_reason(cfg: object, kernels: frozenset[str] | None = None) -> str | N
 
 def _short(cfg: dict) -> str:
     order = ("kernel", "xs", "R", "BM", "BN", "BK", "split_k", "warps", "stages", "planes", "maxnreg", "swap", "scale_w", "pair", "dq",
-             "prefetch", "pf", "ks", "xh", "ef", "tpp", "waves_per_eu",
+             "prefetch", "pf", "ks", "xh", "ef", "early", "tpp", "waves_per_eu",
              "matrix_instr_nonkdim", "kpack")
     return " ".join(f"{k}={cfg[k]}" for k in order if k in cfg)
 

@@ -252,10 +252,14 @@ def test_early_weight_reads_are_a_configurations_choice_and_need_programmatic_de
     with_pdl = km._statics(*base, True, *rest, early=1)
     assert with_pdl[0]["EARLY"] == 1 and with_pdl[1] != km._statics(*base, True, *rest)[1]
     assert km._statics(*base, False, *rest, early=2) == km._statics(*base, False, *rest)  # no PDL: EARLY 0
-    # the layers that run mmv declare it, so every write of their tensors is waited for at load time
+    # the CUDA layers that run mmv declare it, so every write of their tensors is waited for at load time; the shared
+    # Triton bases (ROCm's layers too, where mmv never runs) do not
+    from quantlinear_cuda.kernels.triton_fp import TritonFPLinear
+    from quantlinear_cuda.kernels.triton_wna16 import TritonWNA16Linear
     from quantlinear_triton.fp_layers import FloatTritonBase
     from quantlinear_triton.layers import TritonSlabBase
-    assert TritonSlabBase.reads_weights_early and FloatTritonBase.reads_weights_early
+    assert TritonWNA16Linear.reads_weights_early and TritonFPLinear.reads_weights_early
+    assert not (TritonSlabBase.reads_weights_early or FloatTritonBase.reads_weights_early)
 
 
 @pytest.mark.skipif(not km.HAS_GLUON, reason="needs Triton's Gluon")

@@ -40,7 +40,6 @@ class FloatTritonBase(QuantLinear):
     dtypes = frozenset({torch.float16, torch.bfloat16, torch.float32})
     fuses_bias = True
     quantizes_activations = True
-    reads_weights_early = True  # (mmv's ``early`` configurations: kernels_mmv)
     #: the plugin's float ops module: ``run_fp_gemm(x, ..., problem)`` and ``FP_OP`` (its op overload packet)
     ops_module: ClassVar[ModuleType]
 

@@ -105,8 +105,8 @@ default nothing is read before the wait.  A configuration's ``early`` starts on 
 step's words (and scales) before the wait and each next step's after the step's arithmetic, 2 only prefetches the
 first step's lines into L2 (:func:`_prefetch_step`; no data comes back, so nothing read can be stale).  Where
 programs of the previous grid exit early, this grid's programs then stream weights in their slots while the last
-ones finish.  The weights are never written by a kernel just before this one: the layers that run ``mmv`` declare
-``reads_weights_early``, and :meth:`quantlinear.QuantLinear.weights_written` synchronizes after every write of their
+ones finish.  The weights are never written by a kernel just before this one: the CUDA layers that run ``mmv``
+declare ``reads_weights_early``, and :meth:`quantlinear.QuantLinear.weights_written` synchronizes after every write of their
 tensors.  On an H100 (CUDA-graph chains, ``results/h100-session16-probes-2026-11-27.txt``) ``early`` won 2-7% on 25
 of 132 table entries and lost on others (1 on ``ks`` without its prefetch, 2 on most float ones), so the tables take
 it per entry: W4 M = 16 on 28672 x 8192 61.8 -> 57.2 us, 4096 x 14336 19.0 -> 18.4; M = 1 on 14336 x 4096 14.8 ->

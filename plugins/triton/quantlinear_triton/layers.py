@@ -34,7 +34,6 @@ class TritonSlabBase(QuantLinear):
     bits = frozenset({2, 3, 4, 8})
     dtypes = frozenset({torch.float16, torch.bfloat16, torch.float32})
     fuses_bias = True
-    reads_weights_early = True  # (mmv's ``early`` configurations: kernels_mmv)
     #: the plugin's ops module: ``run_gemm(x, qweight, ..., problem)`` and ``OP`` (its torch.ops overload packet)
     ops_module: ClassVar[ModuleType]
 

@@ -31,6 +31,7 @@ class TritonFPLinear(TritonCudaKernel, FloatTritonBase):
     name = "cuda.triton_fp"
     priority = 60
     device_families = frozenset({"cuda"})
+    reads_weights_early = True  # (mmv's ``early`` configurations, quantlinear_triton.kernels_mmv)
     ops_module = fp_ops
 
     @classmethod

@@ -25,6 +25,7 @@ class TritonWNA16Linear(TritonCudaKernel, TritonSlabBase):
     name = "cuda.triton"
     priority = 60
     device_families = frozenset({"cuda"})
+    reads_weights_early = True  # (mmv's ``early`` configurations, quantlinear_triton.kernels_mmv)
     ops_module = ops
 
     @classmethod

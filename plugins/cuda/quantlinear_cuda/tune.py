@@ -97,8 +97,8 @@ def mmv_candidates(p: Problem, M: int, sms: int) -> list[dict]:
     :func:`quantlinear_triton.tune.mmv_ks_candidates`), which won on the short-K shapes
     (``results/h100-mmv-ks-2026-11-26.txt``); at M <= 2 also ``ks`` with 8 warps, each step's
     activation loads issued first (``xh``) and 96 or 128 registers a thread (``maxnreg``), which won on 4096 x 4096
-    (``results/h100-session14-probes-2026-11-26.txt``); every one also with ``early`` 1 and 2
-    (:func:`quantlinear_triton.tune.with_early`)."""
+    (``results/h100-session14-probes-2026-11-26.txt``).  (``early`` twins of the fastest come in a second round,
+    :func:`refine`.)"""
     out = []
     for warps in (8, 4):
         d = mmv_config(p, M, sms, warps=warps)
@@ -114,7 +114,13 @@ def mmv_candidates(p: Problem, M: int, sms: int) -> list[dict]:
     if M <= 2 and p.bits == 4:  # 8 warps splitting K with the step's activations loaded first, under a register budget
         out.extend({"kernel": "mmv", "R": 1, "warps": 8, "pf": False, "split_k": 1, "ks": True, "xh": True, "maxnreg": r}
                    for r in (96, 128))
-    return _tune.unique(_tune.with_early(out))
+    return _tune.unique(out)
+
+
+def refine(ranked: list[dict]) -> list[dict]:
+    """The tuner's second round: ``early`` twins of the fastest ``mmv`` configurations
+    (:func:`quantlinear_triton.tune.early_twins`)."""
+    return _tune.early_twins(ranked)
 
 
 def tc_fits(p: Problem) -> bool:

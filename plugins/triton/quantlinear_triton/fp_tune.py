@@ -231,6 +231,12 @@ class FPSpace(_tune.Settings):
         cfg.update(over)
         return cfg
 
+    @staticmethod
+    def refine(ranked: list[dict]) -> list[dict]:
+        """The tuner's second round: ``early`` twins of the fastest ``mmv`` configurations
+        (:func:`quantlinear_triton.tune.early_twins`)."""
+        return _tune.early_twins(ranked)
+
     def candidates(self, p: FPProblem, M: int, props) -> list[dict]:
         u, b = self.units(props), bucket(M)
         out: list[dict] = []
@@ -260,7 +266,6 @@ class FPSpace(_tune.Settings):
             if M == 1:  # the warps splitting K (ks), no split over programs: won at M = 1 on the short-K shapes
                 # (results/h100-mmv-fp-ks-2026-11-26.json, h100-mmv-nvfp4-ks-2026-11-26.json)
                 out += _tune.mmv_ks_candidates()
-            out = _tune.with_early(out)  # (each also starting on its weights before the wait: kernels_mmv)
         if 2 <= b <= 512 and p.dtype != "float32" and self.tc(props):
             base = self.tc_config(p, b, u)
             out += [base, dict(base, BN=64, warps=4), dict(base, BN=128, warps=8), dict(base, stages=3),

@@ -108,12 +108,20 @@ def with_evict_first(configs: list[dict]) -> list[dict]:
     return configs + [dict(c, ef=True) for c in configs if c.get("kernel") == "mmv" and not c.get("ks")]
 
 
-def with_early(configs: list[dict]) -> list[dict]:
-    """``configs`` and each ``mmv`` one twice more, starting on its weights before waiting on the previous kernel
-    (``early`` 1: the first step's words loaded, 2: prefetched into L2; :mod:`.kernels_mmv`).  On an H100 either won
-    2-7% on 25 of the 132 table entries and lost on others, by configuration rather than by shape
-    (``results/h100-session16-probes-2026-11-27.txt``), so both are measured."""
-    return configs + [dict(c, early=e) for e in (1, 2) for c in configs if c.get("kernel") == "mmv"]
+def early_twins(ranked: list[dict], top: int = 3) -> list[dict]:
+    """A second tuning round (a space's ``refine``): the ``early`` 1 and 2 twins of the ``top`` fastest ``mmv``
+    configurations of the first (``ranked``: fastest first), which start on their weights before waiting on the
+    previous kernel (1: the first step's words loaded, 2: prefetched into L2; :mod:`.kernels_mmv`).
+
+    Why a second round: on an H100 either won 2-7% on 25 of the 132 table entries and lost on others, by configuration
+    rather than by shape, and the wins were twins of the fastest plain configurations
+    (``results/h100-session16-probes-2026-11-27.txt``).  Twins of every candidate took the first-call tune of a
+    5120 x 5120 layer from 19 to 42 s at M = 1 and from 22 to 48 s at M = 16 (fresh compile caches); this round of six
+    from 21.5 to 27.9 s and from 23.1 to 30.3 s (§11 there).  The tuner times
+    one call after a cache flush, so it sees only part of what ``early`` saves in a chain of layers; the shipped tables
+    were measured in chains."""
+    best = [c for c in ranked if c.get("kernel") == "mmv" and not c.get("early")][:top]
+    return [dict(c, early=e) for c in best for e in (1, 2)]
 
 
 def unique(configs: list[dict]) -> list[dict]:
@@ -143,6 +151,7 @@ class Space(Protocol):
     def device_props(self, device: torch.device) -> Props: ...
     def default_config(self, p: Problem, M: int, props: Any, allow_dqmm: bool = True) -> dict: ...
     def candidates(self, p: Problem, M: int, props: Any) -> list[dict]: ...
+    # optional: ``refine(ranked) -> list[dict]``, a second round of candidates from the first's (fastest first)
     def tuning_enabled(self) -> bool: ...
     def dqmm_enabled(self) -> bool: ...
     def cache_path(self, arch: str) -> Path | None: ...
@@ -350,17 +359,27 @@ class Tuner:
 
         b = bucket(M)
         best, best_t, results = None, float("inf"), []
-        for cfg in cands if cands is not None else self.space.candidates(p, M, props):
-            try:
-                run(cfg)  # compile + warm
-                torch.cuda.synchronize()
-                t = do_bench(lambda: run(cfg), warmup=5, rep=25, return_mode="median")
-            except Exception as e:  # out of resources, unsupported shape...
-                results.append({"config": cfg, "error": f"{type(e).__name__}: {str(e)[:160]}"})
-                continue
-            results.append({"config": cfg, "ms": t})
-            if t < best_t:
-                best, best_t = cfg, t
+
+        def measure(configs):
+            nonlocal best, best_t
+            for cfg in configs:
+                try:
+                    run(cfg)  # compile + warm
+                    torch.cuda.synchronize()
+                    t = do_bench(lambda: run(cfg), warmup=5, rep=25, return_mode="median")
+                except Exception as e:  # out of resources, unsupported shape...
+                    results.append({"config": cfg, "error": f"{type(e).__name__}: {str(e)[:160]}"})
+                    continue
+                results.append({"config": cfg, "ms": t})
+                if t < best_t:
+                    best, best_t = cfg, t
+
+        measure(cands if cands is not None else self.space.candidates(p, M, props))
+        refine = getattr(self.space, "refine", None)
+        if cands is None and refine is not None:  # the space's second round, from the first one's ranking
+            ranked = [r["config"] for r in sorted((r for r in results if "ms" in r), key=lambda r: r["ms"])]
+            seen = [r["config"] for r in results]
+            measure([c for c in refine(ranked) if c not in seen])
         if best is None:
             best = self.space.default_config(p, M, props)
         key = p.key(b)

@@ -79,6 +79,31 @@ def test_tune_writes_the_arch_cache_with_measurements(monkeypatch, tmp_path):
     assert data["arch"] == "a1" and data["configs"][P.key(4)]["best_us"] == 500.0
 
 
+def test_a_space_can_ask_for_a_second_round_from_the_first_ones_ranking(monkeypatch, tmp_path):
+    """``refine(ranked)``: candidates made from the first round's results (fastest first), measured after it; a
+    configuration measured already is not measured again, and the fastest of both rounds wins."""
+    pytest.importorskip("triton")
+    import triton.testing
+
+    monkeypatch.setenv("QUANTLINEAR_TOY_TUNE_CACHE", "off")
+    monkeypatch.setattr(torch.cuda, "synchronize", lambda: None)
+    times = {"a": 3.0, "b": 1.0, "c": 2.0, "b2": 0.5}
+    calls = []
+
+    def run(cfg):
+        calls.append(cfg["name"])
+        return cfg["name"]
+
+    monkeypatch.setattr(triton.testing, "do_bench", lambda fn, **kw: times[fn()])
+    space = ToySpace(tmp_path, ToyProps("toy gpu 1", "a1"))
+    space.candidates = lambda p, M, props: [{"kernel": "gemv", "name": n} for n in ("a", "b", "c")]
+    asked = []
+    space.refine = lambda ranked: asked.append([c["name"] for c in ranked]) or [ranked[0], {"kernel": "gemv", "name": "b2"}]
+    best = tune.Tuner(space).tune(space.props, P, 3, run=run)
+    assert asked == [["b", "c", "a"]] and best["name"] == "b2"
+    assert [n for n in calls if n == "b"] == ["b", "b"]  # (warm + timed once: the second round skipped it)
+
+
 def test_op_factory_registers_a_namespaced_op():
     calls = []
 

@@ -1,10 +1,26 @@
-"""Tiny models shared by the core tests (a uniquely named module: ``conftest`` is ambiguous
-once several test folders have one)."""
+"""Tiny models and a fake kernel body shared by the core tests (a uniquely named module:
+``conftest`` is ambiguous once several test folders have one)."""
 
 from __future__ import annotations
 
 import torch
 from torch import nn
+
+from quantlinear import QuantLinear
+
+
+class DenseKernel(QuantLinear):
+    """Shared body of the fake kernels: dequantize once, matmul (subclasses give the name and capabilities)."""
+
+    abstract = True
+    device_families = frozenset({"cpu"})
+    bits = frozenset({4})
+
+    def prepare(self, w):
+        self.register_buffer("w", w.dequantize(self.spec.group_size, self.spec.dtype))
+
+    def compute(self, x):
+        return x @ self.w.t()
 
 
 class TinyBlock(nn.Module):

@@ -5,34 +5,21 @@ import torch
 
 import quantlinear as ql
 from quantlinear import LayerSpec, QuantLinear, Registry, Scheme, Verdict, hookimpl, select_kernel
+from ql_testmodels import DenseKernel
 
 
-class _Dense(QuantLinear):
-    """Shared body of the fake kernels: dequantize once, matmul."""
-
-    abstract = True
-    device_families = frozenset({"cpu"})
-    bits = frozenset({4})
-
-    def prepare(self, w):
-        self.register_buffer("w", w.dequantize(self.spec.group_size, self.spec.dtype))
-
-    def compute(self, x):
-        return x @ self.w.t()
-
-
-class FastA(_Dense):
+class FastA(DenseKernel):
     name = "fake.fast_a"
     priority = 10
     group_sizes = frozenset({128})
 
 
-class FastB(_Dense):
+class FastB(DenseKernel):
     name = "fake.fast_b"
     priority = 10  # ties with fast_a: the name decides
 
 
-class Picky(_Dense):
+class Picky(DenseKernel):
     name = "fake.picky"
     priority = 50
 
@@ -41,7 +28,7 @@ class Picky(_Dense):
         return Verdict.no("needs a device feature this machine lacks")
 
 
-class Slow(_Dense):
+class Slow(DenseKernel):
     name = "fake.slow"
     priority = 0
     bits = frozenset({2, 3, 4, 8})

@@ -5,21 +5,14 @@ from __future__ import annotations
 
 import torch
 
-from quantlinear import LayerSpec, QuantLinear, Scheme
+from ql_testmodels import DenseKernel
+from quantlinear import LayerSpec, Scheme
 from quantlinear.testing import Case, build_layer
 
 
-class EarlyReader(QuantLinear):
+class EarlyReader(DenseKernel):
     name = "testplug.early"
-    device_families = frozenset({"cpu"})
-    bits = frozenset({4})
     reads_weights_early = True
-
-    def prepare(self, w):
-        self.register_buffer("w", w.dequantize(self.spec.group_size, self.spec.dtype))
-
-    def compute(self, x):
-        return x @ self.w.t()
 
 
 class PlainReader(EarlyReader):

@@ -117,10 +117,8 @@ def mmv_candidates(p: Problem, M: int, sms: int) -> list[dict]:
     return _tune.unique(out)
 
 
-def refine(ranked: list[dict]) -> list[dict]:
-    """The tuner's second round: ``early`` twins of the fastest ``mmv`` configurations
-    (:func:`quantlinear_triton.tune.early_twins`)."""
-    return _tune.early_twins(ranked)
+#: the tuner's second round: ``early`` twins of the fastest ``mmv`` configurations
+refine = _tune.early_twins
 
 
 def tc_fits(p: Problem) -> bool:

@@ -231,11 +231,8 @@ class FPSpace(_tune.Settings):
         cfg.update(over)
         return cfg
 
-    @staticmethod
-    def refine(ranked: list[dict]) -> list[dict]:
-        """The tuner's second round: ``early`` twins of the fastest ``mmv`` configurations
-        (:func:`quantlinear_triton.tune.early_twins`)."""
-        return _tune.early_twins(ranked)
+    #: the tuner's second round: ``early`` twins of the fastest ``mmv`` configurations
+    refine = staticmethod(_tune.early_twins)
 
     def candidates(self, p: FPProblem, M: int, props) -> list[dict]:
         u, b = self.units(props), bucket(M)

@@ -358,10 +358,9 @@ class Tuner:
         from triton.testing import do_bench
 
         b = bucket(M)
-        best, best_t, results = None, float("inf"), []
+        results: list[dict] = []
 
         def measure(configs):
-            nonlocal best, best_t
             for cfg in configs:
                 try:
                     run(cfg)  # compile + warm
@@ -371,17 +370,17 @@ class Tuner:
                     results.append({"config": cfg, "error": f"{type(e).__name__}: {str(e)[:160]}"})
                     continue
                 results.append({"config": cfg, "ms": t})
-                if t < best_t:
-                    best, best_t = cfg, t
+
+        def ranked() -> list[dict]:  # the timed results, fastest first (stable: the first of equals leads)
+            return sorted((r for r in results if "ms" in r), key=lambda r: r["ms"])
 
         measure(cands if cands is not None else self.space.candidates(p, M, props))
         refine = getattr(self.space, "refine", None)
         if cands is None and refine is not None:  # the space's second round, from the first one's ranking
-            ranked = [r["config"] for r in sorted((r for r in results if "ms" in r), key=lambda r: r["ms"])]
             seen = [r["config"] for r in results]
-            measure([c for c in refine(ranked) if c not in seen])
-        if best is None:
-            best = self.space.default_config(p, M, props)
+            measure([c for c in refine([r["config"] for r in ranked()]) if c not in seen])
+        timed = ranked()
+        best, best_t = (timed[0]["config"], timed[0]["ms"]) if timed else (self.space.default_config(p, M, props), float("inf"))
         key = p.key(b)
         with self._lock:
             user, _ = self._table(props.arch)

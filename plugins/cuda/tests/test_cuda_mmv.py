@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from quantlinear import QuantLinearError
 from quantlinear_triton import kernels_mmv as km
 
 from cuda_testutil import GPU, compile_in_subprocess, rel_err
@@ -247,6 +248,8 @@ def test_early_weight_reads_are_a_configurations_choice_and_need_programmatic_de
     x1 = torch.zeros(1, 3072, dtype=torch.float16)
     assert km._plan(x1, w, dict(kernel="mmv", R=1, warps=4, split_k=1), None, 8)[1][-1] == 0
     assert km._plan(x1, w, dict(kernel="mmv", R=1, warps=4, split_k=1, early=2), None, 8)[1][-1] == 2
+    with pytest.raises(QuantLinearError, match="early=3 is none of 0, 1, 2"):  # (it would skip the wait altogether)
+        km._plan(x1, w, dict(kernel="mmv", R=1, warps=4, split_k=1, early=3), None, 8)
     base = (1, 4, True, True, True)  # one token tile, split over programs
     rest = (False, False, False, False, 0, False)
     with_pdl = km._statics(*base, True, *rest, early=1)

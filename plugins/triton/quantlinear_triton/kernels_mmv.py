@@ -119,6 +119,8 @@ import functools
 
 import torch
 
+from quantlinear.errors import QuantLinearError
+
 from . import launch as _fast
 from .kernels import _bf2_magic, _bf2_ok, _h2_magic, _h2_pair, pdl_ok
 from .kernels_tc import split_plan
@@ -454,13 +456,9 @@ if HAS_GLUON:
                 t = t0 + it * NW
                 tx = t + _iota(NW, 0, LX)  # the warps' tiles, for their activations
                 tz = gl.minimum(t + _iota(NW, 0, S, 3), t1 - 1)  # (scales, zeros: any valid group past the end; x is 0)
-                if PF:  # this step's words came with the last; the next step's go out now (unmasked: the last
-                    # step re-reads a tile of the split, never past it)
+                if PF:  # this step's words came with the last; the next step's go out now
                     ws = nws
-                    tn = t + NW + _iota(NW, 0, L)
-                    if FULL:
-                        tn = gl.minimum(tn, t1 - 1)
-                    nws = _ks_words(w_ptr, woff0, woff1, tn, t1, FULL)
+                    nws = _ks_next_words(w_ptr, woff0, woff1, t, t1, L, FULL)
                 elif EARLY == 1:  # this step's words were loaded at the end of the last (the first before the wait)
                     ws = nws
                 else:
@@ -573,10 +571,7 @@ if HAS_GLUON:
                         d0, d1, d2, d3 = _mma(r0, r1, r2, r3, q0[i], q1[i], d0, d1, d2, d3, BF16)
             if EARLY == 1 and not PF:  # the next step's words, after this step's arithmetic (no more registers live)
                 if KS:
-                    tn = t + NW + _iota(NW, 0, L)
-                    if FULL:
-                        tn = gl.minimum(tn, t1 - 1)
-                    nws = _ks_words(w_ptr, woff0, woff1, tn, t1, FULL)
+                    nws = _ks_next_words(w_ptr, woff0, woff1, t, t1, L, FULL)
                 else:
                     nws, nsg0, nsg1 = _tile_words(w_ptr, s_ptr, woff0, woff1, soff0, soff1, gl.minimum(t + 1, t1 - 1),
                                                   gsh, gmax, N, KW, BF16, FP, W8, EF)
@@ -757,6 +752,17 @@ if HAS_GLUON:
         return _stream_masked(b0, ok), _stream_masked(b0 + 16, ok), _stream_masked(b1, ok), _stream_masked(b1 + 16, ok)
 
     @gluon.jit
+    def _ks_next_words(w_ptr, woff0, woff1, t, t1, L: gl.constexpr, FULL: gl.constexpr):
+        """The words of each warp's next ``ks`` step (tile ``t + NW + w``), loaded a step ahead (``pf``, or ``early`` 1
+        after the step's arithmetic); unmasked (``FULL``) the last step re-reads a tile of the split instead of
+        reading past it."""
+        NW: gl.constexpr = gl.num_warps()
+        tn = t + NW + _iota(NW, 0, L)
+        if FULL:
+            tn = gl.minimum(tn, t1 - 1)
+        return _ks_words(w_ptr, woff0, woff1, tn, t1, FULL)
+
+    @gluon.jit
     def _stream(ptr, EF: gl.constexpr):
         """Weight words, read once: with ``EF`` (one token tile, or a configuration's ``ef``) marked first to leave L1
         (``evict_first``), so the activations every step reads again stay there (the module's "Cache hints";
@@ -886,13 +892,16 @@ def _plan(x: torch.Tensor, qweight: torch.Tensor, cfg: dict, out: torch.Tensor |
     N, KW = qweight.shape
     ks = bool(cfg.get("ks")) and step_words == 32 and M <= 8
     R, warps, pf = int(cfg.get("R", 1)), int(cfg.get("warps", warps)), bool(cfg.get("pf", not ks))
+    early = int(cfg.get("early", 0))
+    if early not in (0, 1, 2):  # (any other value would leave the kernel without its grid-dependency wait)
+        raise QuantLinearError(f"mmv configuration {cfg}: early={early} is none of 0, 1, 2")
     y = out if out is not None else torch.empty(M, N, dtype=x.dtype, device=x.device)
     if M == 0:
         return y, None
     blocks = -(-N // (16 * R * (1 if ks else warps)))
     return y, (R, warps, pf, ks, blocks,
                *split_plan(x, y, KW // step_words, int(cfg.get("split_k", 1)), blocks), ks and bool(cfg.get("xh")),
-               int(cfg.get("maxnreg", 0)), M <= 8 or bool(cfg.get("ef")), int(cfg.get("early", 0)))
+               int(cfg.get("maxnreg", 0)), M <= 8 or bool(cfg.get("ef")), early)
 
 
 def _launch(plan: tuple, tensors: tuple, ints: tuple, omul: float, y: torch.Tensor, has_zeros: bool, has_bias: bool,

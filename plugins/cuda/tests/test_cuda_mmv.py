@@ -143,6 +143,7 @@ def compile_mmv(name: str, consts: dict, warps: int, cap: int) -> dict:
             "release_after_mma": ptx.rfind("griddepcontrol.launch_dependents") > ptx.rfind(mma),
             "loads_before_wait": ptx[:max(0, ptx.find("griddepcontrol.wait"))].count("ld.global"),
             "prefetch_before_wait": ptx[:max(0, ptx.find("griddepcontrol.wait"))].count("prefetch.global.L2"),
+            "predicated_prefetch": ptx.count("@p prefetch.global.L2"),
             "evict_first": ptx.count("ld.global.L1::evict_first"),
             "x_before_mma": ptx[:max(0, ptx.find(mma))].count("ld.global.b16"),
             "masked_in_loop": len(re.findall(r"@%p\d+ ld\.global", ptx[:ptx.rfind(mma)]))}
@@ -170,10 +171,12 @@ def test_mmv_cross_compiles_for_sm80_and_sm90():
         assert got["gdc"] == got["release"] == int(bool(consts.get("PDL"))), got
         assert got["release_after_mma"] or not consts.get("PDL"), got
         # nothing read before the wait unless the configuration starts early: 1 the first step's 16-byte word loads
-        # (and the scales'), 2 only L2 prefetches of their lines (two per 16 words and row, and the scales')
+        # (and the scales'), 2 only L2 prefetches of the weight lines: one per row and 128-byte line (two rows per
+        # lane and row group; 8-bit codes' steps are two lines), each issued by one lane of four (a predicate)
         early = consts.get("EARLY", 0) if consts.get("PDL") else 0
         assert (got["loads_before_wait"] >= 4 * R) if early == 1 else got["loads_before_wait"] == 0 or not consts.get("PDL"), got
-        assert (got["prefetch_before_wait"] >= 4 * R) == (early == 2), got
+        lines = 2 * R * (2 if consts.get("W8") else 1) if early == 2 else 0
+        assert got["prefetch_before_wait"] == got["predicated_prefetch"] == lines, got
         if consts.get("FP"):  # E2M1: one scale multiply per code pair (64 per row group)
             assert got["hmul2"] == 64 * R, got
         if consts.get("FP") == 1:  # MXFP4: a byte permute per sigma pair (4 pairs x 2 rows per row group and tile)

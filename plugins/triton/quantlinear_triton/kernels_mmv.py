@@ -103,14 +103,17 @@ the activations, so its launch overlaps the previous kernel's tail, and lets the
 main loop (:func:`_gdc_launch`; released at the start instead, M = 16 on 8192 x 28672 took 67.5 us, not 63.3).  By
 default nothing is read before the wait.  A configuration's ``early`` starts on the weights first: 1 loads the first
 step's words (and scales) before the wait and each next step's after the step's arithmetic, 2 only prefetches the
-first step's lines into L2 (:func:`_prefetch_step`; no data comes back, so nothing read can be stale).  Where
-programs of the previous grid exit early, this grid's programs then stream weights in their slots while the last
-ones finish.  The weights are never written by a kernel just before this one: the CUDA layers that run ``mmv``
+first step's weight lines into L2, one lane per line (:func:`_prefetch_step`; no data comes back, so nothing read can
+be stale).  Where programs of the previous grid exit early, this grid's programs then stream weights in their slots
+while the last ones finish.  The weights are never written by a kernel just before this one: the CUDA layers that run ``mmv``
 declare ``reads_weights_early``, and :meth:`quantlinear.QuantLinear.weights_written` synchronizes after every write of their
 tensors.  On an H100 (CUDA-graph chains, ``results/h100-session16-probes-2026-11-27.txt``) ``early`` won 2-7% on 25
 of 132 table entries and lost on others (1 on ``ks`` without its prefetch, 2 on most float ones), so the tables take
 it per entry: W4 M = 16 on 28672 x 8192 61.8 -> 57.2 us, 4096 x 14336 19.0 -> 18.4; M = 1 on 14336 x 4096 14.8 ->
-14.0 (``ks`` 8 warps ``xh``); W8 M = 1 / 2 6-7% with 2.
+14.0 (``ks`` 8 warps ``xh``); W8 M = 1 / 2 6-7% with 2.  With one prefetching lane per line instead of every lane
+(``results/h100-session17-probes-2026-11-27.txt``) 2 took W4 M = 1 on 4096 x 14336 from 13.2 to 12.6 us and won 3-9% at
+M = 2..8 on the benchmark shapes (fp16 and bf16), where the tables now take it; prefetching further ahead, before the
+wait or in the loop, lost everywhere.
 """
 
 from __future__ import annotations
@@ -431,13 +434,12 @@ if HAS_GLUON:
         zpo1 = zpo0
         if PDL and EARLY == 0:  # before any load
             _gdc_wait()
-        if PDL and EARLY == 2:  # the first step's words and scales into L2 (no data returns: nothing can be stale)
+        if PDL and EARLY == 2:  # the first step's weight lines into L2 (no data returns: nothing can be stale)
             if KS:
                 tp = gl.minimum(t0 + _iota(NW, 0, S, 3), t1 - 1)
             else:
                 tp = t0
-            _prefetch_step(w_ptr, s_ptr, srow0, srow1, soff0, soff1, (_iota(32, 1, S, 3) % 4) * 4, tp, gsh, gmax, N,
-                           KW, FP, W8)
+            _prefetch_step(w_ptr, srow0, srow1, _iota(32, 1, S, 3) % 4, tp, KW, W8)
             _gdc_wait()
         if (PF or EARLY == 1) and KS:  # the warps' first tiles' words (the scales stay in the loop)
             nws = _ks_words(w_ptr, woff0, woff1, t0 + _iota(NW, 0, L), t1, FULL)
@@ -631,36 +633,26 @@ if HAS_GLUON:
                                   pack=1)
 
     @gluon.jit
-    def _pf_l2(ptr):
-        """``prefetch.global.L2`` of the line holding each address (no register written, nothing returned)."""
-        gl.inline_asm_elementwise("prefetch.global.L2 [$1]; // $0", "=r,l", [ptr], dtype=gl.int32, is_pure=False,
-                                  pack=1)
+    def _pf_l2_if(ptr, on):
+        """``prefetch.global.L2`` of the line holding each address whose ``on`` is not 0 (no register written, nothing
+        returned)."""
+        gl.inline_asm_elementwise("{ .reg .pred p; setp.ne.b32 p, $2, 0; @p prefetch.global.L2 [$1]; } // $0",
+                                  "=r,l,r", [ptr, on], dtype=gl.int32, is_pure=False, pack=1)
 
     @gluon.jit
-    def _prefetch_step(w_ptr, s_ptr, srow0, srow1, soff0, soff1, q4, t, gsh, gmax, N, KW, FP: gl.constexpr,
-                       W8: gl.constexpr):
-        """``early`` 2: step ``t``'s weight lines (the lane's 16-byte chunks of both rows) and scale lines into L2,
-        before the grid-dependency wait (:func:`_tile_words`' and :func:`_tile_scales`' addresses)."""
+    def _prefetch_step(w_ptr, srow0, srow1, q, t, KW, W8: gl.constexpr):
+        """``early`` 2: step ``t``'s weight lines into L2 before the grid-dependency wait, one lane (``q`` 0) per row
+        and 128-byte line (a row's 32 words of a step; 8-bit codes' 64, two lines).  Every lane prefetching its own
+        16 bytes, as first written, asked for each line eight times and for the scale lines besides: on an H100 that
+        took 4096 x 14336 M = 1 from 12.6 to 13.2 us (the scales come with the first step's loads)."""
         if W8:
             STEP: gl.constexpr = 64
         else:
             STEP: gl.constexpr = 32
-        for h in gl.static_range(STEP // 16):
-            _pf_l2(w_ptr + srow0 * KW + q4 + t * STEP + 16 * h)
-            _pf_l2(w_ptr + srow1 * KW + q4 + t * STEP + 16 * h)
-        if FP == 1:
-            _pf_l2(s_ptr + soff0 + t)
-            _pf_l2(s_ptr + soff1 + t)
-        elif FP == 2:
-            _pf_l2(s_ptr + soff0 + 4 * t)
-            _pf_l2(s_ptr + soff1 + 4 * t)
-        else:
-            ga = (2 * t) >> gsh
-            gb = gl.minimum((2 * t + 1) >> gsh, gmax)
-            _pf_l2(s_ptr + ga * N + soff0)
-            _pf_l2(s_ptr + ga * N + soff1)
-            _pf_l2(s_ptr + gb * N + soff0)
-            _pf_l2(s_ptr + gb * N + soff1)
+        on = (q == 0).to(gl.int32)
+        for h in gl.static_range(STEP // 32):
+            _pf_l2_if(w_ptr + srow0 * KW + t * STEP + 32 * h, on)
+            _pf_l2_if(w_ptr + srow1 * KW + t * STEP + 32 * h, on)
 
     @gluon.jit
     def _partial(part, tok, row, M, N):

@@ -171,6 +171,11 @@ if HAS_GLUON:
                 L = gl.SliceLayout(d, L)
         return L
 
+    @gluon.constexpr_function
+    def _step_words(w8):
+        """A row's weight words in one 256-channel step: one 32-word slab of 4-bit codes, two of 8-bit codes."""
+        return 64 if w8 else 32
+
     @gluon.jit
     def _iota(N: gl.constexpr, DIM: gl.constexpr, L: gl.constexpr, RANK: gl.constexpr = 4):
         """0..N-1 along dimension DIM of the rank-RANK layout L, size 1 elsewhere."""
@@ -398,10 +403,7 @@ if HAS_GLUON:
         xs = gl.allocate_shared_memory(gl.int32, [2 * NT, 8, 128], gl.SwizzledSharedLayout(16, 1, 2, [1, 0]))
         pid_n = gl.program_id(0)
         pid_k = gl.program_id(1)
-        if W8:  # a 256-channel step is two 128-channel slabs of 8-bit codes: 64 words a row
-            n_tiles = KW // 64
-        else:
-            n_tiles = KW // 32
+        n_tiles = KW // _step_words(W8)
         t0 = pid_k * tiles_per_split
         t1 = gl.minimum(t0 + tiles_per_split, n_tiles)
         lane = _iota(32, 1, L)
@@ -645,10 +647,7 @@ if HAS_GLUON:
         and 128-byte line (a row's 32 words of a step; 8-bit codes' 64, two lines).  Every lane prefetching its own
         16 bytes, as first written, asked for each line eight times and for the scale lines besides: on an H100 that
         took 4096 x 14336 M = 1 from 12.6 to 13.2 us (the scales come with the first step's loads)."""
-        if W8:
-            STEP: gl.constexpr = 64
-        else:
-            STEP: gl.constexpr = 32
+        STEP: gl.constexpr = _step_words(W8)
         on = (q == 0).to(gl.int32)
         for h in gl.static_range(STEP // 32):
             _pf_l2_if(w_ptr + srow0 * KW + t * STEP + 32 * h, on)
@@ -715,10 +714,7 @@ if HAS_GLUON:
         :func:`group_shift`; twice); float codes, the two registers of each row's eight sigma bytes
         (:func:`mx_sigma`, ``s_ptr`` int32 ``[N, KW / 16]``).  The words as a tuple: row 0 / 1 x word half 0 / 1 (8-bit
         codes: then the same of the second slab)."""
-        if W8:
-            STEP: gl.constexpr = 64
-        else:
-            STEP: gl.constexpr = 32
+        STEP: gl.constexpr = _step_words(W8)
         w00 = _stream(w_ptr + woff0 + t * STEP, EF)
         w01 = _stream(w_ptr + woff0 + t * STEP + 16, EF)
         w10 = _stream(w_ptr + woff1 + t * STEP, EF)

@@ -105,7 +105,16 @@ COMPILE_JOBS = [("_mmv_kernel", dict(R=1, NT=1, HAS_ZEROS=False, HAS_BIAS=False,
                 ("_mmv_kernel", dict(R=1, NT=1, HAS_ZEROS=False, HAS_BIAS=True, PF=False, USE_SPLIT=False, PDL=True, KS=True,
                                      FULL=True, EARLY=2), 4, 90),
                 ("_mmv_kernel", dict(R=1, NT=1, HAS_ZEROS=True, HAS_BIAS=False, PF=True, USE_SPLIT=True, PDL=True, W8=True,
-                                     EARLY=2), 4, 90)]
+                                     EARLY=2), 4, 90),
+                # the splits of a row block as one thread-block cluster (CL, sm_90): the partials meet in rank 0's
+                # shared memory (row split at one and two token tiles, ks, MXFP4)
+                ("_mmv_kernel", dict(R=1, NT=1, HAS_ZEROS=False, HAS_BIAS=True, PF=False, USE_SPLIT=False, PDL=True, EARLY=2,
+                                     CL=16), 4, 90),
+                ("_mmv_kernel", dict(R=2, NT=2, HAS_ZEROS=True, HAS_BIAS=False, PF=True, USE_SPLIT=False, PDL=True, EF=True,
+                                     EARLY=1, CL=2), 4, 90),
+                ("_mmv_kernel", dict(R=1, NT=1, HAS_ZEROS=False, HAS_BIAS=False, PF=False, USE_SPLIT=False, PDL=True, KS=True,
+                                     CL=3), 8, 90),
+                ("_mmv_kernel", dict(R=1, NT=1, HAS_ZEROS=False, HAS_BIAS=False, PF=False, USE_SPLIT=False, FP=1, CL=4), 4, 90)]
 
 
 def compile_mmv(name: str, consts: dict, warps: int, cap: int) -> dict:
@@ -118,7 +127,8 @@ def compile_mmv(name: str, consts: dict, warps: int, cap: int) -> dict:
     act = "*bf16" if consts.get("BF16") else "*fp16"
     consts = dict(consts, BF16=bool(consts.get("BF16")), FP=int(consts.get("FP", 0)), HAS_ROWS=bool(consts.get("HAS_ROWS")),
                   PDL=bool(consts.get("PDL")), W8=bool(consts.get("W8")), KS=bool(consts.get("KS")), XH=bool(consts.get("XH")),
-                  FULL=bool(consts.get("FULL")), EF=bool(consts.get("EF", consts["NT"] == 1)), EARLY=int(consts.get("EARLY", 0)))
+                  FULL=bool(consts.get("FULL")), EF=bool(consts.get("EF", consts["NT"] == 1)), EARLY=int(consts.get("EARLY", 0)),
+                  CL=int(consts.get("CL", 1)))
     types = dict(x_ptr=act, w_ptr="*i32", s_ptr={0: "*fp16", 1: "*i64", 2: "*i32"}[consts["FP"]], z_ptr="*u8", b_ptr=act, y_ptr=act,
                  ws_ptr="*fp32", cnt_ptr="*i32", r_ptr="*fp32", omul="fp32")
     sig, attrs = {}, {}
@@ -146,7 +156,11 @@ def compile_mmv(name: str, consts: dict, warps: int, cap: int) -> dict:
             "predicated_prefetch": ptx.count("@p prefetch.global.L2"),
             "evict_first": ptx.count("ld.global.L1::evict_first"),
             "x_before_mma": ptx[:max(0, ptx.find(mma))].count("ld.global.b16"),
-            "masked_in_loop": len(re.findall(r"@%p\d+ ld\.global", ptx[:ptx.rfind(mma)]))}
+            "masked_in_loop": len(re.findall(r"@%p\d+ ld\.global", ptx[:ptx.rfind(mma)])),
+            "cluster_start": ptx.find("barrier.cluster.arrive.relaxed.aligned"), "first_load": ptx.find("ld.global"),
+            "cluster_arrive": ptx.count("barrier.cluster.arrive"), "cluster_wait": ptx.count("barrier.cluster.wait.acquire"),
+            "remote_store": ptx.count("st.shared::cluster.f32"), "mapa": ptx.count("mapa.shared::cluster"),
+            "exchange_load": ptx.count("ld.shared.f32 ")}
 
 
 def test_mmv_cross_compiles_for_sm80_and_sm90():
@@ -189,11 +203,46 @@ def test_mmv_cross_compiles_for_sm80_and_sm90():
         assert (got["evict_first"] >= 4 * R) == consts.get("EF", NT == 1), got
         if consts.get("KS") and consts["PF"]:  # a step's words and the next step's: two sets of 16-byte loads
             assert got["v4"] >= 8 * R, got
+        cl = consts.get("CL", 1)
+        if cl > 1:  # the cluster split: no workspace counter; one relaxed arrival before any load, then the phases
+            # (the remote stores of ranks > 0 and rank 0's reads sit in two branches, each with its arrive and waits)
+            assert got["atom"] == 0 and 0 <= got["cluster_start"] < got["first_load"], got
+            assert got["remote_store"] == got["mapa"] == 4 * NT * R, got  # (a D register per row group)
+            assert got["exchange_load"] == 4 * NT * R * (cl - 1), got
+            assert got["cluster_arrive"] >= 2 and got["cluster_wait"] >= 2, got
+        else:
+            assert got["cluster_arrive"] == got["remote_store"] == 0, got
         if consts.get("KS"):  # XH: the step's 64 two-byte activation loads (8 pairs x lo / hi x 4) before the first
             # MMA, beside the scales'; without it only the first code pair's 16
             assert (got["x_before_mma"] >= 64) == bool(consts.get("XH")), got
             # FULL: no predicated load up to the last MMA (words and activations unmasked)
             assert (got["masked_in_loop"] == 0) == bool(consts.get("FULL")), got
+
+
+
+def test_cluster_splits_are_a_configurations_choice_where_the_device_takes_them(monkeypatch):
+    """``cl``: a configuration's split over programs becomes one thread-block cluster per row block -- no workspace,
+    no counter -- where the launcher does clusters on the device (sm_90+ compiled CUDA; never on CPU tensors), the
+    split is 2..16 programs and rank 0's exchange buffer fits; anywhere else the same split goes through the workspace
+    (the same sums)."""
+    w = torch.zeros(4096, 2048, dtype=torch.int32)  # K = 16384: 64 steps
+    x1, x16 = torch.zeros(1, 16384, dtype=torch.float16), torch.zeros(16, 16384, dtype=torch.float16)
+
+    def plan(x, **cfg):
+        y, p = km._plan(x, w, dict(dict(kernel="mmv", R=1, warps=4, split_k=4, cl=True), **cfg), None, 4)
+        return p.split, p.cl, p.ws is y
+
+    assert not km._fast.clusters_ok(x1) and plan(x1) == (4, 1, False)  # CPU: the workspace split
+    monkeypatch.setattr(km._fast, "clusters_ok", lambda x: True)
+    assert plan(x1) == (4, 4, True) and plan(x16) == (4, 4, True)
+    assert plan(x1, cl=False) == (4, 1, False) and plan(x1, split_k=1) == (1, 1, True)
+    assert plan(x1, split_k=16) == (16, 16, True)  # 15 slots of 4 registers x 128 threads: 30 KB
+    assert plan(x16, split_k=16) == (16, 1, False)  # two token tiles: 60 KB, past MAX_EXCHANGE
+    assert plan(x1, split_k=32) == (32, 1, False)  # past the largest cluster
+    assert km.exchange_bytes(16, 1, 1, 4) == 15 * 4 * 128 * 4 <= km.MAX_EXCHANGE < km.exchange_bytes(16, 16, 1, 4)
+    base = (1, 4, False, True, False, True, False, False, False, 0, False)  # one token tile, no workspace, PDL
+    consts, key, _ = km._statics(*base, cl=4)
+    assert consts["CL"] == 4 and not consts["USE_SPLIT"] and key != km._statics(*base)[1]
 
 
 if __name__ == "__main__":  # the compile check's subprocess
@@ -215,9 +264,11 @@ def test_hoisted_activations_ride_on_ks_and_the_register_budget_reaches_the_comp
     compile option and part of the launch class's key, so two budgets never share a cached launcher."""
     w = torch.zeros(12288, 384, dtype=torch.int32)
     cfg = dict(kernel="mmv", R=1, warps=8, pf=False, split_k=1, ks=True, xh=True, maxnreg=128)
-    assert km._plan(torch.zeros(1, 3072, dtype=torch.float16), w, cfg, None, 8)[1][-4:-2] == (True, 128)
-    assert km._plan(torch.zeros(9, 3072, dtype=torch.float16), w, cfg, None, 8)[1][-4:-2] == (False, 128)  # row split
-    assert km._plan(torch.zeros(1, 3072, dtype=torch.float16), w, dict(cfg, ks=False), None, 8)[1][-4:-2] == (False, 128)
+    def plan(M, **over):
+        p = km._plan(torch.zeros(M, 3072, dtype=torch.float16), w, dict(cfg, **over), None, 8)[1]
+        return p.xh, p.maxnreg
+
+    assert plan(1) == (True, 128) and plan(9) == (False, 128) and plan(1, ks=False) == (False, 128)  # (9: row split)
     base = (1, 8, False, True, False, True, False, False, False, 0, False, False, True)  # ... ks, with PDL
     consts, key, opts = km._statics(*base, True, 128)
     assert consts["XH"] and opts == {"num_warps": 8, "launch_pdl": True, "maxnreg": 128}
@@ -233,8 +284,8 @@ def test_prefetch_rides_on_ks_as_configured_and_evict_first_is_one_token_tiles_u
     x1, x16 = torch.zeros(1, 3072, dtype=torch.float16), torch.zeros(16, 3072, dtype=torch.float16)
 
     def plan(x, **cfg):
-        R, warps, pf, ks, *_, ef, early = km._plan(x, w, dict(kernel="mmv", R=1, warps=8, split_k=1, **cfg), None, 8)[1]
-        return pf, ks, ef
+        p = km._plan(x, w, dict(kernel="mmv", R=1, warps=8, split_k=1, **cfg), None, 8)[1]
+        return p.pf, p.ks, p.ef
 
     assert plan(x1, ks=True) == (False, True, True) and plan(x1, ks=True, pf=True) == (True, True, True)
     assert plan(x16, ks=True) == (True, False, False)  # M = 16: the row split, prefetching by default
@@ -246,11 +297,11 @@ def test_prefetch_rides_on_ks_as_configured_and_evict_first_is_one_token_tiles_u
 
 def test_early_weight_reads_are_a_configurations_choice_and_need_programmatic_dependent_launch():
     """``early`` (1: the first step's words loaded before the grid-dependency wait, 2: prefetched into L2) is the plan's
-    last element, 0 unless asked; without PDL there is no wait to run ahead of, so the launch class is the plain one."""
+    element, 0 unless asked; without PDL there is no wait to run ahead of, so the launch class is the plain one."""
     w = torch.zeros(12288, 384, dtype=torch.int32)
     x1 = torch.zeros(1, 3072, dtype=torch.float16)
-    assert km._plan(x1, w, dict(kernel="mmv", R=1, warps=4, split_k=1), None, 8)[1][-1] == 0
-    assert km._plan(x1, w, dict(kernel="mmv", R=1, warps=4, split_k=1, early=2), None, 8)[1][-1] == 2
+    assert km._plan(x1, w, dict(kernel="mmv", R=1, warps=4, split_k=1), None, 8)[1].early == 0
+    assert km._plan(x1, w, dict(kernel="mmv", R=1, warps=4, split_k=1, early=2), None, 8)[1].early == 2
     with pytest.raises(QuantLinearError, match="early=3 is none of 0, 1, 2"):  # (it would skip the wait altogether)
         km._plan(x1, w, dict(kernel="mmv", R=1, warps=4, split_k=1, early=3), None, 8)
     base = (1, 4, True, True, True)  # one token tile, split over programs

@@ -315,3 +315,112 @@ def test_chained_layers_with_pdl_give_the_plain_launches_results(monkeypatch, M,
         expected = chain(xs.clone())
         monkeypatch.setitem(tk._pdl_dev, idx, True)
         assert torch.equal(out, expected), seed
+
+
+# ---- split-K as thread-block clusters (sm_90+): the partials summed in rank 0's shared memory ------------------------
+def _clusters():
+    from quantlinear_triton import launch as fl
+
+    return GPU and torch.cuda.get_device_capability()[0] >= 9 and fl.clusters_ok(torch.empty(1, device="cuda"))
+
+
+CLUSTER_CFGS = [dict(R=1, warps=4, pf=False, split_k=2), dict(R=2, warps=4, pf=True, split_k=3),
+                dict(R=1, warps=8, pf=True, split_k=4), dict(R=1, warps=4, pf=False, split_k=8, ef=True, early=1),
+                dict(R=1, warps=4, pf=False, split_k=16, early=2),  # (16 programs: past the portable 8)
+                dict(R=1, warps=4, pf=False, split_k=2, ks=True, early=2),
+                dict(R=1, warps=8, pf=True, split_k=3, ks=True, xh=True, maxnreg=128)]
+
+
+@pytest.mark.skipif(not _clusters(), reason="thread-block clusters: sm_90+ and a launcher that takes them")
+@pytest.mark.parametrize("cfg", CLUSTER_CFGS)
+@pytest.mark.parametrize("dtype,bits", [(torch.float16, 4), (torch.bfloat16, 4), (torch.float16, 8)])
+@pytest.mark.parametrize("sym", [True, False])
+def test_cluster_splits_sum_like_the_workspace(cfg, dtype, bits, sym):
+    """``cl``: the splits of a row block are one cluster and rank 0 adds the others' D registers from its shared
+    memory, in rank order -- the workspace split's order, so the outputs are bit-equal to it, eagerly and replayed in
+    a CUDA graph; M = 1..16 (``ks`` up to 8, the row split above), K = 4096 (16 steps: 16 splits of one)."""
+    from quantlinear_triton import kernels_mmv as km
+    from quantlinear_cuda.kernels.triton_wna16 import TritonWNA16Linear
+
+    if bits == 8 and cfg.get("ks"):
+        pytest.skip("ks takes 4-bit codes")
+    layer, W, b = build(TritonWNA16Linear, bits, 128, sym, K=4096, N=784, dtype=dtype, bias=True)
+    c = dict(kernel="mmv", **cfg)
+    g = torch.Generator(device="cuda").manual_seed(cfg["split_k"])
+
+    def run(x, cl, out=None):
+        return km.launch_mmv(x, layer.w_slab, layer.w_scales, layer.w_zeros, layer.bias, 128, layer.zero_point,
+                             dict(c, cl=cl), out=out, bits=bits)
+
+    for M in (1, 3, 8, 9, 16):
+        x = torch.randn(M, 4096, device="cuda", dtype=dtype, generator=g)
+        y = run(x, True)
+        assert torch.equal(y, run(x, False)), (M, c)
+        assert rel_err(y, ref(x, W, b)) < (1e-2 if dtype == torch.bfloat16 else 1e-3), (M, c)
+        out = torch.empty_like(y)
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
+            run(x, True, out)
+        graph.replay()
+        assert torch.equal(out, y), (M, c)
+
+
+@pytest.mark.skipif(not _clusters(), reason="thread-block clusters: sm_90+ and a launcher that takes them")
+def test_layers_with_cluster_splits_replay_compile_and_chain(no_tuning, monkeypatch):
+    """A layer whose configuration takes ``cl`` (forced here; the shipped tables take it on some M = 2..16 cells):
+    warm eager calls (replayed launches), ``torch.compile(fullgraph=True)``, a CUDA graph and a PDL chain of layers,
+    each reading what the last one wrote, all give the workspace split's output bit for bit."""
+    from quantlinear_triton import kernels_mmv as km
+    from quantlinear_cuda import tune
+    from quantlinear_cuda.kernels.triton_wna16 import TritonWNA16Linear
+
+    layer, W, b = build(TritonWNA16Linear, 4, 128, True, K=2048, N=2048, bias=True)
+    cfg = {"kernel": "mmv", "R": 1, "warps": 4, "pf": False, "split_k": 2, "ef": True, "early": 1}
+    monkeypatch.setattr(tune.TUNER, "settled", lambda *a, **k: None)
+    monkeypatch.setattr(tune.TUNER, "get", lambda *a, **k: dict(cfg, cl=True))
+
+    def plain(x):  # the workspace split, launched directly
+        return km.launch_mmv(x, layer.w_slab, layer.w_scales, layer.w_zeros, layer.bias, 128, layer.zero_point, cfg)
+
+    def chain(h, f):
+        for _ in range(4):
+            h = f(h) * 0.05
+        return h
+
+    torch._dynamo.reset()
+    compiled = torch.compile(lambda t: layer(t) * 0.5, fullgraph=True)
+    for M in (2, 16):
+        x = torch.randn(M, 2048, device="cuda", dtype=torch.float16)
+        want = plain(x)
+        assert rel_err(want, ref(x, W, b)) < 1e-3, M
+        assert all(torch.equal(layer(x), want) for _ in range(4)), M  # (the later calls replayed)
+        assert torch.equal(compiled(x), want * 0.5), M
+        assert torch.equal(chain(x, layer), chain(x, plain)), M
+        x2 = x.clone()
+        assert torch.equal(graph_replay_fresh(layer, x2), plain(x2)), M  # (x2 refilled before the replay)
+
+
+@pytest.mark.skipif(not _clusters(), reason="thread-block clusters: sm_90+ and a launcher that takes them")
+@pytest.mark.parametrize("name", ["MXFP4", "NVFP4"])
+@pytest.mark.parametrize("cfg", [dict(R=1, warps=4, pf=False, split_k=3), dict(R=1, warps=4, pf=True, split_k=4, early=2),
+                                 dict(R=1, warps=4, pf=False, split_k=2, ks=True)])
+def test_float_layers_with_cluster_splits(name, cfg, monkeypatch):
+    """MXFP4 / NVFP4 layers whose split is a cluster: the workspace split's output bit for bit, M = 1..16."""
+    import test_cuda_fp_gpu as fpg
+    from quantlinear.testing_fp import float_reference
+    from quantlinear_cuda import fp_ops
+
+    monkeypatch.setattr(fpg, "K", 1280)
+    monkeypatch.setattr(fpg, "N", 784)
+    layer, w, b, spec = fpg.layer_for(name, torch.float16, bias=True)
+    pick = {"cfg": None}
+    monkeypatch.setattr(fp_ops.TUNER, "settled", lambda *a, **k: None)
+    monkeypatch.setattr(fp_ops.TUNER, "get", lambda *a, **k: dict(pick["cfg"]))
+    g = torch.Generator(device="cuda").manual_seed(3)
+    for M in (1, 5, 9, 16):
+        x = (torch.randn(M, 1280, device="cuda", generator=g) * 1.5).half()
+        pick["cfg"] = dict(kernel="mmv", cl=True, **cfg)
+        y = layer(x)
+        pick["cfg"] = dict(kernel="mmv", **cfg)
+        assert torch.equal(y, layer(x)), (M, cfg)
+        assert rel_err(y, float_reference(x, w, spec, b)) < 1e-3, (M, cfg)

@@ -351,6 +351,22 @@ def test_the_fastest_decode_configurations_are_measured_again_starting_on_their_
     assert tune._tune.config_reason(dict(first[0], early=3)) == "early=3 is outside [0, 2]"
 
 
+
+def test_the_fastest_split_configurations_are_measured_again_as_clusters_where_the_device_takes_them():
+    """The second round also measures the ``cl`` twins (a split over programs as one thread-block cluster) of the three
+    fastest configurations that split K over programs, and the fastest's at splits 2, 3, 4 and 8 -- where the device
+    runs clusters only (never on this CPU-only machine)."""
+    first = tune.mmv_candidates(P, 16, 132)
+    ranked = first[::-1]
+    assert tune.refine(ranked) == tune._tune.early_twins(ranked)  # no CUDA device here: no cluster twins
+    got = tune._tune.mmv_refine(ranked, clusters=True)
+    cl = [c for c in got if c.get("cl")]
+    split = [c for c in ranked if c["split_k"] > 1]
+    assert cl[:3] == [dict(c, cl=True) for c in split[:3]]
+    assert {c["split_k"] for c in cl if {**c, "split_k": 0} == {**ranked[0], "split_k": 0, "cl": True}} >= {2, 3, 4, 8}
+    assert len(cl) == len({json.dumps(c, sort_keys=True) for c in cl}) and not any(c.get("early") for c in cl)
+    assert all(tune._tune.config_reason(c) is None for c in got)
+
 @pytest.mark.parametrize("cap,M,kernel", [((9, 0), 256, "wg"), ((9, 0), 128, "wg"), ((9, 0), 64, "wg"), ((9, 0), 32, "dot16"),
                                           ((8, 0), 256, "tc"), ((8, 9), 512, "tc"), ((10, 0), 256, "tc"),
                                           ((12, 0), 256, "tc")])

@@ -114,11 +114,20 @@ it per entry: W4 M = 16 on 28672 x 8192 61.8 -> 57.2 us, 4096 x 14336 19.0 -> 18
 (``results/h100-session17-probes-2026-11-27.txt``) 2 took W4 M = 1 on 4096 x 14336 from 13.2 to 12.6 us and won 3-9% at
 M = 2..8 on the benchmark shapes (fp16 and bf16), where the tables now take it; prefetching further ahead, before the
 wait or in the loop, lost everywhere.
+
+Split-K through a thread-block cluster (``cl``, sm_90+): the splits of a row block are launched as one cluster
+(:func:`.launch.launch_cluster`; consecutive programs along x) and sum their partials in rank 0's shared memory
+(:func:`_cluster_sum`) instead of the workspace and its counter.  Timing-only, the workspace finish cost 1.5-3.4 us of
+18.2 at M = 16 on 4096 x 14336; as a cluster that cell took 16.8 us, and 17 int and float M = 2..16 entries gained
+3-13%.  Clusters of many programs wait to be co-scheduled: at M = 1 and on the long-K and 117 MB shapes the cluster
+split lost up to 2-4x (``results/h100-session18-probes-2026-11-27.txt``), so it is a configuration's choice and the
+tuner's second-round twin.
 """
 
 from __future__ import annotations
 
 import functools
+from typing import NamedTuple
 
 import torch
 
@@ -126,7 +135,7 @@ from quantlinear.errors import QuantLinearError
 
 from . import launch as _fast
 from .kernels import _bf2_magic, _bf2_ok, _h2_magic, _h2_pair, pdl_ok
-from .kernels_tc import split_plan
+from .kernels_tc import split_count, split_plan
 
 try:  # Gluon ships with Triton >= 3.4
     from triton.experimental import gluon
@@ -384,12 +393,12 @@ if HAS_GLUON:
 
     @gluon.jit
     def _mmv_kernel(x_ptr, w_ptr, s_ptr, z_ptr, b_ptr, y_ptr, ws_ptr, cnt_ptr, r_ptr, M, N, K, KW, gsh, gmax, zh, zh16,
-                    tiles_per_split, split_k, omul,
+                    tiles_per_split, split_k, xoff, omul,
                     R: gl.constexpr, NT: gl.constexpr, HAS_ZEROS: gl.constexpr, HAS_BIAS: gl.constexpr,
                     PF: gl.constexpr, USE_SPLIT: gl.constexpr, BF16: gl.constexpr = False, FP: gl.constexpr = 0,
                     HAS_ROWS: gl.constexpr = False, PDL: gl.constexpr = False, W8: gl.constexpr = False,
                     KS: gl.constexpr = False, XH: gl.constexpr = False, FULL: gl.constexpr = False,
-                    EF: gl.constexpr = True, EARLY: gl.constexpr = 0):
+                    EF: gl.constexpr = True, EARLY: gl.constexpr = 0, CL: gl.constexpr = 1):
         NW: gl.constexpr = gl.num_warps()
         L: gl.constexpr = gl.BlockedLayout([1, 1, R, 4], [1, 32, 1, 1], [NW, 1, 1, 1], [3, 2, 1, 0])
         S: gl.constexpr = gl.SliceLayout(3, L)
@@ -401,8 +410,13 @@ if HAS_GLUON:
         # of 16-word units by row parity), so the 8 lanes of a 16-byte shared-load phase (g = 2k / 2k + 1,
         # q = 0..3) hit 32 different banks
         xs = gl.allocate_shared_memory(gl.int32, [2 * NT, 8, 128], gl.SwizzledSharedLayout(16, 1, 2, [1, 0]))
-        pid_n = gl.program_id(0)
-        pid_k = gl.program_id(1)
+        if CL > 1:  # the splits of a row block are one cluster, along x (see _cluster_sum)
+            pid_n = gl.program_id(0) // CL
+            pid_k = gl.program_id(0) % CL
+            _cl_arrive(False)  # (phase 1: this program has started; waited for before the first remote store)
+        else:
+            pid_n = gl.program_id(0)
+            pid_k = gl.program_id(1)
         n_tiles = KW // _step_words(W8)
         t0 = pid_k * tiles_per_split
         t1 = gl.minimum(t0 + tiles_per_split, n_tiles)
@@ -596,7 +610,14 @@ if HAS_GLUON:
         else:
             r0 = pid_n * (16 * R * NW) + _iota(NW, 0, S, 3) * (16 * R) + _iota(R, 2, S, 3) * 16 + ln // 4
         ta = (ln % 4) * 2
-        if USE_SPLIT:
+        if CL > 1:
+            me = (_iota(NW, 0, S, 3) * 32 + ln) * R + _iota(R, 2, S, 3)
+            c0, c1, c2, c3, d0, d1, d2, d3 = _cluster_sum(c0, c1, c2, c3, d0, d1, d2, d3, pid_k, xoff, me, NW * 32 * R,
+                                                          NT, CL)
+            if pid_k == 0:
+                _final(y_ptr, b_ptr, r_ptr, omul, c0, c1, c2, c3, d0, d1, d2, d3, ta, r0, M, N, NT, HAS_BIAS, FP,
+                       HAS_ROWS)
+        elif USE_SPLIT:
             _store8(ws_ptr + pid_k * M * N, c0, c1, c2, c3, d0, d1, d2, d3, ta, r0, M, N, NT)
             _cta_barrier()
             old = gl.atomic_add(cnt_ptr + pid_n, 1, sem="acq_rel", scope="gpu")
@@ -620,6 +641,80 @@ if HAS_GLUON:
             _final(y_ptr, b_ptr, r_ptr, omul, c0, c1, c2, c3, d0, d1, d2, d3, ta, r0, M, N, NT, HAS_BIAS, FP, HAS_ROWS)
 
     _fast.replayable(_mmv_kernel)  # (one launch writes the whole output)
+
+    @gluon.jit
+    def _cl_arrive(RELEASE: gl.constexpr):
+        """This thread's arrival at the cluster barrier (release: its remote shared-memory stores before it are
+        visible to every thread of the cluster that waits after it; relaxed: no ordering, the start-up phase)."""
+        if RELEASE:
+            gl.inline_asm_elementwise("barrier.cluster.arrive.release.aligned; // $0", "=r", [], dtype=gl.int32,
+                                      is_pure=False, pack=1)
+        else:
+            gl.inline_asm_elementwise("barrier.cluster.arrive.relaxed.aligned; // $0", "=r", [], dtype=gl.int32,
+                                      is_pure=False, pack=1)
+
+    @gluon.jit
+    def _cl_wait():
+        """Wait until every thread of the cluster has arrived (acquire: their released stores are visible)."""
+        gl.inline_asm_elementwise("barrier.cluster.wait.acquire.aligned; // $0", "=r", [], dtype=gl.int32, is_pure=False,
+                                  pack=1)
+
+    @gluon.jit
+    def _cl_put(v, off):
+        """Store the fp32 ``v`` at byte ``off`` of rank 0's dynamic shared memory (the cluster's first program)."""
+        gl.inline_asm_elementwise(
+            "{ .reg .b32 a; mov.b32 a, global_smem; add.u32 a, a, $2; mapa.shared::cluster.u32 a, a, 0; "
+            "st.shared::cluster.f32 [a], $1; } // $0", "=r,f,r", [v, off], dtype=gl.int32, is_pure=False, pack=1)
+
+    @gluon.jit
+    def _cl_get(off):
+        """The fp32 at byte ``off`` of this program's dynamic shared memory (after the cluster barrier)."""
+        return gl.inline_asm_elementwise("{ .reg .b32 a; mov.b32 a, global_smem; add.u32 a, a, $1; ld.shared.f32 $0, [a]; }",
+                                         "=f,r", [off], dtype=gl.float32, is_pure=False, pack=1)
+
+    @gluon.jit
+    def _cluster_sum(c0, c1, c2, c3, d0, d1, d2, d3, rank, xoff, me, TH: gl.constexpr, NT: gl.constexpr,
+                     CL: gl.constexpr):
+        """The split-K partials of a cluster's programs (``CL``, one row block), summed in rank order in rank 0.
+
+        Why: the workspace finish (store the partial, an acq_rel counter, the last program reads every partial back
+        from L2) cost 1.5-3.4 us of 18.2 at M = 16 on 4096 x 14336 and 2.2 of 14.4 at M = 1 on 14336 x 4096 with
+        16 splits (H100, timing-only ablation, ``results/h100-session18-probes-2026-11-27.txt``).  Here ranks 1..CL-1
+        store their D registers straight into rank 0's shared memory (distributed shared memory, ``mapa`` +
+        ``st.shared::cluster``), one cluster barrier orders them, rank 0 adds them to its own in rank order -- the
+        workspace path's order, so the sums are bit-identical -- and no byte goes through L2.  The exchange buffer lies
+        past the kernel's own shared memory, at byte ``xoff`` (the launcher sizes it: ``(CL - 1)`` slots of
+        ``4 NT`` registers a thread; ``me`` is the thread's and row group's index among the ``TH`` of a register).
+        Every program arrived at the barrier's first phase when it started, so waiting for it here guarantees rank 0
+        is running before anyone writes into it."""
+        NREG: gl.constexpr = 4 * NT
+        _cl_wait()  # (phase 1: every program of the cluster has started)
+        if rank > 0:
+            base = xoff + ((rank - 1) * NREG * TH + me) * 4
+            _cl_put(c0, base)
+            _cl_put(c1, base + TH * 4)
+            _cl_put(c2, base + TH * 8)
+            _cl_put(c3, base + TH * 12)
+            if NT == 2:
+                _cl_put(d0, base + TH * 16)
+                _cl_put(d1, base + TH * 20)
+                _cl_put(d2, base + TH * 24)
+                _cl_put(d3, base + TH * 28)
+        _cl_arrive(True)
+        _cl_wait()
+        if rank == 0:
+            for k in gl.static_range(CL - 1):
+                base = xoff + (k * NREG * TH + me) * 4
+                c0 += _cl_get(base)
+                c1 += _cl_get(base + TH * 4)
+                c2 += _cl_get(base + TH * 8)
+                c3 += _cl_get(base + TH * 12)
+                if NT == 2:
+                    d0 += _cl_get(base + TH * 16)
+                    d1 += _cl_get(base + TH * 20)
+                    d2 += _cl_get(base + TH * 24)
+                    d3 += _cl_get(base + TH * 28)
+        return c0, c1, c2, c3, d0, d1, d2, d3
 
     @gluon.jit
     def _gdc_wait():
@@ -869,13 +964,33 @@ def launch_mmv(x: torch.Tensor, qweight: torch.Tensor, scales: torch.Tensor, zer
     return y
 
 
+class Plan(NamedTuple):
+    """One launch of ``_mmv_kernel`` (:func:`_plan`)."""
+    R: int  # row groups of 16 a warp
+    warps: int
+    pf: bool  # the next step's words a step ahead
+    ks: bool  # the warps split K (M <= 8)
+    blocks: int  # programs along the rows
+    split: int  # programs along K (a row block's splits)
+    tps: int  # steps a split
+    ws: torch.Tensor  # split-K workspace and counters (the output where there is none)
+    cnt: torch.Tensor
+    xh: bool  # ks: a step's activation loads first
+    maxnreg: int
+    ef: bool  # evict_first weight loads
+    early: int  # 0 / 1 / 2: weights started on before the grid-dependency wait
+    cl: int  # the split as one thread-block cluster of this size (1: none; the workspace, where split > 1)
+
+
 def _plan(x: torch.Tensor, qweight: torch.Tensor, cfg: dict, out: torch.Tensor | None, warps: int, step_words: int = 32):
     """The output and, for M > 0, the launch plan of ``cfg`` (``warps``: its default): R, warps, pf, ks, blocks of
     rows, :func:`.kernels_tc.split_plan`'s split, steps per split, workspace and counters (``step_words``: a row's
     words in one 256-channel step), then xh, maxnreg, ef and early.  ``ks`` (the warps of a program split K, taking the same
     rows) applies to 32-word steps (4-bit int, MXFP4, NVFP4; not 8-bit codes' 64) and M <= 8, prefetching only where
-    ``pf`` says so, and ``xh`` applies with it only; ``ef`` is true at one token tile and where asked; ``early`` last
-    (0 / 1 / 2, taken only where the launch has programmatic dependent launch)."""
+    ``pf`` says so, and ``xh`` applies with it only; ``ef`` is true at one token tile and where asked; ``early``
+    (0 / 1 / 2, taken only where the launch has programmatic dependent launch); last the cluster size: ``cl`` makes
+    the splits of a row block one thread-block cluster that sums its partials in shared memory (:func:`_cluster_sum`),
+    where :func:`cluster_fits` (else the workspace split, the same sums)."""
     M = x.shape[0]
     N, KW = qweight.shape
     ks = bool(cfg.get("ks")) and step_words == 32 and M <= 8
@@ -887,22 +1002,46 @@ def _plan(x: torch.Tensor, qweight: torch.Tensor, cfg: dict, out: torch.Tensor |
     if M == 0:
         return y, None
     blocks = -(-N // (16 * R * (1 if ks else warps)))
-    return y, (R, warps, pf, ks, blocks,
-               *split_plan(x, y, KW // step_words, int(cfg.get("split_k", 1)), blocks), ks and bool(cfg.get("xh")),
-               int(cfg.get("maxnreg", 0)), M <= 8 or bool(cfg.get("ef")), early)
+    split, sps = split_count(KW // step_words, int(cfg.get("split_k", 1)))
+    if cfg.get("cl") and cluster_fits(x, split, M, R, warps):
+        sp = (split, sps, y, y)
+    else:
+        sp = split_plan(x, y, KW // step_words, int(cfg.get("split_k", 1)), blocks)
+    return y, Plan(R, warps, pf, ks, blocks, *sp, ks and bool(cfg.get("xh")), int(cfg.get("maxnreg", 0)),
+                   M <= 8 or bool(cfg.get("ef")), early, split if sp[2] is y and split > 1 else 1)
 
 
-def _launch(plan: tuple, tensors: tuple, ints: tuple, omul: float, y: torch.Tensor, has_zeros: bool, has_bias: bool,
+#: the largest cluster (16 is past the portable 8; Hopper runs it, and Triton's launcher opts the kernel in)
+MAX_CLUSTER = 16
+#: the most exchange-buffer bytes a cluster split takes (rank 0's shared memory; the kernel's own comes on top)
+MAX_EXCHANGE = 32 * 1024
+
+
+def exchange_bytes(cl: int, M: int, R: int, warps: int) -> int:
+    """Rank 0's exchange buffer of a cluster split (:func:`_cluster_sum`): ``cl - 1`` slots of every thread's
+    ``4 NT`` D registers a row group."""
+    return (cl - 1) * 4 * (1 if M <= 8 else 2) * warps * 32 * R * 4
+
+
+def cluster_fits(x: torch.Tensor, split: int, M: int, R: int, warps: int) -> bool:
+    """Whether a split of ``split`` programs can be one thread-block cluster: 2..:data:`MAX_CLUSTER` programs, an
+    exchange buffer within :data:`MAX_EXCHANGE`, and a launcher that does clusters on this device
+    (:func:`.launch.clusters_ok`: sm_90+ compiled CUDA)."""
+    return (1 < split <= MAX_CLUSTER and exchange_bytes(split, M, R, warps) <= MAX_EXCHANGE
+            and _fast.clusters_ok(x))
+
+
+def _launch(plan: Plan, tensors: tuple, ints: tuple, omul: float, y: torch.Tensor, has_zeros: bool, has_bias: bool,
             bf16: bool, fp: int, has_rows: bool, w8: bool = False) -> None:
     """One ``_mmv_kernel`` launch: ``tensors`` = (x, w, s, z, b, y, r), ``ints`` = (gsh, gmax, zh, zh16)."""
-    R, warps, pf, ks, blocks, split, tps, ws, cnt, xh, maxnreg, ef, early = plan
+    R, warps, pf, ks, blocks, split, tps, ws, cnt, xh, maxnreg, ef, early, cl = plan
     x, w, s, z, b, _, r = tensors
     (M, K), (N, KW) = x.shape, w.shape
     full = ks and ks_unmasked(K, KW // 32, tps, split, warps)
-    consts, skey, opts = _statics(R, warps, pf, M <= 8, split > 1, pdl_ok(x), has_zeros, has_bias, bf16, fp, has_rows,
-                                  w8, ks, xh, maxnreg, full, ef, early)
-    _fast.launch(_mmv_kernel, (blocks, split), (x, w, s, z, b, y, ws, cnt, r), (M, N, K, KW, *ints, tps, split), (omul,),
-                 consts, skey, opts, y)
+    consts, skey, opts = _statics(R, warps, pf, M <= 8, split > 1 and cl == 1, pdl_ok(x), has_zeros, has_bias, bf16, fp,
+                                  has_rows, w8, ks, xh, maxnreg, full, ef, early, cl)
+    _fast.launch(_mmv_kernel, (blocks, split) if cl == 1 else (blocks, ), (x, w, s, z, b, y, ws, cnt, r),
+                 (M, N, K, KW, *ints, tps, split, 0), (omul,), consts, skey, opts, y, cl, exchange_bytes(cl, M, R, warps))
 
 
 def ks_unmasked(K: int, steps: int, per_split: int, split: int, warps: int) -> bool:
@@ -916,12 +1055,12 @@ def ks_unmasked(K: int, steps: int, per_split: int, split: int, warps: int) -> b
 @functools.lru_cache(maxsize=1024)
 def _statics(R: int, warps: int, pf: bool, one_tile: bool, use_split: bool, pdl: bool, has_zeros: bool, has_bias: bool,
              bf16: bool, fp: int, has_rows: bool, w8: bool = False, ks: bool = False, xh: bool = False,
-             maxnreg: int = 0, full: bool = False, ef: bool = True, early: int = 0) -> tuple:
+             maxnreg: int = 0, full: bool = False, ef: bool = True, early: int = 0, cl: int = 1) -> tuple:
     """Every constexpr of ``_mmv_kernel`` (the direct launcher caches only launches that give them all), the static key
     and the compile options of one launch class: made once, not per call (this is the eager decode path)."""
     consts = dict(R=R, NT=1 if one_tile else 2, PF=pf, USE_SPLIT=use_split, PDL=pdl, HAS_ZEROS=has_zeros,
                   HAS_BIAS=has_bias, BF16=bf16, FP=fp, HAS_ROWS=has_rows, W8=w8, KS=ks, XH=xh, FULL=full, EF=ef,
-                  EARLY=early if pdl else 0)
+                  EARLY=early if pdl else 0, CL=cl)
     options = {"num_warps": warps, "launch_pdl": True} if pdl else {"num_warps": warps}
     if maxnreg:
         options["maxnreg"] = maxnreg

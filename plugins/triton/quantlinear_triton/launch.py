@@ -25,6 +25,13 @@ lookup, no argument building, no specialization key.  Each relaunch still checks
 fast path switched off, a launch hook installed, another current device, the new tensors' 16-byte alignment) and
 declines otherwise, and the caller takes the normal path.
 
+A launch may ask for *thread-block clusters* (``cluster`` > 1: that many consecutive programs along x share one
+cluster, sm_90+; :func:`launch_cluster`).  ``kernel[grid]`` cannot launch a kernel compiled for one program a cluster
+in clusters, so such launches always go straight to the compiled kernel's launcher with Triton's cluster size in its
+metadata (the launcher then multiplies the x grid by it and sets the cluster dimension), with more dynamic shared
+memory than the kernel itself asked for (the cluster's exchange buffer, at the offset passed in the kernel's last int
+argument).  Their records replay like any other verified direct launch.
+
 The normal path is used whenever the fast one cannot be trusted: under ``TRITON_INTERPRET``,
 for non-CUDA tensors (ROCm specializes on more, e.g. pointer ranges), when a launch hook is
 registered (profilers; an empty ``HookChain`` is no hook), when Triton's internals differ from what this module expects (checked
@@ -120,6 +127,7 @@ def status() -> str:
 
 def clear() -> None:
     _compiled.clear()
+    _clustered.clear()
 
 
 def _no_hooks(kr) -> bool:
@@ -138,16 +146,21 @@ def _capturing() -> bool:
 
 
 def launch(fn, grid: tuple, tensors: Sequence[torch.Tensor], ints: Sequence[int], floats: Sequence[float],
-           consts: dict, static_key: tuple, options: dict, out: torch.Tensor | None = None) -> None:
+           consts: dict, static_key: tuple, options: dict, out: torch.Tensor | None = None, cluster: int = 1,
+           cluster_shared: int = 0) -> None:
     """``fn[grid](*tensors, *ints, *floats, **consts, **options)``, through the cached launcher when possible.
 
     ``fn``'s parameters must be, in order: the tensors, the ints, the floats, then the constexprs
     (``consts``, any order).  ``static_key`` must identify ``consts`` and ``options`` (the caller's
     cache key of its launch configuration); ``grid`` has one to three entries (missing ones are 1).  ``out`` is the tensor
     the kernel writes (deterministically): the first direct launch of the process is checked
-    against the normal path on it, bit for bit, and a mismatch turns the fast path off.
+    against the normal path on it, bit for bit, and a mismatch turns the fast path off.  ``cluster`` > 1: see
+    :func:`launch_cluster` (the caller checked :func:`clusters_ok`).
     """
-    rec = _launch(fn, grid, tensors, ints, floats, consts, static_key, options, out)
+    if cluster > 1:
+        rec = launch_cluster(fn, grid, tensors, ints, floats, consts, static_key, options, out, cluster, cluster_shared)
+    else:
+        rec = _launch(fn, grid, tensors, ints, floats, consts, static_key, options, out)
     lst = getattr(_local, "rec", None)
     if lst is not None:
         lst.append(rec)
@@ -216,6 +229,88 @@ def _launch(fn, grid, tensors, ints, floats, consts, static_key, options, out):
         _check_cacheable(fn, tensors, ints, floats, consts)
     _counts(fn)[1] += 1
     _last_ck[id(fn)] = fn[grid](*tensors, *ints, *floats, **consts, **options)
+
+
+#: (cluster, exchange bytes, static key, device, specialization class) -> (run, function, packed, counts, constexprs,
+#: exchange offset)
+_clustered: dict[tuple, tuple] = {}
+_CUDA_FUNC_MAX_DYNAMIC_SHARED = 8  # CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES
+_CUDA_FUNC_NON_PORTABLE_CLUSTER = 14  # CU_FUNC_ATTRIBUTE_NON_PORTABLE_CLUSTER_SIZE_ALLOWED
+
+
+def _set_attribute(function, attr: int, value: int, what: str) -> None:
+    import ctypes
+
+    err = ctypes.CDLL("libcuda.so.1").cuFuncSetAttribute(ctypes.c_void_p(function), attr, ctypes.c_int(value))
+    if err:
+        raise RuntimeError(f"cluster launch: {what} refused (CUDA error {err})")
+
+
+def clusters_ok(x: torch.Tensor) -> bool:
+    """Whether :func:`launch_cluster` can launch on ``x``'s device: compiled CUDA (not the interpreter, not ROCm) on
+    sm_90+, a Triton whose compiled kernels expose their launcher (checked once; the launch metadata's layout,
+    ``(num_warps, num_ctas, shared)`` as in Triton 3.4-3.6, on each first launch), and
+    ``QUANTLINEAR_TRITON_CLUSTERS`` not 0."""
+    return x.is_cuda and clusters_on(x.get_device())
+
+
+def clusters_on(index: int) -> bool:
+    """:func:`clusters_ok` for CUDA device ``index``."""
+    if interpreting() or getattr(torch.version, "hip", None) is not None:
+        return False
+    ok = _state.get("clusters")
+    if ok is None:
+        ok = _state["clusters"] = bool(env_on("QUANTLINEAR_TRITON_CLUSTERS", "1") and _launcher_api())
+    return ok and torch.cuda.get_device_capability(index)[0] >= 9
+
+
+def _launcher_api() -> bool:
+    try:
+        from triton.compiler.compiler import CompiledKernel
+
+        raw = getattr(torch._C, "_cuda_getCurrentRawStream", None)
+        _state.setdefault("stream", raw if raw is not None else (lambda d: torch.cuda.current_stream(d).cuda_stream))
+        return hasattr(CompiledKernel, "launch_metadata")
+    except Exception:
+        return False
+
+
+def launch_cluster(fn, grid: tuple, tensors, ints, floats, consts: dict, static_key: tuple, options: dict, out,
+                   cluster: int, cluster_shared: int) -> tuple:
+    """``fn`` with ``cluster`` consecutive programs along x to a thread-block cluster (``grid[0]`` clusters), and
+    ``cluster_shared`` more bytes of dynamic shared memory than it asks for, at the 16-byte aligned offset the launch
+    writes into its last int argument (``ints[-1]``: pass 0).  Returns the launch's record (see :class:`recording`).
+
+    Compiled once per specialization class (``fn.warmup``), then launched through the compiled kernel's launcher with
+    ``num_ctas`` = ``cluster`` in its metadata: Triton's launcher multiplies the x grid by it and sets the cluster
+    dimension (and the cluster scheduling policy), as for a kernel compiled for clusters.  Launch hooks do not see
+    these launches."""
+    dev = tensors[0].get_device()
+    key = (cluster, cluster_shared, static_key, dev, tuple([(t.dtype, (t.data_ptr() & 15) == 0) for t in tensors]),
+           tuple([1 if v == 1 else 3 if (v < _I32_MIN or v > _I32_MAX) else 2 if v % 16 == 0 else 0 for v in ints]))
+    hit = _clustered.get(key)
+    if hit is None:
+        g = (grid[0] * cluster, *grid[1:])
+        ck = fn.warmup(*tensors, *ints, *floats, grid=g, **consts, **options)
+        run = ck.run  # (loads the module where that is lazy)
+        meta = tuple(ck.packed_metadata)
+        if len(meta) != 3 or meta[1] != 1:
+            raise RuntimeError(f"cluster launch: unexpected launch metadata {meta} (Triton internals changed)")
+        off = -(-ck.metadata.shared // 16) * 16
+        total = off + cluster_shared
+        if total > 48 * 1024:  # (past the default limit the function must opt in, as Triton does for its own)
+            _set_attribute(ck.function, _CUDA_FUNC_MAX_DYNAMIC_SHARED, total, f"{total} bytes of shared memory")
+        if cluster > 8:  # (Triton's launcher opts in for 16 only)
+            _set_attribute(ck.function, _CUDA_FUNC_NON_PORTABLE_CLUSTER, 1, f"a cluster of {cluster}")
+        hit = _clustered[key] = (run, ck.function, (meta[0], cluster, total), _counts(fn),
+                                 _const_values(fn, consts, static_key), off)
+    run, function, packed, counts, cvals, off = hit
+    args = (*tensors, *ints[:-1], off, *floats, *cvals)
+    n = len(grid)
+    g3 = (grid[0], grid[1] if n > 1 else 1, grid[2] if n > 2 else 1)
+    run(g3[0], g3[1], g3[2], _state["stream"](dev), function, packed, None, None, None, *args)
+    counts[0] += 1
+    return (fn, g3, args, len(tensors), hit[:5], out)
 
 
 def compiled(fn):

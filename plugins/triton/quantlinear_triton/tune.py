@@ -124,6 +124,27 @@ def early_twins(ranked: list[dict], top: int = 3) -> list[dict]:
     return [dict(c, early=e) for c in best for e in (1, 2)]
 
 
+def cluster_twins(ranked: list[dict], top: int = 3) -> list[dict]:
+    """The ``cl`` twins (the split over programs as one thread-block cluster, :mod:`.kernels_mmv`) of the ``top``
+    fastest ``mmv`` configurations that split K over programs, and the fastest's at splits 2, 3, 4 and 8.
+
+    Why other splits too: on an H100 the cluster split won 3-13% on 8 of 24 M = 2..16 cells of the benchmark shapes
+    and lost up to 2x on others -- at the workspace split's own split (4096 x 14336 M = 16 at 2: 18.2 -> 16.8 us;
+    4096 x 4096 M = 4 / 8 at 8) and at a smaller one (4096 x 4096 M = 16 at 4 against 8; 3072 x 12288 M = 2..8 at 3
+    against 4; ``results/h100-session18-probes-2026-11-27.txt``)."""
+    best = [c for c in ranked if c.get("kernel") == "mmv" and not c.get("cl")]
+    out = [dict(c, cl=True) for c in best if c.get("split_k", 1) > 1][:top]
+    if best:
+        out += [dict(best[0], split_k=s, cl=True) for s in (2, 3, 4, 8)]
+    return unique(out)
+
+
+def mmv_refine(ranked: list[dict], clusters: bool) -> list[dict]:
+    """A space's second round (``refine``) for ``mmv``: :func:`early_twins`, and :func:`cluster_twins` where the
+    device runs thread-block clusters (``clusters``)."""
+    return early_twins(ranked) + (cluster_twins(ranked) if clusters else [])
+
+
 def unique(configs: list[dict]) -> list[dict]:
     """Configurations without repeats, first occurrence kept."""
     out, seen = [], set()
@@ -227,7 +248,7 @@ def config_reason(cfg: object, kernels: frozenset[str] | None = None) -> str | N
 
 def _short(cfg: dict) -> str:
     order = ("kernel", "xs", "R", "BM", "BN", "BK", "split_k", "warps", "stages", "planes", "maxnreg", "swap", "scale_w", "pair", "dq",
-             "prefetch", "pf", "ks", "xh", "ef", "early", "tpp", "waves_per_eu",
+             "prefetch", "pf", "ks", "xh", "ef", "early", "cl", "tpp", "waves_per_eu",
              "matrix_instr_nonkdim", "kpack")
     return " ".join(f"{k}={cfg[k]}" for k in order if k in cfg)
 

@@ -114,7 +114,10 @@ COMPILE_JOBS = [("_mmv_kernel", dict(R=1, NT=1, HAS_ZEROS=False, HAS_BIAS=False,
                                      EARLY=1, CL=2), 4, 90),
                 ("_mmv_kernel", dict(R=1, NT=1, HAS_ZEROS=False, HAS_BIAS=False, PF=False, USE_SPLIT=False, PDL=True, KS=True,
                                      CL=3), 8, 90),
-                ("_mmv_kernel", dict(R=1, NT=1, HAS_ZEROS=False, HAS_BIAS=False, PF=False, USE_SPLIT=False, FP=1, CL=4), 4, 90)]
+                ("_mmv_kernel", dict(R=1, NT=1, HAS_ZEROS=False, HAS_BIAS=False, PF=False, USE_SPLIT=False, FP=1, CL=4), 4, 90),
+                # ... at M <= 2, where only the lanes of tokens 0 / 1 store (XQ0)
+                ("_mmv_kernel", dict(R=1, NT=1, HAS_ZEROS=False, HAS_BIAS=True, PF=False, USE_SPLIT=False, PDL=True, EARLY=2,
+                                     CL=14, XQ0=True), 4, 90)]
 
 
 def compile_mmv(name: str, consts: dict, warps: int, cap: int) -> dict:
@@ -128,7 +131,7 @@ def compile_mmv(name: str, consts: dict, warps: int, cap: int) -> dict:
     consts = dict(consts, BF16=bool(consts.get("BF16")), FP=int(consts.get("FP", 0)), HAS_ROWS=bool(consts.get("HAS_ROWS")),
                   PDL=bool(consts.get("PDL")), W8=bool(consts.get("W8")), KS=bool(consts.get("KS")), XH=bool(consts.get("XH")),
                   FULL=bool(consts.get("FULL")), EF=bool(consts.get("EF", consts["NT"] == 1)), EARLY=int(consts.get("EARLY", 0)),
-                  CL=int(consts.get("CL", 1)))
+                  CL=int(consts.get("CL", 1)), XQ0=bool(consts.get("XQ0")))
     types = dict(x_ptr=act, w_ptr="*i32", s_ptr={0: "*fp16", 1: "*i64", 2: "*i32"}[consts["FP"]], z_ptr="*u8", b_ptr=act, y_ptr=act,
                  ws_ptr="*fp32", cnt_ptr="*i32", r_ptr="*fp32", omul="fp32")
     sig, attrs = {}, {}
@@ -160,6 +163,7 @@ def compile_mmv(name: str, consts: dict, warps: int, cap: int) -> dict:
             "cluster_start": ptx.find("barrier.cluster.arrive.relaxed.aligned"), "first_load": ptx.find("ld.global"),
             "cluster_arrive": ptx.count("barrier.cluster.arrive"), "cluster_wait": ptx.count("barrier.cluster.wait.acquire"),
             "remote_store": ptx.count("st.shared::cluster.f32"), "mapa": ptx.count("mapa.shared::cluster"),
+            "predicated_remote_store": ptx.count("@p st.shared::cluster.f32"),
             "exchange_load": ptx.count("ld.shared.f32 ")}
 
 
@@ -207,7 +211,7 @@ def test_mmv_cross_compiles_for_sm80_and_sm90():
         if cl > 1:  # the cluster split: no workspace counter; one relaxed arrival before any load, then the phases
             # (the remote stores of ranks > 0 and rank 0's reads sit in two branches, each with its arrive and waits)
             assert got["atom"] == 0 and 0 <= got["cluster_start"] < got["first_load"], got
-            assert got["remote_store"] == got["mapa"] == 4 * NT * R, got  # (a D register per row group)
+            assert got["remote_store"] == got["mapa"] == got["predicated_remote_store"] == 4 * NT * R, got  # (a D register per row group)
             assert got["exchange_load"] == 4 * NT * R * (cl - 1), got
             assert got["cluster_arrive"] >= 2 and got["cluster_wait"] >= 2, got
         else:
@@ -239,10 +243,14 @@ def test_cluster_splits_are_a_configurations_choice_where_the_device_takes_them(
     assert plan(x1, split_k=16) == (16, 16, True)  # 15 slots of 4 registers x 128 threads: 30 KB
     assert plan(x16, split_k=16) == (16, 1, False)  # two token tiles: 60 KB, past MAX_EXCHANGE
     assert plan(x1, split_k=32) == (32, 1, False)  # past the largest cluster
-    assert km.exchange_bytes(16, 1, 1, 4) == 15 * 4 * 128 * 4 <= km.MAX_EXCHANGE < km.exchange_bytes(16, 16, 1, 4)
+    assert plan(x16, split_k=8) == (8, 8, True)  # 7 slots of 8 registers x 128 threads: 28 KB
+    # M <= 2: the lanes of tokens 0 / 1 alone (a quarter of the threads) store, so the buffer is a quarter as large
+    assert km.exchange_bytes(16, 2, 1, 4) * 4 == km.exchange_bytes(16, 3, 1, 4) == 15 * 4 * 128 * 4 <= km.MAX_EXCHANGE
+    assert km.MAX_EXCHANGE < km.exchange_bytes(16, 16, 1, 4)
     base = (1, 4, False, True, False, True, False, False, False, 0, False)  # one token tile, no workspace, PDL
     consts, key, _ = km._statics(*base, cl=4)
-    assert consts["CL"] == 4 and not consts["USE_SPLIT"] and key != km._statics(*base)[1]
+    assert consts["CL"] == 4 and not consts["USE_SPLIT"] and not consts["XQ0"] and key != km._statics(*base)[1]
+    assert km._statics(*base, cl=4, xq0=True)[0]["XQ0"]
 
 
 if __name__ == "__main__":  # the compile check's subprocess

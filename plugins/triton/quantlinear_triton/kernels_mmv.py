@@ -398,7 +398,8 @@ if HAS_GLUON:
                     PF: gl.constexpr, USE_SPLIT: gl.constexpr, BF16: gl.constexpr = False, FP: gl.constexpr = 0,
                     HAS_ROWS: gl.constexpr = False, PDL: gl.constexpr = False, W8: gl.constexpr = False,
                     KS: gl.constexpr = False, XH: gl.constexpr = False, FULL: gl.constexpr = False,
-                    EF: gl.constexpr = True, EARLY: gl.constexpr = 0, CL: gl.constexpr = 1):
+                    EF: gl.constexpr = True, EARLY: gl.constexpr = 0, CL: gl.constexpr = 1,
+                    XQ0: gl.constexpr = False):
         NW: gl.constexpr = gl.num_warps()
         L: gl.constexpr = gl.BlockedLayout([1, 1, R, 4], [1, 32, 1, 1], [NW, 1, 1, 1], [3, 2, 1, 0])
         S: gl.constexpr = gl.SliceLayout(3, L)
@@ -611,9 +612,14 @@ if HAS_GLUON:
             r0 = pid_n * (16 * R * NW) + _iota(NW, 0, S, 3) * (16 * R) + _iota(R, 2, S, 3) * 16 + ln // 4
         ta = (ln % 4) * 2
         if CL > 1:
-            me = (_iota(NW, 0, S, 3) * 32 + ln) * R + _iota(R, 2, S, 3)
-            c0, c1, c2, c3, d0, d1, d2, d3 = _cluster_sum(c0, c1, c2, c3, d0, d1, d2, d3, pid_k, xoff, me, NW * 32 * R,
-                                                          NT, CL)
+            if XQ0:  # M <= 2: only the lanes of tokens 0 / 1 (q = 0) hold sums anyone stores
+                me = (_iota(NW, 0, S, 3) * 8 + ln // 4) * R + _iota(R, 2, S, 3)
+                c0, c1, c2, c3, d0, d1, d2, d3 = _cluster_sum(c0, c1, c2, c3, d0, d1, d2, d3, pid_k, xoff, me,
+                                                              NW * 8 * R, NT, CL, (ln % 4 == 0).to(gl.int32))
+            else:
+                me = (_iota(NW, 0, S, 3) * 32 + ln) * R + _iota(R, 2, S, 3)
+                c0, c1, c2, c3, d0, d1, d2, d3 = _cluster_sum(c0, c1, c2, c3, d0, d1, d2, d3, pid_k, xoff, me,
+                                                              NW * 32 * R, NT, CL, gl.full_like(me, 1))
             if pid_k == 0:
                 _final(y_ptr, b_ptr, r_ptr, omul, c0, c1, c2, c3, d0, d1, d2, d3, ta, r0, M, N, NT, HAS_BIAS, FP,
                        HAS_ROWS)
@@ -660,11 +666,13 @@ if HAS_GLUON:
                                   pack=1)
 
     @gluon.jit
-    def _cl_put(v, off):
-        """Store the fp32 ``v`` at byte ``off`` of rank 0's dynamic shared memory (the cluster's first program)."""
+    def _cl_put(v, off, on):
+        """Store the fp32 ``v`` at byte ``off`` of rank 0's dynamic shared memory (the cluster's first program) where
+        ``on`` is not 0."""
         gl.inline_asm_elementwise(
-            "{ .reg .b32 a; mov.b32 a, global_smem; add.u32 a, a, $2; mapa.shared::cluster.u32 a, a, 0; "
-            "st.shared::cluster.f32 [a], $1; } // $0", "=r,f,r", [v, off], dtype=gl.int32, is_pure=False, pack=1)
+            "{ .reg .b32 a; .reg .pred p; setp.ne.b32 p, $3, 0; mov.b32 a, global_smem; add.u32 a, a, $2; "
+            "mapa.shared::cluster.u32 a, a, 0; @p st.shared::cluster.f32 [a], $1; } // $0", "=r,f,r,r", [v, off, on],
+            dtype=gl.int32, is_pure=False, pack=1)
 
     @gluon.jit
     def _cl_get(off):
@@ -674,7 +682,7 @@ if HAS_GLUON:
 
     @gluon.jit
     def _cluster_sum(c0, c1, c2, c3, d0, d1, d2, d3, rank, xoff, me, TH: gl.constexpr, NT: gl.constexpr,
-                     CL: gl.constexpr):
+                     CL: gl.constexpr, on):
         """The split-K partials of a cluster's programs (``CL``, one row block), summed in rank order in rank 0.
 
         Why: the workspace finish (store the partial, an acq_rel counter, the last program reads every partial back
@@ -684,22 +692,24 @@ if HAS_GLUON:
         ``st.shared::cluster``), one cluster barrier orders them, rank 0 adds them to its own in rank order -- the
         workspace path's order, so the sums are bit-identical -- and no byte goes through L2.  The exchange buffer lies
         past the kernel's own shared memory, at byte ``xoff`` (the launcher sizes it: ``(CL - 1)`` slots of
-        ``4 NT`` registers a thread; ``me`` is the thread's and row group's index among the ``TH`` of a register).
+        ``4 NT`` registers a thread; ``me`` is the thread's and row group's index among the ``TH`` of a register, and
+        only threads with ``on`` store: at M <= 2 the lanes of tokens 0 / 1 alone, so the buffer is a quarter as large,
+        which keeps a cluster of 14 from taking every program's shared memory down to 5 programs an SM).
         Every program arrived at the barrier's first phase when it started, so waiting for it here guarantees rank 0
         is running before anyone writes into it."""
         NREG: gl.constexpr = 4 * NT
         _cl_wait()  # (phase 1: every program of the cluster has started)
         if rank > 0:
             base = xoff + ((rank - 1) * NREG * TH + me) * 4
-            _cl_put(c0, base)
-            _cl_put(c1, base + TH * 4)
-            _cl_put(c2, base + TH * 8)
-            _cl_put(c3, base + TH * 12)
+            _cl_put(c0, base, on)
+            _cl_put(c1, base + TH * 4, on)
+            _cl_put(c2, base + TH * 8, on)
+            _cl_put(c3, base + TH * 12, on)
             if NT == 2:
-                _cl_put(d0, base + TH * 16)
-                _cl_put(d1, base + TH * 20)
-                _cl_put(d2, base + TH * 24)
-                _cl_put(d3, base + TH * 28)
+                _cl_put(d0, base + TH * 16, on)
+                _cl_put(d1, base + TH * 20, on)
+                _cl_put(d2, base + TH * 24, on)
+                _cl_put(d3, base + TH * 28, on)
         _cl_arrive(True)
         _cl_wait()
         if rank == 0:
@@ -1019,8 +1029,8 @@ MAX_EXCHANGE = 32 * 1024
 
 def exchange_bytes(cl: int, M: int, R: int, warps: int) -> int:
     """Rank 0's exchange buffer of a cluster split (:func:`_cluster_sum`): ``cl - 1`` slots of every thread's
-    ``4 NT`` D registers a row group."""
-    return (cl - 1) * 4 * (1 if M <= 8 else 2) * warps * 32 * R * 4
+    ``4 NT`` D registers a row group (at M <= 2 of the lanes that hold tokens 0 / 1 only, a quarter)."""
+    return (cl - 1) * 4 * (1 if M <= 8 else 2) * warps * (8 if M <= 2 else 32) * R * 4
 
 
 def cluster_fits(x: torch.Tensor, split: int, M: int, R: int, warps: int) -> bool:
@@ -1039,7 +1049,7 @@ def _launch(plan: Plan, tensors: tuple, ints: tuple, omul: float, y: torch.Tenso
     (M, K), (N, KW) = x.shape, w.shape
     full = ks and ks_unmasked(K, KW // 32, tps, split, warps)
     consts, skey, opts = _statics(R, warps, pf, M <= 8, split > 1 and cl == 1, pdl_ok(x), has_zeros, has_bias, bf16, fp,
-                                  has_rows, w8, ks, xh, maxnreg, full, ef, early, cl)
+                                  has_rows, w8, ks, xh, maxnreg, full, ef, early, cl, cl > 1 and M <= 2)
     _fast.launch(_mmv_kernel, (blocks, split) if cl == 1 else (blocks, ), (x, w, s, z, b, y, ws, cnt, r),
                  (M, N, K, KW, *ints, tps, split, 0), (omul,), consts, skey, opts, y, cl, exchange_bytes(cl, M, R, warps))
 
@@ -1055,12 +1065,13 @@ def ks_unmasked(K: int, steps: int, per_split: int, split: int, warps: int) -> b
 @functools.lru_cache(maxsize=1024)
 def _statics(R: int, warps: int, pf: bool, one_tile: bool, use_split: bool, pdl: bool, has_zeros: bool, has_bias: bool,
              bf16: bool, fp: int, has_rows: bool, w8: bool = False, ks: bool = False, xh: bool = False,
-             maxnreg: int = 0, full: bool = False, ef: bool = True, early: int = 0, cl: int = 1) -> tuple:
+             maxnreg: int = 0, full: bool = False, ef: bool = True, early: int = 0, cl: int = 1,
+             xq0: bool = False) -> tuple:
     """Every constexpr of ``_mmv_kernel`` (the direct launcher caches only launches that give them all), the static key
     and the compile options of one launch class: made once, not per call (this is the eager decode path)."""
     consts = dict(R=R, NT=1 if one_tile else 2, PF=pf, USE_SPLIT=use_split, PDL=pdl, HAS_ZEROS=has_zeros,
                   HAS_BIAS=has_bias, BF16=bf16, FP=fp, HAS_ROWS=has_rows, W8=w8, KS=ks, XH=xh, FULL=full, EF=ef,
-                  EARLY=early if pdl else 0, CL=cl)
+                  EARLY=early if pdl else 0, CL=cl, XQ0=xq0)
     options = {"num_warps": warps, "launch_pdl": True} if pdl else {"num_warps": warps}
     if maxnreg:
         options["maxnreg"] = maxnreg

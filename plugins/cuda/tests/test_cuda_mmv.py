@@ -253,6 +253,33 @@ def test_cluster_splits_are_a_configurations_choice_where_the_device_takes_them(
     assert km._statics(*base, cl=4, xq0=True)[0]["XQ0"]
 
 
+
+def test_a_refused_cluster_launch_falls_back_to_the_workspace_split_for_good(monkeypatch):
+    """Where Triton's internals or the driver refuse a cluster launch (RuntimeError), ``mmv`` turns clusters off for
+    the process (``launch.status`` says why) and launches the same split through the workspace instead: the call
+    still gives its output, later plans never take a cluster."""
+    w = torch.zeros(4096, 2048, dtype=torch.int32)
+    x = torch.zeros(1, 16384, dtype=torch.float16)
+    monkeypatch.setitem(km._fast._state, "clusters", True)  # (as on an sm_90 device: clusters_ok reads this flag)
+    monkeypatch.setitem(km._fast._state, "clusters_why", "")  # (both restored after the test)
+    monkeypatch.setattr(km._fast, "clusters_ok", lambda x: km._fast._state["clusters"])
+    y, plan = km._plan(x, w, dict(kernel="mmv", R=1, warps=4, split_k=4, cl=True), None, 4)
+    assert plan.cl == 4 and plan.ws is y
+    launched = []
+
+    def fake_launch(fn, grid, tensors, ints, floats, consts, key, options, out, cluster=1, cluster_shared=0):
+        if cluster > 1:
+            raise RuntimeError("cluster launch: unexpected launch metadata (1, 2, 3, 4)")
+        launched.append((grid, consts["USE_SPLIT"], consts["CL"], tensors[6] is not y))
+
+    monkeypatch.setattr(km._fast, "launch", fake_launch)
+    monkeypatch.setattr(km, "pdl_ok", lambda x: False)
+    s = torch.zeros(128, 4096, dtype=torch.float16)
+    km._launch(plan, (x, w, s, s, x, y, y), (0, 127, 0, 0), 1.0, y, False, False, False, 0, False)
+    assert launched == [((plan.blocks, 4), True, 1, True)]  # the workspace split, with its workspace
+    assert km._fast._state["clusters"] is False and "unexpected launch metadata" in km._fast.status()
+    assert km._plan(x, w, dict(kernel="mmv", R=1, warps=4, split_k=4, cl=True), None, 4)[1].cl == 1
+
 if __name__ == "__main__":  # the compile check's subprocess
     if sys.argv[1:] == ["compile-mmv"]:
         for name, consts, warps, cap in COMPILE_JOBS:

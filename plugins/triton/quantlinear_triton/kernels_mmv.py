@@ -1050,8 +1050,16 @@ def _launch(plan: Plan, tensors: tuple, ints: tuple, omul: float, y: torch.Tenso
     full = ks and ks_unmasked(K, KW // 32, tps, split, warps)
     consts, skey, opts = _statics(R, warps, pf, M <= 8, split > 1 and cl == 1, pdl_ok(x), has_zeros, has_bias, bf16, fp,
                                   has_rows, w8, ks, xh, maxnreg, full, ef, early, cl, cl > 1 and M <= 2)
-    _fast.launch(_mmv_kernel, (blocks, split) if cl == 1 else (blocks, ), (x, w, s, z, b, y, ws, cnt, r),
-                 (M, N, K, KW, *ints, tps, split, 0), (omul,), consts, skey, opts, y, cl, exchange_bytes(cl, M, R, warps))
+    try:
+        _fast.launch(_mmv_kernel, (blocks, split) if cl == 1 else (blocks, ), (x, w, s, z, b, y, ws, cnt, r),
+                     (M, N, K, KW, *ints, tps, split, 0), (omul,), consts, skey, opts, y, cl, exchange_bytes(cl, M, R, warps))
+    except RuntimeError as e:  # a cluster launch this Triton or driver refused: the workspace split from now on
+        if cl == 1:
+            raise
+        _fast.disable_clusters(f"mmv: {e}")
+        n_steps = KW // (64 if w8 else 32)
+        _launch(plan._replace(**dict(zip(("split", "tps", "ws", "cnt"), split_plan(x, y, n_steps, split, blocks))), cl=1),
+                tensors, ints, omul, y, has_zeros, has_bias, bf16, fp, has_rows, w8)
 
 
 def ks_unmasked(K: int, steps: int, per_split: int, split: int, warps: int) -> bool:

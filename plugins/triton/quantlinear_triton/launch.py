@@ -122,7 +122,9 @@ def enabled() -> bool:
 
 def status() -> str:
     """Whether the fast path is on, how many launchers it holds, and the last reason it was not taken."""
-    return f"fast launch {'on' if _supported() else 'off'}, {len(_compiled)} cached launchers; last miss reason: {_state.get('why', '-')}"
+    off = f"; clusters off: {_state['clusters_why']}" if "clusters_why" in _state else ""
+    return (f"fast launch {'on' if _supported() else 'off'}, {len(_compiled)} cached launchers; last miss reason: "
+            f"{_state.get('why', '-')}{off}")
 
 
 def clear() -> None:
@@ -262,6 +264,13 @@ def clusters_on(index: int) -> bool:
     if ok is None:
         ok = _state["clusters"] = bool(env_on("QUANTLINEAR_TRITON_CLUSTERS", "1") and _launcher_api())
     return ok and torch.cuda.get_device_capability(index)[0] >= 9
+
+
+def disable_clusters(why: str) -> None:
+    """No more cluster launches in this process (:func:`clusters_ok` says no from now on; :func:`status` tells why):
+    what a caller does when one failed, before taking the path without clusters."""
+    _state["clusters"] = False
+    _state["clusters_why"] = why
 
 
 def _launcher_api() -> bool:

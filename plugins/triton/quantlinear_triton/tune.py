@@ -128,8 +128,9 @@ def cluster_twins(ranked: list[dict], top: int = 3) -> list[dict]:
     """The ``cl`` twins (the split over programs as one thread-block cluster, :mod:`.kernels_mmv`) of the ``top``
     fastest ``mmv`` configurations that split K over programs, and the fastest's at splits 2, 3, 4 and 8.
 
-    Why other splits too: on an H100 the cluster split won 3-13% on 8 of 24 M = 2..16 cells of the benchmark shapes
-    and lost up to 2x on others -- at the workspace split's own split (4096 x 14336 M = 16 at 2: 18.2 -> 16.8 us;
+    Why other splits too: on an H100 the cluster split won 3-13% on 7 of the 24 fp16 M = 2..16 cells of the benchmark
+    shapes (17 int and float table entries in all) and lost up to 3x on others -- at the workspace split's own split
+    (4096 x 14336 M = 16 at 2: 18.2 -> 16.8 us;
     4096 x 4096 M = 4 / 8 at 8) and at a smaller one (4096 x 4096 M = 16 at 4 against 8; 3072 x 12288 M = 2..8 at 3
     against 4; ``results/h100-session18-probes-2026-11-27.txt``)."""
     best = [c for c in ranked if c.get("kernel") == "mmv" and not c.get("cl")]

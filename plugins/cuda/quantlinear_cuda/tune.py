@@ -24,7 +24,6 @@ from pathlib import Path
 
 import torch
 
-from quantlinear_triton import launch as _fast
 from quantlinear_triton import tune as _tune
 from quantlinear_triton.tune import CACHE_VERSION, M_BUCKETS, Problem, bucket  # noqa: F401
 from quantlinear_triton.tune import split_for as _split_for
@@ -118,10 +117,9 @@ def mmv_candidates(p: Problem, M: int, sms: int) -> list[dict]:
     return _tune.unique(out)
 
 
-def refine(ranked: list[dict]) -> list[dict]:
-    """The tuner's second round: ``early`` twins of the fastest ``mmv`` configurations, and their cluster twins where
-    the current device runs clusters (:func:`quantlinear_triton.tune.mmv_refine`)."""
-    return _tune.mmv_refine(ranked, torch.cuda.is_available() and _fast.clusters_on(torch.cuda.current_device()))
+#: the tuner's second round: ``early`` twins of the fastest ``mmv`` configurations, and their cluster twins where the
+#: current device runs clusters
+refine = _tune.mmv_refine
 
 
 def tc_fits(p: Problem) -> bool:

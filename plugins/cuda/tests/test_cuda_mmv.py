@@ -12,6 +12,7 @@ import torch
 
 from quantlinear import QuantLinearError
 from quantlinear_triton import kernels_mmv as km
+from quantlinear_triton import kernels_tc as km_tc
 
 from cuda_testutil import GPU, compile_in_subprocess, rel_err
 from test_cuda_kernels import make_layer, rand_x, reference, run_cfg
@@ -243,6 +244,9 @@ def test_cluster_splits_are_a_configurations_choice_where_the_device_takes_them(
     assert plan(x1, split_k=16) == (16, 16, True)  # 15 slots of 4 registers x 128 threads: 30 KB
     assert plan(x16, split_k=16) == (16, 1, False)  # two token tiles: 60 KB, past MAX_EXCHANGE
     assert plan(x1, split_k=32) == (32, 1, False)  # past the largest cluster
+    # no workspace for this split (its counters or offsets would overflow): no split at all, and no cluster either
+    monkeypatch.setattr(km_tc, "split_fits", lambda *a: False)
+    assert plan(x1, cl=False) == (1, 1, True) and plan(x1, split_k=32) == (1, 1, True)
     assert plan(x16, split_k=8) == (8, 8, True)  # 7 slots of 8 registers x 128 threads: 28 KB
     # M <= 2: the lanes of tokens 0 / 1 alone (a quarter of the threads) store, so the buffer is a quarter as large
     assert km.exchange_bytes(16, 2, 1, 4) * 4 == km.exchange_bytes(16, 3, 1, 4) == 15 * 4 * 128 * 4 <= km.MAX_EXCHANGE

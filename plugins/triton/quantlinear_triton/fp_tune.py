@@ -54,7 +54,6 @@ from typing import Any, Callable
 
 import torch
 
-from . import launch as _fast
 from . import tune as _tune
 from .fp_packing import E0M4, E2M1, E4M3_NV, ELEMENT_NAMES
 from .tune import bucket, split_for, unique
@@ -232,11 +231,9 @@ class FPSpace(_tune.Settings):
         cfg.update(over)
         return cfg
 
-    @staticmethod
-    def refine(ranked: list[dict]) -> list[dict]:
-        """The tuner's second round: ``early`` twins of the fastest ``mmv`` configurations, and their cluster twins
-        where the current device runs clusters (:func:`.tune.mmv_refine`)."""
-        return _tune.mmv_refine(ranked, torch.cuda.is_available() and _fast.clusters_on(torch.cuda.current_device()))
+    #: the tuner's second round: ``early`` twins of the fastest ``mmv`` configurations, and their cluster twins where
+    #: the current device runs clusters
+    refine = staticmethod(_tune.mmv_refine)
 
     def candidates(self, p: FPProblem, M: int, props) -> list[dict]:
         u, b = self.units(props), bucket(M)

@@ -1012,13 +1012,12 @@ def _plan(x: torch.Tensor, qweight: torch.Tensor, cfg: dict, out: torch.Tensor |
     if M == 0:
         return y, None
     blocks = -(-N // (16 * R * (1 if ks else warps)))
-    split, sps = split_count(KW // step_words, int(cfg.get("split_k", 1)))
-    if cfg.get("cl") and cluster_fits(x, split, M, R, warps):
-        sp = (split, sps, y, y)
-    else:
-        sp = split_plan(x, y, KW // step_words, int(cfg.get("split_k", 1)), blocks)
+    n_steps, split_k = KW // step_words, int(cfg.get("split_k", 1))
+    split, sps = split_count(n_steps, split_k)
+    cl = split if cfg.get("cl") and cluster_fits(x, split, M, R, warps) else 1
+    sp = (split, sps, y, y) if cl > 1 else split_plan(x, y, n_steps, split_k, blocks)
     return y, Plan(R, warps, pf, ks, blocks, *sp, ks and bool(cfg.get("xh")), int(cfg.get("maxnreg", 0)),
-                   M <= 8 or bool(cfg.get("ef")), early, split if sp[2] is y and split > 1 else 1)
+                   M <= 8 or bool(cfg.get("ef")), early, cl)
 
 
 #: the largest cluster (16 is past the portable 8; Hopper runs it, and Triton's launcher opts the kernel in)
@@ -1057,9 +1056,9 @@ def _launch(plan: Plan, tensors: tuple, ints: tuple, omul: float, y: torch.Tenso
         if cl == 1:
             raise
         _fast.disable_clusters(f"mmv: {e}")
-        n_steps = KW // (64 if w8 else 32)
-        _launch(plan._replace(**dict(zip(("split", "tps", "ws", "cnt"), split_plan(x, y, n_steps, split, blocks))), cl=1),
-                tensors, ints, omul, y, has_zeros, has_bias, bf16, fp, has_rows, w8)
+        # (split * tps steps in `split` splits plan to the same split and steps a split, or none where it has no workspace)
+        _launch(plan._replace(**dict(zip(("split", "tps", "ws", "cnt"), split_plan(x, y, split * tps, split, blocks))),
+                              cl=1), tensors, ints, omul, y, has_zeros, has_bias, bf16, fp, has_rows, w8)
 
 
 def ks_unmasked(K: int, steps: int, per_split: int, split: int, warps: int) -> bool:

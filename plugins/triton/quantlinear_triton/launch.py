@@ -236,6 +236,8 @@ def _launch(fn, grid, tensors, ints, floats, consts, static_key, options, out):
 #: (cluster, exchange bytes, static key, device, specialization class) -> (run, function, packed, counts, constexprs,
 #: exchange offset)
 _clustered: dict[tuple, tuple] = {}
+#: CUDA device index -> whether it is sm_90+ (:func:`clusters_on`)
+_sm90: dict[int, bool] = {}
 _CUDA_FUNC_MAX_DYNAMIC_SHARED = 8  # CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES
 _CUDA_FUNC_NON_PORTABLE_CLUSTER = 14  # CU_FUNC_ATTRIBUTE_NON_PORTABLE_CLUSTER_SIZE_ALLOWED
 
@@ -257,13 +259,19 @@ def clusters_ok(x: torch.Tensor) -> bool:
 
 
 def clusters_on(index: int) -> bool:
-    """:func:`clusters_ok` for CUDA device ``index``."""
+    """:func:`clusters_ok` for CUDA device ``index`` (its capability looked up once: this runs in every plan that asks
+    for a cluster)."""
     if interpreting() or getattr(torch.version, "hip", None) is not None:
         return False
     ok = _state.get("clusters")
     if ok is None:
         ok = _state["clusters"] = bool(env_on("QUANTLINEAR_TRITON_CLUSTERS", "1") and _launcher_api())
-    return ok and torch.cuda.get_device_capability(index)[0] >= 9
+    if not ok:
+        return False
+    sm90 = _sm90.get(index)
+    if sm90 is None:
+        sm90 = _sm90[index] = torch.cuda.get_device_capability(index)[0] >= 9
+    return sm90
 
 
 def disable_clusters(why: str) -> None:

@@ -36,6 +36,7 @@ from typing import Any, Callable, Protocol
 
 import torch
 
+from . import launch as _fast
 from .runtime import interpreting
 
 CACHE_VERSION = 1
@@ -140,9 +141,12 @@ def cluster_twins(ranked: list[dict], top: int = 3) -> list[dict]:
     return unique(out)
 
 
-def mmv_refine(ranked: list[dict], clusters: bool) -> list[dict]:
+def mmv_refine(ranked: list[dict], clusters: bool | None = None) -> list[dict]:
     """A space's second round (``refine``) for ``mmv``: :func:`early_twins`, and :func:`cluster_twins` where the
-    device runs thread-block clusters (``clusters``)."""
+    device runs thread-block clusters (``clusters``; None: whether the current CUDA device does,
+    :func:`.launch.clusters_on`)."""
+    if clusters is None:
+        clusters = torch.cuda.is_available() and _fast.clusters_on(torch.cuda.current_device())
     return early_twins(ranked) + (cluster_twins(ranked) if clusters else [])
 
 

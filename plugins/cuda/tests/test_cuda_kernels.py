@@ -68,6 +68,8 @@ CASES = [
     (3, 128, False, 256, 96),
     (2, 32, False, 224, 64),
     (2, -1, True, 256, 64),
+    (4, 128, True, 256, 72),  # N not a multiple of 16: the word layout's last row group is short (.packing)
+    (8, 128, False, 256, 40),
 ]
 
 

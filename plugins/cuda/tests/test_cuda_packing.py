@@ -12,22 +12,30 @@ from quantlinear_triton import packing
 @pytest.mark.parametrize("slab", [16, 32])
 @pytest.mark.parametrize("K", [96, 320, 1000])
 def test_pack_unpack_roundtrip_and_definition(bits, slab, K):
-    N = 5
+    N = 21  # one whole group of 16 rows and a short one of 5
     g = torch.Generator().manual_seed(bits * 1000 + slab + K)
     q = torch.randint(0, 2**bits, (N, K), generator=g, dtype=torch.int32).to(torch.uint8)
     words = packing.pack_codes(q, bits, slab, chunk_rows=2)
     vpw = packing.values_per_word(bits)
     T = slab * vpw
+    KW = -(-K // T) * slab
     assert words.dtype == torch.int32
-    assert words.shape == (N, -(-K // T) * slab)
+    assert words.shape == (N, KW)
     assert torch.equal(packing.unpack_codes(words, bits, slab, K), q)
-    # the definition: word p of tile t holds channel t*T + j*slab + p at bit j*bits
-    w64 = words.to(torch.int64) & 0xFFFFFFFF
-    for n, k in [(0, 0), (1, K - 1), (4, K // 2), (3, min(K - 1, T + slab + 1))]:
+    # the definition: word p of row n's tile t holds channel t*T + j*slab + p at bit j*bits; rows are stored in groups
+    # of 16 (the last one short), each tile-major: row n's tile t starts at 16*g*KW + (t*h + n % 16)*slab
+    flat = words.reshape(-1).to(torch.int64) & 0xFFFFFFFF
+    for n, k in [(0, 0), (1, K - 1), (4, K // 2), (3, min(K - 1, T + slab + 1)), (17, K - 1), (20, min(K - 1, T + 3))]:
         t, r = divmod(k, T)
         j, p = divmod(r, slab)
-        code = (int(w64[n, t * slab + p]) >> (j * bits)) & ((1 << bits) - 1)
+        grp, h = n // 16, (16 if n < 16 else N - 16)
+        code = (int(flat[16 * grp * KW + (t * h + n % 16) * slab + p]) >> (j * bits)) & ((1 << bits) - 1)
         assert code == int(q[n, k])
+    # word_offsets (what the kernels compute) agrees, and the row-major copy is the plain [N, KW] matrix
+    rm = packing.row_major_words(words, slab)
+    base, step = packing.word_offsets(torch.arange(N), N, KW, slab)
+    for t in range(KW // slab):
+        assert torch.equal(words.reshape(-1)[(base + t * step)[:, None] + torch.arange(slab)], rm[:, t * slab:(t + 1) * slab])
     # padding codes are zero
     if K % T:
         padded = packing.unpack_codes(words, bits, slab, words.shape[1] // slab * T)

@@ -1,7 +1,7 @@
 """Tensor-core kernel for the float / microscaling schemes at large M (prefill), built like the int ``tc`` kernel.
 
 Same weight layout and arguments as :mod:`quantlinear_triton.fp_kernels` (codes slab-interleaved in int32 words
-``[N, KW]``: word ``p`` of tile ``t`` holds, at bits ``BITS*j``, the code of channel ``k = t*T + j*SLAB + p``; block
+``[N, KW]`` (4-bit codes in 16-row groups, tile-major: :func:`.fp_packing.pack_slabs`): word ``p`` of tile ``t`` holds, at bits ``BITS*j``, the code of channel ``k = t*T + j*SLAB + p``; block
 scale bytes ``[G, N]`` with one scale per (row, plane) -- a plane of a tile is exactly one scale block; fp32 row scales
 ``[N]`` applied at the end).  ``_fp_tc_kernel`` computes ``y^T = W x^T``, one ``[BN, BM]`` output tile per program,
 with the structure of :mod:`quantlinear_triton.kernels_tc` (see there for why each piece is there):
@@ -34,8 +34,8 @@ import triton
 import triton.language as tl
 
 from . import launch as _fast
-from .fp_kernels import _block_scale, _decode, _fp_finish
-from .fp_packing import S_NONE, bits_of, slab_for
+from .fp_kernels import _block_scale, _decode, _fp_finish, _wrow, _wslab
+from .fp_packing import S_NONE, bits_of, row_words, slab_for
 from .kernels_tc import _load_xt, _mma, _tc_coords, planes_per_step, split_plan
 
 DEFAULT_CFG = {"BN": 128, "BM": 128, "BK": 256, "warps": 8, "stages": 2, "group_m": 8, "prefetch": 1, "split_k": 1}
@@ -43,13 +43,13 @@ DEFAULT_CFG = {"BN": 128, "BM": 128, "BK": 256, "warps": 8, "stages": 2, "group_
 
 @triton.jit
 def _step_operands(w_ptrs, s_ptr, i, jh, N, G, offs_n, n_mask, SPT: tl.constexpr, VPW: tl.constexpr, SLAB: tl.constexpr,
-                   H: tl.constexpr, SCALE: tl.constexpr, EVEN_N: tl.constexpr):
+                   H: tl.constexpr, SCALE: tl.constexpr, EVEN_N: tl.constexpr, BITS: tl.constexpr):
     """Words ``[BN, SLAB]`` of k-step ``i``'s tile and the block scale bytes of its low / high planes (``[BN, H]``)."""
     t = i // SPT
     if EVEN_N:
-        words = tl.load(w_ptrs + t * SLAB)
+        words = tl.load(w_ptrs + _wslab(t, offs_n, N, SLAB, BITS))
     else:
-        words = tl.load(w_ptrs + t * SLAB, mask=n_mask[:, None], other=0)
+        words = tl.load(w_ptrs + _wslab(t, offs_n, N, SLAB, BITS), mask=n_mask[:, None], other=0)
     if SCALE != 0:
         gl = tl.minimum(t * VPW + (i % SPT) * H + jh, G - 1)
         gh = tl.minimum(t * VPW + VPW // 2 + (i % SPT) * H + jh, G - 1)
@@ -79,16 +79,16 @@ def _fp_tc_kernel(x_ptr, w_ptr, s_ptr, r_ptr, b_ptr, y_ptr, ws_ptr, cnt_ptr, M, 
                                                                               BK, BM, BN, GROUP_M)
     jh = tl.arange(0, H)
     tl.assume(s_end > s_start)  # never an empty split (launch_tc): no zero-trip path to the final wgmma wait
-    w_ptrs = w_ptr + offs_n[:, None] * KW + offs_p[None, :]
+    w_ptrs = w_ptr + _wrow(offs_n, N, KW, BITS)[:, None] + offs_p[None, :]
     x_ptrs = x_ptr + offs_m[None, :] * K + koff[:, None]  # [BK, BM]: x^T
     acc = tl.zeros([BN, BM], dtype=tl.float32)
     if PREFETCH:
-        words, bl, bh = _step_operands(w_ptrs, s_ptr, s_start, jh, N, G, offs_n, n_mask, SPT, VPW, SLAB, H, SCALE, EVEN_N)
+        words, bl, bh = _step_operands(w_ptrs, s_ptr, s_start, jh, N, G, offs_n, n_mask, SPT, VPW, SLAB, H, SCALE, EVEN_N, BITS)
     for i in range(s_start, s_end):
         t = i // SPT
         klo = t * T + (i % SPT) * HS
         if not PREFETCH:
-            words, bl, bh = _step_operands(w_ptrs, s_ptr, i, jh, N, G, offs_n, n_mask, SPT, VPW, SLAB, H, SCALE, EVEN_N)
+            words, bl, bh = _step_operands(w_ptrs, s_ptr, i, jh, N, G, offs_n, n_mask, SPT, VPW, SLAB, H, SCALE, EVEN_N, BITS)
         jl = (i % SPT) * H + jh  # low planes; the high planes are jl + HALF
         dl = _decode(words[:, None, :] >> (jl * BITS)[None, :, None], ELEM)  # [BN, H, SLAB], exact fp32
         dh = _decode(words[:, None, :] >> ((HALF + jl) * BITS)[None, :, None], ELEM)
@@ -100,7 +100,7 @@ def _fp_tc_kernel(x_ptr, w_ptr, s_ptr, r_ptr, b_ptr, y_ptr, ws_ptr, cnt_ptr, M, 
         xt = _load_xt(x_ptrs, klo, koff, K, m_mask, EVEN_K, EVEN_M)
         if PREFETCH:  # the next step's words and scales (the last iteration reloads its own: harmless)
             words, bl, bh = _step_operands(w_ptrs, s_ptr, tl.minimum(i + 1, s_end - 1), jh, N, G, offs_n, n_mask, SPT, VPW,
-                                           SLAB, H, SCALE, EVEN_N)
+                                           SLAB, H, SCALE, EVEN_N, BITS)
         acc = _mma(wd, xt, acc)
     _fp_finish(acc, offs_m, offs_n, m_mask, n_mask, y_ptr, r_ptr, b_ptr, ws_ptr, cnt_ptr, tl.program_id(0), tl.program_id(1),
                split_k, M, N, True, HAS_ROWS, HAS_BIAS, USE_SPLIT)
@@ -117,8 +117,9 @@ def launch_tc(x: torch.Tensor, qweight: torch.Tensor, scales: torch.Tensor | Non
     c.update(cfg or {})
     M, K = x.shape
     assert x.is_contiguous()
-    N, KW = qweight.shape
+    N = qweight.shape[0]
     bits, slab = bits_of(elem), slab_for(scale, block)
+    KW = row_words(K, bits, slab)
     pl = planes_per_step(bits, slab, int(c["BK"]))
     vpw = 32 // bits
     y = out if out is not None else x.new_empty((M, N))

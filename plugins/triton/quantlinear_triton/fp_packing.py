@@ -43,6 +43,8 @@ from quantlinear import fpcodes
 from quantlinear.errors import QuantLinearError
 from quantlinear.formats import FloatWeights
 
+from .packing import grouped_words, row_major_words
+
 # ---- element codes the kernels take (constexpr ELEM) --------------------------------------------
 E2M1, E0M4, E4M3, E5M2, E4M3_NV, E4M3_B8 = 0, 1, 2, 3, 4, 5
 #: E4M3 decoded by the hardware: E4M3_NV = OCP e4m3fn (``tl.float8e4nv``, sm89+, gfx950, RDNA4);
@@ -121,8 +123,17 @@ class FPMeta:
         return -(-self.in_features // self.tile_k)
 
 
+#: words of a row's tile in the grouped layout of 4-bit codes (one ``mmv`` step: 256 channels)
+UNIT = 32
+
+
 def pack_slabs(codes: torch.Tensor, bits: int, slab: int, *, chunk_rows: int = 2048) -> torch.Tensor:
-    """uint8 codes ``[N, K]`` (4-bit values or bytes) -> int32 ``[N, KW]`` in the slab layout."""
+    """uint8 codes ``[N, K]`` (4-bit values or bytes) -> int32 ``[N, KW]`` words in the slab layout.
+
+    4-bit codes are stored in groups of 16 rows, each tile-major, as the int codes are (:mod:`.packing`), by units of
+    :data:`UNIT` words (two 16-word NVFP4 slabs, one 32-word MXFP4 slab; K padded to whole units), so a group's step
+    is one run of words.  8-bit codes stay row-major: the FP8 GEMM path hands their bytes to ``torch._scaled_mm`` as
+    an ``[N, K]`` matrix.  :func:`row_major_slabs` undoes the order."""
     if codes.dtype != torch.uint8 or codes.dim() != 2:
         raise QuantLinearError(f"codes must be a 2-D uint8 tensor, got {codes.dtype} {tuple(codes.shape)}")
     N, K = codes.shape
@@ -138,14 +149,31 @@ def pack_slabs(codes: torch.Tensor, bits: int, slab: int, *, chunk_rows: int = 2
         words = (q.view(r1 - r0, kt, vpw, slab) << shifts).sum(dim=2)  # disjoint bits: sum == or
         words = torch.where(words >= 2**31, words - 2**32, words)
         out[r0:r1] = words.view(r1 - r0, kt * slab).to(torch.int32)
-    return out
+    if bits != 4:
+        return out
+    if (kt * slab) % UNIT:  # (whole units: K padded to 256 channels; the kernels mask the padding)
+        out = torch.nn.functional.pad(out, (0, UNIT - (kt * slab) % UNIT))
+    return grouped_words(out, UNIT)
+
+
+def row_words(in_features: int, bits: int, slab: int) -> int:
+    """A row's words of codes, K padded to whole slabs (the storage of 4-bit codes may add a padding slab to its last
+    unit: the kernels never read it)."""
+    return -(-in_features // (slab * (32 // bits))) * slab
+
+
+def row_major_slabs(words: torch.Tensor, bits: int) -> torch.Tensor:
+    """:func:`pack_slabs`' words as a row-major ``[N, KW]`` copy (4-bit codes; 8-bit codes are row-major already)."""
+    if bits != 4:
+        return words
+    return row_major_words(words, UNIT)
 
 
 def unpack_slabs(words: torch.Tensor, bits: int, slab: int, in_features: int) -> torch.Tensor:
     """Inverse of :func:`pack_slabs` (tests)."""
     N, KW = words.shape
     vpw = 32 // bits
-    w = words.to(torch.int64).view(N, KW // slab, 1, slab) & 0xFFFFFFFF
+    w = row_major_slabs(words, bits).to(torch.int64).view(N, KW // slab, 1, slab) & 0xFFFFFFFF
     shifts = (torch.arange(vpw, device=words.device, dtype=torch.int64) * bits).view(1, 1, vpw, 1)
     q = (w >> shifts) & ((1 << bits) - 1)
     return q.view(N, -1)[:, :in_features].to(torch.uint8)

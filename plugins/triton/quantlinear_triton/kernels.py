@@ -208,6 +208,21 @@ def _finish(acc, offs_m, offs_n, m_mask, n_mask, y_ptr, b_ptr, ws_ptr, cnt_ptr, 
 
 
 @triton.jit
+def _word_rows(offs_n, N, KW, UNIT: tl.constexpr):
+    """Where rows ``offs_n``' words start and how far apart their ``UNIT``-word tiles lie, in the grouped word layout
+    (:func:`.packing.word_offsets`): groups of 16 rows (the last ``N % 16``), each tile-major, so the tile of a
+    group is one run of words."""
+    g16 = offs_n - offs_n % 16
+    return g16 * KW + (offs_n - g16) * UNIT, _word_step(offs_n, N, UNIT)
+
+
+@triton.jit
+def _word_step(offs_n, N, UNIT: tl.constexpr):
+    """How far apart rows ``offs_n``' ``UNIT``-word tiles lie (:func:`_word_rows`)."""
+    return tl.minimum(N - (offs_n - offs_n % 16), 16) * UNIT
+
+
+@triton.jit
 def _gemv_kernel(x_ptr, w_ptr, s_ptr, z_ptr, b_ptr, y_ptr, ws_ptr, cnt_ptr,
                  M, N, K, KW, group_size, tiles_per_split, split_k, zmagic,
                  BITS: tl.constexpr, VPW: tl.constexpr, SLAB: tl.constexpr, SPG: tl.constexpr,
@@ -229,15 +244,17 @@ def _gemv_kernel(x_ptr, w_ptr, s_ptr, z_ptr, b_ptr, y_ptr, ws_ptr, cnt_ptr,
     n_tiles = KW // SLAB
     t_start = pid_k * tiles_per_split
     t_end = tl.minimum(t_start + tiles_per_split, n_tiles)
-    w_ptrs = w_ptr + offs_n[:, None] * KW + offs_p[None, :]
+    wrow, wst = _word_rows(offs_n, N, KW, SLAB)  # (the grouped word layout: .packing)
+    w_ptrs = w_ptr + wrow[:, None] + offs_p[None, :]
+    SST = wst[:, None]
     _pdl_enter(PDL)
-    w_next = tl.load(w_ptrs + t_start * SLAB, mask=(n_mask & ((offs_n * 0 + t_start) < t_end))[:, None], other=0)
+    w_next = tl.load(w_ptrs + t_start * SST, mask=(n_mask & ((offs_n * 0 + t_start) < t_end))[:, None], other=0)
     if BM == 1:
         m = pid_m
         acc = tl.zeros([BN, SLAB], dtype=tl.float32)
         for t in range(t_start, t_end):
             w = w_next
-            w_next = tl.load(w_ptrs + (t + 1) * SLAB, mask=(n_mask & ((offs_n * 0 + t + 1) < t_end))[:, None], other=0)
+            w_next = tl.load(w_ptrs + (t + 1) * SST, mask=(n_mask & ((offs_n * 0 + t + 1) < t_end))[:, None], other=0)
             gacc = tl.zeros([BN, SLAB], dtype=tl.float32)
             for j in tl.static_range(VPW):
                 k0 = t * T + j * SLAB
@@ -269,7 +286,7 @@ def _gemv_kernel(x_ptr, w_ptr, s_ptr, z_ptr, b_ptr, y_ptr, ws_ptr, cnt_ptr,
         acc2 = tl.zeros([BM, BN], dtype=tl.float32)
         for t in range(t_start, t_end):
             w = w_next
-            w_next = tl.load(w_ptrs + (t + 1) * SLAB, mask=(n_mask & ((offs_n * 0 + t + 1) < t_end))[:, None], other=0)
+            w_next = tl.load(w_ptrs + (t + 1) * SST, mask=(n_mask & ((offs_n * 0 + t + 1) < t_end))[:, None], other=0)
             gacc2 = tl.zeros([BM, BN], dtype=tl.float32)
             for j in tl.static_range(VPW):
                 k0 = t * T + j * SLAB
@@ -418,11 +435,13 @@ def _gemv16_kernel(x_ptr, w_ptr, s_ptr, z_ptr, b_ptr, y_ptr, ws_ptr, cnt_ptr,
     n_tiles = KW // SLAB
     t_start = pid_k * tiles_per_split
     t_end = tl.minimum(t_start + tiles_per_split, n_tiles)
-    w_ptrs = w_ptr + offs_n[:, None] * KW + offs_p[None, :]
+    wrow, wst = _word_rows(offs_n, N, KW, SLAB)  # (the grouped word layout: .packing)
+    w_ptrs = w_ptr + wrow[:, None] + offs_p[None, :]
+    SST = wst[:, None]
     acc = tl.zeros([BN, SLAB], dtype=tl.float32)
     _pdl_enter(PDL)
     for t in range(t_start, t_end):
-        w = tl.load(w_ptrs + t * SLAB, mask=n_mask[:, None], other=0, eviction_policy="evict_first")
+        w = tl.load(w_ptrs + t * SST, mask=n_mask[:, None], other=0, eviction_policy="evict_first")
         ka = t * T
         kb = ka + H * SLAB
         ga = tl.minimum(ka, K - 1) // group_size
@@ -527,19 +546,21 @@ def _dot16_kernel(x_ptr, w_ptr, s_ptr, z_ptr, b_ptr, y_ptr, ws_ptr, cnt_ptr,
     n_tiles = KW // SLAB
     t_start = pid_k * tiles_per_split
     t_end = tl.minimum(t_start + tiles_per_split, n_tiles)
-    w_ptrs = w_ptr + offs_n[:, None] * KW + offs_p[None, :]
+    wrow, wst = _word_rows(offs_n, N, KW, SLAB)  # (the grouped word layout: .packing)
+    w_ptrs = w_ptr + wrow[:, None] + offs_p[None, :]
+    SST = wst[:, None]
     x_ptrs = x_ptr + offs_m[:, None] * K + offs_p[None, :]
     if SWAP:
         acc = tl.zeros([BN, BM], dtype=tl.float32)
     else:
         acc = tl.zeros([BM, BN], dtype=tl.float32)
-    w_next = tl.load(w_ptrs + t_start * SLAB, mask=(n_mask & ((offs_n * 0 + t_start) < t_end))[:, None], other=0)
+    w_next = tl.load(w_ptrs + t_start * SST, mask=(n_mask & ((offs_n * 0 + t_start) < t_end))[:, None], other=0)
     # (no split is empty: launch() sizes them; without the assumption the zero-trip path writes the accumulator with
     # plain moves before the last wgmma wait, and ptxas serializes every wgmma of the kernel -- C7515, seen on sm90)
     tl.assume(t_end > t_start)
     for t in range(t_start, t_end):
         w = w_next
-        w_next = tl.load(w_ptrs + (t + 1) * SLAB, mask=(n_mask & ((offs_n * 0 + t + 1) < t_end))[:, None], other=0)  # prefetch
+        w_next = tl.load(w_ptrs + (t + 1) * SST, mask=(n_mask & ((offs_n * 0 + t + 1) < t_end))[:, None], other=0)  # prefetch
         ka = t * T
         kb = ka + 4 * SLAB
         ga = tl.minimum(ka, K - 1) // group_size
@@ -593,8 +614,9 @@ def _dequant_kernel(w_ptr, s_ptr, z_ptr, out_ptr, N, K, KW, group_size, zmagic,
     offs_p = tl.arange(0, SLAB)
     n_mask = offs_n < N
     n_tiles = KW // SLAB
+    wrow, wst = _word_rows(offs_n, N, KW, SLAB)
     for t in range(pid_t * TPP, tl.minimum(pid_t * TPP + TPP, n_tiles)):
-        w = tl.load(w_ptr + offs_n[:, None] * KW + t * SLAB + offs_p[None, :], mask=n_mask[:, None], other=0)
+        w = tl.load(w_ptr + (wrow + t * wst)[:, None] + offs_p[None, :], mask=n_mask[:, None], other=0)
         for j in tl.static_range(VPW):
             k0 = t * T + j * SLAB
             if j % SPG == 0:
@@ -640,19 +662,21 @@ def _dot_kernel(x_ptr, w_ptr, s_ptr, z_ptr, b_ptr, y_ptr, ws_ptr, cnt_ptr,
     n_tiles = KW // SLAB
     t_start = pid_k * tiles_per_split
     t_end = tl.minimum(t_start + tiles_per_split, n_tiles)
-    w_ptrs = w_ptr + offs_n[:, None] * KW + offs_p[None, :]
+    wrow, wst = _word_rows(offs_n, N, KW, SLAB)  # (the grouped word layout: .packing)
+    w_ptrs = w_ptr + wrow[:, None] + offs_p[None, :]
+    SST = wst[:, None]
     x_ptrs = x_ptr + offs_m[:, None] * K + offs_p[None, :]
     if SWAP:
         acc = tl.zeros([BN, BM], dtype=tl.float32)
     else:
         acc = tl.zeros([BM, BN], dtype=tl.float32)
-    w_next = tl.load(w_ptrs + t_start * SLAB, mask=(n_mask & ((offs_n * 0 + t_start) < t_end))[:, None], other=0)
+    w_next = tl.load(w_ptrs + t_start * SST, mask=(n_mask & ((offs_n * 0 + t_start) < t_end))[:, None], other=0)
     # (no split is empty: launch() sizes them; without the assumption the zero-trip path writes the accumulator with
     # plain moves before the last wgmma wait, and ptxas serializes every wgmma of the kernel -- C7515, seen on sm90)
     tl.assume(t_end > t_start)
     for t in range(t_start, t_end):
         w = w_next
-        w_next = tl.load(w_ptrs + (t + 1) * SLAB, mask=(n_mask & ((offs_n * 0 + t + 1) < t_end))[:, None], other=0)  # prefetch
+        w_next = tl.load(w_ptrs + (t + 1) * SST, mask=(n_mask & ((offs_n * 0 + t + 1) < t_end))[:, None], other=0)  # prefetch
         part = tl.zeros_like(acc)
         for j in tl.static_range(VPW):
             k0 = t * T + j * SLAB

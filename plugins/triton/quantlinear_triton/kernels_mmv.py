@@ -430,8 +430,10 @@ if HAS_GLUON:
             n_it = t1 - t0
         row0 = gl.minimum(rows, N - 1)
         row1 = gl.minimum(rows + 8, N - 1)
-        woff0 = row0 * KW + (lane % 4) * 4 + _iota(4, 3, L)
-        woff1 = row1 * KW + (lane % 4) * 4 + _iota(4, 3, L)
+        g16 = row0 - row0 % 16  # the grouped word layout (.packing): row0's group of 16 rows, row1's too
+        sst = gl.minimum(N - g16, 16) * 32  # words from a row's 32-word slab to its next (the group's rows x 32)
+        woff0 = g16 * KW + (row0 - g16) * 32 + (lane % 4) * 4 + _iota(4, 3, L)
+        woff1 = g16 * KW + (row1 - g16) * 32 + (lane % 4) * 4 + _iota(4, 3, L)
         srow0 = gl.convert_layout(gl.reshape(row0, [NW, 32, R]), S, assert_trivial=True)
         srow1 = gl.convert_layout(gl.reshape(row1, [NW, 32, R]), S, assert_trivial=True)
         if FP == 2:  # NVFP4: a row's 16 scale bytes of a step as four 4-byte loads (one 16-byte load was 1.2x slower)
@@ -456,12 +458,12 @@ if HAS_GLUON:
                 tp = gl.minimum(t0 + _iota(NW, 0, S, 3), t1 - 1)
             else:
                 tp = t0
-            _prefetch_step(w_ptr, srow0, srow1, _iota(32, 1, S, 3) % 4, tp, KW, W8)
+            _prefetch_step(w_ptr, srow0, srow1, _iota(32, 1, S, 3) % 4, tp, N, KW, W8)
             _gdc_wait()
         if (PF or EARLY == 1) and KS:  # the warps' first tiles' words (the scales stay in the loop)
-            nws = _ks_words(w_ptr, woff0, woff1, t0 + _iota(NW, 0, L), t1, FULL)
+            nws = _ks_words(w_ptr, woff0, woff1, t0 + _iota(NW, 0, L), t1, sst, FULL)
         elif PF or EARLY == 1:
-            nws, nsg0, nsg1 = _tile_words(w_ptr, s_ptr, woff0, woff1, soff0, soff1, t0, gsh, gmax, N, KW, BF16, FP, W8,
+            nws, nsg0, nsg1 = _tile_words(w_ptr, s_ptr, woff0, woff1, soff0, soff1, t0, gsh, gmax, N, sst, BF16, FP, W8,
                                           EF)
         if PDL and EARLY == 1:  # the first step's weights are on their way while the previous kernel drains
             _gdc_wait()
@@ -477,22 +479,22 @@ if HAS_GLUON:
                 tz = gl.minimum(t + _iota(NW, 0, S, 3), t1 - 1)  # (scales, zeros: any valid group past the end; x is 0)
                 if PF:  # this step's words came with the last; the next step's go out now
                     ws = nws
-                    nws = _ks_next_words(w_ptr, woff0, woff1, t, t1, L, FULL)
+                    nws = _ks_next_words(w_ptr, woff0, woff1, t, t1, sst, L, FULL)
                 elif EARLY == 1:  # this step's words were loaded at the end of the last (the first before the wait)
                     ws = nws
                 else:
-                    ws = _ks_words(w_ptr, woff0, woff1, t + _iota(NW, 0, L), t1, FULL)
+                    ws = _ks_words(w_ptr, woff0, woff1, t + _iota(NW, 0, L), t1, sst, FULL)
                 sg0, sg1 = _tile_scales(s_ptr, soff0, soff1, tz, gsh, gmax, N, BF16, FP)
             else:
                 t = t0 + it
                 if PF:
                     ws, sg0, sg1 = nws, nsg0, nsg1
                     nws, nsg0, nsg1 = _tile_words(w_ptr, s_ptr, woff0, woff1, soff0, soff1, gl.minimum(t + 1, t1 - 1),
-                                                  gsh, gmax, N, KW, BF16, FP, W8, EF)
+                                                  gsh, gmax, N, sst, BF16, FP, W8, EF)
                 elif EARLY == 1:
                     ws, sg0, sg1 = nws, nsg0, nsg1
                 else:
-                    ws, sg0, sg1 = _tile_words(w_ptr, s_ptr, woff0, woff1, soff0, soff1, t, gsh, gmax, N, KW, BF16, FP,
+                    ws, sg0, sg1 = _tile_words(w_ptr, s_ptr, woff0, woff1, soff0, soff1, t, gsh, gmax, N, sst, BF16, FP,
                                                W8, EF)
             sp0 = sg0[0]
             sp1 = sg1[0]
@@ -590,10 +592,10 @@ if HAS_GLUON:
                         d0, d1, d2, d3 = _mma(r0, r1, r2, r3, q0[i], q1[i], d0, d1, d2, d3, BF16)
             if EARLY == 1 and not PF:  # the next step's words, after this step's arithmetic (no more registers live)
                 if KS:
-                    nws = _ks_next_words(w_ptr, woff0, woff1, t, t1, L, FULL)
+                    nws = _ks_next_words(w_ptr, woff0, woff1, t, t1, sst, L, FULL)
                 else:
                     nws, nsg0, nsg1 = _tile_words(w_ptr, s_ptr, woff0, woff1, soff0, soff1, gl.minimum(t + 1, t1 - 1),
-                                                  gsh, gmax, N, KW, BF16, FP, W8, EF)
+                                                  gsh, gmax, N, sst, BF16, FP, W8, EF)
             if not KS:
                 xs.index(((it + 1) % 2) * NT).store(xn0)
                 if NT == 2:
@@ -747,7 +749,7 @@ if HAS_GLUON:
                                   "=r,l,r", [ptr, on], dtype=gl.int32, is_pure=False, pack=1)
 
     @gluon.jit
-    def _prefetch_step(w_ptr, srow0, srow1, q, t, KW, W8: gl.constexpr):
+    def _prefetch_step(w_ptr, srow0, srow1, q, t, N, KW, W8: gl.constexpr):
         """``early`` 2: step ``t``'s weight lines into L2 before the grid-dependency wait, one lane (``q`` 0) per row
         and 128-byte line (a row's 32 words of a step; 8-bit codes' 64, two lines).  Every lane prefetching its own
         16 bytes, as first written, asked for each line eight times and for the scale lines besides: on an H100 that
@@ -755,8 +757,14 @@ if HAS_GLUON:
         STEP: gl.constexpr = _step_words(W8)
         on = (q == 0).to(gl.int32)
         for h in gl.static_range(STEP // 32):
-            _pf_l2_if(w_ptr + srow0 * KW + t * STEP + 32 * h, on)
-            _pf_l2_if(w_ptr + srow1 * KW + t * STEP + 32 * h, on)
+            _pf_l2_if(w_ptr + _slab_word(srow0, t * (STEP // 32) + h, N, KW), on)
+            _pf_l2_if(w_ptr + _slab_word(srow1, t * (STEP // 32) + h, N, KW), on)
+
+    @gluon.jit
+    def _slab_word(row, t, N, KW):
+        """Where row ``row``'s 32-word slab ``t`` starts in the grouped word layout (:func:`.packing.word_offsets`)."""
+        g16 = row - row % 16
+        return g16 * KW + (row - g16) * 32 + t * (gl.minimum(N - g16, 16) * 32)
 
     @gluon.jit
     def _partial(part, tok, row, M, N):
@@ -812,7 +820,7 @@ if HAS_GLUON:
             _out(ptr, d3, ta + 9, r0 + 8, M, N)
 
     @gluon.jit
-    def _tile_words(w_ptr, s_ptr, woff0, woff1, soff0, soff1, t, gsh, gmax, N, KW, BF16: gl.constexpr,
+    def _tile_words(w_ptr, s_ptr, woff0, woff1, soff0, soff1, t, gsh, gmax, N, sst, BF16: gl.constexpr,
                     FP: gl.constexpr, W8: gl.constexpr = False, EF: gl.constexpr = True):
         """Tile t's (a scalar: every warp of the program reads the same tile) words of the lane's two rows and the
         rows' scales: int codes, the scale pairs of groups ``2t >> gsh`` and ``(2t + 1) >> gsh`` (see
@@ -820,32 +828,33 @@ if HAS_GLUON:
         (:func:`mx_sigma`, ``s_ptr`` int32 ``[N, KW / 16]``).  The words as a tuple: row 0 / 1 x word half 0 / 1 (8-bit
         codes: then the same of the second slab)."""
         STEP: gl.constexpr = _step_words(W8)
-        w00 = _stream(w_ptr + woff0 + t * STEP, EF)
-        w01 = _stream(w_ptr + woff0 + t * STEP + 16, EF)
-        w10 = _stream(w_ptr + woff1 + t * STEP, EF)
-        w11 = _stream(w_ptr + woff1 + t * STEP + 16, EF)
+        to = t * (STEP // 32) * sst  # (8-bit codes: the step's second slab is the next one, sst further)
+        w00 = _stream(w_ptr + woff0 + to, EF)
+        w01 = _stream(w_ptr + woff0 + to + 16, EF)
+        w10 = _stream(w_ptr + woff1 + to, EF)
+        w11 = _stream(w_ptr + woff1 + to + 16, EF)
         if W8:
-            words = (w00, w01, w10, w11, _stream(w_ptr + woff0 + t * STEP + 32, EF),
-                     _stream(w_ptr + woff0 + t * STEP + 48, EF), _stream(w_ptr + woff1 + t * STEP + 32, EF),
-                     _stream(w_ptr + woff1 + t * STEP + 48, EF))
+            words = (w00, w01, w10, w11, _stream(w_ptr + woff0 + to + sst, EF),
+                     _stream(w_ptr + woff0 + to + sst + 16, EF), _stream(w_ptr + woff1 + to + sst, EF),
+                     _stream(w_ptr + woff1 + to + sst + 16, EF))
         else:
             words = (w00, w01, w10, w11)
         sg0, sg1 = _tile_scales(s_ptr, soff0, soff1, t, gsh, gmax, N, BF16, FP)
         return words, sg0, sg1
 
     @gluon.jit
-    def _ks_words(w_ptr, woff0, woff1, tw, t1, FULL: gl.constexpr = False):
+    def _ks_words(w_ptr, woff0, woff1, tw, t1, sst, FULL: gl.constexpr = False):
         """The warps' own tiles' words (``KS``: tile ``tw`` per warp, ``[NW, 1, 1, 1]``), 0 past the split's end
         (``FULL``: every warp's tile is inside it, no mask)."""
-        b0 = w_ptr + woff0 + tw * 32
-        b1 = w_ptr + woff1 + tw * 32
+        b0 = w_ptr + woff0 + tw * sst
+        b1 = w_ptr + woff1 + tw * sst
         if FULL:
             return _stream(b0, True), _stream(b0 + 16, True), _stream(b1, True), _stream(b1 + 16, True)
         ok = tw < t1
         return _stream_masked(b0, ok), _stream_masked(b0 + 16, ok), _stream_masked(b1, ok), _stream_masked(b1 + 16, ok)
 
     @gluon.jit
-    def _ks_next_words(w_ptr, woff0, woff1, t, t1, L: gl.constexpr, FULL: gl.constexpr):
+    def _ks_next_words(w_ptr, woff0, woff1, t, t1, sst, L: gl.constexpr, FULL: gl.constexpr):
         """The words of each warp's next ``ks`` step (tile ``t + NW + w``), loaded a step ahead (``pf``, or ``early`` 1
         after the step's arithmetic); unmasked (``FULL``) the last step re-reads a tile of the split instead of
         reading past it."""
@@ -853,7 +862,7 @@ if HAS_GLUON:
         tn = t + NW + _iota(NW, 0, L)
         if FULL:
             tn = gl.minimum(tn, t1 - 1)
-        return _ks_words(w_ptr, woff0, woff1, tn, t1, FULL)
+        return _ks_words(w_ptr, woff0, woff1, tn, t1, sst, FULL)
 
     @gluon.jit
     def _stream(ptr, EF: gl.constexpr):

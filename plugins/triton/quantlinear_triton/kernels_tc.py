@@ -78,7 +78,7 @@ import triton
 import triton.language as tl
 
 from . import launch as _fast
-from .kernels import COUNTER_SLOTS, _asm_ok, _dq_pair_h, _h2_magic, _pack_h2, _tile_of, split_buffers  # (split-K: its persistent buffers)
+from .kernels import COUNTER_SLOTS, _asm_ok, _dq_pair_h, _h2_magic, _pack_h2, _tile_of, _word_rows, _word_step, split_buffers  # (split-K: its persistent buffers)
 
 #: the configuration :func:`launch_tc` uses when none is given (the best single one measured on H100, fp16)
 DEFAULT_CFG = {"BN": 128, "BM": 128, "BK": 256, "warps": 8, "stages": 2, "group_m": 8, "dq": 1, "prefetch": 1, "split_k": 1}
@@ -164,9 +164,9 @@ def _step_operands(w_ptrs, s_ptr, z_ptr, i, jh, K, N, offs_n, n_mask, SPT: tl.co
     t = i // SPT
     klo = t * T + (i % SPT) * HS
     if EVEN_N:
-        words = tl.load(w_ptrs + t * SLAB)
+        words = tl.load(w_ptrs + t * _word_step(offs_n, N, SLAB)[:, None])
     else:
-        words = tl.load(w_ptrs + t * SLAB, mask=n_mask[:, None], other=0)
+        words = tl.load(w_ptrs + t * _word_step(offs_n, N, SLAB)[:, None], mask=n_mask[:, None], other=0)
     sl, sh, zl, zhh = _step_scales(s_ptr, z_ptr, klo, klo + HALF * SLAB, jh, K, N, offs_n, n_mask, SLAB, H, GROUPS, GS, HAS_ZEROS)
     return words, sl, sh, zl, zhh
 
@@ -244,7 +244,8 @@ def _tc_kernel(x_ptr, w_ptr, s_ptr, z_ptr, b_ptr, y_ptr, ws_ptr, cnt_ptr,
                                                                               BK, BM, BN, GROUP_M)
     jh = tl.arange(0, H)
     tl.assume(s_end > s_start)  # never an empty split (launch_tc): no zero-trip path to the final wgmma wait
-    w_ptrs = w_ptr + offs_n[:, None] * KW + offs_p[None, :]
+    wrow, _wst = _word_rows(offs_n, N, KW, SLAB)  # (the grouped word layout: .packing)
+    w_ptrs = w_ptr + wrow[:, None] + offs_p[None, :]
     x_ptrs = x_ptr + offs_m[None, :] * K + koff[:, None]  # [BK, BM]: x^T
     acc = tl.zeros([BN, BM], dtype=tl.float32)
     if PREFETCH:

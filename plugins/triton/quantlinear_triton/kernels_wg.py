@@ -28,7 +28,7 @@ row (:func:`.kernels_mmv.group_shift`).
 
 Two planes of MMAs in flight (a second A buffer) made ptxas serialize every wgmma (C7513, "non wgmma instructions
 defining input registers"), so one plane stays in flight.  The words' addresses are formed in the loop from int32
-offsets (``w_ptr + (woff + t * 32)``): hoisted as eight 64-bit pointers they pushed the 256-token variants to 255
+offsets (``w_ptr + (woff + t * sst)``): hoisted as eight 64-bit pointers they pushed the 256-token variants to 255
 registers and spills.
 
 Measured on an H100 through the layer (``quantlinear bench``, the graph-tuned table; CUDA graphs, W4 g128 fp16;
@@ -228,8 +228,10 @@ if HAS_WG:
                 _issue(x_desc, xs, ready, i, t0, m0, STAGES, P)
 
         rows = gl.minimum(pid_n * BN + gl.arange(0, BN, layout=RL), N - 1)
-        woff = gl.expand_dims(rows * KW, 1) + gl.expand_dims(gl.arange(0, 32, layout=gl.SliceLayout(0, WL)), 0)
-        words = gl.load(w_ptr + (woff + t0 * 32))
+        g16 = rows - rows % 16  # the grouped word layout (.packing): a group's slab is one run of (its rows x 32) words
+        woff = gl.expand_dims(g16 * KW + (rows - g16) * 32, 1) + gl.expand_dims(gl.arange(0, 32, layout=gl.SliceLayout(0, WL)), 0)
+        sst = gl.expand_dims(gl.minimum(N - g16, 16) * 32, 1)
+        words = gl.load(w_ptr + (woff + t0 * sst))
         sp, zp = _row_pairs(s_ptr, z_ptr, t0, rows, gsh, gmax, N, zh, HAS_ZEROS, BF16)
         acc = gl.zeros([BN, BM], gl.float32, MMA)
         plo = gl.zeros([BN, 32], dt, ADOT)
@@ -237,7 +239,7 @@ if HAS_WG:
         for t in range(t0, t1):
             # the next tile's words and scale / zero pairs, a tile ahead (the last tile reloads its own)
             tn = gl.minimum(t + 1, t1 - 1)
-            nwords = gl.load(w_ptr + (woff + tn * 32))
+            nwords = gl.load(w_ptr + (woff + tn * sst))
             nsp, nzp = _row_pairs(s_ptr, z_ptr, tn, rows, gsh, gmax, N, zh, HAS_ZEROS, BF16)
             sp2 = gl.expand_dims(sp, 1) + gl.zeros([BN, 32], gl.int32, WL)
             zp2 = gl.expand_dims(zp, 1) + gl.zeros([BN, 32], gl.int32, WL)

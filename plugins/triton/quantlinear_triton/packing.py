@@ -1,15 +1,32 @@
 """Repacking canonical :class:`IntWeights` into the layouts the GPU kernels read (CUDA and ROCm plugins).
 
-Triton layout ("slab-interleaved", one int32 tensor ``[N, KW]``)
------------------------------------------------------------------
+Triton layout ("slab-interleaved", in row groups; one int32 tensor of ``N * KW`` words)
+--------------------------------------------------------------------------------------
 Each output row ``n`` is cut along K into tiles of ``T = SLAB * VPW`` codes, where
 ``VPW = 32 // bits`` codes share one int32 word (2-bit: 16, 3-bit: 10, 4-bit: 8, 8-bit: 4)
-and ``SLAB`` (16 or 32) is a number of words.  Word ``p`` of tile ``t`` holds, at bit offset
-``j * bits``, the code of input channel ``k = t*T + j*SLAB + p``.  So one shift-and-mask of a
-row's ``SLAB`` consecutive words yields ``SLAB`` *consecutive* input channels: the kernels
-never reshape or gather, a tile is a plain 2-D load, and the activation slab it pairs with is
-a contiguous load too.  3-bit codes use 10 per word (30 of 32 bits).  K is padded to a whole
-number of tiles with code 0; the kernels mask those channels out.
+and ``SLAB`` (16 or 32) is a number of words.  Word ``p`` of row ``n``'s tile ``t`` holds, at
+bit offset ``j * bits``, the code of input channel ``k = t*T + j*SLAB + p``.  So one
+shift-and-mask of a row's ``SLAB`` consecutive words yields ``SLAB`` *consecutive* input
+channels: the kernels never reshape or gather, a tile is a plain 2-D load, and the activation
+slab it pairs with is a contiguous load too.  3-bit codes use 10 per word (30 of 32 bits).  K
+is padded to a whole number of tiles with code 0; the kernels mask those channels out.
+
+The rows are stored in groups of :data:`GROUP_ROWS` (16, one MMA row block), each group
+tile-major: row ``n`` of group ``g = n // 16`` (``h`` rows: 16, the last group ``N % 16`` where
+that is not 0) keeps its tile ``t`` at word ``16 g KW + (t h + n % 16) SLAB``
+(:func:`word_offsets`).  So a group's tile is one contiguous run of ``h SLAB`` words, and a
+group's whole K is one run of ``h KW`` words, as a row block's is in a row-major matrix.  The
+tensor keeps the shape ``[N, KW]`` so that its shape still names the layer's rows and words;
+never index it as a row-major matrix (:func:`row_major_words`, :func:`unpack_codes`).
+
+Why: a warp of the decode kernel (``mmv``) reads a 16-row group's tile at each step; row-major,
+those are 16 runs of 128 bytes ``KW`` words apart, here one 2 KB run.  On an H100 (CUDA-graph
+chains, same run; ``plugins/cuda/benchmarks/results/h100-session19-probes-2026-11-27.txt``) this
+took M = 1 on 14336 x 4096 from 13.8 to 13.2 us with the same configuration, MXFP4 there from
+15.5 to 14.7 (activation kernel included), M = 2..16 0-3% lower, and left the prefill kernel
+(``wg``) at M = 256 / 1024 within -1..+2.5%.  Storing every row's tile ``t`` side by side across
+the whole tensor (step-major) was faster still at M <= 16 (13.1 us there) but cost ``wg`` up to
+12% at M = 1024 (a program's weights then span the whole tensor).
 
 Every slab lies inside one quantization group (``SLAB`` divides the group size, or there is
 one group per row), so scales/zeros are one value per (row, slab).  Scales keep the
@@ -95,13 +112,45 @@ def slabs_per_group(bits: int, slab: int, group_size: int, in_features: int) -> 
     return 1
 
 
+#: rows a group of the word layout holds (see the module docstring)
+GROUP_ROWS = 16
+
+
+def word_offsets(rows: torch.Tensor, N: int, KW: int, unit: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Where rows ``rows``' words start and how far apart their ``unit``-word tiles lie, in the grouped layout (the
+    kernels compute the same: ``base + t * stride`` is tile ``t``)."""
+    g16 = rows - rows % GROUP_ROWS
+    return g16 * KW + (rows - g16) * unit, (N - g16).clamp(max=GROUP_ROWS) * unit
+
+
+def grouped_words(rm: torch.Tensor, unit: int) -> torch.Tensor:
+    """Row-major words ``[N, KW]`` -> the grouped tile-major layout (module docstring; tiles of ``unit`` words)."""
+    N, KW = rm.shape
+    G, h = divmod(N, GROUP_ROWS)
+    full = rm[:G * GROUP_ROWS].reshape(G, GROUP_ROWS, KW // unit, unit).permute(0, 2, 1, 3).reshape(-1)
+    last = rm[G * GROUP_ROWS:].reshape(h, KW // unit, unit).permute(1, 0, 2).reshape(-1)
+    return torch.cat([full, last]).view(N, KW)
+
+
+def row_major_words(words: torch.Tensor, unit: int) -> torch.Tensor:
+    """The grouped words ``[N, KW]`` (:func:`grouped_words`) as a row-major ``[N, KW]`` copy: row ``n``'s words in
+    order (tests, debugging, exports)."""
+    N, KW = words.shape
+    G, h = divmod(N, GROUP_ROWS)
+    flat = words.reshape(-1)
+    full = flat[:G * GROUP_ROWS * KW].view(G, KW // unit, GROUP_ROWS, unit).permute(0, 2, 1, 3).reshape(G * GROUP_ROWS, KW)
+    last = flat[G * GROUP_ROWS * KW:].view(KW // unit, h, unit).permute(1, 0, 2).reshape(h, KW)
+    return torch.cat([full, last])
+
+
 def pack_codes(q: torch.Tensor, bits: int, slab: int, *, chunk_rows: int = 2048) -> torch.Tensor:
-    """uint8 codes ``[N, K]`` -> int32 ``[N, KW]`` in the slab-interleaved layout."""
+    """uint8 codes ``[N, K]`` -> int32 ``[N, KW]`` words in the grouped slab layout (see the module docstring)."""
     N, K = q.shape
     vpw = VPW[bits]
     T = slab * vpw
     kt = -(-K // T)
-    out = torch.empty(N, kt * slab, dtype=torch.int32, device=q.device)
+    chunk_rows = max(GROUP_ROWS, chunk_rows // GROUP_ROWS * GROUP_ROWS)  # (whole groups a chunk; the last may be short)
+    out = torch.empty(N * kt * slab, dtype=torch.int32, device=q.device)
     shifts = (torch.arange(vpw, device=q.device, dtype=torch.int64) * bits).view(1, 1, vpw, 1)
     for r0 in range(0, N, chunk_rows):
         r1 = min(N, r0 + chunk_rows)
@@ -109,8 +158,8 @@ def pack_codes(q: torch.Tensor, bits: int, slab: int, *, chunk_rows: int = 2048)
         qp[:, :K] = q[r0:r1].to(torch.int64)
         words = (qp.view(r1 - r0, kt, vpw, slab) << shifts).sum(dim=2)  # disjoint bits: sum == or
         words = torch.where(words >= 2**31, words - 2**32, words)
-        out[r0:r1] = words.view(r1 - r0, kt * slab).to(torch.int32)
-    return out
+        out[r0 * kt * slab:r1 * kt * slab] = grouped_words(words.view(r1 - r0, kt * slab).to(torch.int32), slab).view(-1)
+    return out.view(N, kt * slab)
 
 
 def unpack_codes(words: torch.Tensor, bits: int, slab: int, in_features: int) -> torch.Tensor:
@@ -118,7 +167,7 @@ def unpack_codes(words: torch.Tensor, bits: int, slab: int, in_features: int) ->
     N, KW = words.shape
     vpw = VPW[bits]
     kt = KW // slab
-    w = words.to(torch.int64).view(N, kt, 1, slab) & 0xFFFFFFFF
+    w = row_major_words(words, slab).to(torch.int64).view(N, kt, 1, slab) & 0xFFFFFFFF
     shifts = (torch.arange(vpw, device=words.device, dtype=torch.int64) * bits).view(1, 1, vpw, 1)
     q = (w >> shifts) & ((1 << bits) - 1)
     return q.view(N, kt * vpw * slab)[:, :in_features].to(torch.uint8)

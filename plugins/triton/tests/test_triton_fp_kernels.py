@@ -57,11 +57,17 @@ def test_pack_round_trip(bits, slab, K):
     codes = torch.randint(0, 1 << bits, (9, K), generator=torch.Generator().manual_seed(K), dtype=torch.int32).to(torch.uint8)
     words = P.pack_slabs(codes, bits, slab)
     T = slab * 32 // bits
-    assert words.dtype == torch.int32 and words.shape == (9, -(-K // T) * slab)
+    kw = -(-K // T) * slab
+    # 4-bit codes: whole 32-word units (16-word slabs in pairs) in 16-row groups, tile-major; 8-bit codes row-major
+    assert words.dtype == torch.int32 and words.shape == (9, -(-kw // P.UNIT) * P.UNIT if bits == 4 else kw)
     assert torch.equal(P.unpack_slabs(words, bits, slab, K), codes)
     # word p of tile 0 holds channel j*slab + p at bit j*bits: one shift gives consecutive channels
-    assert int(words[0, 1]) & ((1 << bits) - 1) == int(codes[0, 1])
-    assert (int(words[0, 0]) >> bits) & ((1 << bits) - 1) == int(codes[0, slab])
+    rm = P.row_major_slabs(words, bits)
+    assert int(rm[0, 1]) & ((1 << bits) - 1) == int(codes[0, 1])
+    assert (int(rm[0, 0]) >> bits) & ((1 << bits) - 1) == int(codes[0, slab])
+    if bits == 4 and words.shape[1] > P.UNIT:  # 4-bit: rows in groups of 16 (here one short group of 9), each
+        # tile-major by 32-word units: row 2's unit 1 starts at (1 * 9 + 2) * 32 of the flat words
+        assert int(words.reshape(-1)[11 * P.UNIT]) == int(rm[2, P.UNIT])
 
 
 def test_prepare_keeps_encodings():

@@ -430,10 +430,9 @@ if HAS_GLUON:
             n_it = t1 - t0
         row0 = gl.minimum(rows, N - 1)
         row1 = gl.minimum(rows + 8, N - 1)
-        g16 = row0 - row0 % 16  # the grouped word layout (.packing): row0's group of 16 rows, row1's too
-        sst = gl.minimum(N - g16, 16) * 32  # words from a row's 32-word slab to its next (the group's rows x 32)
-        woff0 = g16 * KW + (row0 - g16) * 32 + (lane % 4) * 4 + _iota(4, 3, L)
-        woff1 = g16 * KW + (row1 - g16) * 32 + (lane % 4) * 4 + _iota(4, 3, L)
+        wrow0, sst = _group_words(row0, N, KW)  # (row1 lies in row0's group of 16 rows: the same slab stride)
+        woff0 = wrow0 + (lane % 4) * 4 + _iota(4, 3, L)
+        woff1 = wrow0 + (row1 - row0) * 32 + (lane % 4) * 4 + _iota(4, 3, L)
         srow0 = gl.convert_layout(gl.reshape(row0, [NW, 32, R]), S, assert_trivial=True)
         srow1 = gl.convert_layout(gl.reshape(row1, [NW, 32, R]), S, assert_trivial=True)
         if FP == 2:  # NVFP4: a row's 16 scale bytes of a step as four 4-byte loads (one 16-byte load was 1.2x slower)
@@ -761,10 +760,17 @@ if HAS_GLUON:
             _pf_l2_if(w_ptr + _slab_word(srow1, t * (STEP // 32) + h, N, KW), on)
 
     @gluon.jit
-    def _slab_word(row, t, N, KW):
-        """Where row ``row``'s 32-word slab ``t`` starts in the grouped word layout (:func:`.packing.word_offsets`)."""
+    def _group_words(row, N, KW):
+        """Where rows ``row``' words start and how far apart their 32-word slabs lie, in the grouped word layout
+        (:func:`.packing.word_offsets`: groups of 16 rows, the last ``N % 16``, each tile-major)."""
         g16 = row - row % 16
-        return g16 * KW + (row - g16) * 32 + t * (gl.minimum(N - g16, 16) * 32)
+        return g16 * KW + (row - g16) * 32, gl.minimum(N - g16, 16) * 32
+
+    @gluon.jit
+    def _slab_word(row, t, N, KW):
+        """Where row ``row``'s 32-word slab ``t`` starts (:func:`_group_words`)."""
+        base, sst = _group_words(row, N, KW)
+        return base + t * sst
 
     @gluon.jit
     def _partial(part, tok, row, M, N):

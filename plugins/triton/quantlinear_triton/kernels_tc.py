@@ -78,7 +78,7 @@ import triton
 import triton.language as tl
 
 from . import launch as _fast
-from .kernels import COUNTER_SLOTS, _asm_ok, _dq_pair_h, _h2_magic, _pack_h2, _tile_of, _word_rows, _word_step, split_buffers  # (split-K: its persistent buffers)
+from .kernels import COUNTER_SLOTS, _asm_ok, _dq_pair_h, _h2_magic, _pack_h2, _tile_of, _word_rows, split_buffers  # (split-K: its persistent buffers)
 
 #: the configuration :func:`launch_tc` uses when none is given (the best single one measured on H100, fp16)
 DEFAULT_CFG = {"BN": 128, "BM": 128, "BK": 256, "warps": 8, "stages": 2, "group_m": 8, "dq": 1, "prefetch": 1, "split_k": 1}
@@ -157,16 +157,16 @@ def _step_scales(s_ptr, z_ptr, klo, khi, jh, K, N, offs_n, n_mask,
 
 
 @triton.jit
-def _step_operands(w_ptrs, s_ptr, z_ptr, i, jh, K, N, offs_n, n_mask, SPT: tl.constexpr, T: tl.constexpr, HS: tl.constexpr,
+def _step_operands(w_ptrs, wst, s_ptr, z_ptr, i, jh, K, N, offs_n, n_mask, SPT: tl.constexpr, T: tl.constexpr, HS: tl.constexpr,
                    HALF: tl.constexpr, SLAB: tl.constexpr, H: tl.constexpr, GROUPS: tl.constexpr, GS: tl.constexpr,
                    HAS_ZEROS: tl.constexpr, EVEN_N: tl.constexpr):
     """The weight words and the low/high planes' scales (and zeros) of k-step ``i`` (tile ``i // SPT``)."""
     t = i // SPT
     klo = t * T + (i % SPT) * HS
     if EVEN_N:
-        words = tl.load(w_ptrs + t * _word_step(offs_n, N, SLAB)[:, None])
+        words = tl.load(w_ptrs + t * wst)
     else:
-        words = tl.load(w_ptrs + t * _word_step(offs_n, N, SLAB)[:, None], mask=n_mask[:, None], other=0)
+        words = tl.load(w_ptrs + t * wst, mask=n_mask[:, None], other=0)
     sl, sh, zl, zhh = _step_scales(s_ptr, z_ptr, klo, klo + HALF * SLAB, jh, K, N, offs_n, n_mask, SLAB, H, GROUPS, GS, HAS_ZEROS)
     return words, sl, sh, zl, zhh
 
@@ -244,17 +244,18 @@ def _tc_kernel(x_ptr, w_ptr, s_ptr, z_ptr, b_ptr, y_ptr, ws_ptr, cnt_ptr,
                                                                               BK, BM, BN, GROUP_M)
     jh = tl.arange(0, H)
     tl.assume(s_end > s_start)  # never an empty split (launch_tc): no zero-trip path to the final wgmma wait
-    wrow, _wst = _word_rows(offs_n, N, KW, SLAB)  # (the grouped word layout: .packing)
+    wrow, wst = _word_rows(offs_n, N, KW, SLAB)  # (the grouped word layout: .packing)
     w_ptrs = w_ptr + wrow[:, None] + offs_p[None, :]
+    wst = wst[:, None]  # words from a row's slab to its next
     x_ptrs = x_ptr + offs_m[None, :] * K + koff[:, None]  # [BK, BM]: x^T
     acc = tl.zeros([BN, BM], dtype=tl.float32)
     if PREFETCH:
-        words, sl, sh, zl, zhh = _step_operands(w_ptrs, s_ptr, z_ptr, s_start, jh, K, N, offs_n, n_mask, SPT, T, HS, HALF, SLAB, H, GROUPS, GS, HAS_ZEROS, EVEN_N)
+        words, sl, sh, zl, zhh = _step_operands(w_ptrs, wst, s_ptr, z_ptr, s_start, jh, K, N, offs_n, n_mask, SPT, T, HS, HALF, SLAB, H, GROUPS, GS, HAS_ZEROS, EVEN_N)
     for i in range(s_start, s_end):
         t = i // SPT
         klo = t * T + (i % SPT) * HS
         if not PREFETCH:
-            words, sl, sh, zl, zhh = _step_operands(w_ptrs, s_ptr, z_ptr, i, jh, K, N, offs_n, n_mask, SPT, T, HS, HALF, SLAB, H, GROUPS, GS, HAS_ZEROS, EVEN_N)
+            words, sl, sh, zl, zhh = _step_operands(w_ptrs, wst, s_ptr, z_ptr, i, jh, K, N, offs_n, n_mask, SPT, T, HS, HALF, SLAB, H, GROUPS, GS, HAS_ZEROS, EVEN_N)
         jl = (i % SPT) * H + jh  # low planes
         if ASM == 1 or ASM == 2:
             w3 = words[:, None, :] >> (jl * 4)[None, :, None]  # [BN, H, SLAB]: planes jl (low half), jl + 4 (high half)
@@ -285,7 +286,7 @@ def _tc_kernel(x_ptr, w_ptr, s_ptr, z_ptr, b_ptr, y_ptr, ws_ptr, cnt_ptr,
         wd = tl.reshape(tl.permute(tl.join(wl, wh), (0, 3, 1, 2)), [BN, BK])
         xt = _load_xt(x_ptrs, klo, koff, K, m_mask, EVEN_K, EVEN_M)
         if PREFETCH:  # the next step's words and scales (the last iteration reloads its own: harmless)
-            words, sl, sh, zl, zhh = _step_operands(w_ptrs, s_ptr, z_ptr, tl.minimum(i + 1, s_end - 1), jh, K, N, offs_n, n_mask, SPT, T, HS, HALF, SLAB, H, GROUPS, GS, HAS_ZEROS, EVEN_N)
+            words, sl, sh, zl, zhh = _step_operands(w_ptrs, wst, s_ptr, z_ptr, tl.minimum(i + 1, s_end - 1), jh, K, N, offs_n, n_mask, SPT, T, HS, HALF, SLAB, H, GROUPS, GS, HAS_ZEROS, EVEN_N)
         acc = _mma(wd, xt, acc)
     _store(acc, offs_m, offs_n, m_mask, n_mask, y_ptr, b_ptr, ws_ptr, cnt_ptr, tl.program_id(0), tl.program_id(1), split_k, M, N,
            HAS_BIAS, USE_SPLIT)

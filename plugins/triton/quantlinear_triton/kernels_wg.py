@@ -56,6 +56,7 @@ try:
     from triton.experimental.gluon.language.nvidia.hopper import mbarrier, tma, warpgroup_mma, warpgroup_mma_wait
     from triton.experimental.gluon.nvidia.hopper import TensorDescriptor
 
+    from .kernels_mmv import _group_words  # the grouped word layout (.packing)
     from .kernels_mmv import _pack as _pack2  # two 16-bit halves -> one int32 pair
 
     HAS_WG = True
@@ -228,9 +229,9 @@ if HAS_WG:
                 _issue(x_desc, xs, ready, i, t0, m0, STAGES, P)
 
         rows = gl.minimum(pid_n * BN + gl.arange(0, BN, layout=RL), N - 1)
-        g16 = rows - rows % 16  # the grouped word layout (.packing): a group's slab is one run of (its rows x 32) words
-        woff = gl.expand_dims(g16 * KW + (rows - g16) * 32, 1) + gl.expand_dims(gl.arange(0, 32, layout=gl.SliceLayout(0, WL)), 0)
-        sst = gl.expand_dims(gl.minimum(N - g16, 16) * 32, 1)
+        wrow, sst = _group_words(rows, N, KW)  # (a group's slab is one run of its rows x 32 words)
+        woff = gl.expand_dims(wrow, 1) + gl.expand_dims(gl.arange(0, 32, layout=gl.SliceLayout(0, WL)), 0)
+        sst = gl.expand_dims(sst, 1)
         words = gl.load(w_ptr + (woff + t0 * sst))
         sp, zp = _row_pairs(s_ptr, z_ptr, t0, rows, gsh, gmax, N, zh, HAS_ZEROS, BF16)
         acc = gl.zeros([BN, BM], gl.float32, MMA)

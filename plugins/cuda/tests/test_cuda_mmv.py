@@ -118,7 +118,17 @@ COMPILE_JOBS = [("_mmv_kernel", dict(R=1, NT=1, HAS_ZEROS=False, HAS_BIAS=False,
                 ("_mmv_kernel", dict(R=1, NT=1, HAS_ZEROS=False, HAS_BIAS=False, PF=False, USE_SPLIT=False, FP=1, CL=4), 4, 90),
                 # ... at M <= 2, where only the lanes of tokens 0 / 1 store (XQ0)
                 ("_mmv_kernel", dict(R=1, NT=1, HAS_ZEROS=False, HAS_BIAS=True, PF=False, USE_SPLIT=False, PDL=True, EARLY=2,
-                                     CL=14, XQ0=True), 4, 90)]
+                                     CL=14, XQ0=True), 4, 90),
+                # every row group full (LO: a row's word halves a constant 128 words apart in the load order), as the
+                # benchmark shapes launch: ks with its prefetch, the row split at two token tiles, NVFP4, 8-bit codes
+                ("_mmv_kernel", dict(R=1, NT=1, HAS_ZEROS=False, HAS_BIAS=False, PF=True, USE_SPLIT=False, PDL=True, KS=True,
+                                     XH=True, FULL=True, EARLY=2, LO=True), 8, 90),
+                ("_mmv_kernel", dict(R=1, NT=2, HAS_ZEROS=False, HAS_BIAS=False, PF=False, USE_SPLIT=True, PDL=True, EF=True,
+                                     EARLY=1, LO=True), 4, 90),
+                ("_mmv_kernel", dict(R=1, NT=1, HAS_ZEROS=False, HAS_BIAS=False, PF=False, USE_SPLIT=False, FP=2, HAS_ROWS=True,
+                                     PDL=True, KS=True, LO=True), 8, 90),
+                ("_mmv_kernel", dict(R=2, NT=1, HAS_ZEROS=False, HAS_BIAS=True, PF=True, USE_SPLIT=True, W8=True,
+                                     LO=True), 4, 80)]
 
 
 def compile_mmv(name: str, consts: dict, warps: int, cap: int) -> dict:
@@ -132,7 +142,7 @@ def compile_mmv(name: str, consts: dict, warps: int, cap: int) -> dict:
     consts = dict(consts, BF16=bool(consts.get("BF16")), FP=int(consts.get("FP", 0)), HAS_ROWS=bool(consts.get("HAS_ROWS")),
                   PDL=bool(consts.get("PDL")), W8=bool(consts.get("W8")), KS=bool(consts.get("KS")), XH=bool(consts.get("XH")),
                   FULL=bool(consts.get("FULL")), EF=bool(consts.get("EF", consts["NT"] == 1)), EARLY=int(consts.get("EARLY", 0)),
-                  CL=int(consts.get("CL", 1)), XQ0=bool(consts.get("XQ0")))
+                  CL=int(consts.get("CL", 1)), XQ0=bool(consts.get("XQ0")), LO=bool(consts.get("LO")))
     types = dict(x_ptr=act, w_ptr="*i32", s_ptr={0: "*fp16", 1: "*i64", 2: "*i32"}[consts["FP"]], z_ptr="*u8", b_ptr=act, y_ptr=act,
                  ws_ptr="*fp32", cnt_ptr="*i32", r_ptr="*fp32", omul="fp32")
     sig, attrs = {}, {}

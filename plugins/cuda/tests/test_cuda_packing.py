@@ -23,19 +23,26 @@ def test_pack_unpack_roundtrip_and_definition(bits, slab, K):
     assert words.shape == (N, KW)
     assert torch.equal(packing.unpack_codes(words, bits, slab, K), q)
     # the definition: word p of row n's tile t holds channel t*T + j*slab + p at bit j*bits; rows are stored in groups
-    # of 16 (the last one short), each tile-major: row n's tile t starts at 16*g*KW + (t*h + n % 16)*slab
+    # of 16 (the last one short), each tile-major: row n's tile t lies in the run that starts at 16*g*KW + t*h*slab,
+    # a full group's 32-word tiles in load order (row r's word p at 256*(r//8) + 16*(r%8) + 128*(p//16) + p%16), any
+    # other tile's rows one after the other (r*slab + p)
     flat = words.reshape(-1).to(torch.int64) & 0xFFFFFFFF
-    for n, k in [(0, 0), (1, K - 1), (4, K // 2), (3, min(K - 1, T + slab + 1)), (17, K - 1), (20, min(K - 1, T + 3))]:
-        t, r = divmod(k, T)
-        j, p = divmod(r, slab)
-        grp, h = n // 16, (16 if n < 16 else N - 16)
-        code = (int(flat[16 * grp * KW + (t * h + n % 16) * slab + p]) >> (j * bits)) & ((1 << bits) - 1)
+    for n, k in [(0, 0), (1, K - 1), (4, K // 2), (3, min(K - 1, T + slab + 1)), (9, min(K - 1, T + 20)), (15, K - 1),
+                 (17, K - 1), (20, min(K - 1, T + 3))]:
+        t, rem = divmod(k, T)
+        j, p = divmod(rem, slab)
+        grp, h, r = n // 16, (16 if n < 16 else N - 16), n % 16
+        inner = 256 * (r // 8) + 16 * (r % 8) + 128 * (p // 16) + p % 16 if (h == 16 and slab == 32) else r * slab + p
+        code = (int(flat[16 * grp * KW + t * h * slab + inner]) >> (j * bits)) & ((1 << bits) - 1)
         assert code == int(q[n, k])
     # word_offsets (what the kernels compute) agrees, and the row-major copy is the plain [N, KW] matrix
     rm = packing.row_major_words(words, slab)
-    base, step = packing.word_offsets(torch.arange(N), N, KW, slab)
+    base, step, hop = packing.word_offsets(torch.arange(N), N, KW, slab)
+    assert hop.tolist() == [112 if slab == 32 else 0] * 16 + [0] * 5
+    cols = torch.arange(slab)
     for t in range(KW // slab):
-        assert torch.equal(words.reshape(-1)[(base + t * step)[:, None] + torch.arange(slab)], rm[:, t * slab:(t + 1) * slab])
+        at = (base + t * step)[:, None] + cols + hop[:, None] * (cols // 16)
+        assert torch.equal(words.reshape(-1)[at], rm[:, t * slab:(t + 1) * slab])
     # padding codes are zero
     if K % T:
         padded = packing.unpack_codes(words, bits, slab, words.shape[1] // slab * T)

@@ -49,7 +49,7 @@ import triton.language as tl
 
 from .fp_packing import A_FP8, A_MX_E2M1, A_NONE, A_NVFP4, A_RCEIL, E0M4, E2M1, E4M3_NV, S_NONE, bits_of, row_words, slab_for
 from . import launch as _fast
-from .kernels import (BACKEND_OPTIONS, COUNTER_SLOTS, MAXS, _asm_ok, _pack_h2, _pdl_enter, _pdl_exit, _tile_of, _word_rows, pdl_ok,
+from .kernels import (BACKEND_OPTIONS, COUNTER_SLOTS, MAXS, _asm_ok, _pack_h2, _pdl_enter, _pdl_exit, _tile_of, _word_cols, _word_rows, pdl_ok,
                       reserve, split_buffers)
 from .runtime import interpreting
 
@@ -140,21 +140,23 @@ def _fp_finish(acc, offs_m, offs_n, m_mask, n_mask, y_ptr, r_ptr, b_ptr, ws_ptr,
 # ---- GEMV (decode) --------------------------------------------------------------------------------
 @triton.jit
 def _wrow(offs_n, N, KW, SLAB: tl.constexpr, BITS: tl.constexpr):
-    """Where rows ``offs_n``' words start and how far apart their slabs (4-bit codes: 32-word units) lie, see
-    :func:`.fp_packing.pack_slabs`: 4-bit codes in the grouped layout of :mod:`.packing` by 32-word units
-    (:func:`.kernels._word_rows`, ``KW`` rounded up to whole units); 8-bit codes row-major (``torch._scaled_mm`` reads
-    FP8 bytes as a matrix)."""
+    """Where rows ``offs_n``' words start, how far apart their slabs (4-bit codes: 32-word units) lie, and their hop,
+    see :func:`.fp_packing.pack_slabs`: 4-bit codes in the grouped layout of :mod:`.packing` by 32-word units (full
+    groups in load order; :func:`.kernels._word_rows`, ``KW`` rounded up to whole units); 8-bit codes row-major
+    (``torch._scaled_mm`` reads FP8 bytes as a matrix)."""
     if BITS == 4:
         return _word_rows(offs_n, N, tl.cdiv(KW, 32) * 32, 32)
-    return offs_n * KW, offs_n * 0 + SLAB
+    return offs_n * KW, offs_n * 0 + SLAB, offs_n * 0
 
 
 @triton.jit
-def _wslab(t, wst, SLAB: tl.constexpr, BITS: tl.constexpr):
-    """Words from rows' slab 0 to their slab ``t``, ``[BN, 1]``, from :func:`_wrow`'s stride ``wst`` (4-bit 16-word
-    slabs: two to a unit)."""
+def _wslab(t, wst, hop, SLAB: tl.constexpr, BITS: tl.constexpr):
+    """Words from rows' slab 0 to their slab ``t``, ``[BN, 1]``, from :func:`_wrow`'s stride ``wst`` and hop (4-bit
+    16-word slabs: two to a unit, the second ``16 + hop`` words after the first)."""
     U: tl.constexpr = 32 // SLAB if BITS == 4 else 1
-    return ((t // U) * wst + (t % U) * SLAB)[:, None]
+    if U == 1:
+        return (t * wst)[:, None]
+    return ((t // U) * wst + (t % U) * (SLAB + hop))[:, None]
 
 
 @triton.jit
@@ -175,18 +177,18 @@ def _fp_gemv_kernel(x_ptr, w_ptr, s_ptr, r_ptr, b_ptr, y_ptr, ws_ptr, cnt_ptr, M
     m_mask = offs_m < M
     t_start = pid_k * tiles_per_split
     t_end = tl.minimum(t_start + tiles_per_split, KW // SLAB)
-    wrow, wst = _wrow(offs_n, N, KW, SLAB, BITS)
-    w_ptrs = w_ptr + wrow[:, None] + offs_p[None, :]
+    wrow, wst, hop = _wrow(offs_n, N, KW, SLAB, BITS)
+    w_ptrs = w_ptr + wrow[:, None] + _word_cols(offs_p, hop)
     x_ptrs = x_ptr + offs_m[:, None] * K + offs_p[None, :]
     _pdl_enter(PDL)
-    w_next = tl.load(w_ptrs + _wslab(t_start, wst, SLAB, BITS), mask=(n_mask & ((offs_n * 0 + t_start) < t_end))[:, None], other=0)
+    w_next = tl.load(w_ptrs + _wslab(t_start, wst, hop, SLAB, BITS), mask=(n_mask & ((offs_n * 0 + t_start) < t_end))[:, None], other=0)
     if BM == 1:
         acc = tl.zeros([BN, SLAB], dtype=tl.float32)  # one FMA per weight; rows reduced after the loop
     else:
         acc = tl.zeros([BM, BN], dtype=tl.float32)
     for t in range(t_start, t_end):
         w = w_next
-        w_next = tl.load(w_ptrs + _wslab(t + 1, wst, SLAB, BITS), mask=(n_mask & ((offs_n * 0 + t + 1) < t_end))[:, None], other=0)
+        w_next = tl.load(w_ptrs + _wslab(t + 1, wst, hop, SLAB, BITS), mask=(n_mask & ((offs_n * 0 + t + 1) < t_end))[:, None], other=0)
         for j in tl.static_range(VPW):
             k0 = t * T + j * SLAB
             dq = _decode(w >> (j * BITS), ELEM)
@@ -358,8 +360,8 @@ def _fp_gemv16_kernel(x_ptr, w_ptr, s_ptr, r_ptr, b_ptr, y_ptr, ws_ptr, cnt_ptr,
     n_mask = offs_n < N
     t_start = pid_k * tiles_per_split
     t_end = tl.minimum(t_start + tiles_per_split, KW // SLAB)
-    wrow, wst = _wrow(offs_n, N, KW, SLAB, BITS)
-    w_ptrs = w_ptr + wrow[:, None] + offs_p[None, :]
+    wrow, wst, hop = _wrow(offs_n, N, KW, SLAB, BITS)
+    w_ptrs = w_ptr + wrow[:, None] + _word_cols(offs_p, hop)
     x_row = x_ptr + m * K + offs_p
     xp_row = x_ptr + m * (KW * H) + offs_p  # FOLD: int32 pairs [M, KW * H]
     if EVEN_N:  # E8M0 scale bytes read without a mask (rows past N: the last row's; never stored)
@@ -367,7 +369,7 @@ def _fp_gemv16_kernel(x_ptr, w_ptr, s_ptr, r_ptr, b_ptr, y_ptr, ws_ptr, cnt_ptr,
     else:
         s_row = s_ptr + tl.minimum(offs_n, N - 1)
     _pdl_enter(PDL)
-    w_next = tl.load(w_ptrs + _wslab(t_start, wst, SLAB, BITS), mask=(n_mask & ((offs_n * 0 + t_start) < t_end))[:, None], other=0)
+    w_next = tl.load(w_ptrs + _wslab(t_start, wst, hop, SLAB, BITS), mask=(n_mask & ((offs_n * 0 + t_start) < t_end))[:, None], other=0)
     S4: tl.constexpr = SLAB // 4
     if PSUM:
         acc = tl.zeros([BN, S4], dtype=tl.float32)
@@ -375,7 +377,7 @@ def _fp_gemv16_kernel(x_ptr, w_ptr, s_ptr, r_ptr, b_ptr, y_ptr, ws_ptr, cnt_ptr,
         acc = tl.zeros([BN, SLAB], dtype=tl.float32)
     for t in range(t_start, t_end):
         w = w_next
-        w_next = tl.load(w_ptrs + _wslab(t + 1, wst, SLAB, BITS), mask=(n_mask & ((offs_n * 0 + t + 1) < t_end))[:, None], other=0)
+        w_next = tl.load(w_ptrs + _wslab(t + 1, wst, hop, SLAB, BITS), mask=(n_mask & ((offs_n * 0 + t + 1) < t_end))[:, None], other=0)
         if PSUM:
             w0, w1, w2, w3 = _quarters(w, S4)
         for i in tl.static_range(H):
@@ -492,17 +494,17 @@ def _fp_dot_kernel(x_ptr, w_ptr, s_ptr, r_ptr, b_ptr, y_ptr, ws_ptr, cnt_ptr, M,
     m_mask = offs_m < M
     t_start = pid_k * tiles_per_split
     t_end = tl.minimum(t_start + tiles_per_split, KW // SLAB)
-    wrow, wst = _wrow(offs_n, N, KW, SLAB, BITS)
-    w_ptrs = w_ptr + wrow[:, None] + offs_p[None, :]
+    wrow, wst, hop = _wrow(offs_n, N, KW, SLAB, BITS)
+    w_ptrs = w_ptr + wrow[:, None] + _word_cols(offs_p, hop)
     x_ptrs = x_ptr + offs_m[:, None] * K + offs_p[None, :]
     if SWAP:
         acc = tl.zeros([BN, BM], dtype=tl.float32)
     else:
         acc = tl.zeros([BM, BN], dtype=tl.float32)
-    w_next = tl.load(w_ptrs + _wslab(t_start, wst, SLAB, BITS), mask=(n_mask & ((offs_n * 0 + t_start) < t_end))[:, None], other=0)
+    w_next = tl.load(w_ptrs + _wslab(t_start, wst, hop, SLAB, BITS), mask=(n_mask & ((offs_n * 0 + t_start) < t_end))[:, None], other=0)
     for t in range(t_start, t_end):
         w = w_next
-        w_next = tl.load(w_ptrs + _wslab(t + 1, wst, SLAB, BITS), mask=(n_mask & ((offs_n * 0 + t + 1) < t_end))[:, None], other=0)
+        w_next = tl.load(w_ptrs + _wslab(t + 1, wst, hop, SLAB, BITS), mask=(n_mask & ((offs_n * 0 + t + 1) < t_end))[:, None], other=0)
         for j in tl.static_range(VPW):
             k0 = t * T + j * SLAB
             dq = _decode(w >> (j * BITS), ELEM)
@@ -541,8 +543,8 @@ def _fp_dequant_kernel(w_ptr, s_ptr, r_ptr, out_ptr, N, K, KW, G,
     offs_n = pid_n * BN + tl.arange(0, BN)
     offs_p = tl.arange(0, SLAB)
     n_mask = offs_n < N
-    wrow, wst = _wrow(offs_n, N, KW, SLAB, BITS)
-    w = tl.load(w_ptr + wrow[:, None] + _wslab(t, wst, SLAB, BITS) + offs_p[None, :], mask=n_mask[:, None], other=0)
+    wrow, wst, hop = _wrow(offs_n, N, KW, SLAB, BITS)
+    w = tl.load(w_ptr + wrow[:, None] + _wslab(t, wst, hop, SLAB, BITS) + _word_cols(offs_p, hop), mask=n_mask[:, None], other=0)
     if HAS_ROWS:
         r = tl.load(r_ptr + offs_n, mask=n_mask, other=0.0)
     for j in tl.static_range(VPW):

@@ -34,6 +34,7 @@ import triton
 import triton.language as tl
 
 from . import launch as _fast
+from .kernels import _word_cols
 from .fp_kernels import _block_scale, _decode, _fp_finish, _wrow, _wslab
 from .fp_packing import S_NONE, bits_of, row_words, slab_for
 from .kernels_tc import _load_xt, _mma, _tc_coords, planes_per_step, split_plan
@@ -42,14 +43,14 @@ DEFAULT_CFG = {"BN": 128, "BM": 128, "BK": 256, "warps": 8, "stages": 2, "group_
 
 
 @triton.jit
-def _step_operands(w_ptrs, wst, s_ptr, i, jh, N, G, offs_n, n_mask, SPT: tl.constexpr, VPW: tl.constexpr, SLAB: tl.constexpr,
+def _step_operands(w_ptrs, wst, hop, s_ptr, i, jh, N, G, offs_n, n_mask, SPT: tl.constexpr, VPW: tl.constexpr, SLAB: tl.constexpr,
                    H: tl.constexpr, SCALE: tl.constexpr, EVEN_N: tl.constexpr, BITS: tl.constexpr):
     """Words ``[BN, SLAB]`` of k-step ``i``'s tile and the block scale bytes of its low / high planes (``[BN, H]``)."""
     t = i // SPT
     if EVEN_N:
-        words = tl.load(w_ptrs + _wslab(t, wst, SLAB, BITS))
+        words = tl.load(w_ptrs + _wslab(t, wst, hop, SLAB, BITS))
     else:
-        words = tl.load(w_ptrs + _wslab(t, wst, SLAB, BITS), mask=n_mask[:, None], other=0)
+        words = tl.load(w_ptrs + _wslab(t, wst, hop, SLAB, BITS), mask=n_mask[:, None], other=0)
     if SCALE != 0:
         gl = tl.minimum(t * VPW + (i % SPT) * H + jh, G - 1)
         gh = tl.minimum(t * VPW + VPW // 2 + (i % SPT) * H + jh, G - 1)
@@ -79,17 +80,17 @@ def _fp_tc_kernel(x_ptr, w_ptr, s_ptr, r_ptr, b_ptr, y_ptr, ws_ptr, cnt_ptr, M, 
                                                                               BK, BM, BN, GROUP_M)
     jh = tl.arange(0, H)
     tl.assume(s_end > s_start)  # never an empty split (launch_tc): no zero-trip path to the final wgmma wait
-    wrow, wst = _wrow(offs_n, N, KW, SLAB, BITS)
-    w_ptrs = w_ptr + wrow[:, None] + offs_p[None, :]
+    wrow, wst, hop = _wrow(offs_n, N, KW, SLAB, BITS)
+    w_ptrs = w_ptr + wrow[:, None] + _word_cols(offs_p, hop)
     x_ptrs = x_ptr + offs_m[None, :] * K + koff[:, None]  # [BK, BM]: x^T
     acc = tl.zeros([BN, BM], dtype=tl.float32)
     if PREFETCH:
-        words, bl, bh = _step_operands(w_ptrs, wst, s_ptr, s_start, jh, N, G, offs_n, n_mask, SPT, VPW, SLAB, H, SCALE, EVEN_N, BITS)
+        words, bl, bh = _step_operands(w_ptrs, wst, hop, s_ptr, s_start, jh, N, G, offs_n, n_mask, SPT, VPW, SLAB, H, SCALE, EVEN_N, BITS)
     for i in range(s_start, s_end):
         t = i // SPT
         klo = t * T + (i % SPT) * HS
         if not PREFETCH:
-            words, bl, bh = _step_operands(w_ptrs, wst, s_ptr, i, jh, N, G, offs_n, n_mask, SPT, VPW, SLAB, H, SCALE, EVEN_N, BITS)
+            words, bl, bh = _step_operands(w_ptrs, wst, hop, s_ptr, i, jh, N, G, offs_n, n_mask, SPT, VPW, SLAB, H, SCALE, EVEN_N, BITS)
         jl = (i % SPT) * H + jh  # low planes; the high planes are jl + HALF
         dl = _decode(words[:, None, :] >> (jl * BITS)[None, :, None], ELEM)  # [BN, H, SLAB], exact fp32
         dh = _decode(words[:, None, :] >> ((HALF + jl) * BITS)[None, :, None], ELEM)
@@ -100,7 +101,7 @@ def _fp_tc_kernel(x_ptr, w_ptr, s_ptr, r_ptr, b_ptr, y_ptr, ws_ptr, cnt_ptr, M, 
         wd = tl.reshape(tl.permute(tl.join(dl.to(DT), dh.to(DT)), (0, 3, 1, 2)), [BN, BK])
         xt = _load_xt(x_ptrs, klo, koff, K, m_mask, EVEN_K, EVEN_M)
         if PREFETCH:  # the next step's words and scales (the last iteration reloads its own: harmless)
-            words, bl, bh = _step_operands(w_ptrs, wst, s_ptr, tl.minimum(i + 1, s_end - 1), jh, N, G, offs_n, n_mask, SPT, VPW,
+            words, bl, bh = _step_operands(w_ptrs, wst, hop, s_ptr, tl.minimum(i + 1, s_end - 1), jh, N, G, offs_n, n_mask, SPT, VPW,
                                            SLAB, H, SCALE, EVEN_N, BITS)
         acc = _mma(wd, xt, acc)
     _fp_finish(acc, offs_m, offs_n, m_mask, n_mask, y_ptr, r_ptr, b_ptr, ws_ptr, cnt_ptr, tl.program_id(0), tl.program_id(1),

@@ -209,17 +209,24 @@ def _finish(acc, offs_m, offs_n, m_mask, n_mask, y_ptr, b_ptr, ws_ptr, cnt_ptr, 
 
 @triton.jit
 def _word_rows(offs_n, N, KW, UNIT: tl.constexpr):
-    """Where rows ``offs_n``' words start and how far apart their ``UNIT``-word tiles lie, in the grouped word layout
-    (:func:`.packing.word_offsets`): groups of 16 rows (the last ``N % 16``), each tile-major, so the tile of a
-    group is one run of words."""
-    g16 = offs_n - offs_n % 16
-    return g16 * KW + (offs_n - g16) * UNIT, _word_step(offs_n, N, UNIT)
+    """Where rows ``offs_n``' words start, how far apart their ``UNIT``-word tiles lie, and their hop, in the grouped
+    word layout (:func:`.packing.word_offsets`): groups of 16 rows (the last ``N % 16``), each tile-major, so the tile
+    of a group is one run of words; a full group's 32-word tiles in the decode kernel's load order (word ``w`` of a
+    row at ``base + w + hop * (w // 16)``, :func:`_word_cols`)."""
+    r = offs_n & 15  # (rows are never negative: bit operations, no signed division)
+    g16 = offs_n - r
+    h = tl.minimum(N - g16, 16)
+    if UNIT == 32:  # (f = 1 for a full group; 32 r - 16 (r % 8) = 256 (r // 8) + 16 (r % 8); no select: the
+        f = h >> 4     # loads keep their known alignment and stay 16-byte vectors)
+        return g16 * KW + 32 * r - 16 * (r & 7) * f, h * 32, 112 * f
+    return g16 * KW + r * UNIT, h * UNIT, offs_n * 0
 
 
 @triton.jit
-def _word_step(offs_n, N, UNIT: tl.constexpr):
-    """How far apart rows ``offs_n``' ``UNIT``-word tiles lie (:func:`_word_rows`)."""
-    return tl.minimum(N - (offs_n - offs_n % 16), 16) * UNIT
+def _word_cols(offs_p, hop):
+    """``[BN, P]``: where slab words ``offs_p`` of rows with hop ``hop`` (:func:`_word_rows`) lie from the rows'
+    base (runs of 16 contiguous words: the loads stay 16-byte vectors)."""
+    return offs_p[None, :] + hop[:, None] * (offs_p // 16)[None, :]
 
 
 @triton.jit
@@ -244,8 +251,8 @@ def _gemv_kernel(x_ptr, w_ptr, s_ptr, z_ptr, b_ptr, y_ptr, ws_ptr, cnt_ptr,
     n_tiles = KW // SLAB
     t_start = pid_k * tiles_per_split
     t_end = tl.minimum(t_start + tiles_per_split, n_tiles)
-    wrow, wst = _word_rows(offs_n, N, KW, SLAB)  # (the grouped word layout: .packing)
-    w_ptrs = w_ptr + wrow[:, None] + offs_p[None, :]
+    wrow, wst, hop = _word_rows(offs_n, N, KW, SLAB)  # (the grouped word layout: .packing)
+    w_ptrs = w_ptr + wrow[:, None] + _word_cols(offs_p, hop)
     SST = wst[:, None]
     _pdl_enter(PDL)
     w_next = tl.load(w_ptrs + t_start * SST, mask=(n_mask & ((offs_n * 0 + t_start) < t_end))[:, None], other=0)
@@ -435,8 +442,8 @@ def _gemv16_kernel(x_ptr, w_ptr, s_ptr, z_ptr, b_ptr, y_ptr, ws_ptr, cnt_ptr,
     n_tiles = KW // SLAB
     t_start = pid_k * tiles_per_split
     t_end = tl.minimum(t_start + tiles_per_split, n_tiles)
-    wrow, wst = _word_rows(offs_n, N, KW, SLAB)  # (the grouped word layout: .packing)
-    w_ptrs = w_ptr + wrow[:, None] + offs_p[None, :]
+    wrow, wst, hop = _word_rows(offs_n, N, KW, SLAB)  # (the grouped word layout: .packing)
+    w_ptrs = w_ptr + wrow[:, None] + _word_cols(offs_p, hop)
     SST = wst[:, None]
     acc = tl.zeros([BN, SLAB], dtype=tl.float32)
     _pdl_enter(PDL)
@@ -546,8 +553,8 @@ def _dot16_kernel(x_ptr, w_ptr, s_ptr, z_ptr, b_ptr, y_ptr, ws_ptr, cnt_ptr,
     n_tiles = KW // SLAB
     t_start = pid_k * tiles_per_split
     t_end = tl.minimum(t_start + tiles_per_split, n_tiles)
-    wrow, wst = _word_rows(offs_n, N, KW, SLAB)  # (the grouped word layout: .packing)
-    w_ptrs = w_ptr + wrow[:, None] + offs_p[None, :]
+    wrow, wst, hop = _word_rows(offs_n, N, KW, SLAB)  # (the grouped word layout: .packing)
+    w_ptrs = w_ptr + wrow[:, None] + _word_cols(offs_p, hop)
     SST = wst[:, None]
     x_ptrs = x_ptr + offs_m[:, None] * K + offs_p[None, :]
     if SWAP:
@@ -614,9 +621,9 @@ def _dequant_kernel(w_ptr, s_ptr, z_ptr, out_ptr, N, K, KW, group_size, zmagic,
     offs_p = tl.arange(0, SLAB)
     n_mask = offs_n < N
     n_tiles = KW // SLAB
-    wrow, wst = _word_rows(offs_n, N, KW, SLAB)
+    wrow, wst, hop = _word_rows(offs_n, N, KW, SLAB)
     for t in range(pid_t * TPP, tl.minimum(pid_t * TPP + TPP, n_tiles)):
-        w = tl.load(w_ptr + (wrow + t * wst)[:, None] + offs_p[None, :], mask=n_mask[:, None], other=0)
+        w = tl.load(w_ptr + (wrow + t * wst)[:, None] + _word_cols(offs_p, hop), mask=n_mask[:, None], other=0)
         for j in tl.static_range(VPW):
             k0 = t * T + j * SLAB
             if j % SPG == 0:
@@ -662,8 +669,8 @@ def _dot_kernel(x_ptr, w_ptr, s_ptr, z_ptr, b_ptr, y_ptr, ws_ptr, cnt_ptr,
     n_tiles = KW // SLAB
     t_start = pid_k * tiles_per_split
     t_end = tl.minimum(t_start + tiles_per_split, n_tiles)
-    wrow, wst = _word_rows(offs_n, N, KW, SLAB)  # (the grouped word layout: .packing)
-    w_ptrs = w_ptr + wrow[:, None] + offs_p[None, :]
+    wrow, wst, hop = _word_rows(offs_n, N, KW, SLAB)  # (the grouped word layout: .packing)
+    w_ptrs = w_ptr + wrow[:, None] + _word_cols(offs_p, hop)
     SST = wst[:, None]
     x_ptrs = x_ptr + offs_m[:, None] * K + offs_p[None, :]
     if SWAP:

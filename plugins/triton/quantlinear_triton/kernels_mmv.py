@@ -13,7 +13,9 @@ Mapping (``W`` is the A operand, rows = output channels, 16 per row group; ``x^T
 
 * lane ``l``: ``g = l // 4`` (A rows ``g`` and ``g + 8`` of the row group, B / D token ``g``), ``q = l % 4``;
 * in tile ``t`` (256 channels, 32 words per row) the lane reads words ``b*16 + 4q + i`` (``b`` 0/1, ``i`` 0..3:
-  two 16-byte loads per row) of both its rows;
+  two 16-byte loads per row) of both its rows; a full group's words are stored in that order (:mod:`.packing`'s load
+  order), so each of the warp's four loads a step reads one 512-byte block, four whole lines (it read half of eight
+  lines before: 14336 x 4096 at M = 1 13.04 -> 12.71 us on an H100, same run);
 * the code pair ``j`` (0..3) of word ``p`` -- bits ``4j`` and ``16 + 4j``, channels ``c = 256t + 32j + p`` and
   ``c + 128`` -- is A-register 0 / 1 (row ``g`` / ``g + 8``, word ``b = 0``) or 2 / 3 (``b = 1``) of the MMA
   ``(i, j)``; its logical k columns are ``2q, 2q + 1`` (``+ 8`` for ``b = 1``), so the lane's B registers are the
@@ -399,7 +401,7 @@ if HAS_GLUON:
                     HAS_ROWS: gl.constexpr = False, PDL: gl.constexpr = False, W8: gl.constexpr = False,
                     KS: gl.constexpr = False, XH: gl.constexpr = False, FULL: gl.constexpr = False,
                     EF: gl.constexpr = True, EARLY: gl.constexpr = 0, CL: gl.constexpr = 1,
-                    XQ0: gl.constexpr = False):
+                    XQ0: gl.constexpr = False, LO: gl.constexpr = False):
         NW: gl.constexpr = gl.num_warps()
         L: gl.constexpr = gl.BlockedLayout([1, 1, R, 4], [1, 32, 1, 1], [NW, 1, 1, 1], [3, 2, 1, 0])
         S: gl.constexpr = gl.SliceLayout(3, L)
@@ -430,9 +432,14 @@ if HAS_GLUON:
             n_it = t1 - t0
         row0 = gl.minimum(rows, N - 1)
         row1 = gl.minimum(rows + 8, N - 1)
-        wrow0, sst = _group_words(row0, N, KW)  # (row1 lies in row0's group of 16 rows: the same slab stride)
+        wrow0, sst, hop = _group_words(row0, N, KW)  # (row1 lies in row0's group of 16 rows: the same stride and hop)
+        wrow1, _, _ = _group_words(row1, N, KW)
         woff0 = wrow0 + (lane % 4) * 4 + _iota(4, 3, L)
-        woff1 = wrow0 + (row1 - row0) * 32 + (lane % 4) * 4 + _iota(4, 3, L)
+        woff1 = wrow1 + (lane % 4) * 4 + _iota(4, 3, L)
+        if LO:  # every group full: a row's word half 1 is 128 words after its half 0 (load order, .packing)
+            HO: gl.constexpr = 128
+        else:
+            HO = hop + 16
         srow0 = gl.convert_layout(gl.reshape(row0, [NW, 32, R]), S, assert_trivial=True)
         srow1 = gl.convert_layout(gl.reshape(row1, [NW, 32, R]), S, assert_trivial=True)
         if FP == 2:  # NVFP4: a row's 16 scale bytes of a step as four 4-byte loads (one 16-byte load was 1.2x slower)
@@ -460,9 +467,9 @@ if HAS_GLUON:
             _prefetch_step(w_ptr, srow0, srow1, _iota(32, 1, S, 3) % 4, tp, N, KW, W8)
             _gdc_wait()
         if (PF or EARLY == 1) and KS:  # the warps' first tiles' words (the scales stay in the loop)
-            nws = _ks_words(w_ptr, woff0, woff1, t0 + _iota(NW, 0, L), t1, sst, FULL)
+            nws = _ks_words(w_ptr, woff0, woff1, HO, t0 + _iota(NW, 0, L), t1, sst, FULL)
         elif PF or EARLY == 1:
-            nws, nsg0, nsg1 = _tile_words(w_ptr, s_ptr, woff0, woff1, soff0, soff1, t0, gsh, gmax, N, sst, BF16, FP, W8,
+            nws, nsg0, nsg1 = _tile_words(w_ptr, s_ptr, woff0, woff1, HO, soff0, soff1, t0, gsh, gmax, N, sst, BF16, FP, W8,
                                           EF)
         if PDL and EARLY == 1:  # the first step's weights are on their way while the previous kernel drains
             _gdc_wait()
@@ -478,22 +485,22 @@ if HAS_GLUON:
                 tz = gl.minimum(t + _iota(NW, 0, S, 3), t1 - 1)  # (scales, zeros: any valid group past the end; x is 0)
                 if PF:  # this step's words came with the last; the next step's go out now
                     ws = nws
-                    nws = _ks_next_words(w_ptr, woff0, woff1, t, t1, sst, L, FULL)
+                    nws = _ks_next_words(w_ptr, woff0, woff1, HO, t, t1, sst, L, FULL)
                 elif EARLY == 1:  # this step's words were loaded at the end of the last (the first before the wait)
                     ws = nws
                 else:
-                    ws = _ks_words(w_ptr, woff0, woff1, t + _iota(NW, 0, L), t1, sst, FULL)
+                    ws = _ks_words(w_ptr, woff0, woff1, HO, t + _iota(NW, 0, L), t1, sst, FULL)
                 sg0, sg1 = _tile_scales(s_ptr, soff0, soff1, tz, gsh, gmax, N, BF16, FP)
             else:
                 t = t0 + it
                 if PF:
                     ws, sg0, sg1 = nws, nsg0, nsg1
-                    nws, nsg0, nsg1 = _tile_words(w_ptr, s_ptr, woff0, woff1, soff0, soff1, gl.minimum(t + 1, t1 - 1),
+                    nws, nsg0, nsg1 = _tile_words(w_ptr, s_ptr, woff0, woff1, HO, soff0, soff1, gl.minimum(t + 1, t1 - 1),
                                                   gsh, gmax, N, sst, BF16, FP, W8, EF)
                 elif EARLY == 1:
                     ws, sg0, sg1 = nws, nsg0, nsg1
                 else:
-                    ws, sg0, sg1 = _tile_words(w_ptr, s_ptr, woff0, woff1, soff0, soff1, t, gsh, gmax, N, sst, BF16, FP,
+                    ws, sg0, sg1 = _tile_words(w_ptr, s_ptr, woff0, woff1, HO, soff0, soff1, t, gsh, gmax, N, sst, BF16, FP,
                                                W8, EF)
             sp0 = sg0[0]
             sp1 = sg1[0]
@@ -591,9 +598,9 @@ if HAS_GLUON:
                         d0, d1, d2, d3 = _mma(r0, r1, r2, r3, q0[i], q1[i], d0, d1, d2, d3, BF16)
             if EARLY == 1 and not PF:  # the next step's words, after this step's arithmetic (no more registers live)
                 if KS:
-                    nws = _ks_next_words(w_ptr, woff0, woff1, t, t1, sst, L, FULL)
+                    nws = _ks_next_words(w_ptr, woff0, woff1, HO, t, t1, sst, L, FULL)
                 else:
-                    nws, nsg0, nsg1 = _tile_words(w_ptr, s_ptr, woff0, woff1, soff0, soff1, gl.minimum(t + 1, t1 - 1),
+                    nws, nsg0, nsg1 = _tile_words(w_ptr, s_ptr, woff0, woff1, HO, soff0, soff1, gl.minimum(t + 1, t1 - 1),
                                                   gsh, gmax, N, sst, BF16, FP, W8, EF)
             if not KS:
                 xs.index(((it + 1) % 2) * NT).store(xn0)
@@ -756,21 +763,26 @@ if HAS_GLUON:
         STEP: gl.constexpr = _step_words(W8)
         on = (q == 0).to(gl.int32)
         for h in gl.static_range(STEP // 32):
-            _pf_l2_if(w_ptr + _slab_word(srow0, t * (STEP // 32) + h, N, KW), on)
-            _pf_l2_if(w_ptr + _slab_word(srow1, t * (STEP // 32) + h, N, KW), on)
+            _pf_l2_if(w_ptr + _slab_line(srow0, t * (STEP // 32) + h, N, KW), on)
+            _pf_l2_if(w_ptr + _slab_line(srow1, t * (STEP // 32) + h, N, KW), on)
 
     @gluon.jit
     def _group_words(row, N, KW):
-        """Where rows ``row``' words start and how far apart their 32-word slabs lie, in the grouped word layout
-        (:func:`.packing.word_offsets`: groups of 16 rows, the last ``N % 16``, each tile-major)."""
-        g16 = row - row % 16
-        return g16 * KW + (row - g16) * 32, gl.minimum(N - g16, 16) * 32
+        """Where rows ``row``' words start, how far apart their 32-word slabs lie, and their hop, in the grouped word
+        layout (:func:`.packing.word_offsets`: groups of 16 rows, the last ``N % 16``, each tile-major; a full
+        group's tiles in load order: word ``w`` of a row at ``base + w + hop * (w // 16)``)."""
+        r = row & 15  # (rows are never negative: bit operations, no signed division)
+        g16 = row - r
+        h = gl.minimum(N - g16, 16)
+        f = h >> 4  # 1 for a full group (32 r - 16 (r % 8) = 256 (r // 8) + 16 (r % 8); no select: the loads keep
+        return g16 * KW + 32 * r - 16 * (r & 7) * f, h * 32, 112 * f  # their known alignment)
 
     @gluon.jit
-    def _slab_word(row, t, N, KW):
-        """Where row ``row``'s 32-word slab ``t`` starts (:func:`_group_words`)."""
-        base, sst = _group_words(row, N, KW)
-        return base + t * sst
+    def _slab_line(row, t, N, KW):
+        """The ``row % 16``-th 128-byte line of the 32-word slab ``t`` of row ``row``'s group (a group's slab is
+        ``h`` lines, one run: :func:`_group_words`), so that a group's rows name each of its lines once."""
+        r = row & 15
+        return (row - r) * KW + t * gl.minimum(N - (row - r), 16) * 32 + r * 32
 
     @gluon.jit
     def _partial(part, tok, row, M, N):
@@ -826,7 +838,7 @@ if HAS_GLUON:
             _out(ptr, d3, ta + 9, r0 + 8, M, N)
 
     @gluon.jit
-    def _tile_words(w_ptr, s_ptr, woff0, woff1, soff0, soff1, t, gsh, gmax, N, sst, BF16: gl.constexpr,
+    def _tile_words(w_ptr, s_ptr, woff0, woff1, HO, soff0, soff1, t, gsh, gmax, N, sst, BF16: gl.constexpr,
                     FP: gl.constexpr, W8: gl.constexpr = False, EF: gl.constexpr = True):
         """Tile t's (a scalar: every warp of the program reads the same tile) words of the lane's two rows and the
         rows' scales: int codes, the scale pairs of groups ``2t >> gsh`` and ``(2t + 1) >> gsh`` (see
@@ -836,31 +848,31 @@ if HAS_GLUON:
         STEP: gl.constexpr = _step_words(W8)
         to = t * (STEP // 32) * sst  # (8-bit codes: the step's second slab is the next one, sst further)
         w00 = _stream(w_ptr + woff0 + to, EF)
-        w01 = _stream(w_ptr + woff0 + to + 16, EF)
+        w01 = _stream(w_ptr + woff0 + to + HO, EF)
         w10 = _stream(w_ptr + woff1 + to, EF)
-        w11 = _stream(w_ptr + woff1 + to + 16, EF)
+        w11 = _stream(w_ptr + woff1 + to + HO, EF)
         if W8:
             words = (w00, w01, w10, w11, _stream(w_ptr + woff0 + to + sst, EF),
-                     _stream(w_ptr + woff0 + to + sst + 16, EF), _stream(w_ptr + woff1 + to + sst, EF),
-                     _stream(w_ptr + woff1 + to + sst + 16, EF))
+                     _stream(w_ptr + woff0 + to + sst + HO, EF), _stream(w_ptr + woff1 + to + sst, EF),
+                     _stream(w_ptr + woff1 + to + sst + HO, EF))
         else:
             words = (w00, w01, w10, w11)
         sg0, sg1 = _tile_scales(s_ptr, soff0, soff1, t, gsh, gmax, N, BF16, FP)
         return words, sg0, sg1
 
     @gluon.jit
-    def _ks_words(w_ptr, woff0, woff1, tw, t1, sst, FULL: gl.constexpr = False):
+    def _ks_words(w_ptr, woff0, woff1, HO, tw, t1, sst, FULL: gl.constexpr = False):
         """The warps' own tiles' words (``KS``: tile ``tw`` per warp, ``[NW, 1, 1, 1]``), 0 past the split's end
         (``FULL``: every warp's tile is inside it, no mask)."""
         b0 = w_ptr + woff0 + tw * sst
         b1 = w_ptr + woff1 + tw * sst
         if FULL:
-            return _stream(b0, True), _stream(b0 + 16, True), _stream(b1, True), _stream(b1 + 16, True)
+            return _stream(b0, True), _stream(b0 + HO, True), _stream(b1, True), _stream(b1 + HO, True)
         ok = tw < t1
-        return _stream_masked(b0, ok), _stream_masked(b0 + 16, ok), _stream_masked(b1, ok), _stream_masked(b1 + 16, ok)
+        return _stream_masked(b0, ok), _stream_masked(b0 + HO, ok), _stream_masked(b1, ok), _stream_masked(b1 + HO, ok)
 
     @gluon.jit
-    def _ks_next_words(w_ptr, woff0, woff1, t, t1, sst, L: gl.constexpr, FULL: gl.constexpr):
+    def _ks_next_words(w_ptr, woff0, woff1, HO, t, t1, sst, L: gl.constexpr, FULL: gl.constexpr):
         """The words of each warp's next ``ks`` step (tile ``t + NW + w``), loaded a step ahead (``pf``, or ``early`` 1
         after the step's arithmetic); unmasked (``FULL``) the last step re-reads a tile of the split instead of
         reading past it."""
@@ -868,7 +880,7 @@ if HAS_GLUON:
         tn = t + NW + _iota(NW, 0, L)
         if FULL:
             tn = gl.minimum(tn, t1 - 1)
-        return _ks_words(w_ptr, woff0, woff1, tn, t1, sst, FULL)
+        return _ks_words(w_ptr, woff0, woff1, HO, tn, t1, sst, FULL)
 
     @gluon.jit
     def _stream(ptr, EF: gl.constexpr):
@@ -1063,7 +1075,7 @@ def _launch(plan: Plan, tensors: tuple, ints: tuple, omul: float, y: torch.Tenso
     (M, K), (N, KW) = x.shape, w.shape
     full = ks and ks_unmasked(K, KW // 32, tps, split, warps)
     consts, skey, opts = _statics(R, warps, pf, M <= 8, split > 1 and cl == 1, pdl_ok(x), has_zeros, has_bias, bf16, fp,
-                                  has_rows, w8, ks, xh, maxnreg, full, ef, early, cl, cl > 1 and M <= 2)
+                                  has_rows, w8, ks, xh, maxnreg, full, ef, early, cl, cl > 1 and M <= 2, N % 16 == 0)
     try:
         _fast.launch(_mmv_kernel, (blocks, split) if cl == 1 else (blocks, ), (x, w, s, z, b, y, ws, cnt, r),
                      (M, N, K, KW, *ints, tps, split, 0), (omul,), consts, skey, opts, y, cl, exchange_bytes(cl, M, R, warps))
@@ -1088,12 +1100,12 @@ def ks_unmasked(K: int, steps: int, per_split: int, split: int, warps: int) -> b
 def _statics(R: int, warps: int, pf: bool, one_tile: bool, use_split: bool, pdl: bool, has_zeros: bool, has_bias: bool,
              bf16: bool, fp: int, has_rows: bool, w8: bool = False, ks: bool = False, xh: bool = False,
              maxnreg: int = 0, full: bool = False, ef: bool = True, early: int = 0, cl: int = 1,
-             xq0: bool = False) -> tuple:
+             xq0: bool = False, lo: bool = False) -> tuple:
     """Every constexpr of ``_mmv_kernel`` (the direct launcher caches only launches that give them all), the static key
     and the compile options of one launch class: made once, not per call (this is the eager decode path)."""
     consts = dict(R=R, NT=1 if one_tile else 2, PF=pf, USE_SPLIT=use_split, PDL=pdl, HAS_ZEROS=has_zeros,
                   HAS_BIAS=has_bias, BF16=bf16, FP=fp, HAS_ROWS=has_rows, W8=w8, KS=ks, XH=xh, FULL=full, EF=ef,
-                  EARLY=early if pdl else 0, CL=cl, XQ0=xq0)
+                  EARLY=early if pdl else 0, CL=cl, XQ0=xq0, LO=lo)
     options = {"num_warps": warps, "launch_pdl": True} if pdl else {"num_warps": warps}
     if maxnreg:
         options["maxnreg"] = maxnreg

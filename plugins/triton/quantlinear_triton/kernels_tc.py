@@ -78,7 +78,7 @@ import triton
 import triton.language as tl
 
 from . import launch as _fast
-from .kernels import COUNTER_SLOTS, _asm_ok, _dq_pair_h, _h2_magic, _pack_h2, _tile_of, _word_rows, split_buffers  # (split-K: its persistent buffers)
+from .kernels import COUNTER_SLOTS, _asm_ok, _dq_pair_h, _h2_magic, _pack_h2, _tile_of, _word_cols, _word_rows, split_buffers  # (split-K: its persistent buffers)
 
 #: the configuration :func:`launch_tc` uses when none is given (the best single one measured on H100, fp16)
 DEFAULT_CFG = {"BN": 128, "BM": 128, "BK": 256, "warps": 8, "stages": 2, "group_m": 8, "dq": 1, "prefetch": 1, "split_k": 1}
@@ -244,8 +244,8 @@ def _tc_kernel(x_ptr, w_ptr, s_ptr, z_ptr, b_ptr, y_ptr, ws_ptr, cnt_ptr,
                                                                               BK, BM, BN, GROUP_M)
     jh = tl.arange(0, H)
     tl.assume(s_end > s_start)  # never an empty split (launch_tc): no zero-trip path to the final wgmma wait
-    wrow, wst = _word_rows(offs_n, N, KW, SLAB)  # (the grouped word layout: .packing)
-    w_ptrs = w_ptr + wrow[:, None] + offs_p[None, :]
+    wrow, wst, hop = _word_rows(offs_n, N, KW, SLAB)  # (the grouped word layout: .packing)
+    w_ptrs = w_ptr + wrow[:, None] + _word_cols(offs_p, hop)
     wst = wst[:, None]  # words from a row's slab to its next
     x_ptrs = x_ptr + offs_m[None, :] * K + koff[:, None]  # [BK, BM]: x^T
     acc = tl.zeros([BN, BM], dtype=tl.float32)

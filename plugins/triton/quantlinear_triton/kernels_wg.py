@@ -229,8 +229,9 @@ if HAS_WG:
                 _issue(x_desc, xs, ready, i, t0, m0, STAGES, P)
 
         rows = gl.minimum(pid_n * BN + gl.arange(0, BN, layout=RL), N - 1)
-        wrow, sst = _group_words(rows, N, KW)  # (a group's slab is one run of its rows x 32 words)
-        woff = gl.expand_dims(wrow, 1) + gl.expand_dims(gl.arange(0, 32, layout=gl.SliceLayout(0, WL)), 0)
+        wrow, sst, hop = _group_words(rows, N, KW)  # (a group's slab is one run of its rows x 32 words, load order)
+        cw = gl.arange(0, 32, layout=gl.SliceLayout(0, WL))
+        woff = gl.expand_dims(wrow, 1) + gl.expand_dims(cw, 0) + gl.expand_dims(hop, 1) * gl.expand_dims(cw // 16, 0)
         sst = gl.expand_dims(sst, 1)
         words = gl.load(w_ptr + (woff + t0 * sst))
         sp, zp = _row_pairs(s_ptr, z_ptr, t0, rows, gsh, gmax, N, zh, HAS_ZEROS, BF16)

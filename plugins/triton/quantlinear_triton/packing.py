@@ -13,20 +13,32 @@ is padded to a whole number of tiles with code 0; the kernels mask those channel
 
 The rows are stored in groups of :data:`GROUP_ROWS` (16, one MMA row block), each group
 tile-major: row ``n`` of group ``g = n // 16`` (``h`` rows: 16, the last group ``N % 16`` where
-that is not 0) keeps its tile ``t`` at word ``16 g KW + (t h + n % 16) SLAB``
-(:func:`word_offsets`).  So a group's tile is one contiguous run of ``h SLAB`` words, and a
-group's whole K is one run of ``h KW`` words, as a row block's is in a row-major matrix.  The
-tensor keeps the shape ``[N, KW]`` so that its shape still names the layer's rows and words;
-never index it as a row-major matrix (:func:`row_major_words`, :func:`unpack_codes`).
+that is not 0) keeps its tile ``t`` inside the run of ``h SLAB`` words that starts at word
+``16 g KW + t h SLAB`` (:func:`word_offsets`).  So a group's tile is one contiguous run, and a
+group's whole K is one run of ``h KW`` words, as a row block's is in a row-major matrix.  Inside
+the run of a full group of 32-word tiles, the words are in the order the decode kernel's warp
+loads them (*load order*): word ``w`` of row ``r = n % 16`` sits at
+``256 (r // 8) + 16 (r % 8) + 128 (w // 16) + w % 16``, i.e. the run is four 512-byte blocks --
+rows 0-7 words 0-15, rows 0-7 words 16-31, rows 8-15 words 0-15, rows 8-15 words 16-31 -- each
+exactly one 16-byte load instruction of a warp (lane ``4 r + q`` takes words ``4q .. 4q + 3``).
+A short last group, and 16-word tiles, keep their rows one after the other (``32 r + w``).  As
+a row's base and a per-word hop: ``base(r) + w + hop * (w // 16)``, ``hop`` 112 in load order,
+else 0.  The tensor keeps the shape ``[N, KW]`` so that its shape still names the layer's rows
+and words; never index it as a row-major matrix (:func:`row_major_words`, :func:`unpack_codes`).
 
 Why: a warp of the decode kernel (``mmv``) reads a 16-row group's tile at each step; row-major,
-those are 16 runs of 128 bytes ``KW`` words apart, here one 2 KB run.  On an H100 (CUDA-graph
-chains, same run; ``plugins/cuda/benchmarks/results/h100-session19-probes-2026-11-27.txt``) this
+those are 16 runs of 128 bytes ``KW`` words apart; grouped, one 2 KB run, which on an H100
+(CUDA-graph chains, same run; ``plugins/cuda/benchmarks/results/h100-session19-probes-2026-11-27.txt``)
 took M = 1 on 14336 x 4096 from 13.8 to 13.2 us with the same configuration, MXFP4 there from
 15.5 to 14.7 (activation kernel included), M = 2..16 0-3% lower, and left the prefill kernel
 (``wg``) at M = 256 / 1024 within -1..+2.5%.  Storing every row's tile ``t`` side by side across
 the whole tensor (step-major) was faster still at M <= 16 (13.1 us there) but cost ``wg`` up to
-12% at M = 1024 (a program's weights then span the whole tensor).
+12% at M = 1024 (a program's weights then span the whole tensor).  With the rows one after the
+other inside the run, each of the warp's 16-byte loads touched half of eight 128-byte lines; in
+load order it reads four whole lines, 512 contiguous bytes: on an H100 (same run,
+``results/h100-session20-coalesced-probe-2026-11-27.json``) 14336 x 4096 M = 1 13.04 -> 12.71 us,
+4096 x 14336 12.75 -> 12.31, the 117 MB shapes 45.6 -> 44.1 / 44.3, M = 16 1-3% and MXFP4 / NVFP4
+M = 1 3-7% lower.
 
 Every slab lies inside one quantization group (``SLAB`` divides the group size, or there is
 one group per row), so scales/zeros are one value per (row, slab).  Scales keep the
@@ -116,20 +128,45 @@ def slabs_per_group(bits: int, slab: int, group_size: int, in_features: int) -> 
 GROUP_ROWS = 16
 
 
-def word_offsets(rows: torch.Tensor, N: int, KW: int, unit: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Where rows ``rows``' words start and how far apart their ``unit``-word tiles lie, in the grouped layout (the
-    kernels compute the same: ``base + t * stride`` is tile ``t``)."""
+#: the extra words between the two 16-word halves of a row's 32-word tile in load order (module docstring)
+LOAD_ORDER_HOP = 112
+
+
+def word_offsets(rows: torch.Tensor, N: int, KW: int, unit: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Where rows ``rows``' words start, how far apart their ``unit``-word tiles lie, and their hop (the kernels
+    compute the same): word ``w`` of tile ``t`` of row ``n`` is at ``base + t * stride + w + hop * (w // 16)``."""
     g16 = rows - rows % GROUP_ROWS
-    return g16 * KW + (rows - g16) * unit, (N - g16).clamp(max=GROUP_ROWS) * unit
+    r = rows - g16
+    h = (N - g16).clamp(max=GROUP_ROWS)
+    if unit != 32:
+        return g16 * KW + r * unit, h * unit, torch.zeros_like(rows)
+    full = h == GROUP_ROWS
+    base = g16 * KW + torch.where(full, 256 * (r // 8) + 16 * (r % 8), 32 * r)
+    return base, h * 32, torch.where(full, LOAD_ORDER_HOP, 0)
+
+
+def _load_order(tiles: torch.Tensor) -> torch.Tensor:
+    """``[..., 16 rows, 32 words]`` full-group tiles -> the same words in load order (module docstring)."""
+    lead = tiles.shape[:-2]
+    return tiles.reshape(*lead, 2, 8, 2, 16).transpose(-3, -2).reshape(*lead, GROUP_ROWS, 32)
+
+
+def _from_load_order(tiles: torch.Tensor) -> torch.Tensor:
+    """Inverse of :func:`_load_order`."""
+    lead = tiles.shape[:-2]
+    return tiles.reshape(*lead, 2, 2, 8, 16).transpose(-3, -2).reshape(*lead, GROUP_ROWS, 32)
 
 
 def grouped_words(rm: torch.Tensor, unit: int) -> torch.Tensor:
-    """Row-major words ``[N, KW]`` -> the grouped tile-major layout (module docstring; tiles of ``unit`` words)."""
+    """Row-major words ``[N, KW]`` -> the grouped tile-major layout (module docstring; tiles of ``unit`` words, full
+    groups of 32-word tiles in load order)."""
     N, KW = rm.shape
     G, h = divmod(N, GROUP_ROWS)
-    full = rm[:G * GROUP_ROWS].reshape(G, GROUP_ROWS, KW // unit, unit).permute(0, 2, 1, 3).reshape(-1)
+    full = rm[:G * GROUP_ROWS].reshape(G, GROUP_ROWS, KW // unit, unit).permute(0, 2, 1, 3)
+    if unit == 32:
+        full = _load_order(full)
     last = rm[G * GROUP_ROWS:].reshape(h, KW // unit, unit).permute(1, 0, 2).reshape(-1)
-    return torch.cat([full, last]).view(N, KW)
+    return torch.cat([full.reshape(-1), last]).view(N, KW)
 
 
 def row_major_words(words: torch.Tensor, unit: int) -> torch.Tensor:
@@ -138,7 +175,10 @@ def row_major_words(words: torch.Tensor, unit: int) -> torch.Tensor:
     N, KW = words.shape
     G, h = divmod(N, GROUP_ROWS)
     flat = words.reshape(-1)
-    full = flat[:G * GROUP_ROWS * KW].view(G, KW // unit, GROUP_ROWS, unit).permute(0, 2, 1, 3).reshape(G * GROUP_ROWS, KW)
+    full = flat[:G * GROUP_ROWS * KW].view(G, KW // unit, GROUP_ROWS, unit)
+    if unit == 32:
+        full = _from_load_order(full)
+    full = full.permute(0, 2, 1, 3).reshape(G * GROUP_ROWS, KW)
     last = flat[G * GROUP_ROWS * KW:].view(KW // unit, h, unit).permute(1, 0, 2).reshape(h, KW)
     return torch.cat([full, last])
 

@@ -70,6 +70,19 @@ def test_pack_round_trip(bits, slab, K):
         assert int(words.reshape(-1)[11 * P.UNIT]) == int(rm[2, P.UNIT])
 
 
+def test_full_groups_are_in_load_order():
+    """4-bit codes of a full group of 16 rows: each 32-word unit in the decode kernel's load order (row r's word p at
+    256 (r // 8) + 16 (r % 8) + 128 (p // 16) + p % 16 of the group's unit run), NVFP4's 16-word slab pairs too."""
+    for slab in (32, 16):
+        codes = torch.randint(0, 16, (16, 512), generator=torch.Generator().manual_seed(slab), dtype=torch.int32).to(torch.uint8)
+        words = P.pack_slabs(codes, 4, slab)
+        rm = P.row_major_slabs(words, 4)
+        flat = words.reshape(-1)
+        for r, u, p in [(0, 0, 0), (3, 1, 17), (8, 0, 5), (15, 1, 31), (9, 0, 16)]:
+            at = u * 16 * P.UNIT + 256 * (r // 8) + 16 * (r % 8) + 128 * (p // 16) + p % 16
+            assert int(flat[at]) == int(rm[r, u * P.UNIT + p])
+
+
 def test_prepare_keeps_encodings():
     w = weights("MXFP4", 256, 8)
     meta, t = P.prepare_float(w, None)

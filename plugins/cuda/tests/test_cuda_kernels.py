@@ -309,8 +309,8 @@ def compile_gemv16(bits: int, dtype: torch.dtype, has_zeros: bool, cap: int, cfg
     """Compile gemv16 (ASM on) for ``sm<cap>`` the way ``launch`` would launch it; run with TRITON_INTERPRET off."""
     import triton
     from triton.backends.compiler import GPUTarget
-    from triton.compiler import ASTSource
 
+    from quantlinear_triton import aot
     from quantlinear_triton import kernels as tk
 
     cfg = cfg or dict(GEMV16, split_k=2)
@@ -322,28 +322,18 @@ def compile_gemv16(bits: int, dtype: torch.dtype, has_zeros: bool, cap: int, cfg
     z = torch.zeros(K // g, N, dtype=torch.uint8) if has_zeros else None
     log = []
     saved = tk._fast.launch
-    tk._fast.launch = lambda fn, grid, tensors, ints, floats, consts, key, opts, out=None: log.append((fn, tensors, ints, consts, opts))
+    tk._fast.launch = lambda fn, grid, tensors, ints, floats, consts, key, opts, out=None: log.append((fn, tensors, ints, floats, consts, opts))
     try:
         tk.launch(torch.zeros(1, K, dtype=dtype), q, s, z, None, bits, 32, g, K, 0.0 if has_zeros else float(1 << (bits - 1)), cfg,
                   out=torch.empty(1, N, dtype=dtype))
     finally:
         tk._fast.launch = saved
-    (fn, tensors, ints, consts, opts), = log
+    (fn, tensors, ints, floats, consts, opts), = log
     consts = dict(consts, ASM=True)
     consts.setdefault("BF16", False)
-    ty = {torch.float16: "fp16", torch.bfloat16: "bf16", torch.float32: "fp32", torch.int32: "i32", torch.uint8: "u8"}
-    names = fn.arg_names
-    sig, attrs = {}, {}
-    for i, v in enumerate(tensors):
-        sig[names[i]], attrs[(i,)] = "*" + ty[v.dtype], [["tt.divisibility", 16]]
-    for j, v in enumerate(ints):  # (Triton's launcher specializes ints divisible by 16 the same way)
-        sig[names[len(tensors) + j]] = "i32"
-        if isinstance(v, int) and v % 16 == 0 and v > 1:
-            attrs[(len(tensors) + j,)] = [["tt.divisibility", 16]]
-    sig[names[len(tensors) + len(ints)]] = "fp32"
-    sig.update({k: "constexpr" for k in consts})
-    c = triton.compile(ASTSource(fn, {n: sig[n] for n in names}, constexprs=consts, attrs=attrs), target=GPUTarget("cuda", cap, 32),
-                       options=opts)
+    # (aot.source gives pointers and ints divisible by 16 the hints the JIT's specialization gives them, KW included)
+    src, opts = aot.source(fn, (*tensors, *ints, *floats), {**consts, **opts}, tuple(opts))
+    c = triton.compile(src, target=GPUTarget("cuda", cap, 32), options=opts)
     ptx = c.asm["ptx"]
     return {"bits": bits, "dtype": str(dtype), "cap": cap, "zeros": has_zeros, "bf16x2_fma": ptx.count("fma.rn.bf16x2"),
             "f16x2_fma": ptx.count("fma.rn.f16x2"), "cubin": len(c.asm.get("cubin", b"")), "bf16": consts.get("BF16", False),

@@ -781,8 +781,9 @@ if HAS_GLUON:
     def _slab_line(row, t, N, KW):
         """The ``row % 16``-th 128-byte line of the 32-word slab ``t`` of row ``row``'s group (a group's slab is
         ``h`` lines, one run: :func:`_group_words`), so that a group's rows name each of its lines once."""
+        _, sst, _ = _group_words(row, N, KW)
         r = row & 15
-        return (row - r) * KW + t * gl.minimum(N - (row - r), 16) * 32 + r * 32
+        return (row - r) * KW + t * sst + r * 32
 
     @gluon.jit
     def _partial(part, tok, row, M, N):

@@ -124,6 +124,11 @@ Split-K through a thread-block cluster (``cl``, sm_90+): the splits of a row blo
 3-13%.  Clusters of many programs wait to be co-scheduled: at M = 1 and on the long-K and 117 MB shapes the cluster
 split lost up to 2-4x (``results/h100-session18-probes-2026-11-27.txt``), so it is a configuration's choice and the
 tuner's second-round twin.
+
+Tried at M = 16 on 14336 x 4096 and not taken (``results/h100-session21-probes-2026-11-27.txt``; the finish and the
+decode each cost about 2.5 us of its 18.2 there): the warps of a program as row warps x K groups, each group staging
+its own tile's activations and the groups' sums meeting in the CTA (1.5-2.0% faster on that cell, slower on every
+other), and a cp.async ring holding each thread's next steps' words in shared memory (slower, the more so the deeper).
 """
 
 from __future__ import annotations

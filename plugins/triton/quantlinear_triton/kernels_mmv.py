@@ -125,10 +125,19 @@ Split-K through a thread-block cluster (``cl``, sm_90+): the splits of a row blo
 split lost up to 2-4x (``results/h100-session18-probes-2026-11-27.txt``), so it is a configuration's choice and the
 tuner's second-round twin.
 
-Tried at M = 16 on 14336 x 4096 and not taken (``results/h100-session21-probes-2026-11-27.txt``; the finish and the
-decode each cost about 2.5 us of its 18.2 there): the warps of a program as row warps x K groups, each group staging
-its own tile's activations and the groups' sums meeting in the CTA (1.5-2.0% faster on that cell, slower on every
-other), and a cp.async ring holding each thread's next steps' words in shared memory (slower, the more so the deeper).
+Registers at two token tiles.  With the next step's words a step ahead (``pf``) the row split needs more than 128
+registers a thread at M = 9..16, and an SM then holds three programs of 4 warps instead of four: the prefetch lost
+there (14336 x 4096 M = 16 20.0 us against 18.3 without it).  Under ``maxnreg`` 128 it holds four and the prefetch
+wins: 17.2 us (H100, same run, bit-equal outputs; ``results/h100-session21-pf16-2026-11-27.json``).  Eleven table entries
+of the benchmark shapes at M = 2..16 (int fp16 / bf16, MXFP4) took such a register-budget twin, 2.3-14% faster
+(``results/h100-session21-register-budget-{A,B}-2026-11-27.json``), and the tuner's second round measures them
+(:func:`.tune.budget_twins`).
+
+Tried at M = 16 on 14336 x 4096 and not taken (``results/h100-session21-probes-2026-11-27.txt``; with the entry of
+then, the finish and the decode each cost about 2.5 us of its 18.2): the warps of a program as row warps x K groups,
+each group staging its own tile's activations and the groups' sums meeting in the CTA (1.5-2.0% faster on that cell,
+slower on every other), and a cp.async ring holding each thread's next steps' words in shared memory (slower, the more
+so the deeper).
 """
 
 from __future__ import annotations

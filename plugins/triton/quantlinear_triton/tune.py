@@ -141,13 +141,35 @@ def cluster_twins(ranked: list[dict], top: int = 3) -> list[dict]:
     return unique(out)
 
 
+def budget_twins(ranked: list[dict], top: int = 2) -> list[dict]:
+    """The register-budget twins of the ``top`` fastest row-split ``mmv`` configurations of the first round (128
+    registers a thread, with and without the next step's words a step ahead, ``pf``), and the fastest's with ``pf``,
+    the budget and ``early`` 2.
+
+    Why: with ``pf`` at two token tiles the kernel takes more than 128 registers a thread, so an SM holds three
+    programs of 4 warps instead of four, and the prefetch lost; under the budget it wins.  On an H100 (same runs,
+    ``results/h100-session21-pf16-2026-11-27.json`` and ``-register-budget-{A,B}-2026-11-27.json``): W4 M = 16 on
+    14336 x 4096 20.04 us with ``pf`` and ``early`` 2, 17.19 under the budget, 18.34 for the entry without ``pf``;
+    11 of 24 table entries of the benchmark shapes at M = 2..16 (int fp16 / bf16, MXFP4) took a twin, 2.3-14%
+    faster, 28672 x 8192 M = 16 without ``pf`` at 120 (its entry spilled at 128)."""
+    best = [c for c in ranked if c.get("kernel") == "mmv" and not c.get("ks") and not c.get("maxnreg")][:top]
+    out = [t for c in best for t in (dict(c, maxnreg=128), dict(c, pf=True, maxnreg=128))]
+    if best:
+        out.append(dict(best[0], pf=True, maxnreg=128, early=2))
+    return unique(out)
+
+
 def mmv_refine(ranked: list[dict], clusters: bool | None = None) -> list[dict]:
-    """A space's second round (``refine``) for ``mmv``: :func:`early_twins`, and :func:`cluster_twins` where the
+    """A space's second round (``refine``) for ``mmv``: :func:`early_twins`, :func:`budget_twins`, and where the
     device runs thread-block clusters (``clusters``; None: whether the current CUDA device does,
-    :func:`.launch.clusters_on`)."""
+    :func:`.launch.clusters_on`) :func:`cluster_twins` and the cluster twins of the budget twins that split K over
+    programs (4096 x 14336 M = 16 took one: 16.81 -> 16.07 us)."""
     if clusters is None:
         clusters = torch.cuda.is_available() and _fast.clusters_on(torch.cuda.current_device())
-    return early_twins(ranked) + (cluster_twins(ranked) if clusters else [])
+    out = early_twins(ranked) + budget_twins(ranked)
+    if clusters:
+        out += cluster_twins(ranked) + [dict(c, cl=True) for c in budget_twins(ranked) if c.get("split_k", 1) > 1]
+    return unique(out)
 
 
 def unique(configs: list[dict]) -> list[dict]:

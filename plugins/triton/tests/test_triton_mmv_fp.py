@@ -161,7 +161,11 @@ def test_float_codes_take_warps_splitting_k_at_one_row_only():
     # grid-dependency wait (early 1 / 2, kernels_mmv)
     mmv = [c for c in got if c["kernel"] == "mmv"]
     assert not any(c.get("early") for c in got)
-    assert space.refine(mmv[::-1]) == [dict(c, early=e) for c in mmv[::-1][:3] for e in (1, 2)]
+    second = space.refine(mmv[::-1])
+    assert second[:6] == [dict(c, early=e) for c in mmv[::-1][:3] for e in (1, 2)]
+    # and the fastest row splits under a 128-register budget, with and without the next step's prefetch
+    row = [c for c in mmv[::-1] if not c.get("ks")]
+    assert dict(row[0], maxnreg=128) in second and dict(row[0], pf=True, maxnreg=128) in second
     x, w = torch.zeros(1, 3072, dtype=torch.float16), torch.zeros(12288, 384, dtype=torch.int32)
     plan = km._plan(x, w, ks[0], None, 4)[1]
     assert plan[:5] == (1, 4, False, True, 12288 // 16)  # (R, warps, pf, ks, row blocks: one 16-row block a program)

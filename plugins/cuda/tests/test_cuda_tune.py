@@ -369,8 +369,8 @@ def test_the_fastest_split_configurations_are_measured_again_as_clusters_where_t
 
 @pytest.mark.parametrize("M", [2, 16])
 def test_the_fastest_row_splits_are_measured_again_under_a_register_budget(M):
-    """With the next step's words a step ahead (``pf``) two token tiles need more than 128 registers a thread and an
-    SM holds fewer programs; under ``maxnreg`` 128 the prefetch won (H100: 14336 x 4096 M = 16 20.0 -> 17.2 us).  The
+    """With the next step's words a step ahead (``pf``) at two token tiles the compile keeps to 96 registers and
+    spills; given ``maxnreg`` 128 it does not, and the prefetch won (H100: 14336 x 4096 M = 16 20.0 -> 17.2 us).  The
     second round measures the budget twins -- with and without ``pf`` -- of the two fastest row splits of the first,
     the fastest's with ``early`` 2 besides, and (on a device with clusters) the cluster twins of those that split K."""
     first = [c for c in tune.mmv_candidates(P, M, 132) if not c.get("ks")]

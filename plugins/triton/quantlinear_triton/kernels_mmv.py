@@ -125,10 +125,11 @@ Split-K through a thread-block cluster (``cl``, sm_90+): the splits of a row blo
 split lost up to 2-4x (``results/h100-session18-probes-2026-11-27.txt``), so it is a configuration's choice and the
 tuner's second-round twin.
 
-Registers at two token tiles.  With the next step's words a step ahead (``pf``) the row split needs more than 128
-registers a thread at M = 9..16, and an SM then holds three programs of 4 warps instead of four: the prefetch lost
-there (14336 x 4096 M = 16 20.0 us against 18.3 without it).  Under ``maxnreg`` 128 it holds four and the prefetch
-wins: 17.2 us (H100, same run, bit-equal outputs; ``results/h100-session21-pf16-2026-11-27.json``).  Eleven table entries
+Registers at two token tiles.  Left to itself, the compile of the row split with the next step's words a step ahead
+(``pf``) at M = 9..16 keeps to 96 registers a thread and spills (Triton 3.6 for sm_90; the entry without the prefetch:
+103, no spills), and the prefetch lost there (14336 x 4096 M = 16 20.0 us against 18.3 without it).  Given
+``maxnreg`` 128 it takes 124 and spills nothing, and the prefetch wins: 17.2 us (H100, same run, bit-equal outputs;
+``results/h100-session21-pf16-2026-11-27.json``).  Eleven table entries
 of the benchmark shapes at M = 2..16 (int fp16 / bf16, MXFP4) took such a register-budget twin, 2.3-14% faster
 (``results/h100-session21-register-budget-{A,B}-2026-11-27.json``), and the tuner's second round measures them
 (:func:`.tune.budget_twins`).

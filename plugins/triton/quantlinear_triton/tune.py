@@ -146,8 +146,8 @@ def budget_twins(ranked: list[dict], top: int = 2) -> list[dict]:
     registers a thread, with and without the next step's words a step ahead, ``pf``), and the fastest's with ``pf``,
     the budget and ``early`` 2.
 
-    Why: with ``pf`` at two token tiles the kernel takes more than 128 registers a thread, so an SM holds three
-    programs of 4 warps instead of four, and the prefetch lost; under the budget it wins.  On an H100 (same runs,
+    Why: left to itself, the compile of a row split with ``pf`` at two token tiles keeps to 96 registers a thread and
+    spills, and the prefetch lost; given 128 it takes 124, spills nothing, and wins.  On an H100 (same runs,
     ``results/h100-session21-pf16-2026-11-27.json`` and ``-register-budget-{A,B}-2026-11-27.json``): W4 M = 16 on
     14336 x 4096 20.04 us with ``pf`` and ``early`` 2, 17.19 under the budget, 18.34 for the entry without ``pf``;
     11 of 24 table entries of the benchmark shapes at M = 2..16 (int fp16 / bf16, MXFP4) took a twin, 2.3-14%

@@ -65,10 +65,14 @@ def check(root: Path, out: Path | None, device: str = "cuda") -> int:
 
     rows = []
     for d in sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("_")):
-        ref = load_file(str(root / "_refs" / f"{d.name}.safetensors"))
+        variant, ref_file = h.VARIANTS.get(d.name), root / "_refs" / f"{d.name}.safetensors"
+        if variant is None or not ref_file.is_file():
+            raise SystemExit(f"{d}: not an export of `pack` (variant {d.name!r} known: {variant is not None}, "
+                             f"reference {ref_file} present: {ref_file.is_file()})")
+        ref = load_file(str(ref_file))
         if not torch.equal(ref["input_ids"], h.INPUT_IDS):
             raise SystemExit(f"{d.name}: the references were made for other inputs")
-        exact_model = h.Export(h.VARIANTS[d.name], d).exact_model()
+        exact_model = h.Export(variant, d).exact_model()
         with torch.no_grad():
             exact = {k: exact_model(ids).logits.float() for k, ids in INPUTS.items()}
         if h.rel_err(exact["M48"], ref["exact_logits"]) > 1e-6:
@@ -79,12 +83,13 @@ def check(root: Path, out: Path | None, device: str = "cuda") -> int:
             row = dict(variant=d.name, dtype=str(dt).removeprefix("torch."),
                        kernels=sorted({mod.name for mod in m.modules() if isinstance(mod, quantlinear.QuantLinear)}))
             with torch.no_grad():
-                row["rel_err"] = {k: h.rel_err(m(ids.to(device)).logits.float().cpu(), exact[k]) for k, ids in INPUTS.items()}
+                eager = {k: m(ids.to(device)).logits.float().cpu() for k, ids in INPUTS.items()}
+                row["rel_err"] = {k: h.rel_err(eager[k], exact[k]) for k in INPUTS}
                 if d.name in COMPILED:
                     torch._dynamo.reset()
                     cm = torch.compile(m, fullgraph=True)
-                    row["compile_vs_eager"] = {k: h.rel_err(cm(ids.to(device)).logits.float().cpu(),
-                                                            m(ids.to(device)).logits.float().cpu()) for k, ids in INPUTS.items()}
+                    row["compile_vs_eager"] = {k: h.rel_err(cm(ids.to(device)).logits.float().cpu(), eager[k])
+                                               for k, ids in INPUTS.items()}
             row["seconds"] = round(time.time() - t, 1)
             rows.append(row)
             print(f"{d.name:26s} {row['dtype']:8s} " + " ".join(f"{k} {v:.1e}" for k, v in row["rel_err"].items())

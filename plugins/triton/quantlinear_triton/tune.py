@@ -166,9 +166,10 @@ def mmv_refine(ranked: list[dict], clusters: bool | None = None) -> list[dict]:
     programs (4096 x 14336 M = 16 took one: 16.81 -> 16.07 us)."""
     if clusters is None:
         clusters = torch.cuda.is_available() and _fast.clusters_on(torch.cuda.current_device())
-    out = early_twins(ranked) + budget_twins(ranked)
+    budget = budget_twins(ranked)
+    out = early_twins(ranked) + budget
     if clusters:
-        out += cluster_twins(ranked) + [dict(c, cl=True) for c in budget_twins(ranked) if c.get("split_k", 1) > 1]
+        out += cluster_twins(ranked) + [dict(c, cl=True) for c in budget if c.get("split_k", 1) > 1]
     return unique(out)
 
 

@@ -128,7 +128,13 @@ COMPILE_JOBS = [("_mmv_kernel", dict(R=1, NT=1, HAS_ZEROS=False, HAS_BIAS=False,
                 ("_mmv_kernel", dict(R=1, NT=1, HAS_ZEROS=False, HAS_BIAS=False, PF=False, USE_SPLIT=False, FP=2, HAS_ROWS=True,
                                      PDL=True, KS=True, LO=True), 8, 90),
                 ("_mmv_kernel", dict(R=2, NT=1, HAS_ZEROS=False, HAS_BIAS=True, PF=True, USE_SPLIT=True, W8=True,
-                                     LO=True), 4, 80)]
+                                     LO=True), 4, 80),
+                # NVFP4's scale bytes of a step as one 16-byte load a row (SV): ks with its prefetch, the row split at
+                # two token tiles
+                ("_mmv_kernel", dict(R=1, NT=1, HAS_ZEROS=False, HAS_BIAS=False, PF=True, USE_SPLIT=False, FP=2, HAS_ROWS=True,
+                                     PDL=True, KS=True, XH=True, FULL=True, LO=True, SV=True), 8, 90),
+                ("_mmv_kernel", dict(R=1, NT=2, HAS_ZEROS=False, HAS_BIAS=True, PF=True, USE_SPLIT=True, FP=2, EF=True,
+                                     SV=True), 4, 90)]
 
 
 def compile_mmv(name: str, consts: dict, warps: int, cap: int) -> dict:
@@ -142,7 +148,8 @@ def compile_mmv(name: str, consts: dict, warps: int, cap: int) -> dict:
     consts = dict(consts, BF16=bool(consts.get("BF16")), FP=int(consts.get("FP", 0)), HAS_ROWS=bool(consts.get("HAS_ROWS")),
                   PDL=bool(consts.get("PDL")), W8=bool(consts.get("W8")), KS=bool(consts.get("KS")), XH=bool(consts.get("XH")),
                   FULL=bool(consts.get("FULL")), EF=bool(consts.get("EF", consts["NT"] == 1)), EARLY=int(consts.get("EARLY", 0)),
-                  CL=int(consts.get("CL", 1)), XQ0=bool(consts.get("XQ0")), LO=bool(consts.get("LO")))
+                  CL=int(consts.get("CL", 1)), XQ0=bool(consts.get("XQ0")), LO=bool(consts.get("LO")),
+                  SV=bool(consts.get("SV")))
     types = dict(x_ptr=act, w_ptr="*i32", s_ptr={0: "*fp16", 1: "*i64", 2: "*i32"}[consts["FP"]], z_ptr="*u8", b_ptr=act, y_ptr=act,
                  ws_ptr="*fp32", cnt_ptr="*i32", r_ptr="*fp32", omul="fp32")
     sig, attrs = {}, {}
@@ -212,6 +219,11 @@ def test_mmv_cross_compiles_for_sm80_and_sm90():
             assert got["prmt"] >= 8 * R and got["cvt"] == 0, got
         if consts.get("FP") == 2:  # NVFP4: a hardware E4M3 pair conversion per scale pair (x 2 word halves)
             assert got["cvt"] == 16 * R, got
+            # SV: each row's 16 scale bytes of a step as one 16-byte load (two rows a lane; the row split's prefetch
+            # loads the next step's with its words, ks loads them in the step)
+            words = 4 * R * (2 if consts["PF"] else 1)
+            scales = 2 * R * (2 if consts["PF"] and not consts.get("KS") else 1)
+            assert (got["v4"] >= words + scales) == bool(consts.get("SV")), got
         if consts.get("W8"):  # 8-bit codes: four 16-byte loads per row and step, a byte permute per code pair
             assert got["v4"] >= 8 * R and got["prmt"] >= 64 * R, got
         # one token tile: the weight words leave L1 first (the activations stay); two tiles: plain loads unless EF

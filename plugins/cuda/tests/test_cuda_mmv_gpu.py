@@ -212,6 +212,34 @@ def test_float_layers_with_the_warps_splitting_k(name, weight_only, warps, split
     assert sum(fl.stats().get("_mmv_kernel", (0, 0))) - before >= 5
 
 
+@pytest.mark.parametrize("sv", [True, False])
+@pytest.mark.parametrize("cfg", [dict(R=1, warps=4, pf=True, split_k=2), dict(R=2, warps=4, pf=False, split_k=1),
+                                 dict(R=1, warps=4, pf=False, split_k=1, ks=True),
+                                 dict(R=1, warps=8, pf=True, split_k=1, ks=True, xh=True, maxnreg=128, early=2)])
+def test_nvfp4_layers_read_their_grouped_scales_with_either_load(sv, cfg, monkeypatch):
+    """NVFP4's scales are stored in groups of 16 rows (``fp_packing.nv_sigma``; the last group of N = 520 half
+    padding) and read per row and step with one 16-byte load (``sv``) or four 4-byte ones: both, at one and two row
+    groups a warp, the row split and ks, M = 1..16, against the fp32 reference."""
+    import test_cuda_fp_gpu as fpg
+    from quantlinear.testing_fp import float_reference
+    from quantlinear_cuda import fp_ops
+    from quantlinear_triton import launch as fl
+
+    monkeypatch.setattr(fpg, "K", 1280)
+    monkeypatch.setattr(fpg, "N", 520)
+    layer, w, b, spec = fpg.layer_for("NVFP4", torch.float16, bias=True)
+    assert layer.fp_mmv_sigma.shape == (33, 5 * 64)  # ceil(520 / 16) groups, five 256-channel steps
+    conf = dict(cfg, kernel="mmv", sv=sv)
+    monkeypatch.setattr(fp_ops.TUNER, "settled", lambda *a, **k: None)
+    monkeypatch.setattr(fp_ops.TUNER, "get", lambda *a, **k: dict(conf))
+    g = torch.Generator(device="cuda").manual_seed(int(sv) + cfg["warps"])
+    before = sum(fl.stats().get("_mmv_kernel", (0, 0)))
+    for M in (1, 2, 5, 9, 16):
+        x = (torch.randn(M, 1280, device="cuda", generator=g) * 1.5).half()
+        assert rel_err(layer(x), float_reference(x, w, spec, b)) < 1e-3, (M, conf)
+    assert sum(fl.stats().get("_mmv_kernel", (0, 0))) - before >= 5
+
+
 def test_mxfp4_graph_capture_and_compile():
     import test_cuda_fp_gpu as fpg
     from quantlinear.testing_fp import float_reference

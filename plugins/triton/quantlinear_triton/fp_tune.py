@@ -264,6 +264,8 @@ class FPSpace(_tune.Settings):
             if M == 1:  # the warps splitting K (ks), no split over programs: won at M = 1 on the short-K shapes
                 # (results/h100-mmv-fp-ks-2026-11-26.json, h100-mmv-nvfp4-ks-2026-11-26.json)
                 out += _tune.mmv_ks_candidates()
+            if p.scale == 2:  # NVFP4: its scale load named (``sv``), so that the second round tries the other one
+                out = [_tune.with_scale_load(c) for c in out]
         if 2 <= b <= 512 and p.dtype != "float32" and self.tc(props):
             base = self.tc_config(p, b, u)
             out += [base, dict(base, BN=64, warps=4), dict(base, BN=128, warps=8), dict(base, stages=3),

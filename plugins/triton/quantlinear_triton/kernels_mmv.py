@@ -416,7 +416,7 @@ if HAS_GLUON:
                     HAS_ROWS: gl.constexpr = False, PDL: gl.constexpr = False, W8: gl.constexpr = False,
                     KS: gl.constexpr = False, XH: gl.constexpr = False, FULL: gl.constexpr = False,
                     EF: gl.constexpr = True, EARLY: gl.constexpr = 0, CL: gl.constexpr = 1,
-                    XQ0: gl.constexpr = False, LO: gl.constexpr = False):
+                    XQ0: gl.constexpr = False, LO: gl.constexpr = False, SV: gl.constexpr = False):
         NW: gl.constexpr = gl.num_warps()
         L: gl.constexpr = gl.BlockedLayout([1, 1, R, 4], [1, 32, 1, 1], [NW, 1, 1, 1], [3, 2, 1, 0])
         S: gl.constexpr = gl.SliceLayout(3, L)
@@ -457,9 +457,9 @@ if HAS_GLUON:
             HO = hop + 16
         srow0 = gl.convert_layout(gl.reshape(row0, [NW, 32, R]), S, assert_trivial=True)
         srow1 = gl.convert_layout(gl.reshape(row1, [NW, 32, R]), S, assert_trivial=True)
-        if FP == 2:  # NVFP4: a row's 16 scale bytes of a step as four 4-byte loads (one 16-byte load was 1.2x slower)
-            soff0 = srow0 * (KW // 8)
-            soff1 = srow1 * (KW // 8)
+        if FP == 2:  # NVFP4: a group of 16 rows' scales of a step are one 256-byte run (.fp_packing.nv_sigma)
+            soff0 = (srow0 >> 4) * (KW * 2) + (srow0 & 15) * 4
+            soff1 = (srow1 >> 4) * (KW * 2) + (srow1 & 15) * 4
         elif FP == 1:  # MXFP4: its 8 sigma bytes as one int64
             soff0 = srow0 * (KW // 32)
             soff1 = srow1 * (KW // 32)
@@ -485,7 +485,7 @@ if HAS_GLUON:
             nws = _ks_words(w_ptr, woff0, woff1, HO, t0 + _iota(NW, 0, L), t1, sst, FULL)
         elif PF or EARLY == 1:
             nws, nsg0, nsg1 = _tile_words(w_ptr, s_ptr, woff0, woff1, HO, soff0, soff1, t0, gsh, gmax, N, sst, BF16, FP, W8,
-                                          EF)
+                                          EF, SV, L, S)
         if PDL and EARLY == 1:  # the first step's weights are on their way while the previous kernel drains
             _gdc_wait()
         if not KS:
@@ -505,18 +505,18 @@ if HAS_GLUON:
                     ws = nws
                 else:
                     ws = _ks_words(w_ptr, woff0, woff1, HO, t + _iota(NW, 0, L), t1, sst, FULL)
-                sg0, sg1 = _tile_scales(s_ptr, soff0, soff1, tz, gsh, gmax, N, BF16, FP)
+                sg0, sg1 = _tile_scales(s_ptr, soff0, soff1, tz, gsh, gmax, N, BF16, FP, SV, L, S)
             else:
                 t = t0 + it
                 if PF:
                     ws, sg0, sg1 = nws, nsg0, nsg1
                     nws, nsg0, nsg1 = _tile_words(w_ptr, s_ptr, woff0, woff1, HO, soff0, soff1, gl.minimum(t + 1, t1 - 1),
-                                                  gsh, gmax, N, sst, BF16, FP, W8, EF)
+                                                  gsh, gmax, N, sst, BF16, FP, W8, EF, SV, L, S)
                 elif EARLY == 1:
                     ws, sg0, sg1 = nws, nsg0, nsg1
                 else:
                     ws, sg0, sg1 = _tile_words(w_ptr, s_ptr, woff0, woff1, HO, soff0, soff1, t, gsh, gmax, N, sst, BF16, FP,
-                                               W8, EF)
+                                               W8, EF, SV, L, S)
             sp0 = sg0[0]
             sp1 = sg1[0]
             if not KS:
@@ -616,7 +616,7 @@ if HAS_GLUON:
                     nws = _ks_next_words(w_ptr, woff0, woff1, HO, t, t1, sst, L, FULL)
                 else:
                     nws, nsg0, nsg1 = _tile_words(w_ptr, s_ptr, woff0, woff1, HO, soff0, soff1, gl.minimum(t + 1, t1 - 1),
-                                                  gsh, gmax, N, sst, BF16, FP, W8, EF)
+                                                  gsh, gmax, N, sst, BF16, FP, W8, EF, SV, L, S)
             if not KS:
                 xs.index(((it + 1) % 2) * NT).store(xn0)
                 if NT == 2:
@@ -855,7 +855,8 @@ if HAS_GLUON:
 
     @gluon.jit
     def _tile_words(w_ptr, s_ptr, woff0, woff1, HO, soff0, soff1, t, gsh, gmax, N, sst, BF16: gl.constexpr,
-                    FP: gl.constexpr, W8: gl.constexpr = False, EF: gl.constexpr = True):
+                    FP: gl.constexpr, W8: gl.constexpr = False, EF: gl.constexpr = True, SV: gl.constexpr = False,
+                    L: gl.constexpr = None, S: gl.constexpr = None):
         """Tile t's (a scalar: every warp of the program reads the same tile) words of the lane's two rows and the
         rows' scales: int codes, the scale pairs of groups ``2t >> gsh`` and ``(2t + 1) >> gsh`` (see
         :func:`group_shift`; twice); float codes, the two registers of each row's eight sigma bytes
@@ -873,7 +874,7 @@ if HAS_GLUON:
                      _stream(w_ptr + woff1 + to + sst + HO, EF))
         else:
             words = (w00, w01, w10, w11)
-        sg0, sg1 = _tile_scales(s_ptr, soff0, soff1, t, gsh, gmax, N, BF16, FP)
+        sg0, sg1 = _tile_scales(s_ptr, soff0, soff1, t, gsh, gmax, N, BF16, FP, SV, L, S)
         return words, sg0, sg1
 
     @gluon.jit
@@ -937,7 +938,8 @@ if HAS_GLUON:
         return _into(_quarters(_pack(lo, hi), SX), S)
 
     @gluon.jit
-    def _tile_scales(s_ptr, soff0, soff1, t, gsh, gmax, N, BF16: gl.constexpr, FP: gl.constexpr):
+    def _tile_scales(s_ptr, soff0, soff1, t, gsh, gmax, N, BF16: gl.constexpr, FP: gl.constexpr, SV: gl.constexpr = False,
+                     L: gl.constexpr = None, S: gl.constexpr = None):
         """Tile t's scales of the lane's two rows (see :func:`_tile_words`; ``t`` a scalar or, ``KS``, a tile per
         warp)."""
         if FP == 1:  # two registers a row and tile (``s_ptr`` int64 ``[N, KW / 32]``)
@@ -945,11 +947,15 @@ if HAS_GLUON:
             v1 = gl.load(s_ptr + soff1 + t)
             sg0 = (v0.to(gl.int32), (v0 >> 32).to(gl.int32))
             sg1 = (v1.to(gl.int32), (v1 >> 32).to(gl.int32))
-        elif FP == 2:  # four: the two 128-channel NVFP4 tiles' scale bytes (``s_ptr`` int32 ``[N, KW / 8]``)
-            sg0 = (gl.load(s_ptr + soff0 + 4 * t), gl.load(s_ptr + soff0 + 4 * t + 1), gl.load(s_ptr + soff0 + 4 * t + 2),
-                   gl.load(s_ptr + soff0 + 4 * t + 3))
-            sg1 = (gl.load(s_ptr + soff1 + 4 * t), gl.load(s_ptr + soff1 + 4 * t + 1), gl.load(s_ptr + soff1 + 4 * t + 2),
-                   gl.load(s_ptr + soff1 + 4 * t + 3))
+        elif FP == 2 and SV:  # NVFP4, a row's 16 bytes of the step as one 16-byte load (``sv``)
+            k4 = _iota(4, 3, L)
+            sg0 = _quarters(gl.load(s_ptr + gl.expand_dims(soff0 + 64 * t, 3) + k4), S)
+            sg1 = _quarters(gl.load(s_ptr + gl.expand_dims(soff1 + 64 * t, 3) + k4), S)
+        elif FP == 2:  # as four 4-byte loads: the two 128-channel tiles' scale bytes (``s_ptr`` int32, grouped)
+            sg0 = (gl.load(s_ptr + soff0 + 64 * t), gl.load(s_ptr + soff0 + 64 * t + 1),
+                   gl.load(s_ptr + soff0 + 64 * t + 2), gl.load(s_ptr + soff0 + 64 * t + 3))
+            sg1 = (gl.load(s_ptr + soff1 + 64 * t), gl.load(s_ptr + soff1 + 64 * t + 1),
+                   gl.load(s_ptr + soff1 + 64 * t + 2), gl.load(s_ptr + soff1 + 64 * t + 3))
         else:
             ga = (2 * t) >> gsh
             gb = gl.minimum((2 * t + 1) >> gsh, gmax)  # (the far half of a ragged last tile: code 0, x 0)
@@ -998,7 +1004,8 @@ def launch_mmv(x: torch.Tensor, qweight: torch.Tensor, scales: torch.Tensor, zer
     instead, M <= 8) with ``xh`` (a step's activation loads first), ``ef`` (``evict_first`` weight loads at M = 9..16;
     always at M <= 8), ``early`` (with programmatic dependent launch: 1 the first step's weights loaded, 2 prefetched
     into L2, before waiting on the previous kernel; see the module docstring), ``maxnreg`` (registers a thread, 0:
-    ptxas' choice).  Launched through the direct launcher
+    ptxas' choice), ``sv`` (NVFP4 only, :func:`launch_mmv_fp`: a row's scale bytes of a step as one 16-byte load;
+    default at ``R`` 1).  Launched through the direct launcher
     (:mod:`quantlinear_triton.launch`).
     """
     w8 = bits == 8
@@ -1033,12 +1040,14 @@ class Plan(NamedTuple):
     ef: bool  # evict_first weight loads
     early: int  # 0 / 1 / 2: weights started on before the grid-dependency wait
     cl: int  # the split as one thread-block cluster of this size (1: none; the workspace, where split > 1)
+    sv: bool  # NVFP4: a row's scale bytes of a step as one 16-byte load (four 4-byte ones otherwise)
 
 
 def _plan(x: torch.Tensor, qweight: torch.Tensor, cfg: dict, out: torch.Tensor | None, warps: int, step_words: int = 32):
     """The output and, for M > 0, the launch plan of ``cfg`` (``warps``: its default): R, warps, pf, ks, blocks of
     rows, :func:`.kernels_tc.split_plan`'s split, steps per split, workspace and counters (``step_words``: a row's
-    words in one 256-channel step), then xh, maxnreg, ef and early.  ``ks`` (the warps of a program split K, taking the same
+    words in one 256-channel step), then xh, maxnreg, ef, early, the cluster size and sv (NVFP4's scale load: one
+    16-byte load a row and step, the default at one row group a warp, or four 4-byte ones).  ``ks`` (the warps of a program split K, taking the same
     rows) applies to 32-word steps (4-bit int, MXFP4, NVFP4; not 8-bit codes' 64) and M <= 8, prefetching only where
     ``pf`` says so, and ``xh`` applies with it only; ``ef`` is true at one token tile and where asked; ``early``
     (0 / 1 / 2, taken only where the launch has programmatic dependent launch); last the cluster size: ``cl`` makes
@@ -1060,7 +1069,7 @@ def _plan(x: torch.Tensor, qweight: torch.Tensor, cfg: dict, out: torch.Tensor |
     cl = split if cfg.get("cl") and cluster_fits(x, split, M, R, warps) else 1
     sp = (split, sps, y, y) if cl > 1 else split_plan(x, y, n_steps, split_k, blocks)
     return y, Plan(R, warps, pf, ks, blocks, *sp, ks and bool(cfg.get("xh")), int(cfg.get("maxnreg", 0)),
-                   M <= 8 or bool(cfg.get("ef")), early, cl)
+                   M <= 8 or bool(cfg.get("ef")), early, cl, bool(cfg.get("sv", R == 1)))
 
 
 #: the largest cluster (16 is past the portable 8; Hopper runs it, and Triton's launcher opts the kernel in)
@@ -1086,12 +1095,13 @@ def cluster_fits(x: torch.Tensor, split: int, M: int, R: int, warps: int) -> boo
 def _launch(plan: Plan, tensors: tuple, ints: tuple, omul: float, y: torch.Tensor, has_zeros: bool, has_bias: bool,
             bf16: bool, fp: int, has_rows: bool, w8: bool = False) -> None:
     """One ``_mmv_kernel`` launch: ``tensors`` = (x, w, s, z, b, y, r), ``ints`` = (gsh, gmax, zh, zh16)."""
-    R, warps, pf, ks, blocks, split, tps, ws, cnt, xh, maxnreg, ef, early, cl = plan
+    R, warps, pf, ks, blocks, split, tps, ws, cnt, xh, maxnreg, ef, early, cl, sv = plan
     x, w, s, z, b, _, r = tensors
     (M, K), (N, KW) = x.shape, w.shape
     full = ks and ks_unmasked(K, KW // 32, tps, split, warps)
     consts, skey, opts = _statics(R, warps, pf, M <= 8, split > 1 and cl == 1, pdl_ok(x), has_zeros, has_bias, bf16, fp,
-                                  has_rows, w8, ks, xh, maxnreg, full, ef, early, cl, cl > 1 and M <= 2, N % 16 == 0)
+                                  has_rows, w8, ks, xh, maxnreg, full, ef, early, cl, cl > 1 and M <= 2, N % 16 == 0,
+                                  sv and fp == 2)
     try:
         _fast.launch(_mmv_kernel, (blocks, split) if cl == 1 else (blocks, ), (x, w, s, z, b, y, ws, cnt, r),
                      (M, N, K, KW, *ints, tps, split, 0), (omul,), consts, skey, opts, y, cl, exchange_bytes(cl, M, R, warps))
@@ -1116,12 +1126,12 @@ def ks_unmasked(K: int, steps: int, per_split: int, split: int, warps: int) -> b
 def _statics(R: int, warps: int, pf: bool, one_tile: bool, use_split: bool, pdl: bool, has_zeros: bool, has_bias: bool,
              bf16: bool, fp: int, has_rows: bool, w8: bool = False, ks: bool = False, xh: bool = False,
              maxnreg: int = 0, full: bool = False, ef: bool = True, early: int = 0, cl: int = 1,
-             xq0: bool = False, lo: bool = False) -> tuple:
+             xq0: bool = False, lo: bool = False, sv: bool = False) -> tuple:
     """Every constexpr of ``_mmv_kernel`` (the direct launcher caches only launches that give them all), the static key
     and the compile options of one launch class: made once, not per call (this is the eager decode path)."""
     consts = dict(R=R, NT=1 if one_tile else 2, PF=pf, USE_SPLIT=use_split, PDL=pdl, HAS_ZEROS=has_zeros,
                   HAS_BIAS=has_bias, BF16=bf16, FP=fp, HAS_ROWS=has_rows, W8=w8, KS=ks, XH=xh, FULL=full, EF=ef,
-                  EARLY=early if pdl else 0, CL=cl, XQ0=xq0, LO=lo)
+                  EARLY=early if pdl else 0, CL=cl, XQ0=xq0, LO=lo, SV=sv)
     options = {"num_warps": warps, "launch_pdl": True} if pdl else {"num_warps": warps}
     if maxnreg:
         options["maxnreg"] = maxnreg

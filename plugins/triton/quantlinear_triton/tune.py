@@ -159,15 +159,36 @@ def budget_twins(ranked: list[dict], top: int = 2) -> list[dict]:
     return unique(out)
 
 
+def with_scale_load(cfg: dict) -> dict:
+    """An NVFP4 ``mmv`` configuration with its scale load named: ``sv`` (a row's scale bytes of a step as one 16-byte
+    load) as the kernel's default, at one row group a warp (``R`` 1); other configurations unchanged."""
+    if cfg.get("kernel") != "mmv" or "sv" in cfg:
+        return cfg
+    return dict(cfg, sv=int(cfg.get("R", 1)) == 1)
+
+
+def scale_load_twins(ranked: list[dict], top: int = 3) -> list[dict]:
+    """The other scale load (``sv`` flipped) of the ``top`` fastest ``mmv`` configurations that name one (NVFP4's,
+    :func:`with_scale_load`).
+
+    Why: which load wins depends on the configuration, not the shape, and by a lot.  On an H100 (same runs,
+    ``results/h100-session22-probes-2026-11-27.txt``) the 16-byte load took 4096 x 14336 M = 1 with 4 warps splitting
+    K and ``xh`` from 17.5 to 14.7 us and lost 2.4 us without ``xh``; at two row groups a warp (28672 x 8192 M = 1)
+    the four 4-byte loads were 51.3 us against 66.0."""
+    best = [c for c in ranked if c.get("kernel") == "mmv" and "sv" in c][:top]
+    return [dict(c, sv=not c["sv"]) for c in best]
+
+
 def mmv_refine(ranked: list[dict], clusters: bool | None = None) -> list[dict]:
-    """A space's second round (``refine``) for ``mmv``: :func:`early_twins`, :func:`budget_twins`, and where the
+    """A space's second round (``refine``) for ``mmv``: :func:`early_twins`, :func:`budget_twins`,
+    :func:`scale_load_twins` (NVFP4), and where the
     device runs thread-block clusters (``clusters``; None: whether the current CUDA device does,
     :func:`.launch.clusters_on`) :func:`cluster_twins` and the cluster twins of the budget twins that split K over
     programs (4096 x 14336 M = 16 took one: 16.81 -> 16.07 us)."""
     if clusters is None:
         clusters = torch.cuda.is_available() and _fast.clusters_on(torch.cuda.current_device())
     budget = budget_twins(ranked)
-    out = early_twins(ranked) + budget
+    out = early_twins(ranked) + budget + scale_load_twins(ranked)
     if clusters:
         out += cluster_twins(ranked) + [dict(c, cl=True) for c in budget if c.get("split_k", 1) > 1]
     return unique(out)
@@ -276,7 +297,7 @@ def config_reason(cfg: object, kernels: frozenset[str] | None = None) -> str | N
 
 def _short(cfg: dict) -> str:
     order = ("kernel", "xs", "R", "BM", "BN", "BK", "split_k", "warps", "stages", "planes", "maxnreg", "swap", "scale_w", "pair", "dq",
-             "prefetch", "pf", "ks", "xh", "ef", "early", "cl", "tpp", "waves_per_eu",
+             "prefetch", "pf", "ks", "xh", "ef", "early", "cl", "sv", "tpp", "waves_per_eu",
              "matrix_instr_nonkdim", "kpack")
     return " ".join(f"{k}={cfg[k]}" for k in order if k in cfg)
 

@@ -61,13 +61,34 @@ def test_nvfp4_sigma_order_and_exact_fp16_products():
     g = torch.Generator().manual_seed(1)
     sb = torch.randint(0, 0x7F, (6, 32), generator=g).to(torch.uint8)  # K = 512: two pairs of tiles
     sigma, omul = P.nv_sigma(sb)
-    assert sigma.shape == (6, 8) and omul == 2.0**14
-    assert torch.equal(sigma.view(torch.uint8).view(6, 4, 8)[:, :, [0, 2, 4, 6, 1, 3, 5, 7]].reshape(6, 32), sb)
+    assert sigma.shape == (1, 2 * 64) and omul == 2.0**14  # one group of 16 rows (10 of them padding), two steps
+    rows = sigma.view(1, 2, 16, 4)[0].permute(1, 0, 2).reshape(16, 8)  # [row, step * 4 + register]
+    assert torch.equal(rows[:6].contiguous().view(torch.uint8).view(6, 4, 8)[:, :, [0, 2, 4, 6, 1, 3, 5, 7]].reshape(6, 32),
+                       sb)
+    assert not rows[6:].any()
     assert P.nv_sigma(sb[:, :24]) is None  # three tiles
     scales = torch.arange(0, 0x7F, dtype=torch.uint8).view(torch.float8_e4m3fn).float()  # every finite scale >= 0
     a = (E2M1 * 2.0**-14).half()
     prod = a[:, None] * scales.half()[None, :]
     assert torch.equal(prod.float() * omul, E2M1[:, None] * scales[None, :])
+
+
+def test_nvfp4_sigma_is_read_where_the_kernel_addresses_it():
+    """``mmv`` reads register ``k`` of row ``r``'s scales of step ``t`` at int32 ``(r // 16) * 2 KW + 64 t + 4 (r % 16)
+    + k`` (``KW = K / 8`` words a row): a group of 16 rows' scales of a step are one 256-byte run, so a warp's load of
+    a step (8 rows) reads one line.  Here on 37 rows (a ragged last group) and 4 steps."""
+    g = torch.Generator().manual_seed(2)
+    N, K = 37, 1024
+    sb = torch.randint(0, 0x7F, (N, K // 16), generator=g).to(torch.uint8)
+    sigma, _ = P.nv_sigma(sb)
+    flat = sigma.view(-1)
+    order = torch.tensor([0, 4, 1, 5, 2, 6, 3, 7])
+    KW = K // 8
+    for r in (0, 7, 15, 16, 31, 36):
+        for t in range(K // 256):
+            regs = torch.stack([flat[(r // 16) * 2 * KW + 64 * t + 4 * (r % 16) + k] for k in range(4)])
+            want = sb[r, 16 * t: 16 * t + 16].view(2, 8)[:, order].reshape(16).contiguous().view(torch.int32)
+            assert torch.equal(regs, want), (r, t)
 
 
 def test_blocks_too_small_for_fp16_are_zero_only_when_their_codes_are():
@@ -172,6 +193,29 @@ def test_float_codes_take_warps_splitting_k_at_one_row_only():
     assert km._plan(x, w, ks[0], None, 4, step_words=64)[1][3] is False
     assert km._plan(torch.zeros(9, 3072, dtype=torch.float16), w, ks[0], None, 4)[1][3] is False
     assert km._plan(x, w, ks[2], None, 4)[1][2:4] == (True, True)  # ks with the prefetch
+
+
+def test_nvfp4_candidates_name_their_scale_load_and_the_second_round_tries_the_other():
+    """NVFP4's scale bytes of a step can be read as one 16-byte load a row (``sv``) or four 4-byte ones; which wins
+    depends on the configuration (H100: 17.5 -> 14.7 us with one, 2.4 us lost with another), so every NVFP4 ``mmv``
+    candidate names its load -- the kernel's default, one load at one row group a warp -- and the second round
+    measures the other load of the three fastest.  MXFP4 (one 8-byte load a row) names none."""
+    from quantlinear_triton import kernels_mmv as km
+
+    space = fp_tune.FPSpace("toy_fp", "/nonexistent", lambda d: _Props(), units=lambda p: p.sm_count, paired_fp16=True,
+                            mmv=lambda props: not props.simulated)
+    nv = fp_tune.FPProblem(P.E2M1, P.S_E4M3, 16, 4, "float16", 4096, 14336)
+    mx = fp_tune.FPProblem(P.E2M1, P.S_E8M0, 32, 4, "float16", 4096, 14336)
+    for M in (1, 16):
+        mmv = [c for c in space.candidates(nv, M, _Props()) if c["kernel"] == "mmv"]
+        assert mmv and all(c["sv"] == (c["R"] == 1) for c in mmv)
+        assert not any("sv" in c for c in space.candidates(mx, M, _Props()))
+        second = space.refine(mmv[::-1])
+        assert [c for c in second if c["sv"] != (c["R"] == 1)] == [dict(c, sv=not c["sv"]) for c in mmv[::-1][:3]]
+    x, w = torch.zeros(1, 14336, dtype=torch.float16), torch.zeros(4096, 1792, dtype=torch.int32)
+    assert km._plan(x, w, {"kernel": "mmv", "R": 1}, None, 4)[1].sv is True  # (tables without the key)
+    assert km._plan(x, w, {"kernel": "mmv", "R": 2}, None, 4)[1].sv is False
+    assert km._plan(x, w, {"kernel": "mmv", "R": 1, "sv": False}, None, 4)[1].sv is False
 
 
 def test_prepare_writes_sigma_only_when_asked():

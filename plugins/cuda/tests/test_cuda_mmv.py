@@ -134,7 +134,13 @@ COMPILE_JOBS = [("_mmv_kernel", dict(R=1, NT=1, HAS_ZEROS=False, HAS_BIAS=False,
                 ("_mmv_kernel", dict(R=1, NT=1, HAS_ZEROS=False, HAS_BIAS=False, PF=True, USE_SPLIT=False, FP=2, HAS_ROWS=True,
                                      PDL=True, KS=True, XH=True, FULL=True, LO=True, SV=True), 8, 90),
                 ("_mmv_kernel", dict(R=1, NT=2, HAS_ZEROS=False, HAS_BIAS=True, PF=True, USE_SPLIT=True, FP=2, EF=True,
-                                     SV=True), 4, 90)]
+                                     SV=True), 4, 90),
+                # ks reading the quantized activations as B-register pairs (PX: two 16-byte loads a code pair), MXFP4
+                # with its step's loads first and NVFP4 with masks
+                ("_mmv_kernel", dict(R=1, NT=1, HAS_ZEROS=False, HAS_BIAS=False, PF=True, USE_SPLIT=False, FP=1, PDL=True,
+                                     KS=True, XH=True, FULL=True, LO=True, PX=True), 8, 90),
+                ("_mmv_kernel", dict(R=1, NT=1, HAS_ZEROS=False, HAS_BIAS=True, PF=False, USE_SPLIT=True, FP=2, HAS_ROWS=True,
+                                     KS=True, SV=True, PX=True), 4, 90)]
 
 
 def compile_mmv(name: str, consts: dict, warps: int, cap: int) -> dict:
@@ -149,8 +155,8 @@ def compile_mmv(name: str, consts: dict, warps: int, cap: int) -> dict:
                   PDL=bool(consts.get("PDL")), W8=bool(consts.get("W8")), KS=bool(consts.get("KS")), XH=bool(consts.get("XH")),
                   FULL=bool(consts.get("FULL")), EF=bool(consts.get("EF", consts["NT"] == 1)), EARLY=int(consts.get("EARLY", 0)),
                   CL=int(consts.get("CL", 1)), XQ0=bool(consts.get("XQ0")), LO=bool(consts.get("LO")),
-                  SV=bool(consts.get("SV")))
-    types = dict(x_ptr=act, w_ptr="*i32", s_ptr={0: "*fp16", 1: "*i64", 2: "*i32"}[consts["FP"]], z_ptr="*u8", b_ptr=act, y_ptr=act,
+                  SV=bool(consts.get("SV")), PX=bool(consts.get("PX")))
+    types = dict(x_ptr="*i32" if consts["PX"] else act, w_ptr="*i32", s_ptr={0: "*fp16", 1: "*i64", 2: "*i32"}[consts["FP"]], z_ptr="*u8", b_ptr=act, y_ptr=act,
                  ws_ptr="*fp32", cnt_ptr="*i32", r_ptr="*fp32", omul="fp32")
     sig, attrs = {}, {}
     for i, n in enumerate(fn.arg_names):
@@ -177,6 +183,7 @@ def compile_mmv(name: str, consts: dict, warps: int, cap: int) -> dict:
             "predicated_prefetch": ptx.count("@p prefetch.global.L2"),
             "evict_first": ptx.count("ld.global.L1::evict_first"),
             "x_before_mma": ptx[:max(0, ptx.find(mma))].count("ld.global.b16"),
+            "v4_before_mma": len(re.findall(r"ld\.global\.v4", ptx[:max(0, ptx.find(mma))])),
             "masked_in_loop": len(re.findall(r"@%p\d+ ld\.global", ptx[:ptx.rfind(mma)])),
             "cluster_start": ptx.find("barrier.cluster.arrive.relaxed.aligned"), "first_load": ptx.find("ld.global"),
             "cluster_arrive": ptx.count("barrier.cluster.arrive"), "cluster_wait": ptx.count("barrier.cluster.wait.acquire"),
@@ -239,7 +246,10 @@ def test_mmv_cross_compiles_for_sm80_and_sm90():
             assert got["cluster_arrive"] >= 2 and got["cluster_wait"] >= 2, got
         else:
             assert got["cluster_arrive"] == got["remote_store"] == 0, got
-        if consts.get("KS"):  # XH: the step's 64 two-byte activation loads (8 pairs x lo / hi x 4) before the first
+        if consts.get("KS") and consts.get("PX"):  # the pairs: two 16-byte loads a code pair (XH: all 8 of the step
+            # before the first MMA), no two-byte activation loads
+            assert got["x_before_mma"] == 0 and got["v4_before_mma"] >= (8 if consts.get("XH") else 2), got
+        elif consts.get("KS"):  # XH: the step's 64 two-byte activation loads (8 pairs x lo / hi x 4) before the first
             # MMA, beside the scales'; without it only the first code pair's 16
             assert (got["x_before_mma"] >= 64) == bool(consts.get("XH")), got
             # FULL: no predicated load up to the last MMA (words and activations unmasked)

@@ -240,6 +240,49 @@ def test_nvfp4_layers_read_their_grouped_scales_with_either_load(sv, cfg, monkey
     assert sum(fl.stats().get("_mmv_kernel", (0, 0))) - before >= 5
 
 
+@pytest.mark.parametrize("name", ["MXFP4", "NVFP4"])
+def test_ks_float_layers_read_their_activations_as_pairs_and_replay(name, monkeypatch):
+    """W4A4 with the warps splitting K (``ks``): the activation kernel writes the quantized activations in ``mmv``'s
+    B-register order (``fp_kernels.quantize_activations_pairs``) and ``mmv`` reads them with two 16-byte loads a code
+    pair -- bit for bit what it computes from the plain quantized activations, against the fp32 reference, K with a
+    partial last step (MXFP4) -- and warm eager calls replay both launches."""
+    import test_cuda_fp_gpu as fpg
+    from quantlinear.testing_fp import float_reference
+    from quantlinear_cuda import fp_ops
+    from quantlinear_triton import fp_kernels as fk
+    from quantlinear_triton import kernels_mmv as km
+    from quantlinear_triton import launch as fl
+
+    K = 1184 if name == "MXFP4" else 1280
+    monkeypatch.setattr(fpg, "K", K)
+    monkeypatch.setattr(fpg, "N", 784)
+    layer, w, b, spec = fpg.layer_for(name, torch.float16, bias=True)
+    cfg = {"kernel": "mmv", "R": 1, "warps": 8, "pf": True, "split_k": 1, "ks": True, "xh": True, "maxnreg": 128,
+           "px": True}
+    monkeypatch.setattr(fp_ops.TUNER, "settled", lambda *a, **k: cfg)  # (settled: eager calls go through the plans)
+    monkeypatch.setattr(fp_ops.TUNER, "get", lambda *a, **k: cfg)
+    m, buf = layer.meta, layer._buffers
+    nv = name == "NVFP4"
+    g = torch.Generator(device="cuda").manual_seed(3)
+    for M in (1, 3, 8):
+        for i in range(3):
+            x = (torch.randn(M, K, device="cuda", generator=g) * 1.5).half()
+            y = layer(x)
+            xq = fk.quantize_activations(x, m.act, m.act_block, buf["fp_act_scale"])
+            plain = km.launch_mmv_fp(xq, buf["fp_qweight"], buf["fp_mmv_sigma"], buf["fp_row_scales"], buf.get("bias"),
+                                     m.mmv_mul, cfg, nv=nv)
+            assert torch.equal(y, plain), (M, i)
+            assert rel_err(y, float_reference(x, w, spec, b)) < 1e-3, (M, i)
+        p = layer._plans.get((M, x.get_device(), torch.float16))
+        if fl.enabled():
+            assert p is not None and p.replay is not None and len(p.replay.steps) == 2, (M, fl.replay_refusal())
+    assert km.reads_pairs(cfg, 8) and not km.reads_pairs(cfg, 9) and not km.reads_pairs(dict(cfg, ks=False), 1)
+    assert not km.reads_pairs(dict(cfg, px=False), 1)
+    w16, w, b, spec = fpg.layer_for(name, torch.float16, bias=True, weight_only=True)  # W4A16: px is the plain launch
+    x = torch.randn(1, K, device="cuda").half()
+    assert rel_err(w16(x), float_reference(x, w, spec, b)) < 1e-3
+
+
 def test_mxfp4_graph_capture_and_compile():
     import test_cuda_fp_gpu as fpg
     from quantlinear.testing_fp import float_reference

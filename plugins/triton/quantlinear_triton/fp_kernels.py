@@ -660,7 +660,8 @@ def _nvfp4_qdq(x, gs):
 
 @triton.jit
 def _act_quant_kernel(x_ptr, y_ptr, a_ptr, xs_ptr, K, G, KT, ACT: tl.constexpr, BLOCK: tl.constexpr, NB: tl.constexpr,
-                      DIV: tl.constexpr, SPLIT: tl.constexpr, VPW: tl.constexpr, PDL: tl.constexpr = False):
+                      DIV: tl.constexpr, SPLIT: tl.constexpr, VPW: tl.constexpr, PDL: tl.constexpr = False,
+                      PAIR: tl.constexpr = 0):
     _pdl_enter(PDL)
     _pdl_exit(PDL)  # (one short pass: the GEMV after it may be scheduled at once)
     pid_m = tl.program_id(0)
@@ -683,8 +684,38 @@ def _act_quant_kernel(x_ptr, y_ptr, a_ptr, xs_ptr, K, G, KT, ACT: tl.constexpr, 
         tt = tl.program_id(1) * TPP + tl.arange(0, TPP)
         offs = (tt[:, None, None] * H + tl.arange(0, H)[None, :, None]) * BLOCK + tl.arange(0, BLOCK)[None, None, :]
         tl.store(y_ptr + pid_m * (KT * H * BLOCK) + offs, lo | (hi << 16), mask=(tt < KT)[:, None, None])
+    elif PAIR:  # the qdq values as fp16 pairs in mmv's B-register order (1: MXFP4's, 2: NVFP4's; see _pair_slot)
+        if ACT == 3:
+            v = _nvfp4_qdq(x, tl.load(a_ptr + offs_b * 0))
+        else:
+            v = _mx_qdq(x, 2, 0, 6.0, 2.0, ACT >= 8)
+        yh = y_ptr.to(tl.pointer_type(tl.float16))  # (y is int32 [M, KT * 128]: two fp16 slots a word)
+        tl.store(yh + pid_m * (KT * 256) + _pair_slot(k, PAIR), v.to(tl.float16), mask=k < KT * 256)
     else:
         _act_quant_rest(x, y_ptr, a_ptr, pid_m, offs_b, k, mask, K, ACT, DIV)
+
+
+@triton.jit
+def _pair_slot(k, PAIR: tl.constexpr):
+    """The fp16 slot of channel ``k`` in :func:`quantize_activations_pairs`' order: in 256-channel step ``t`` the
+    pair of lo channel ``c`` (``kernels_mmv._pair_channel(t, j, b, 4 q + i)``) is word ``128 t + 32 j + 8 q + 2 i +
+    b``, its low half ``c``, its high half ``c + d`` (MXFP4 ``c = 32 j + 16 b + 4 q + i``, ``d = 128``; NVFP4
+    ``c = 128 b + 16 j + 4 q + i``, ``d = 64``)."""
+    t = k // 256
+    c = k % 256
+    if PAIR == 2:
+        b = c // 128
+        h = (c // 64) % 2
+        r = c % 64
+        j = r // 16
+    else:
+        h = c // 128
+        r = c % 128
+        j = r // 32
+        b = (r // 16) % 2
+    q = (r // 4) % 4
+    i = r % 4
+    return 2 * (t * 128 + j * 32 + q * 8 + i * 2 + b) + h
 
 
 @triton.jit
@@ -717,13 +748,13 @@ _EXACT = {} if interpreting() else {"enable_fp_fusion": False}
 _act_variants: dict[tuple, tuple] = {}
 
 
-def _act_launch(grid, x, y, a, xs, K, G, KT, act, block, nb, div, split, vpw) -> None:
+def _act_launch(grid, x, y, a, xs, K, G, KT, act, block, nb, div, split, vpw, pair=0) -> None:
     """One launch of ``_act_quant_kernel`` (through the cached launcher; with PDL where :func:`pdl_ok`)."""
     pdl = pdl_ok(x)
-    key = (act, block, nb, div, split, vpw, pdl)
+    key = (act, block, nb, div, split, vpw, pdl, pair)
     v = _act_variants.get(key)
     if v is None:
-        consts = dict(ACT=act, BLOCK=block, NB=nb, DIV=div, SPLIT=split, VPW=vpw, PDL=pdl)
+        consts = dict(ACT=act, BLOCK=block, NB=nb, DIV=div, SPLIT=split, VPW=vpw, PDL=pdl, PAIR=pair)
         opts = dict(num_warps=4, **_EXACT, **({"launch_pdl": True} if pdl else {}))
         v = _act_variants[key] = (consts, ("fp_actq", *key), opts)
     _fast.launch(_act_quant_kernel, grid, (x, y, a, xs), (K, G, KT), (), v[0], v[1], v[2], y)
@@ -751,6 +782,38 @@ def quantize_activations(x: torch.Tensor, act: int, act_block: int, act_scale: t
     grid = (M, -(-K // (block * nb)))  # (not triton.cdiv: a constexpr function, 1.5-4 us a call on the host)
     _act_launch(grid, x, y, act_scale if act_scale is not None else x, y, K, 1, 1, act, block, nb, div, False, 1)
     return y
+
+
+def quantize_activations_pairs(x: torch.Tensor, act: int, act_block: int, act_scale: torch.Tensor | None,
+                               nv: bool) -> torch.Tensor:
+    """The 4-bit activation quantization (MX E2M1, NVFP4) of fp16 ``x`` for ``mmv`` with the warps splitting K, one
+    launch: the values of :func:`quantize_activations` (bit-equal) as fp16 pairs in the order of ``mmv``'s B registers
+    (:func:`_pair_slot`), so that a lane's registers of a code pair are two 16-byte loads, each two MMAs' operand
+    pairs as they sit -- instead of eight 8-byte loads and eight byte permutes (``kernels_mmv._b_direct``).
+
+    int32 ``[M, KT * 128]`` (``KT`` 256-channel steps, zero past K); ``nv``: NVFP4's pairing (channels 64 apart),
+    else MXFP4's (128).
+    """
+    M, K = x.shape
+    KT = -(-K // 256)
+    y = torch.empty((M, KT * 128), dtype=torch.int32, device=x.device)
+    if M == 0:
+        return y
+    grid = (M, -(-K // 512))  # (512 channels a program: two whole steps)
+    _act_launch(grid, x, y, act_scale if act_scale is not None else x, y, K, 1, KT, act, act_block, 512 // act_block, 0,
+                False, 1, 2 if nv else 1)
+    return y
+
+
+def unpack_mmv_pairs(pairs: torch.Tensor, nv: bool, in_features: int) -> torch.Tensor:
+    """Inverse of :func:`quantize_activations_pairs`' order: fp16 ``[M, in_features]`` (tests)."""
+    M = pairs.shape[0]
+    h = pairs.view(torch.float16).view(M, -1, 4, 4, 4, 2, 2)  # [step, j, q, i, b, half]
+    if nv:  # channel 128 b + 64 half + 16 j + 4 q + i
+        ch = h.permute(0, 1, 5, 6, 2, 3, 4)
+    else:  # 128 half + 32 j + 16 b + 4 q + i
+        ch = h.permute(0, 1, 6, 2, 5, 3, 4)
+    return ch.reshape(M, -1)[:, :in_features]
 
 
 def fold_fits(elem: int, scale: int, block: int, act: int, act_block: int, dtype: torch.dtype) -> bool:

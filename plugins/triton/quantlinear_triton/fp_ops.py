@@ -84,7 +84,7 @@ def run_fp_gemm(tuner: "tune.Tuner", x: Tensor, qweight: Tensor, scales: Optiona
 def _run_fp_gemm(tuner, x, qweight, scales, row_scales, bias, act_scale, in_features, elem, scale, block, act, act_block,
                  problem, mmv_sigma, mmv_mul) -> Tensor:
     k = fp_kernels()
-    x_in, qx = x, []  # the activations as given; their quantization for mmv (made once)
+    x_in, qx, px = x, [], []  # the activations as given; their quantization for mmv, plain and as pairs (made once)
     if problem is None:
         problem = problem_of(x, qweight, in_features, elem, scale, block)
     if act != A_NONE and k.fold_fits(elem, scale, block, act, act_block, x.dtype):
@@ -118,9 +118,14 @@ def _run_fp_gemm(tuner, x, qweight, scales, row_scales, bias, act_scale, in_feat
     def run_any(cfg: dict) -> Tensor:  # ``mmv`` configurations here, the scheme's paths in ``run``
         if cfg["kernel"] != "mmv":
             return run(cfg)
+        mm = _mmv()
+        if act != A_NONE and mm.reads_pairs(cfg, x_in.shape[0]):  # ks: the quantized activations as B-register pairs
+            if not px:
+                px.append(k.quantize_activations_pairs(x_in, act, act_block, act_scale, nv))
+            return mm.launch_mmv_fp(x_in, qweight, mmv_sigma, row_scales, bias, mmv_mul, cfg, nv=nv, pairs=px[0])
         if not qx:
             qx.append(x_in if act == A_NONE else k.quantize_activations(x_in, act, act_block, act_scale))
-        return _mmv().launch_mmv_fp(qx[0], qweight, mmv_sigma, row_scales, bias, mmv_mul, cfg, nv=nv)
+        return mm.launch_mmv_fp(qx[0], qweight, mmv_sigma, row_scales, bias, mmv_mul, cfg, nv=nv)
 
     cfg = tuner.get(x.device, problem, x.shape[0], run_any)
     if cfg["kernel"] == "dqmm" and not tuner.dqmm_enabled():  # a table's dqmm entry, forbidden now

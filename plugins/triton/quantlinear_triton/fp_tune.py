@@ -231,9 +231,13 @@ class FPSpace(_tune.Settings):
         cfg.update(over)
         return cfg
 
-    #: the tuner's second round: ``early`` twins of the fastest ``mmv`` configurations, and their cluster twins where
-    #: the current device runs clusters
-    refine = staticmethod(_tune.mmv_refine)
+    @staticmethod
+    def refine(ranked: list[dict], clusters: bool | None = None) -> list[dict]:
+        """The tuner's second round: :func:`.tune.mmv_refine`'s twins of the fastest ``mmv`` configurations, and the
+        ``px`` twins of the two fastest with the warps splitting K (the quantized activations read as B-register pairs,
+        :func:`.kernels_mmv.reads_pairs`; the same launch for a layer that does not quantize its activations)."""
+        ks = [c for c in ranked if c.get("kernel") == "mmv" and c.get("ks") and not c.get("px")][:2]
+        return _tune.unique(_tune.mmv_refine(ranked, clusters) + [dict(c, px=True) for c in ks])
 
     def candidates(self, p: FPProblem, M: int, props) -> list[dict]:
         u, b = self.units(props), bucket(M)

@@ -416,7 +416,8 @@ if HAS_GLUON:
                     HAS_ROWS: gl.constexpr = False, PDL: gl.constexpr = False, W8: gl.constexpr = False,
                     KS: gl.constexpr = False, XH: gl.constexpr = False, FULL: gl.constexpr = False,
                     EF: gl.constexpr = True, EARLY: gl.constexpr = 0, CL: gl.constexpr = 1,
-                    XQ0: gl.constexpr = False, LO: gl.constexpr = False, SV: gl.constexpr = False):
+                    XQ0: gl.constexpr = False, LO: gl.constexpr = False, SV: gl.constexpr = False,
+                    PX: gl.constexpr = False):
         NW: gl.constexpr = gl.num_warps()
         L: gl.constexpr = gl.BlockedLayout([1, 1, R, 4], [1, 32, 1, 1], [NW, 1, 1, 1], [3, 2, 1, 0])
         S: gl.constexpr = gl.SliceLayout(3, L)
@@ -436,6 +437,10 @@ if HAS_GLUON:
             pid_n = gl.program_id(0)
             pid_k = gl.program_id(1)
         n_tiles = KW // _step_words(W8)
+        if PX:  # (ks) the activations as pairs (.fp_kernels.quantize_activations_pairs): 128 int32 a step and token
+            XK = KW * 4
+        else:
+            XK = K
         t0 = pid_k * tiles_per_split
         t1 = gl.minimum(t0 + tiles_per_split, n_tiles)
         lane = _iota(32, 1, L)
@@ -548,14 +553,11 @@ if HAS_GLUON:
                 zb1 = _twice(zpe1, 1)
             cur = (it % 2) * NT
             if KS and XH:  # every activation load of the step first, beside the words' (registers for latency)
-                xb = (_b_direct(x_ptr, tx, t1, M, K, 0, 0, LX, SX, S, FP == 2, FULL),
-                      _b_direct(x_ptr, tx, t1, M, K, 0, 1, LX, SX, S, FP == 2, FULL),
-                      _b_direct(x_ptr, tx, t1, M, K, 1, 0, LX, SX, S, FP == 2, FULL),
-                      _b_direct(x_ptr, tx, t1, M, K, 1, 1, LX, SX, S, FP == 2, FULL),
-                      _b_direct(x_ptr, tx, t1, M, K, 2, 0, LX, SX, S, FP == 2, FULL),
-                      _b_direct(x_ptr, tx, t1, M, K, 2, 1, LX, SX, S, FP == 2, FULL),
-                      _b_direct(x_ptr, tx, t1, M, K, 3, 0, LX, SX, S, FP == 2, FULL),
-                      _b_direct(x_ptr, tx, t1, M, K, 3, 1, LX, SX, S, FP == 2, FULL))
+                xl0, xr0 = _b_pairs(x_ptr, tx, t1, M, XK, 0, LX, SX, S, FP == 2, FULL, PX)
+                xl1, xr1 = _b_pairs(x_ptr, tx, t1, M, XK, 1, LX, SX, S, FP == 2, FULL, PX)
+                xl2, xr2 = _b_pairs(x_ptr, tx, t1, M, XK, 2, LX, SX, S, FP == 2, FULL, PX)
+                xl3, xr3 = _b_pairs(x_ptr, tx, t1, M, XK, 3, LX, SX, S, FP == 2, FULL, PX)
+                xb = (xl0, xr0, xl1, xr1, xl2, xr2, xl3, xr3)
             for j in gl.static_range(4):
                 if j % 2 == 1:
                     zq0 = zpo0
@@ -584,8 +586,7 @@ if HAS_GLUON:
                     p0 = xb[2 * j]
                     p1 = xb[2 * j + 1]
                 elif KS:
-                    p0 = _b_direct(x_ptr, tx, t1, M, K, j, 0, LX, SX, S, FP == 2, FULL)
-                    p1 = _b_direct(x_ptr, tx, t1, M, K, j, 1, LX, SX, S, FP == 2, FULL)
+                    p0, p1 = _b_pairs(x_ptr, tx, t1, M, XK, j, LX, SX, S, FP == 2, FULL, PX)
                 else:
                     p0 = _b_regs(xs, cur, j, 0, LB, LX, SX, S)
                     p1 = _b_regs(xs, cur, j, 1, LB, LX, SX, S)
@@ -938,6 +939,29 @@ if HAS_GLUON:
         return _into(_quarters(_pack(lo, hi), SX), S)
 
     @gluon.jit
+    def _b_pairs(x_ptr, tw, t1, M, K, J: gl.constexpr, LX: gl.constexpr, SX: gl.constexpr, S: gl.constexpr,
+                 NV: gl.constexpr = False, FULL: gl.constexpr = False, PX: gl.constexpr = False):
+        """Both word halves' B registers of code pair ``J`` (:func:`_b_direct` ``B`` = 0, 1).  ``PX``: ``x_ptr`` holds
+        the pairs already, in that order (:func:`.fp_kernels.quantize_activations_pairs`: lane ``(g, q)``'s words
+        ``128 tw + 32 j + 8 q + 2 i + b``, ``K`` their row stride), so the lane's eight registers are two 16-byte
+        loads, each two MMAs' ``(b = 0, b = 1)`` operand pairs in place."""
+        if PX:
+            ln = _iota(32, 1, LX)
+            g = gl.minimum(ln // 4, M - 1)
+            w = x_ptr + g * K + tw * 128 + J * 32 + (ln % 4) * 8 + _iota(4, 3, LX)
+            if FULL:
+                va = gl.load(w)
+                vb = gl.load(w + 4)
+            else:
+                va = gl.load(w, mask=tw < t1, other=0)
+                vb = gl.load(w + 4, mask=tw < t1, other=0)
+            a0, a1, a2, a3 = _quarters(va, SX)
+            b0, b1, b2, b3 = _quarters(vb, SX)
+            return _into((a0, a2, b0, b2), S), _into((a1, a3, b1, b3), S)
+        return (_b_direct(x_ptr, tw, t1, M, K, J, 0, LX, SX, S, NV, FULL),
+                _b_direct(x_ptr, tw, t1, M, K, J, 1, LX, SX, S, NV, FULL))
+
+    @gluon.jit
     def _tile_scales(s_ptr, soff0, soff1, t, gsh, gmax, N, BF16: gl.constexpr, FP: gl.constexpr, SV: gl.constexpr = False,
                      L: gl.constexpr = None, S: gl.constexpr = None):
         """Tile t's scales of the lane's two rows (see :func:`_tile_words`; ``t`` a scalar or, ``KS``, a tile per
@@ -1093,15 +1117,18 @@ def cluster_fits(x: torch.Tensor, split: int, M: int, R: int, warps: int) -> boo
 
 
 def _launch(plan: Plan, tensors: tuple, ints: tuple, omul: float, y: torch.Tensor, has_zeros: bool, has_bias: bool,
-            bf16: bool, fp: int, has_rows: bool, w8: bool = False) -> None:
-    """One ``_mmv_kernel`` launch: ``tensors`` = (x, w, s, z, b, y, r), ``ints`` = (gsh, gmax, zh, zh16)."""
+            bf16: bool, fp: int, has_rows: bool, w8: bool = False, px: bool = False) -> None:
+    """One ``_mmv_kernel`` launch: ``tensors`` = (x, w, s, z, b, y, r), ``ints`` = (gsh, gmax, zh, zh16); ``px``: x
+    is the activation pairs of :func:`.fp_kernels.quantize_activations_pairs` (zero to the last whole step)."""
     R, warps, pf, ks, blocks, split, tps, ws, cnt, xh, maxnreg, ef, early, cl, sv = plan
     x, w, s, z, b, _, r = tensors
     (M, K), (N, KW) = x.shape, w.shape
+    if px:
+        K = KW // 32 * 256
     full = ks and ks_unmasked(K, KW // 32, tps, split, warps)
     consts, skey, opts = _statics(R, warps, pf, M <= 8, split > 1 and cl == 1, pdl_ok(x), has_zeros, has_bias, bf16, fp,
                                   has_rows, w8, ks, xh, maxnreg, full, ef, early, cl, cl > 1 and M <= 2, N % 16 == 0,
-                                  sv and fp == 2)
+                                  sv and fp == 2, px)
     try:
         _fast.launch(_mmv_kernel, (blocks, split) if cl == 1 else (blocks, ), (x, w, s, z, b, y, ws, cnt, r),
                      (M, N, K, KW, *ints, tps, split, 0), (omul,), consts, skey, opts, y, cl, exchange_bytes(cl, M, R, warps))
@@ -1111,7 +1138,7 @@ def _launch(plan: Plan, tensors: tuple, ints: tuple, omul: float, y: torch.Tenso
         _fast.disable_clusters(f"mmv: {e}")
         # (split * tps steps in `split` splits plan to the same split and steps a split, or none where it has no workspace)
         _launch(plan._replace(**dict(zip(("split", "tps", "ws", "cnt"), split_plan(x, y, split * tps, split, blocks))),
-                              cl=1), tensors, ints, omul, y, has_zeros, has_bias, bf16, fp, has_rows, w8)
+                              cl=1), tensors, ints, omul, y, has_zeros, has_bias, bf16, fp, has_rows, w8, px)
 
 
 def ks_unmasked(K: int, steps: int, per_split: int, split: int, warps: int) -> bool:
@@ -1126,12 +1153,12 @@ def ks_unmasked(K: int, steps: int, per_split: int, split: int, warps: int) -> b
 def _statics(R: int, warps: int, pf: bool, one_tile: bool, use_split: bool, pdl: bool, has_zeros: bool, has_bias: bool,
              bf16: bool, fp: int, has_rows: bool, w8: bool = False, ks: bool = False, xh: bool = False,
              maxnreg: int = 0, full: bool = False, ef: bool = True, early: int = 0, cl: int = 1,
-             xq0: bool = False, lo: bool = False, sv: bool = False) -> tuple:
+             xq0: bool = False, lo: bool = False, sv: bool = False, px: bool = False) -> tuple:
     """Every constexpr of ``_mmv_kernel`` (the direct launcher caches only launches that give them all), the static key
     and the compile options of one launch class: made once, not per call (this is the eager decode path)."""
     consts = dict(R=R, NT=1 if one_tile else 2, PF=pf, USE_SPLIT=use_split, PDL=pdl, HAS_ZEROS=has_zeros,
                   HAS_BIAS=has_bias, BF16=bf16, FP=fp, HAS_ROWS=has_rows, W8=w8, KS=ks, XH=xh, FULL=full, EF=ef,
-                  EARLY=early if pdl else 0, CL=cl, XQ0=xq0, LO=lo, SV=sv)
+                  EARLY=early if pdl else 0, CL=cl, XQ0=xq0, LO=lo, SV=sv, PX=px)
     options = {"num_warps": warps, "launch_pdl": True} if pdl else {"num_warps": warps}
     if maxnreg:
         options["maxnreg"] = maxnreg
@@ -1151,18 +1178,35 @@ def _sm89(index: int) -> bool:
     return torch.cuda.get_device_capability(index) >= (8, 9)
 
 
+def reads_pairs(cfg: dict, M: int) -> bool:
+    """Whether :func:`launch_mmv_fp` with ``cfg`` at ``M`` rows reads the activations as pairs where the scheme quantizes
+    them (``pairs``, :func:`.fp_kernels.quantize_activations_pairs`): a configuration's ``px`` with the warps splitting
+    K (``ks``, M <= 8), each lane loading its B registers straight from memory.  (The row split stages its activations
+    in shared memory from plain fp16 ones.)
+
+    Why a choice: on an H100 (same runs, ``results/h100-session22-probes-2026-11-27.txt``) the pairs took MXFP4 M = 1
+    from 14.06 to 13.48-13.53 us on 14336 x 4096 and from 13.82 to 12.99-13.07 on 4096 x 14336, and NVFP4 4096 x 14336
+    with 4-byte scale loads from 14.58 to 14.13-14.18, but cost NVFP4 14336 x 4096's entry 2% and others up to 15%."""
+    return bool(cfg.get("ks")) and bool(cfg.get("px")) and M <= 8
+
+
 def launch_mmv_fp(x: torch.Tensor, qweight: torch.Tensor, sigma: torch.Tensor, row_scales: torch.Tensor | None,
                   bias: torch.Tensor | None, omul: float, cfg: dict, out: torch.Tensor | None = None,
-                  nv: bool = False) -> torch.Tensor:
+                  nv: bool = False, pairs: torch.Tensor | None = None) -> torch.Tensor:
     """``y = x @ W^T (* row_scales) (+ bias)`` for E2M1 codes in the float slab layout (:mod:`.fp_packing`): MXFP4's
     32-word slabs (the int layout's word and plane order) with :func:`.fp_packing.mx_sigma`'s scales, or (``nv``)
     NVFP4's 16-word slabs, two tiles a step, with :func:`.fp_packing.nv_sigma`'s; ``x`` fp16 (the activations as
-    the scheme quantizes them), ``cfg`` as :func:`launch_mmv`'s."""
+    the scheme quantizes them), ``cfg`` as :func:`launch_mmv`'s.  ``pairs``: the same activations as
+    :func:`.fp_kernels.quantize_activations_pairs` wrote them (pair distance 64 for NVFP4, 128 for MXFP4), read
+    instead of ``x`` (which then gives only the shape and type)."""
     y, plan = _plan(x, qweight, cfg, out, 4)
     if plan is None:
         return y
+    if pairs is not None and not plan.ks:
+        raise QuantLinearError(f"mmv configuration {cfg}: activation pairs are read with ks only (M = {x.shape[0]})")
     sig = sigma if nv or sigma.dtype == torch.int64 else sigma.view(torch.int64)  # (MXFP4: a row's 8 bytes of a tile as one int64)
-    tensors = (x, qweight, sig, sig, bias if bias is not None else x, y, row_scales if row_scales is not None else y)
+    xa = x if pairs is None else pairs
+    tensors = (xa, qweight, sig, sig, bias if bias is not None else x, y, row_scales if row_scales is not None else y)
     _launch(plan, tensors, (0, 0, 0, 0), float(omul), y, has_zeros=False, has_bias=bias is not None, bf16=False,
-            fp=2 if nv else 1, has_rows=row_scales is not None)
+            fp=2 if nv else 1, has_rows=row_scales is not None, px=pairs is not None)
     return y

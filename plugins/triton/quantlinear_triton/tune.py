@@ -297,7 +297,7 @@ def config_reason(cfg: object, kernels: frozenset[str] | None = None) -> str | N
 
 def _short(cfg: dict) -> str:
     order = ("kernel", "xs", "R", "BM", "BN", "BK", "split_k", "warps", "stages", "planes", "maxnreg", "swap", "scale_w", "pair", "dq",
-             "prefetch", "pf", "ks", "xh", "ef", "early", "cl", "sv", "tpp", "waves_per_eu",
+             "prefetch", "pf", "ks", "xh", "ef", "early", "cl", "sv", "px", "tpp", "waves_per_eu",
              "matrix_instr_nonkdim", "kpack")
     return " ".join(f"{k}={cfg[k]}" for k in order if k in cfg)
 

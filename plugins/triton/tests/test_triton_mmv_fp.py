@@ -218,6 +218,52 @@ def test_nvfp4_candidates_name_their_scale_load_and_the_second_round_tries_the_o
     assert km._plan(x, w, {"kernel": "mmv", "R": 1, "sv": False}, None, 4)[1].sv is False
 
 
+@pytest.mark.parametrize("nv", [False, True])
+@pytest.mark.parametrize("K", [1184, 1280, 2304])
+def test_activation_pairs_hold_the_quantized_values_where_mmv_reads_them(nv, K):
+    """``quantize_activations_pairs`` (interpreter): the quantized activations bit for bit as ``quantize_activations``
+    writes them, zero past K to the last whole 256-channel step, and lane ``(g, q)``'s word ``128 t + 32 j + 8 q +
+    2 i + b`` is the pair ``(x[c], x[c + d])`` of its B register ``i`` of code pair ``j``, word half ``b`` -- the
+    channel map ``mmv`` decodes the weights by (``kernels_mmv._pair_channel``; MXFP4 d = 128, NVFP4 d = 64)."""
+    from quantlinear_triton import fp_kernels as fk
+
+    g = torch.Generator().manual_seed(K + nv)
+    x = (torch.randn(3, K, generator=g) * 2).half()
+    act, blk, gs = (P.A_NVFP4, 16, torch.tensor([0.7])) if nv else (P.A_MX_E2M1, 32, None)
+    want = fk.quantize_activations(x, act, blk, gs)
+    pairs = fk.quantize_activations_pairs(x, act, blk, gs, nv)
+    steps = -(-K // 256)
+    assert pairs.dtype == torch.int32 and pairs.shape == (3, steps * 128)
+    assert torch.equal(fk.unpack_mmv_pairs(pairs, nv, K), want)
+    assert not fk.unpack_mmv_pairs(pairs, nv, steps * 256)[:, K:].any()
+    h = pairs.view(torch.float16).view(3, steps * 128, 2)
+    padded = torch.zeros(3, steps * 256, dtype=torch.float16)
+    padded[:, :K] = want
+    d = 64 if nv else 128
+    for t in range(steps):
+        for j in range(4):
+            for b in range(2):
+                for q in range(4):
+                    for i in range(4):
+                        c = t * 256 + (128 * b + 16 * j + 4 * q + i if nv else 32 * j + 16 * b + 4 * q + i)
+                        w = 128 * t + 32 * j + 8 * q + 2 * i + b
+                        assert torch.equal(h[:, w, 0], padded[:, c]) and torch.equal(h[:, w, 1], padded[:, c + d])
+
+
+def test_the_second_round_reads_the_fastest_ks_configurations_activations_as_pairs():
+    """``px`` (the quantized activations as B-register pairs, ks only) won 4-6% on MXFP4 and lost up to 15% on some
+    NVFP4 configurations (H100): the float space's second round measures the ``px`` twins of the two fastest ks
+    configurations, not of every candidate, and none of the row splits'."""
+    space = fp_tune.FPSpace("toy_fp", "/nonexistent", lambda d: _Props(), units=lambda p: p.sm_count, paired_fp16=True,
+                            mmv=lambda props: not props.simulated)
+    mx = fp_tune.FPProblem(P.E2M1, P.S_E8M0, 32, 4, "float16", 4096, 14336)
+    first = [c for c in space.candidates(mx, 1, _Props()) if c["kernel"] == "mmv"][::-1]
+    ks = [c for c in first if c.get("ks")]
+    second = space.refine(first, clusters=False)
+    assert [c for c in second if c.get("px")] == [dict(c, px=True) for c in ks[:2]]
+    assert not any(c.get("px") for c in space.candidates(mx, 1, _Props()))
+
+
 def test_prepare_writes_sigma_only_when_asked():
     from dataclasses import replace
 

@@ -52,11 +52,14 @@ float slab layout is the int one (plane ``j`` of word ``p`` = channel ``32 j + p
 128-channel tiles a step (word half ``b`` = tile ``2t + b``, pairs 64 channels apart, :func:`_x_stage`).  A pair is
 decoded to fp16 ``value * 2**-14`` by shifts and masks (:func:`_e2m1_asm`) and multiplied by its block scales as an
 fp16 pair: MXFP4's from :func:`.fp_packing.mx_sigma` bytes (``2**(s - smax + 15)``, one byte permute), NVFP4's E4M3
-bytes converted by the hardware (``cvt.rn.f16x2.e4m3x2``, sm_89+); both products are exact in fp16, and the fp32 sums
-are multiplied by ``omul`` (and NVFP4's row factor) at the end.  The activations are the scheme's quantize-dequantize
-values (their own kernel runs first).  On an H100 through the layer (``quantlinear bench``, activation quantization
-included): M = 1 at 1.29-1.30x the HBM floor on the two 117 MB shapes (NVFP4 1.29 / 1.36x), 1.1-1.5x faster than the
-paired GEMV; M = 16 1.5-1.8x faster than the ``tc`` kernel.
+bytes (:func:`.fp_packing.nv_sigma`, in the codes' groups of 16 rows: a warp's scale loads of a step read one line;
+``sv``: a row's 16 bytes as one 16-byte load) converted by the hardware (``cvt.rn.f16x2.e4m3x2``, sm_89+); both
+products are exact in fp16, and the fp32 sums are multiplied by ``omul`` (and NVFP4's row factor) at the end.  The
+activations are the scheme's quantize-dequantize values (their own kernel runs first); with the warps splitting K a
+configuration's ``px`` has that kernel write them as this kernel's B-register pairs (:func:`_b_pairs`, two 16-byte
+loads a code pair).  On an H100 through the layer (``quantlinear bench``, activation quantization included,
+twenty-first session's second stop): M = 1 at 1.06-1.17x the HBM floor on the two 117 MB shapes and 1.27-1.32x on the
+30 MB ones; M = 16 1.5-1.8x faster than the ``tc`` kernel (docs/float-schemes.md).
 
 8-bit codes (``W8``, fp16 activations): a step is two 128-channel slabs (64 words a row, four 16-byte loads per row
 and lane); pair ``j`` of a word is bytes ``j % 2`` and ``j % 2 + 2`` of slab ``2t + j // 2`` (planes 64 channels apart,

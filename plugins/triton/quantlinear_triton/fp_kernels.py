@@ -789,7 +789,7 @@ def quantize_activations_pairs(x: torch.Tensor, act: int, act_block: int, act_sc
     """The 4-bit activation quantization (MX E2M1, NVFP4) of fp16 ``x`` for ``mmv`` with the warps splitting K, one
     launch: the values of :func:`quantize_activations` (bit-equal) as fp16 pairs in the order of ``mmv``'s B registers
     (:func:`_pair_slot`), so that a lane's registers of a code pair are two 16-byte loads, each two MMAs' operand
-    pairs as they sit -- instead of eight 8-byte loads and eight byte permutes (``kernels_mmv._b_direct``).
+    pairs as they sit -- instead of four 8-byte loads and eight byte permutes (``kernels_mmv._b_direct``).
 
     int32 ``[M, KT * 128]`` (``KT`` 256-channel steps, zero past K); ``nv``: NVFP4's pairing (channels 64 apart),
     else MXFP4's (128).

@@ -254,8 +254,8 @@ def nv_sigma(scale_bytes: torch.Tensor) -> tuple[torch.Tensor, float] | None:
     zero-padded to 16 rows), and a group's step is one 256-byte run of its 16 rows' bytes: int32
     ``[ceil(N / 16), steps * 64]``.  So the scale loads of a warp's step (8 rows, 16 bytes each) read one 128-byte
     line; row-major (a row's steps in one run, ``K / 16`` bytes between rows) each of a step's loads read eight lines.
-    On an H100 the grouped scales took NVFP4 ``mmv`` 2-8% lower on the benchmark shapes (M = 1 14336 x 4096 15.9 ->
-    15.5 us with the same configuration, ``results/h100-session22-probes-2026-11-27.txt``).  ``scale_bytes`` uint8
+    On an H100 the grouped scales took NVFP4 ``mmv`` 2-7% lower on the benchmark shapes with the same configurations
+    (M = 1 14336 x 4096 15.9 -> 15.5 us, 8192 x 28672 52.6 -> 49.8; ``results/h100-session22-probes-2026-11-27.txt``).  ``scale_bytes`` uint8
     ``[N, K / 16]``.
     """
     _check_scale_bytes("NVFP4", scale_bytes)

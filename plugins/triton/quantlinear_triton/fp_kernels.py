@@ -47,6 +47,8 @@ import torch
 import triton
 import triton.language as tl
 
+from quantlinear.errors import QuantLinearError
+
 from .fp_packing import A_FP8, A_MX_E2M1, A_NONE, A_NVFP4, A_RCEIL, E0M4, E2M1, E4M3_NV, S_NONE, bits_of, row_words, slab_for
 from . import launch as _fast
 from .kernels import (BACKEND_OPTIONS, COUNTER_SLOTS, MAXS, _asm_ok, _pack_h2, _pdl_enter, _pdl_exit, _tile_of, _word_cols, _word_rows, pdl_ok,
@@ -684,15 +686,12 @@ def _act_quant_kernel(x_ptr, y_ptr, a_ptr, xs_ptr, K, G, KT, ACT: tl.constexpr, 
         tt = tl.program_id(1) * TPP + tl.arange(0, TPP)
         offs = (tt[:, None, None] * H + tl.arange(0, H)[None, :, None]) * BLOCK + tl.arange(0, BLOCK)[None, None, :]
         tl.store(y_ptr + pid_m * (KT * H * BLOCK) + offs, lo | (hi << 16), mask=(tt < KT)[:, None, None])
-    elif PAIR:  # the qdq values as fp16 pairs in mmv's B-register order (1: MXFP4's, 2: NVFP4's; see _pair_slot)
-        if ACT == 3:
-            v = _nvfp4_qdq(x, tl.load(a_ptr + offs_b * 0))
-        else:
-            v = _mx_qdq(x, 2, 0, 6.0, 2.0, ACT >= 8)
+    elif PAIR:  # the same values as fp16 pairs in mmv's B-register order (1: MXFP4's, 2: NVFP4's; see _pair_slot)
         yh = y_ptr.to(tl.pointer_type(tl.float16))  # (y is int32 [M, KT * 128]: two fp16 slots a word)
-        tl.store(yh + pid_m * (KT * 256) + _pair_slot(k, PAIR), v.to(tl.float16), mask=k < KT * 256)
+        tl.store(yh + pid_m * (KT * 256) + _pair_slot(k, PAIR), _act_values(x, a_ptr, offs_b, ACT, DIV).to(tl.float16),
+                 mask=k < KT * 256)
     else:
-        _act_quant_rest(x, y_ptr, a_ptr, pid_m, offs_b, k, mask, K, ACT, DIV)
+        tl.store(y_ptr + pid_m * K + k, _act_values(x, a_ptr, offs_b, ACT, DIV).to(y_ptr.dtype.element_ty), mask=mask)
 
 
 @triton.jit
@@ -719,7 +718,9 @@ def _pair_slot(k, PAIR: tl.constexpr):
 
 
 @triton.jit
-def _act_quant_rest(x, y_ptr, a_ptr, pid_m, offs_b, k, mask, K, ACT: tl.constexpr, DIV: tl.constexpr):
+def _act_values(x, a_ptr, offs_b, ACT: tl.constexpr, DIV: tl.constexpr):
+    """The activation kernel's values of fp32 blocks ``x`` ``[NB, BLOCK]`` for every ACT code but the split 4-bit
+    form (:func:`quantize_activations`' docstring says what each is)."""
     if ACT == 3:  # NVFP4, static input_global_scale
         v = _nvfp4_qdq(x, tl.load(a_ptr + offs_b * 0))
     elif ACT == 4:  # FP8 static: the E4M3 values of clamp(x / input_scale); the GEMM multiplies by the scale
@@ -734,7 +735,7 @@ def _act_quant_rest(x, y_ptr, a_ptr, pid_m, offs_b, k, mask, K, ACT: tl.constexp
         v = _mx_qdq(x, 8, -6, 448.0, 8.0, ACT >= 8)
     else:  # MX on the E2M1 grid
         v = _mx_qdq(x, 2, 0, 6.0, 2.0, ACT >= 8)
-    tl.store(y_ptr + pid_m * K + k, v.to(y_ptr.dtype.element_ty), mask=mask)
+    return v
 
 
 for _k in (_fp_gemv_kernel, _fp_gemv16_kernel, _fp_dot_kernel, _act_quant_kernel):  # each launch writes its whole output
@@ -773,35 +774,44 @@ def quantize_activations(x: torch.Tensor, act: int, act_block: int, act_scale: t
     y = torch.empty_like(x)
     if M == 0 or act == A_NONE:
         return x if act == A_NONE else y
-    div = 0
-    if act == A_FP8:
-        block, div = 64, _DIV_CODES[torch.promote_types(x.dtype, act_scale.dtype)]
-    else:
-        block = act_block
-    nb = max(1, 512 // block)
+    block, nb, div = _act_blocks(x, act, act_block, act_scale)
     grid = (M, -(-K // (block * nb)))  # (not triton.cdiv: a constexpr function, 1.5-4 us a call on the host)
     _act_launch(grid, x, y, act_scale if act_scale is not None else x, y, K, 1, 1, act, block, nb, div, False, 1)
     return y
 
 
+def _act_blocks(x: torch.Tensor, act: int, act_block: int, act_scale: torch.Tensor | None) -> tuple[int, int, int]:
+    """(block, blocks a program, division code) of a :func:`quantize_activations` launch: FP8 static in blocks of 64
+    channels, dividing in ``promote_types(x.dtype, input_scale.dtype)``; the other schemes in their own blocks; at least
+    512 channels a program (a multiple of 256: whole ``mmv`` steps, :func:`quantize_activations_pairs`)."""
+    if act == A_FP8:
+        return 64, 8, _DIV_CODES[torch.promote_types(x.dtype, act_scale.dtype)]
+    return act_block, max(1, 512 // act_block), 0
+
+
 def quantize_activations_pairs(x: torch.Tensor, act: int, act_block: int, act_scale: torch.Tensor | None,
                                nv: bool) -> torch.Tensor:
-    """The 4-bit activation quantization (MX E2M1, NVFP4) of fp16 ``x`` for ``mmv`` with the warps splitting K, one
-    launch: the values of :func:`quantize_activations` (bit-equal) as fp16 pairs in the order of ``mmv``'s B registers
-    (:func:`_pair_slot`), so that a lane's registers of a code pair are two 16-byte loads, each two MMAs' operand
-    pairs as they sit -- instead of four 8-byte loads and eight byte permutes (``kernels_mmv._b_direct``).
+    """The activation quantization of fp16 ``x`` for ``mmv`` with the warps splitting K, one launch: the values of
+    :func:`quantize_activations` (bit-equal, whatever the scheme quantizes its activations to) as fp16 pairs in the
+    order of ``mmv``'s B registers (:func:`_pair_slot`), so that a lane's registers of a code pair are two 16-byte
+    loads, each two MMAs' operand pairs as they sit -- instead of four 8-byte loads and eight byte permutes
+    (``kernels_mmv._b_direct``).
 
-    int32 ``[M, KT * 128]`` (``KT`` 256-channel steps, zero past K); ``nv``: NVFP4's pairing (channels 64 apart),
-    else MXFP4's (128).
+    int32 ``[M, KT * 128]`` (``KT`` 256-channel steps, zero past K); ``nv``: the weights are NVFP4's (its pairs are
+    channels 64 apart), else MXFP4's (128).
     """
+    if x.dim() != 2 or x.dtype != torch.float16 or act == A_NONE:
+        raise QuantLinearError(f"activation pairs for mmv: need 2-D float16 activations the scheme quantizes, got "
+                               f"{x.dtype} {tuple(x.shape)} with activation code {act}")
     M, K = x.shape
     KT = -(-K // 256)
     y = torch.empty((M, KT * 128), dtype=torch.int32, device=x.device)
     if M == 0:
         return y
-    grid = (M, -(-K // 512))  # (512 channels a program: two whole steps)
-    _act_launch(grid, x, y, act_scale if act_scale is not None else x, y, K, 1, KT, act, act_block, 512 // act_block, 0,
-                False, 1, 2 if nv else 1)
+    block, nb, div = _act_blocks(x, act, act_block, act_scale)
+    grid = (M, -(-K // (block * nb)))  # (whole steps a program: every pad slot up to KT * 256 is written, as zero)
+    _act_launch(grid, x, y, act_scale if act_scale is not None else x, y, K, 1, KT, act, block, nb, div, False, 1,
+                2 if nv else 1)
     return y
 
 

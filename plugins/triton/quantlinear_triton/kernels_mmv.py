@@ -154,6 +154,7 @@ import torch
 from quantlinear.errors import QuantLinearError
 
 from . import launch as _fast
+from . import tune as _tune
 from .kernels import _bf2_magic, _bf2_ok, _h2_magic, _h2_pair, pdl_ok
 from .kernels_tc import split_count, split_plan
 
@@ -1096,7 +1097,7 @@ def _plan(x: torch.Tensor, qweight: torch.Tensor, cfg: dict, out: torch.Tensor |
     cl = split if cfg.get("cl") and cluster_fits(x, split, M, R, warps) else 1
     sp = (split, sps, y, y) if cl > 1 else split_plan(x, y, n_steps, split_k, blocks)
     return y, Plan(R, warps, pf, ks, blocks, *sp, ks and bool(cfg.get("xh")), int(cfg.get("maxnreg", 0)),
-                   M <= 8 or bool(cfg.get("ef")), early, cl, bool(cfg.get("sv", R == 1)))
+                   M <= 8 or bool(cfg.get("ef")), early, cl, _tune.scale_load(cfg))
 
 
 #: the largest cluster (16 is past the portable 8; Hopper runs it, and Triton's launcher opts the kernel in)

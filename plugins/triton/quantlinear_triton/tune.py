@@ -159,12 +159,18 @@ def budget_twins(ranked: list[dict], top: int = 2) -> list[dict]:
     return unique(out)
 
 
+def scale_load(cfg: dict) -> bool:
+    """Whether an ``mmv`` configuration reads NVFP4's scale bytes of a step as one 16-byte load a row (``sv``): as it
+    says, else the default -- one load at one row group a warp (``R`` 1), four 4-byte loads beyond."""
+    return bool(cfg.get("sv", int(cfg.get("R", 1)) == 1))
+
+
 def with_scale_load(cfg: dict) -> dict:
-    """An NVFP4 ``mmv`` configuration with its scale load named: ``sv`` (a row's scale bytes of a step as one 16-byte
-    load) as the kernel's default, at one row group a warp (``R`` 1); other configurations unchanged."""
+    """An NVFP4 ``mmv`` configuration with its scale load named (:func:`scale_load`); other configurations
+    unchanged."""
     if cfg.get("kernel") != "mmv" or "sv" in cfg:
         return cfg
-    return dict(cfg, sv=int(cfg.get("R", 1)) == 1)
+    return dict(cfg, sv=scale_load(cfg))
 
 
 def scale_load_twins(ranked: list[dict], top: int = 3) -> list[dict]:

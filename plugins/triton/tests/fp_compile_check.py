@@ -68,6 +68,9 @@ def main(which: list[str], kinds: set[str] | None = None) -> int:
                     launches = record(FK.launch, x, t["qweight"], t["scales"], t["row_scales"], torch.zeros(256, dtype=dt),
                                       meta.elem, meta.scale, meta.block, cfg)
                     launches += record(FK.quantize_activations, x, meta.act, meta.act_block, t["act_scale"])
+                    if dt == torch.float16 and meta.act != P.A_NONE:  # mmv's activation pairs (px), every act code
+                        launches += record(FK.quantize_activations_pairs, x, meta.act, meta.act_block, t["act_scale"],
+                                           name == "NVFP4")
                     if cfg["kernel"] == "gemv16" and cfg.get("psum", 4) == 4 and FK.fold_fits(meta.elem, meta.scale, meta.block, meta.act,
                                                                                               meta.act_block, dt):
                         # the folded GEMV: split activations (value pairs + block scales) from one quantization launch

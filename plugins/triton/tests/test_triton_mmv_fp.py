@@ -218,20 +218,30 @@ def test_nvfp4_candidates_name_their_scale_load_and_the_second_round_tries_the_o
     assert km._plan(x, w, {"kernel": "mmv", "R": 1, "sv": False}, None, 4)[1].sv is False
 
 
-@pytest.mark.parametrize("nv", [False, True])
+#: (activation code, block, scale) of the schemes' activation quantizations: NVFP4, MX E2M1 (and RCEIL), MX E4M3
+#: (weights in MXFP4 with 8-bit activations: a custom configuration), FP8 static
+ACTS = {"nvfp4": (P.A_NVFP4, 16, torch.tensor([0.7])), "mx_e2m1": (P.A_MX_E2M1, 32, None),
+        "mx_e2m1_rceil": (P.A_MX_E2M1 + P.A_RCEIL, 32, None), "mx_e4m3": (P.A_MX_E4M3, 32, None),
+        "fp8_static": (P.A_FP8, 0, torch.tensor([0.05]))}
+
+
+@pytest.mark.parametrize("nv,act", [(True, "nvfp4"), (False, "mx_e2m1"), (False, "mx_e2m1_rceil"), (False, "mx_e4m3"),
+                                    (False, "fp8_static")])
 @pytest.mark.parametrize("K", [1184, 1280, 2304])
-def test_activation_pairs_hold_the_quantized_values_where_mmv_reads_them(nv, K):
+def test_activation_pairs_hold_the_quantized_values_where_mmv_reads_them(nv, act, K):
     """``quantize_activations_pairs`` (interpreter): the quantized activations bit for bit as ``quantize_activations``
-    writes them, zero past K to the last whole 256-channel step, and lane ``(g, q)``'s word ``128 t + 32 j + 8 q +
-    2 i + b`` is the pair ``(x[c], x[c + d])`` of its B register ``i`` of code pair ``j``, word half ``b`` -- the
-    channel map ``mmv`` decodes the weights by (``kernels_mmv._pair_channel``; MXFP4 d = 128, NVFP4 d = 64)."""
+    writes them, whatever the scheme quantizes them to, zero past K to the last whole 256-channel step, and lane
+    ``(g, q)``'s word ``128 t + 32 j + 8 q + 2 i + b`` is the pair ``(x[c], x[c + d])`` of its B register ``i`` of
+    code pair ``j``, word half ``b`` -- the channel map ``mmv`` decodes the weights by (``kernels_mmv._pair_channel``;
+    MXFP4 d = 128, NVFP4 d = 64).  Activations it cannot pair are refused by name."""
+    from quantlinear import QuantLinearError
     from quantlinear_triton import fp_kernels as fk
 
     g = torch.Generator().manual_seed(K + nv)
     x = (torch.randn(3, K, generator=g) * 2).half()
-    act, blk, gs = (P.A_NVFP4, 16, torch.tensor([0.7])) if nv else (P.A_MX_E2M1, 32, None)
-    want = fk.quantize_activations(x, act, blk, gs)
-    pairs = fk.quantize_activations_pairs(x, act, blk, gs, nv)
+    code, blk, gs = ACTS[act]
+    want = fk.quantize_activations(x, code, blk, gs)
+    pairs = fk.quantize_activations_pairs(x, code, blk, gs, nv)
     steps = -(-K // 256)
     assert pairs.dtype == torch.int32 and pairs.shape == (3, steps * 128)
     assert torch.equal(fk.unpack_mmv_pairs(pairs, nv, K), want)
@@ -248,6 +258,10 @@ def test_activation_pairs_hold_the_quantized_values_where_mmv_reads_them(nv, K):
                         c = t * 256 + (128 * b + 16 * j + 4 * q + i if nv else 32 * j + 16 * b + 4 * q + i)
                         w = 128 * t + 32 * j + 8 * q + 2 * i + b
                         assert torch.equal(h[:, w, 0], padded[:, c]) and torch.equal(h[:, w, 1], padded[:, c + d])
+    with pytest.raises(QuantLinearError, match=r"activation pairs for mmv: .*torch.float32 \(3, %d\)" % K):
+        fk.quantize_activations_pairs(x.float(), code, blk, gs, nv)
+    with pytest.raises(QuantLinearError, match=r"activation code 0"):
+        fk.quantize_activations_pairs(x, P.A_NONE, 0, None, nv)
 
 
 def test_the_second_round_reads_the_fastest_ks_configurations_activations_as_pairs():
